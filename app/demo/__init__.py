@@ -1,0 +1,150 @@
+"""The demo: invented agencies, people and referrals with neutral placeholder text.
+
+The loader drives the same services a person would, replaying history with past dates,
+so the demo exercises the real lifecycle. New scenarios add a module beside this one.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import AgencyKind, Operation, Priority, Role, User
+from app.services import directory, referrals
+from app.services.audit import SYSTEM, Actor
+from app.services.users import Passwords, create_user
+
+DEMO_PASSWORD = "handoff-demo-2026"
+PLACEHOLDER_MATERIAL = "Graded material, description held by sending agency."
+PLACEHOLDER_SUMMARY = "Synthetic demo referral. Account holder details held by the sending agency."
+
+# name, kind, country, desk e-mail, desk phone, time zone, focal point
+AGENCIES = [
+    ("Wellington Online Safety Unit", AgencyKind.POLICE, "NZ", "desk@wosu.example.org", "+64 4 555 0100", "Pacific/Auckland", True),
+    ("Harbour Customs Intelligence", AgencyKind.CUSTOMS, "NZ", "intel@hci.example.org", "+64 9 555 0101", "Pacific/Auckland", False),
+    ("Southern Cyber Investigations", AgencyKind.POLICE, "AU", "referrals@sci.example.org", "+61 2 5550 0102", "Australia/Sydney", True),
+    ("Thames Child Protection Command", AgencyKind.POLICE, "GB", "liaison@tcpc.example.org", "+44 20 7946 0103", "Europe/London", True),
+    ("Prairie Internet Crimes Unit", AgencyKind.POLICE, "CA", "desk@picu.example.org", "+1 613 555 0104", "America/Toronto", True),
+    ("Rhine Cybercrime Office", AgencyKind.POLICE, "DE", "kontakt@rco.example.org", "+49 30 5550104", "Europe/Berlin", True),
+    ("Archipelago Protection Task Force", AgencyKind.GOVERNMENT, "PH", "desk@aptf.example.org", "+63 2 5550 1050", "Asia/Manila", True),
+    ("Interagency Liaison Bureau", AgencyKind.INTERNATIONAL, None, "bureau@ilb.example.org", "+33 4 55 50 01 06", "Europe/Paris", False),
+]
+
+# e-mail, name, role, agency index
+USERS = [
+    ("admin@handoff.example", "Ari Admin", Role.ADMIN, 0),
+    ("manager.nz@handoff.example", "Mere Manager", Role.MANAGER, 0),
+    ("liaison.nz@handoff.example", "Lena Liaison", Role.LIAISON, 0),
+    ("viewer.nz@handoff.example", "Vic Viewer", Role.VIEWER, 0),
+    ("liaison.customs@handoff.example", "Cam Customs", Role.LIAISON, 1),
+    ("liaison.au@handoff.example", "Alex Southern", Role.LIAISON, 2),
+    ("manager.au@handoff.example", "Morgan Southern", Role.MANAGER, 2),
+    ("liaison.gb@handoff.example", "Grace Thames", Role.LIAISON, 3),
+    ("liaison.ca@handoff.example", "Casey Prairie", Role.LIAISON, 4),
+    ("liaison.de@handoff.example", "Dana Rhine", Role.LIAISON, 5),
+    ("liaison.ph@handoff.example", "Pat Archipelago", Role.LIAISON, 6),
+    ("liaison.int@handoff.example", "Ines Bureau", Role.LIAISON, 7),
+]
+
+# How the ~30 referrals are spread: final status -> count.
+SPREAD = {
+    "draft": 3, "sent": 6, "acknowledged": 4, "accepted": 5, "closed": 3,
+    "declined": 3, "transferred": 2, "withdrawn": 2,
+}
+PATHS = {
+    "draft": [],
+    "sent": ["send"],
+    "acknowledged": ["send", "acknowledge"],
+    "accepted": ["send", "acknowledge", "accept"],
+    "closed": ["send", "acknowledge", "accept", "outcome", "close"],
+    "declined": ["send", "acknowledge", "decline"],
+    "transferred": ["send", "consent", "acknowledge", "transfer"],
+    "withdrawn": ["send", "withdraw"],
+}
+
+
+def load_demo(session: Session, passwords: Passwords, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    agencies = [
+        directory.create_agency(session, SYSTEM, directory.AgencyData(
+            name=name, kind=kind, country_code=country, desk_email=email, desk_phone=phone,
+            timezone=tz, is_focal_point=focal))
+        for name, kind, country, email, phone, tz, focal in AGENCIES
+    ]
+    users_by_agency: dict[int, User] = {}
+    for email, name, role, index in USERS:
+        user = create_user(session, SYSTEM, passwords, email=email, name=name, password=DEMO_PASSWORD,
+                           role=role, agency_id=agencies[index].id)
+        if role in (Role.LIAISON, Role.MANAGER):
+            users_by_agency.setdefault(agencies[index].id, user)
+
+    lead = agencies[0]
+    operation = Operation(code="HARBOUR", lead_agency_id=lead.id, opened_on=date.today() - timedelta(days=120),
+                          description="Synthetic demo operation built from a provider tip.")
+    session.add(operation)
+    session.flush()
+
+    now = utcnow()
+    senders = [agencies[0], agencies[0], agencies[0], agencies[2], agencies[3], agencies[1]]
+    for final_status, count in SPREAD.items():
+        for _ in range(count):
+            sender = rng.choice(senders)
+            receiver = rng.choice([a for a in agencies if a.id != sender.id and a.id in users_by_agency])
+            _demo_referral(session, rng, now, sender, receiver, operation, users_by_agency, agencies, final_status)
+
+
+def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agency, agencies, final_status):
+    sender_actor = Actor(users_by_agency[sender.id], "demo")
+    receiver_actor = Actor(users_by_agency[receiver.id], "demo")
+    priority = rng.choice([Priority.P1, Priority.P2, Priority.P2, Priority.P3, Priority.P3, Priority.P4])
+    data = referrals.ReferralData(
+        receiver_agency_id=receiver.id,
+        jurisdiction=receiver.country_code or rng.choice(["FJ", "TO", "WS"]),
+        priority=priority,
+        operation_id=operation.id if rng.random() < 0.7 else None,
+        risk_access_to_children=rng.random() < 0.3,
+        risk_position_of_authority=rng.random() < 0.1,
+        risk_previous_convictions=rng.random() < 0.2,
+        risk_plans_to_meet=rng.random() < 0.05,
+        risk_contact_offending=rng.random() < 0.05,
+        grade_a=rng.randint(0, 5), grade_b=rng.randint(0, 20), grade_c=rng.randint(0, 60),
+        material_description=PLACEHOLDER_MATERIAL,
+        summary=PLACEHOLDER_SUMMARY,
+    )
+    referral = referrals.create_draft(session, sender_actor, data)
+    # History starts between 2 and 90 days ago; steps follow at realistic intervals.
+    at = now - timedelta(days=rng.uniform(2, 90))
+    referral.created_at = at
+    referral.events[0].at = at
+    steps = PATHS[final_status]
+    if final_status == "sent" and rng.random() < 0.5:
+        at = now - timedelta(hours=rng.uniform(1, 20))  # some inside their clock
+        referral.created_at = referral.events[0].at = at - timedelta(hours=2)
+    for step in steps:
+        at = at + timedelta(hours=rng.uniform(2, 60))
+        at = min(at, now - timedelta(minutes=5))
+        if step == "outcome":
+            referrals.record_outcome(session, receiver_actor, referral.id, referrals.OutcomeData(
+                occurred_on=at.date(), arrests=rng.randint(0, 2), charges=rng.randint(0, 3),
+                children_safeguarded=rng.randint(0, 2), note="Synthetic outcome."), at=at)
+            continue
+        if step == "consent":
+            referrals.grant_transfer_consent(session, sender_actor, referral.id, None, at=at)
+            continue
+        actor = sender_actor if referrals.TRANSITIONS[step].side == "sender" else receiver_actor
+        note = "Synthetic demo note." if step in ("decline", "withdraw", "transfer") else ""
+        target = None
+        if step == "transfer":
+            target = next(a for a in agencies if a.id not in (sender.id, receiver.id) and a.id in users_by_agency)
+        referrals.transition(session, actor, referral.id, step, None, note, transfer_to_agency_id=target and target.id, at=at)
+
+
+def demo_logins(session: Session) -> list[tuple[str, str, str]]:
+    emails = [email for email, *_ in USERS]
+    rows = session.scalars(select(User).where(User.email.in_(emails))).all()
+    order = {email: i for i, email in enumerate(emails)}
+    return [(u.email, u.role.value, u.agency.name) for u in sorted(rows, key=lambda u: order[u.email])]

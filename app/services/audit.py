@@ -1,0 +1,133 @@
+"""The audit trail: append-only entries chained by SHA-256.
+
+Writers serialise on the single `audit_head` row (an UPDATE takes its lock), so the chain
+never forks, on PostgreSQL under concurrent requests as on SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import AuditEntry, AuditHead, User
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does something, from where. Views build one from the request, the CLI its own."""
+
+    user: User | None
+    address: str | None = None
+
+    @property
+    def user_id(self) -> int | None:
+        return self.user.id if self.user else None
+
+    @property
+    def agency_id(self) -> int | None:
+        return self.user.agency_id if self.user else None
+
+
+SYSTEM = Actor(user=None, address="system")
+
+
+def entry_hash(prev_hash: str, seq: int, at: datetime, user_id, agency_id, address, action,
+               object_type, object_id, outcome, detail) -> str:
+    payload = json.dumps(
+        [seq, at.isoformat(), user_id, agency_id, address, action, object_type, object_id,
+         outcome, detail, prev_hash],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _advance_head(session: Session) -> tuple[int, str]:
+    statement = (
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(seq=AuditHead.seq + 1)
+        .returning(AuditHead.seq, AuditHead.last_hash)
+    )
+    row = session.execute(statement).one_or_none()
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.execute(insert(AuditHead).values(id=1, seq=0, last_hash=GENESIS_HASH))
+        except IntegrityError:
+            pass  # another writer created it first
+        row = session.execute(statement).one()
+    return row.seq, row.last_hash
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    action: str,
+    object_type: str | None = None,
+    object_id: object = None,
+    *,
+    outcome: str = "success",
+    detail: dict | str | None = None,
+) -> AuditEntry:
+    seq, prev_hash = _advance_head(session)
+    # Microseconds are dropped so the hashed timestamp survives every engine unchanged.
+    at = utcnow().replace(microsecond=0)
+    detail_text = detail if isinstance(detail, str) else json.dumps(detail or {}, sort_keys=True, default=str)
+    fields = dict(
+        seq=seq, at=at, user_id=actor.user_id, agency_id=actor.agency_id, address=actor.address,
+        action=action, object_type=object_type,
+        object_id=None if object_id is None else str(object_id), outcome=outcome, detail=detail_text,
+    )
+    digest = entry_hash(prev_hash, **fields)
+    entry = AuditEntry(**fields, prev_hash=prev_hash, hash=digest)
+    session.add(entry)
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(last_hash=digest))
+    session.flush()
+    return entry
+
+
+@dataclass
+class VerifyResult:
+    checked: int
+    first_broken_seq: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken_seq is None
+
+
+def verify(session: Session) -> VerifyResult:
+    """Walk the whole chain in order; name the first entry whose hash or link is wrong."""
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=2000))
+    for entry in rows.scalars():
+        if entry.seq != expected_seq:
+            return VerifyResult(checked, expected_seq, f"entry {expected_seq} is missing")
+        if entry.prev_hash != expected_prev:
+            return VerifyResult(checked, entry.seq, "link to the previous entry is broken")
+        digest = entry_hash(
+            entry.prev_hash, entry.seq, entry.at, entry.user_id, entry.agency_id, entry.address,
+            entry.action, entry.object_type, entry.object_id, entry.outcome, entry.detail,
+        )
+        if digest != entry.hash:
+            return VerifyResult(checked, entry.seq, "contents do not match the entry's hash")
+        expected_prev = entry.hash
+        expected_seq += 1
+        checked += 1
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq != checked or head.last_hash != expected_prev):
+        return VerifyResult(checked, checked + 1, "entries after this point were removed")
+    return VerifyResult(checked)

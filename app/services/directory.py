@@ -1,0 +1,136 @@
+"""Agencies, operations and users as an admin manages them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import date
+from zoneinfo import available_timezones
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import Agency, AgencyKind, Operation, Role, User
+from app.services import DomainError, Forbidden, NotFound, audit, countries
+from app.services.audit import Actor
+
+
+@dataclass
+class AgencyData:
+    name: str
+    kind: AgencyKind
+    country_code: str | None
+    desk_email: str
+    desk_phone: str
+    timezone: str = "UTC"
+    is_focal_point: bool = False
+
+
+def require_admin(actor: Actor) -> None:
+    """Admins, or the system itself (CLI and demo loader run without a user)."""
+    if actor.user is not None and actor.user.role is not Role.ADMIN:
+        raise Forbidden("Only administrators manage agencies and users.")
+
+
+def normalise_agency(session: Session, data: AgencyData, agency_id: int | None = None) -> AgencyData:
+    data.name = data.name.strip()
+    if not data.name:
+        raise DomainError("Give the agency a name.", field="name")
+    clash = session.scalar(select(Agency.id).where(func.lower(Agency.name) == data.name.lower()))
+    if clash is not None and clash != agency_id:
+        raise DomainError("Another agency has this name.", field="name")
+    code = (data.country_code or "").strip().upper() or None
+    if data.kind is AgencyKind.INTERNATIONAL:
+        if code is not None:
+            raise DomainError("International bodies have no country.", field="country_code")
+    elif not countries.is_valid(code):
+        raise DomainError(f"Unknown country code '{code or ''}'.", field="country_code")
+    data.country_code = code
+    try:
+        data.desk_email = validate_email(data.desk_email.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise DomainError(str(exc), field="desk_email") from exc
+    try:
+        number = phonenumbers.parse(data.desk_phone, code)
+    except phonenumbers.NumberParseException as exc:
+        raise DomainError("Not a phone number; include the country code, e.g. +64 4 555 0100.", field="desk_phone") from exc
+    if not phonenumbers.is_possible_number(number):
+        raise DomainError("This phone number has the wrong length.", field="desk_phone")
+    data.desk_phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    if data.timezone not in available_timezones():
+        raise DomainError("Unknown time zone; use a name like Pacific/Auckland.", field="timezone")
+    return data
+
+
+def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
+    require_admin(actor)
+    data = normalise_agency(session, data)
+    agency = Agency(**{f.name: getattr(data, f.name) for f in fields(data)})
+    session.add(agency)
+    session.flush()
+    audit.record(session, actor, "agency.create", "agency", agency.id, detail={"name": agency.name})
+    return agency
+
+
+def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyData) -> Agency:
+    require_admin(actor)
+    agency = session.get(Agency, agency_id)
+    if agency is None:
+        raise NotFound()
+    data = normalise_agency(session, data, agency_id)
+    changed = []
+    for f in fields(data):
+        if getattr(agency, f.name) != getattr(data, f.name):
+            setattr(agency, f.name, getattr(data, f.name))
+            changed.append(f.name)
+    session.flush()
+    audit.record(session, actor, "agency.edit", "agency", agency.id, detail={"changed": changed})
+    return agency
+
+
+@dataclass
+class OperationData:
+    code: str
+    lead_agency_id: int
+    opened_on: date
+    description: str = ""
+
+
+def create_operation(session: Session, actor: Actor, data: OperationData) -> Operation:
+    user = actor.user
+    if user is None or user.role not in (Role.ADMIN, Role.MANAGER):
+        raise Forbidden("Only administrators and managers open operations.")
+    if user.role is Role.MANAGER and data.lead_agency_id != user.agency_id:
+        raise DomainError("Managers open operations led by their own agency.", field="lead_agency_id")
+    code = data.code.strip().upper()
+    if not code:
+        raise DomainError("Give the operation a code name.", field="code")
+    if session.scalar(select(Operation.id).where(Operation.code == code)) is not None:
+        raise DomainError("This code name is taken.", field="code")
+    if session.get(Agency, data.lead_agency_id) is None:
+        raise DomainError("Choose an existing agency.", field="lead_agency_id")
+    operation = Operation(code=code, lead_agency_id=data.lead_agency_id, opened_on=data.opened_on,
+                          description=data.description.strip())
+    session.add(operation)
+    session.flush()
+    audit.record(session, actor, "operation.create", "operation", operation.id, detail={"code": code})
+    return operation
+
+
+def update_user(session: Session, actor: Actor, user_id: int, *, role: Role, is_active: bool,
+                agency_id: int, name: str) -> User:
+    require_admin(actor)
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound()
+    if user.id == actor.user_id and (role is not Role.ADMIN or not is_active):
+        raise DomainError("You cannot remove your own administrator access.", field="role")
+    if session.get(Agency, agency_id) is None:
+        raise DomainError("Choose an existing agency.", field="agency_id")
+    before = {"role": user.role.value, "is_active": user.is_active, "agency_id": user.agency_id}
+    user.role, user.is_active, user.agency_id, user.name = role, is_active, agency_id, name.strip()
+    session.flush()
+    after = {"role": user.role.value, "is_active": user.is_active, "agency_id": user.agency_id}
+    audit.record(session, actor, "user.edit", "user", user.id, detail={"before": before, "after": after})
+    return user

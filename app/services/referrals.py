@@ -1,0 +1,461 @@
+"""The referral lifecycle: drafts, transitions, transfers and outcomes.
+
+draft --send--> sent --acknowledge--> acknowledged --accept--> accepted --close--> closed
+                  |--withdraw--> withdrawn     |--decline--> declined
+                                               |--transfer--> transferred (+ a new linked referral)
+
+Only the sending agency sends, withdraws or grants transfer consent; only the receiving
+agency acknowledges, accepts, declines, transfers, closes or records outcomes. Every step
+stamps its date, appends to the referral's history and to the audit trail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from app.db import utcnow
+from app.models import (
+    Agency,
+    HandlingCode,
+    Operation,
+    Outcome,
+    Priority,
+    ReferenceCounter,
+    Referral,
+    ReferralEvent,
+    Status,
+    TLP,
+)
+from app.services import Conflict, DomainError, Forbidden, audit, countries
+from app.services.access import get_visible_referral, visible_referrals
+from app.services.audit import Actor
+
+Side = Literal["sender", "receiver"]
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[Status]
+    target: Status
+    side: Side
+    stamp: str
+    needs_note: bool = False
+
+
+TRANSITIONS: dict[str, Transition] = {
+    "send": Transition(frozenset({Status.DRAFT}), Status.SENT, "sender", "sent_at"),
+    "withdraw": Transition(frozenset({Status.SENT}), Status.WITHDRAWN, "sender", "withdrawn_at", needs_note=True),
+    "acknowledge": Transition(frozenset({Status.SENT}), Status.ACKNOWLEDGED, "receiver", "acknowledged_at"),
+    "accept": Transition(frozenset({Status.ACKNOWLEDGED}), Status.ACCEPTED, "receiver", "accepted_at"),
+    "decline": Transition(frozenset({Status.ACKNOWLEDGED}), Status.DECLINED, "receiver", "declined_at", needs_note=True),
+    "transfer": Transition(frozenset({Status.ACKNOWLEDGED}), Status.TRANSFERRED, "receiver", "transferred_at"),
+    "close": Transition(frozenset({Status.ACCEPTED}), Status.CLOSED, "receiver", "closed_at"),
+}
+
+NOTE_MAX = 1000
+
+
+@dataclass
+class ReferralData:
+    """What a liaison officer fills in for a draft."""
+
+    receiver_agency_id: int
+    jurisdiction: str
+    priority: Priority
+    operation_id: int | None = None
+    risk_access_to_children: bool = False
+    risk_position_of_authority: bool = False
+    risk_previous_convictions: bool = False
+    risk_plans_to_meet: bool = False
+    risk_contact_offending: bool = False
+    grade_a: int = 0
+    grade_b: int = 0
+    grade_c: int = 0
+    material_description: str = ""
+    tlp: TLP = TLP.RED
+    handling_code: HandlingCode = HandlingCode.CONSENT_REQUIRED
+    summary: str = ""
+
+    @classmethod
+    def from_referral(cls, referral: Referral) -> ReferralData:
+        return cls(**{f.name: getattr(referral, f.name) for f in fields(cls)})
+
+
+SUMMARY_MAX = 4000
+MATERIAL_MAX = 500
+
+
+def _validate(session: Session, actor: Actor, data: ReferralData) -> None:
+    if not countries.is_valid(data.jurisdiction):
+        raise DomainError(f"Unknown country code '{data.jurisdiction}'.", field="jurisdiction")
+    data.jurisdiction = data.jurisdiction.upper()
+    receiver = session.get(Agency, data.receiver_agency_id)
+    if receiver is None:
+        raise DomainError("Choose an existing receiving agency.", field="receiver_agency_id")
+    if receiver.id == actor.agency_id:
+        raise DomainError("The receiving agency must differ from your own.", field="receiver_agency_id")
+    if data.operation_id is not None and session.get(Operation, data.operation_id) is None:
+        raise DomainError("Choose an existing operation.", field="operation_id")
+    for name in ("grade_a", "grade_b", "grade_c"):
+        if getattr(data, name) < 0:
+            raise DomainError("Counts cannot be negative.", field=name)
+    if len(data.summary) > SUMMARY_MAX:
+        raise DomainError(f"At most {SUMMARY_MAX} characters.", field="summary")
+    if len(data.material_description) > MATERIAL_MAX:
+        raise DomainError(f"At most {MATERIAL_MAX} characters.", field="material_description")
+
+
+def _require_worker(actor: Actor) -> None:
+    if actor.user is None or not actor.user.can_work_referrals:
+        raise Forbidden("Your role may read referrals but not work them.")
+
+
+def next_references(session: Session, count: int = 1, year: int | None = None) -> list[str]:
+    """Reserve `count` consecutive references for a year (HND-2026-000123)."""
+    year = year or utcnow().year
+    statement = (
+        update(ReferenceCounter)
+        .where(ReferenceCounter.year == year)
+        .values(last_value=ReferenceCounter.last_value + count)
+        .returning(ReferenceCounter.last_value)
+    )
+    last = session.execute(statement).scalar_one_or_none()
+    if last is None:
+        try:
+            with session.begin_nested():
+                session.execute(insert(ReferenceCounter).values(year=year, last_value=0))
+        except IntegrityError:
+            pass  # created concurrently
+        last = session.execute(statement).scalar_one()
+    return [f"HND-{year}-{n:06d}" for n in range(last - count + 1, last + 1)]
+
+
+def _event(referral: Referral, actor: Actor, action: str, from_status: Status | None,
+           to_status: Status | None, note: str = "", at: datetime | None = None) -> None:
+    referral.events.append(
+        ReferralEvent(
+            at=at or utcnow(), action=action, from_status=from_status and from_status.value,
+            to_status=to_status and to_status.value, user_id=actor.user_id,
+            agency_id=actor.agency_id, note=note,
+        )
+    )
+
+
+def _flush(session: Session) -> None:
+    try:
+        session.flush()
+    except StaleDataError as exc:
+        raise Conflict("Someone else changed this referral meanwhile. Reload it and try again.") from exc
+
+
+def _check_version(referral: Referral, expected_version: int | None) -> None:
+    if expected_version is not None and referral.version != expected_version:
+        raise Conflict("Someone else changed this referral meanwhile. Reload it and try again.")
+
+
+def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral:
+    _require_worker(actor)
+    _validate(session, actor, data)
+    referral = Referral(
+        reference=next_references(session)[0],
+        sender_agency_id=actor.agency_id,
+        status=Status.DRAFT,
+        created_by_id=actor.user_id,
+        **{f.name: getattr(data, f.name) for f in fields(data)},
+    )
+    session.add(referral)
+    _event(referral, actor, "create", None, Status.DRAFT)
+    _flush(session)
+    audit.record(session, actor, "referral.create", "referral", referral.id, detail={"reference": referral.reference})
+    return referral
+
+
+def update_draft(session: Session, actor: Actor, referral_id: int, expected_version: int, data: ReferralData) -> Referral:
+    referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
+    _require_worker(actor)
+    if referral.sender_agency_id != actor.agency_id:
+        raise Forbidden("Only the sending agency edits a referral.")
+    if referral.status is not Status.DRAFT:
+        raise DomainError("Only drafts can be edited.")
+    _check_version(referral, expected_version)
+    _validate(session, actor, data)
+    changed = {}
+    for f in fields(data):
+        new = getattr(data, f.name)
+        if getattr(referral, f.name) != new:
+            changed[f.name] = str(new)
+            setattr(referral, f.name, new)
+    if changed:
+        _event(referral, actor, "edit", Status.DRAFT, Status.DRAFT, note=", ".join(sorted(changed)))
+    _flush(session)
+    audit.record(session, actor, "referral.edit", "referral", referral.id, detail={"changed": sorted(changed)})
+    return referral
+
+
+def allowed_actions(referral: Referral, user) -> list[str]:
+    """The transitions this user could take now (for showing buttons)."""
+    if not user.can_work_referrals:
+        return []
+    result = []
+    for name, transition in TRANSITIONS.items():
+        side_agency = referral.sender_agency_id if transition.side == "sender" else referral.receiver_agency_id
+        if referral.status in transition.sources and side_agency == user.agency_id:
+            result.append(name)
+    return result
+
+
+def can_grant_consent(referral: Referral, user) -> bool:
+    return (
+        user.can_work_referrals
+        and referral.sender_agency_id == user.agency_id
+        and referral.handling_code is HandlingCode.CONSENT_REQUIRED
+        and referral.transfer_consent_at is None
+        and referral.status in (Status.SENT, Status.ACKNOWLEDGED)
+    )
+
+
+def can_record_outcome(referral: Referral, user) -> bool:
+    return (
+        user.can_work_referrals
+        and referral.receiver_agency_id == user.agency_id
+        and referral.status is Status.ACCEPTED
+    )
+
+
+def transition(
+    session: Session,
+    actor: Actor,
+    referral_id: int,
+    action: str,
+    expected_version: int | None,
+    note: str = "",
+    *,
+    transfer_to_agency_id: int | None = None,
+    at: datetime | None = None,
+) -> Referral:
+    """Apply one lifecycle step. Returns the referral (for a transfer: the new one).
+
+    `at` lets the demo loader replay history; requests always use the current time.
+    """
+    rule = TRANSITIONS.get(action)
+    if rule is None:
+        raise DomainError(f"Unknown action '{action}'.")
+    referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
+    _require_worker(actor)
+    side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
+    if side_agency != actor.agency_id:
+        raise Forbidden(f"Only the {'sending' if rule.side == 'sender' else 'receiving'} agency may {action} this referral.")
+    if referral.status not in rule.sources:
+        raise DomainError(f"A referral that is {referral.status.value} cannot be {_past(action)}.")
+    _check_version(referral, expected_version)
+    note = (note or "").strip()
+    if len(note) > NOTE_MAX:
+        raise DomainError(f"The note may have at most {NOTE_MAX} characters.", field="note")
+    if rule.needs_note and not note:
+        raise DomainError(f"Give a reason to {action} this referral.", field="note")
+
+    when = at or utcnow()
+    new_referral = None
+    if action == "transfer":
+        new_referral = _transfer(session, actor, referral, transfer_to_agency_id, note, when)
+
+    previous = referral.status
+    referral.status = rule.target
+    setattr(referral, rule.stamp, when)
+    detail = {"from": previous.value, "to": rule.target.value}
+    if new_referral is not None:
+        note = f"Transferred to {new_referral.receiver.name} as {new_referral.reference}. {note}".strip()
+        detail["new_reference"] = new_referral.reference
+    _event(referral, actor, action, previous, rule.target, note, at=when)
+    _flush(session)
+    audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
+    return new_referral or referral
+
+
+def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: int | None,
+              note: str, when: datetime) -> Referral:
+    if referral.handling_code is HandlingCode.CONSENT_REQUIRED and referral.transfer_consent_at is None:
+        raise Forbidden("The handling code requires the sender's consent to onward transfer, which has not been given.")
+    target = session.get(Agency, to_agency_id) if to_agency_id is not None else None
+    if target is None:
+        raise DomainError("Choose the agency to transfer to.", field="transfer_to_agency_id")
+    if target.id in (referral.sender_agency_id, referral.receiver_agency_id):
+        raise DomainError("Transfer to an agency other than the sender and your own.", field="transfer_to_agency_id")
+    copied = ReferralData.from_referral(referral)
+    copied.receiver_agency_id = target.id
+    new = Referral(
+        reference=next_references(session)[0],
+        sender_agency_id=referral.receiver_agency_id,
+        status=Status.SENT,
+        sent_at=when,
+        created_at=when,
+        created_by_id=actor.user_id,
+        transferred_from_id=referral.id,
+        **{f.name: getattr(copied, f.name) for f in fields(copied)},
+    )
+    session.add(new)
+    _event(new, actor, "create", None, Status.DRAFT, f"Transfer of {referral.reference}.", at=when)
+    _event(new, actor, "send", Status.DRAFT, Status.SENT, note, at=when)
+    _flush(session)
+    session.refresh(new, ["receiver"])
+    audit.record(session, actor, "referral.create", "referral", new.id,
+                 detail={"reference": new.reference, "transferred_from": referral.reference})
+    return new
+
+
+def _past(action: str) -> str:
+    return {"send": "sent", "withdraw": "withdrawn", "acknowledge": "acknowledged", "accept": "accepted",
+            "decline": "declined", "transfer": "transferred", "close": "closed"}[action]
+
+
+def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, expected_version: int | None,
+                           *, at: datetime | None = None) -> Referral:
+    referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
+    _require_worker(actor)
+    if referral.sender_agency_id != actor.agency_id:
+        raise Forbidden("Only the sending agency can consent to onward transfer.")
+    if not can_grant_consent(referral, actor.user):
+        raise DomainError("Consent is not needed or cannot be given at this stage.")
+    _check_version(referral, expected_version)
+    referral.transfer_consent_at = at or utcnow()
+    _event(referral, actor, "consent", referral.status, referral.status, "Consent to onward transfer given.",
+           at=referral.transfer_consent_at)
+    _flush(session)
+    audit.record(session, actor, "referral.consent", "referral", referral.id)
+    return referral
+
+
+@dataclass
+class OutcomeData:
+    occurred_on: date
+    arrests: int = 0
+    charges: int = 0
+    children_safeguarded: int = 0
+    note: str = ""
+
+
+def record_outcome(session: Session, actor: Actor, referral_id: int, data: OutcomeData,
+                   *, at: datetime | None = None) -> Outcome:
+    referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
+    _require_worker(actor)
+    if referral.receiver_agency_id != actor.agency_id:
+        raise Forbidden("Only the receiving agency records outcomes.")
+    if referral.status is not Status.ACCEPTED:
+        raise DomainError("Outcomes are recorded on accepted referrals.")
+    for name in ("arrests", "charges", "children_safeguarded"):
+        if getattr(data, name) < 0:
+            raise DomainError("Counts cannot be negative.", field=name)
+    if data.occurred_on > utcnow().date() + timedelta(days=1):
+        raise DomainError("The date cannot be in the future.", field="occurred_on")
+    if len(data.note) > NOTE_MAX:
+        raise DomainError(f"At most {NOTE_MAX} characters.", field="note")
+    when = at or utcnow()
+    outcome = Outcome(
+        recorded_at=when, occurred_on=data.occurred_on, arrests=data.arrests, charges=data.charges,
+        children_safeguarded=data.children_safeguarded, note=data.note,
+        recorded_by_id=actor.user_id, agency_id=actor.agency_id,
+    )
+    referral.outcomes.append(outcome)
+    _event(referral, actor, "outcome", referral.status, referral.status,
+           f"Arrests {data.arrests}, charges {data.charges}, children safeguarded {data.children_safeguarded}.",
+           at=when)
+    # Touching the referral bumps its version, so a concurrent editor sees the change.
+    referral.updated_at = when
+    _flush(session)
+    audit.record(session, actor, "referral.outcome", "referral", referral.id,
+                 detail={"arrests": data.arrests, "charges": data.charges,
+                         "children_safeguarded": data.children_safeguarded})
+    return outcome
+
+
+def view(session: Session, actor: Actor, referral_id: int) -> Referral:
+    """The detail of a referral, recorded on the audit trail."""
+    referral = get_visible_referral(session, actor.user, referral_id)
+    audit.record(session, actor, "referral.view", "referral", referral.id)
+    return referral
+
+
+# --- listing -------------------------------------------------------------------------
+
+def overdue_clause(now: datetime):
+    """Sent but not acknowledged within the priority's window. Computed, never stored."""
+    return and_(
+        Referral.status == Status.SENT,
+        or_(
+            and_(Referral.priority == Priority.P1, Referral.sent_at < now - Priority.P1.acknowledge_within),
+            and_(Referral.priority != Priority.P1, Referral.sent_at < now - Priority.P2.acknowledge_within),
+        ),
+    )
+
+
+SORTS = {
+    "reference": Referral.reference,
+    "status": Referral.status,
+    "priority": Referral.priority,
+    "jurisdiction": Referral.jurisdiction,
+    "sent": Referral.sent_at,
+    "updated": Referral.updated_at,
+}
+
+
+@dataclass
+class ListFilters:
+    status: Status | None = None
+    jurisdiction: str | None = None
+    priority: Priority | None = None
+    overdue: bool = False
+    operation_id: int | None = None
+    direction: Literal["in", "out"] | None = None
+    sort: str = "updated"
+    descending: bool = True
+    page: int = 1
+
+
+@dataclass
+class Page:
+    items: list[Referral]
+    total: int
+    page: int
+    per_page: int
+    overdue_ids: set[int] = field(default_factory=set)
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+def list_referrals(session: Session, user, filters: ListFilters, per_page: int = 25,
+                   now: datetime | None = None) -> Page:
+    now = now or utcnow()
+    query = visible_referrals(user)
+    if filters.status:
+        query = query.where(Referral.status == filters.status)
+    if filters.jurisdiction:
+        query = query.where(Referral.jurisdiction == filters.jurisdiction.upper())
+    if filters.priority:
+        query = query.where(Referral.priority == filters.priority)
+    if filters.operation_id:
+        query = query.where(Referral.operation_id == filters.operation_id)
+    if filters.overdue:
+        query = query.where(overdue_clause(now))
+    if filters.direction == "in":
+        query = query.where(Referral.receiver_agency_id == user.agency_id)
+    elif filters.direction == "out":
+        query = query.where(Referral.sender_agency_id == user.agency_id)
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    column = SORTS.get(filters.sort, Referral.updated_at)
+    order = column.desc() if filters.descending else column.asc()
+    page = max(1, filters.page)
+    items = list(
+        session.scalars(query.order_by(order, Referral.id.desc()).limit(per_page).offset((page - 1) * per_page)).unique()
+    )
+    overdue_ids = {r.id for r in items if r.is_overdue(now)}
+    return Page(items=items, total=total or 0, page=page, per_page=per_page, overdue_ids=overdue_ids)

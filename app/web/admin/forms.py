@@ -1,0 +1,51 @@
+from zoneinfo import available_timezones
+
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, DateField, EmailField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional
+
+from app.models import AgencyKind, Role
+from app.services import countries
+from app.services.users import MIN_PASSWORD_LENGTH
+
+
+def optional_int(value):
+    if value in (None, "", "None"):
+        return None
+    return int(value)
+
+
+class AgencyForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    kind = SelectField("Kind", choices=[(k.value, k.label) for k in AgencyKind])
+    country_code = SelectField("Country", validators=[Optional()])
+    desk_email = EmailField("Liaison desk e-mail", validators=[DataRequired(), Length(max=254)])
+    desk_phone = StringField("Liaison desk phone", validators=[DataRequired(), Length(max=32)])
+    timezone = SelectField("Time zone", default="UTC")
+    is_focal_point = BooleanField("Focal point: receives referrals for its country")
+
+    def set_choices(self) -> None:
+        self.country_code.choices = [("", "None (international body)")] + countries.choices()
+        self.timezone.choices = sorted(available_timezones())
+
+
+class UserCreateForm(FlaskForm):
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=254)])
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    role = SelectField("Role", choices=[(r.value, r.value) for r in Role], default=Role.VIEWER.value)
+    agency_id = SelectField("Agency", coerce=optional_int, validators=[DataRequired()])
+    password = PasswordField("Initial password", validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=1024)])
+
+
+class UserEditForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    role = SelectField("Role", choices=[(r.value, r.value) for r in Role])
+    agency_id = SelectField("Agency", coerce=optional_int, validators=[DataRequired()])
+    is_active = BooleanField("Active")
+
+
+class OperationForm(FlaskForm):
+    code = StringField("Code name", validators=[DataRequired(), Length(max=64)])
+    lead_agency_id = SelectField("Lead agency", coerce=optional_int, validators=[DataRequired()])
+    opened_on = DateField("Opened", validators=[DataRequired()])
+    description = TextAreaField("Description", validators=[Length(max=1000)])

@@ -1,0 +1,163 @@
+from functools import wraps
+
+from flask import abort, flash, redirect, render_template, url_for
+from flask_login import current_user, login_required
+from sqlalchemy import select
+
+from app.db import utcnow
+from app.extensions import db
+from app.models import Agency, AgencyKind, Role, User
+from app.services import DomainError, directory, users
+from app.services.access import visible_operations
+from app.web import current_actor, form_refused, passwords
+from app.web.admin import bp
+from app.web.admin.forms import AgencyForm, OperationForm, UserCreateForm, UserEditForm
+
+
+def admin_required(view):
+    @wraps(view)
+    @login_required
+    def wrapper(*args, **kwargs):
+        if current_user.role is not Role.ADMIN:
+            abort(403)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _status(form) -> int:
+    return 422 if form.errors or form.form_errors else 200
+
+
+def _agencies():
+    return db.session.scalars(select(Agency).order_by(Agency.name)).all()
+
+
+@bp.route("/agencies")
+@admin_required
+def agencies():
+    return render_template("admin/agencies.html", agencies=_agencies())
+
+
+def _agency_data(form: AgencyForm) -> directory.AgencyData:
+    return directory.AgencyData(
+        name=form.name.data, kind=AgencyKind(form.kind.data), country_code=form.country_code.data or None,
+        desk_email=form.desk_email.data, desk_phone=form.desk_phone.data, timezone=form.timezone.data,
+        is_focal_point=form.is_focal_point.data,
+    )
+
+
+@bp.route("/agencies/new", methods=["GET", "POST"])
+@admin_required
+def agency_new():
+    form = AgencyForm()
+    form.set_choices()
+    if form.validate_on_submit():
+        try:
+            agency = directory.create_agency(db.session, current_actor(), _agency_data(form))
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash(f"Agency {agency.name} created.")
+            return redirect(url_for("admin.agencies"), 303)
+    return render_template("admin/agency_form.html", form=form, agency=None), _status(form)
+
+
+@bp.route("/agencies/<int:agency_id>", methods=["GET", "POST"])
+@admin_required
+def agency_edit(agency_id: int):
+    agency = db.session.get(Agency, agency_id) or abort(404)
+    form = AgencyForm(obj=agency)
+    form.set_choices()
+    if form.validate_on_submit():
+        try:
+            directory.update_agency(db.session, current_actor(), agency_id, _agency_data(form))
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash("Agency saved.")
+            return redirect(url_for("admin.agencies"), 303)
+    return render_template("admin/agency_form.html", form=form, agency=agency), _status(form)
+
+
+@bp.route("/users")
+@admin_required
+def users_index():
+    rows = db.session.scalars(select(User).order_by(User.email)).all()
+    return render_template("admin/users.html", users=rows)
+
+
+@bp.route("/users/new", methods=["GET", "POST"])
+@admin_required
+def user_new():
+    form = UserCreateForm()
+    form.agency_id.choices = [("", "Choose...")] + [(a.id, a.name) for a in _agencies()]
+    if form.validate_on_submit():
+        try:
+            user = users.create_user(
+                db.session, current_actor(), passwords(), email=form.email.data, name=form.name.data,
+                password=form.password.data, role=Role(form.role.data), agency_id=form.agency_id.data,
+            )
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash(f"User {user.email} created.")
+            return redirect(url_for("admin.users_index"), 303)
+    return render_template("admin/user_form.html", form=form, user=None), _status(form)
+
+
+@bp.route("/users/<int:user_id>", methods=["GET", "POST"])
+@admin_required
+def user_edit(user_id: int):
+    user = db.session.get(User, user_id) or abort(404)
+    form = UserEditForm(obj=user)
+    form.agency_id.choices = [(a.id, a.name) for a in _agencies()]
+    if form.validate_on_submit():
+        try:
+            directory.update_user(db.session, current_actor(), user_id, role=Role(form.role.data),
+                                  is_active=form.is_active.data, agency_id=form.agency_id.data, name=form.name.data)
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash("User saved.")
+            return redirect(url_for("admin.users_index"), 303)
+    return render_template("admin/user_form.html", form=form, user=user), _status(form)
+
+
+@bp.route("/operations")
+@login_required
+def operations():
+    rows = db.session.scalars(visible_operations(current_user).order_by("code")).all()
+    can_open = current_user.role in (Role.ADMIN, Role.MANAGER)
+    return render_template("admin/operations.html", operations=rows, can_open=can_open)
+
+
+@bp.route("/operations/new", methods=["GET", "POST"])
+@login_required
+def operation_new():
+    if current_user.role not in (Role.ADMIN, Role.MANAGER):
+        abort(403)
+    form = OperationForm()
+    agencies = _agencies() if current_user.role is Role.ADMIN else [current_user.agency]
+    form.lead_agency_id.choices = [(a.id, a.name) for a in agencies]
+    if not form.is_submitted():
+        form.opened_on.data = utcnow().date()
+        form.lead_agency_id.data = current_user.agency_id
+    if form.validate_on_submit():
+        try:
+            operation = directory.create_operation(
+                db.session, current_actor(),
+                directory.OperationData(form.code.data, form.lead_agency_id.data, form.opened_on.data,
+                                        form.description.data or ""),
+            )
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash(f"Operation {operation.code} opened.")
+            return redirect(url_for("admin.operations"), 303)
+    return render_template("admin/operation_form.html", form=form), _status(form)

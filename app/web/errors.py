@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from flask import Flask, render_template, request
+
+from app.services import Forbidden, NotFound
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(NotFound)
+    def not_found_domain(exc: NotFound):
+        return render_template("error.html", code=404, message="Not found."), 404
+
+    @app.errorhandler(Forbidden)
+    def forbidden_domain(exc: Forbidden):
+        return render_template("error.html", code=403, message=exc.message), 403
+
+    for code, message in (
+        (400, "The request could not be understood."),
+        (403, "You may not do that."),
+        (404, "Not found."),
+        (405, "That method is not allowed here."),
+        (500, "Something went wrong on our side. Nothing was saved."),
+    ):
+        app.register_error_handler(code, _page(code, message))
+
+
+def _page(code: int, message: str):
+    def handler(exc):
+        text = getattr(exc, "description", None) if code == 400 else None
+        return render_template("error.html", code=code, message=text or message, path=request.path), code
+
+    return handler

@@ -1,0 +1,54 @@
+"""Jinja helpers: times in the viewer's time zone, country names, durations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flask import Flask
+from flask_login import current_user
+
+from app.db import utcnow
+from app.services import countries
+
+
+def _viewer_zone() -> ZoneInfo:
+    name = current_user.display_timezone if current_user.is_authenticated else "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def localtime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(_viewer_zone()).strftime(fmt)
+
+
+def duration(delta: timedelta) -> str:
+    seconds = int(abs(delta.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def nav_links() -> list[tuple[str, str]]:
+    """Navigation entries for the signed-in user's role."""
+    links = [("admin.operations", "Operations")]
+    if current_user.is_authenticated and current_user.role.value == "admin":
+        links += [("admin.agencies", "Agencies"), ("admin.users_index", "Users")]
+    return links
+
+
+def register(app: Flask) -> None:
+    app.add_template_filter(localtime)
+    app.add_template_filter(duration)
+    app.add_template_filter(countries.name, "country")
+    app.add_template_global(utcnow, "utcnow")
+    app.add_template_global(nav_links)

@@ -1,0 +1,88 @@
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, DateField, HiddenField, IntegerField, SelectField, TextAreaField
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+
+from app.models import RISK_FLAGS, TLP, HandlingCode, Priority
+from app.services import countries
+from app.services.referrals import MATERIAL_MAX, NOTE_MAX, SUMMARY_MAX
+
+
+def optional_int(value):
+    if value in (None, "", "None"):
+        return None
+    return int(value)
+
+
+COUNT = [InputRequired(), NumberRange(min=0, max=10_000_000, message="Enter a whole number, 0 or more.")]
+
+
+class ReferralForm(FlaskForm):
+    version = HiddenField()
+    receiver_agency_id = SelectField("Receiving agency", coerce=optional_int, validators=[DataRequired()])
+    jurisdiction = SelectField("Jurisdiction", validators=[DataRequired()])
+    operation_id = SelectField("Operation", coerce=optional_int, validators=[Optional()])
+    priority = SelectField("Priority", choices=[(p.value, p.value) for p in Priority], default=Priority.P3.value)
+    risk_access_to_children = BooleanField(RISK_FLAGS["risk_access_to_children"])
+    risk_position_of_authority = BooleanField(RISK_FLAGS["risk_position_of_authority"])
+    risk_previous_convictions = BooleanField(RISK_FLAGS["risk_previous_convictions"])
+    risk_plans_to_meet = BooleanField(RISK_FLAGS["risk_plans_to_meet"])
+    risk_contact_offending = BooleanField(RISK_FLAGS["risk_contact_offending"])
+    grade_a = IntegerField("Category A", default=0, validators=COUNT)
+    grade_b = IntegerField("Category B", default=0, validators=COUNT)
+    grade_c = IntegerField("Category C", default=0, validators=COUNT)
+    material_description = TextAreaField("Material description", validators=[Length(max=MATERIAL_MAX)])
+    tlp = SelectField("TLP", choices=[(t.value, f"TLP:{t.value}") for t in TLP], default=TLP.RED.value)
+    handling_code = SelectField(
+        "Handling code", choices=[(h.value, h.label) for h in HandlingCode],
+        default=HandlingCode.CONSENT_REQUIRED.value,
+    )
+    summary = TextAreaField("Summary", validators=[Length(max=SUMMARY_MAX)])
+
+    def set_choices(self, agencies, operations) -> None:
+        self.receiver_agency_id.choices = [("", "Choose...")] + [(a.id, _agency_label(a)) for a in agencies]
+        self.jurisdiction.choices = [("", "Choose...")] + countries.choices()
+        self.operation_id.choices = [("", "None")] + [(o.id, o.code) for o in operations]
+
+
+def _agency_label(agency) -> str:
+    return f"{agency.name} ({agency.country_code or 'international'})"
+
+
+class ActionForm(FlaskForm):
+    """One lifecycle step; the version guards against acting on a stale page."""
+
+    version = HiddenField(validators=[DataRequired()])
+    note = TextAreaField("Note", validators=[Length(max=NOTE_MAX)])
+
+
+class TransferForm(ActionForm):
+    transfer_to_agency_id = SelectField("Transfer to", coerce=optional_int, validators=[DataRequired()])
+
+    def set_choices(self, agencies) -> None:
+        self.transfer_to_agency_id.choices = [("", "Choose...")] + [(a.id, _agency_label(a)) for a in agencies]
+
+
+class OutcomeForm(FlaskForm):
+    occurred_on = DateField("Date", validators=[DataRequired()])
+    arrests = IntegerField("Arrests", default=0, validators=COUNT)
+    charges = IntegerField("Charges", default=0, validators=COUNT)
+    children_safeguarded = IntegerField("Children safeguarded", default=0, validators=COUNT)
+    note = TextAreaField("Note", validators=[Length(max=NOTE_MAX)])
+
+
+class ListFilterForm(FlaskForm):
+    """GET filters of the referral list (no CSRF: reading only)."""
+
+    class Meta:
+        csrf = False
+
+    status = SelectField("Status", validators=[Optional()])
+    jurisdiction = SelectField("Jurisdiction", validators=[Optional()])
+    priority = SelectField("Priority", validators=[Optional()])
+    operation = SelectField("Operation", coerce=optional_int, validators=[Optional()])
+    direction = SelectField("Direction", choices=[("", "All"), ("in", "Received"), ("out", "Sent")],
+                            validators=[Optional()])
+    overdue = BooleanField("Overdue only")
+    sort = SelectField("Sort", validators=[Optional()])
+    order = SelectField("Order", choices=[("desc", "Descending"), ("asc", "Ascending")], validators=[Optional()])
+    page = IntegerField("Page", default=1, validators=[Optional(), NumberRange(min=1)])

@@ -1,0 +1,52 @@
+"""Alembic environment: models' metadata, batch mode for SQLite, URL from the app's settings."""
+
+from __future__ import annotations
+
+import os
+from logging.config import fileConfig
+
+from alembic import context
+
+import app.models  # noqa: F401  (fills the metadata)
+from app.db import Base, make_engine
+
+config = context.config
+if config.config_file_name is not None and not config.attributes.get("skip_logging"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    url = os.environ.get("HANDOFF_DATABASE_URL")
+    if url:
+        return url
+    instance = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instance")
+    os.makedirs(instance, exist_ok=True)
+    return "sqlite:///" + os.path.join(instance, "handoff.db")
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True,
+                      render_as_batch=True, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(database_url())
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          render_as_batch=True, compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,458 @@
+"""Tests for app.services.identifiers.
+
+All values are synthetic: example.* domains, documentation IP ranges
+(192.0.2.0/24, 2001:db8::/32) and fictional-use phone numbers.
+"""
+
+import dataclasses
+
+import pytest
+
+from app.services.identifiers import (
+    MAX_LENGTH,
+    PLATFORMS,
+    IdentifierKind,
+    InvalidIdentifier,
+    NormalisedIdentifier,
+    detect_kind,
+    match_key,
+    normalise,
+)
+
+EMAIL = IdentifierKind.EMAIL
+PHONE = IdentifierKind.PHONE
+USERNAME = IdentifierKind.USERNAME
+ACCOUNT_ID = IdentifierKind.ACCOUNT_ID
+IP = IdentifierKind.IP
+
+SECRET = b"test-secret-not-for-production"
+NBSP = "\u00a0"
+IDEOGRAPHIC_SPACE = "\u3000"
+
+
+def spec(kind, raw, platform=None, region=None):
+    """One call to normalise(), as a readable test-table row."""
+    return (kind, raw, platform, region)
+
+
+def run(row):
+    kind, raw, platform, region = row
+    return normalise(kind, raw, platform=platform, region=region)
+
+
+# --- inputs that must normalise to the same canonical value -----------------
+
+EQUIVALENT = [
+    # (expected value, [inputs])
+    pytest.param(
+        "alice@example.org",
+        [
+            spec(EMAIL, "alice@example.org"),
+            spec(EMAIL, "Alice@Example.ORG"),
+            spec(EMAIL, "  alice@example.org\t"),
+            spec(EMAIL, f"{NBSP}alice@example.org{NBSP}"),
+            spec(EMAIL, "alice＠example.org"),  # full-width @
+            spec(EMAIL, "ＡＬＩＣＥ＠ＥＸＡＭＰＬＥ．ＯＲＧ"),  # all full-width
+            spec("email", "ALICE@example.org"),  # kind given as a string
+        ],
+        id="email-case-space-fullwidth",
+    ),
+    pytest.param(
+        "fiona@example.com",
+        [
+            spec(EMAIL, "ﬁona@example.com"),  # U+FB01 ligature
+            spec(EMAIL, "FIONA@EXAMPLE.COM"),
+        ],
+        id="email-ligature",
+    ),
+    pytest.param(
+        "user@xn--bcher-kva.example",
+        [
+            spec(EMAIL, "user@Bücher.example"),
+            spec(EMAIL, "user@xn--bcher-kva.example"),
+            spec(EMAIL, "USER@BÜCHER.EXAMPLE"),
+            spec(EMAIL, "User@XN--BCHER-KVA.example"),
+        ],
+        id="email-idna-domain",
+    ),
+    pytest.param(
+        "зоя@example.org",
+        [
+            spec(EMAIL, "Зоя@example.org"),  # non-ASCII local part is case-folded too
+            spec(EMAIL, "ЗОЯ@example.org"),
+        ],
+        id="email-non-ascii-local",
+    ),
+    pytest.param(
+        "strasse@example.org",
+        [spec(EMAIL, "Straße@example.org"), spec(EMAIL, "STRASSE@example.org")],
+        id="email-casefold-sharp-s",
+    ),
+    pytest.param(
+        "+64215550123",
+        [
+            spec(PHONE, "+64 21 555 0123"),
+            spec(PHONE, "+64-21-555-0123"),
+            spec(PHONE, "+64.21.555.0123"),
+            spec(PHONE, "(+64) 21 555 0123"),
+            spec(PHONE, "+64 (21) 555-0123"),
+            spec(PHONE, "0064 21 555 0123"),  # 00 = international, no region needed
+            spec(PHONE, "0064215550123"),
+            spec(PHONE, f"\t+64 21 555 0123{NBSP}"),
+            spec(PHONE, "＋６４ ２１ ５５５ ０１２３"),  # full-width digits and plus
+            spec(PHONE, "021 555 0123", region="NZ"),
+            spec(PHONE, "021-555-0123", region="NZ"),
+            spec(PHONE, "(021) 555.0123", region="NZ"),
+            spec(PHONE, "０２１ ５５５ ０１２３", region="NZ"),
+            spec(PHONE, "021 555 0123", region=" nz "),  # region hint is tidied
+            spec(PHONE, "+64 21 555 0123", region="GB"),  # country code beats the hint
+            spec(PHONE, "0064 21 555 0123", region="US"),  # US dials 011, but 00 still works
+            spec(PHONE, "0011 64 21 555 0123", region="AU"),  # AU's own 0011 prefix
+            spec(PHONE, "tel:+64-21-555-0123"),
+        ],
+        id="phone-nz",
+    ),
+    pytest.param(
+        "+442079460018",
+        [
+            spec(PHONE, "020 7946 0018", region="GB"),
+            spec(PHONE, "(020) 7946-0018", region="GB"),
+            spec(PHONE, "+44 20 7946 0018"),
+            spec(PHONE, "+44 (0)20 7946 0018"),
+            spec(PHONE, "0044 20 7946 0018", region="GB"),
+            spec(PHONE, "0044 20 7946 0018"),
+        ],
+        id="phone-gb",
+    ),
+    pytest.param(
+        "+12025550143",
+        [
+            spec(PHONE, "(202) 555-0143", region="US"),
+            spec(PHONE, "202.555.0143", region="US"),
+            spec(PHONE, "1-202-555-0143", region="US"),
+            spec(PHONE, "+1 202 555 0143"),
+            spec(PHONE, "+1 (202) 555-0143", region="NZ"),
+            spec(PHONE, "001 202 555 0143", region="NZ"),
+        ],
+        id="phone-us",
+    ),
+    pytest.param(
+        "2001:db8::1",
+        [
+            spec(IP, "2001:db8::1"),
+            spec(IP, "2001:0db8:0000:0000:0000:0000:0000:0001"),
+            spec(IP, "2001:DB8::1"),
+            spec(IP, "2001:db8:0:0:0:0:0:1"),
+            spec(IP, " 2001:db8::1\n"),
+        ],
+        id="ipv6-short-long",
+    ),
+    pytest.param(
+        "192.0.2.1",
+        [
+            spec(IP, "192.0.2.1"),
+            spec(IP, "::ffff:192.0.2.1"),  # IPv4-mapped IPv6
+            spec(IP, "::FFFF:C000:0201"),
+            spec(IP, f"{NBSP}192.0.2.1 "),
+            spec(IP, "１９２．０．２．１"),  # full-width
+        ],
+        id="ipv4-and-mapped",
+    ),
+    pytest.param(
+        "alice",
+        [
+            spec(USERNAME, "alice", "instagram"),
+            spec(USERNAME, "Alice", "instagram"),
+            spec(USERNAME, "ALICE", "instagram"),
+            spec(USERNAME, "ＡＬＩＣＥ", "instagram"),  # full-width
+            spec(USERNAME, "@alice", "instagram"),  # handle prefix dropped
+            spec(USERNAME, "＠ａｌｉｃｅ", "instagram"),
+            spec(USERNAME, " @Alice\t", "instagram"),
+            spec(USERNAME, f"{NBSP}alice{IDEOGRAPHIC_SPACE}", "instagram"),
+            spec(USERNAME, "alice", "Instagram"),  # platform slug is tidied
+            spec(USERNAME, "alice", " INSTAGRAM "),
+            spec("USERNAME", "alice", "instagram"),
+        ],
+        id="username-case-space-fullwidth-at",
+    ),
+    pytest.param(
+        "fiona",
+        [
+            spec(USERNAME, "ﬁona", "tiktok"),  # ligature
+            spec(USERNAME, "FIONA", "tiktok"),
+        ],
+        id="username-ligature",
+    ),
+    pytest.param(
+        "strasse",
+        [spec(USERNAME, "Straße", "x"), spec(USERNAME, "STRASSE", "x")],
+        id="username-casefold",
+    ),
+    pytest.param(
+        "100012345678901",
+        [
+            spec(ACCOUNT_ID, "100012345678901", "facebook"),
+            spec(ACCOUNT_ID, " 100012345678901\t", "facebook"),
+            spec(ACCOUNT_ID, "１０００１２３４５６７８９０１", "facebook"),
+        ],
+        id="account-id-digits",
+    ),
+    pytest.param(
+        "abc123xyz",
+        [
+            spec(ACCOUNT_ID, "AbC123xyz", "google"),
+            spec(ACCOUNT_ID, "abc123XYZ", "google"),
+            spec(ACCOUNT_ID, "ABC123XYZ", "google"),
+        ],
+        id="account-id-case",
+    ),
+]
+
+
+@pytest.mark.parametrize(("expected", "rows"), EQUIVALENT)
+def test_equivalent_inputs_normalise_alike(expected, rows):
+    results = [run(row) for row in rows]
+    assert {r.value for r in results} == {expected}
+    # Same value, kind and platform means the same match key.
+    assert len({match_key(SECRET, r) for r in results}) == 1
+
+
+@pytest.mark.parametrize(("expected", "rows"), EQUIVALENT)
+def test_canonical_value_is_stable(expected, rows):
+    kind, _, platform, _ = rows[0]
+    assert normalise(kind, expected, platform=platform).value == expected
+
+
+# --- inputs that must NOT match ---------------------------------------------
+
+DISTINCT = [
+    pytest.param(
+        spec(USERNAME, "alice", "instagram"), spec(USERNAME, "alice", "tiktok"), id="platform"
+    ),
+    pytest.param(
+        spec(USERNAME, "alice", "instagram"), spec(ACCOUNT_ID, "alice", "instagram"), id="kind"
+    ),
+    pytest.param(
+        spec(USERNAME, "alice", "instagram"), spec(USERNAME, "alice1", "instagram"), id="suffix"
+    ),
+    pytest.param(spec(IP, "192.0.2.1"), spec(IP, "192.0.2.10"), id="ipv4-prefix"),
+    pytest.param(spec(IP, "2001:db8::1"), spec(IP, "2001:db8::10"), id="ipv6"),
+    pytest.param(spec(IP, "::ffff:192.0.2.1"), spec(IP, "::192.0.2.1"), id="mapped-vs-compat"),
+    # No provider-specific rules: dots and +tags are significant everywhere.
+    pytest.param(spec(EMAIL, "j.smith@gmail.example"), spec(EMAIL, "jsmith@gmail.example"), id="dots"),
+    pytest.param(spec(EMAIL, "alice+tag@example.org"), spec(EMAIL, "alice@example.org"), id="plus-tag"),
+    pytest.param(spec(EMAIL, "alice@example.org"), spec(EMAIL, "alice@example.com"), id="domain"),
+    pytest.param(spec(PHONE, "+64 21 555 0123"), spec(PHONE, "+61 21 555 0123"), id="country-code"),
+    pytest.param(
+        spec(PHONE, "021 555 0123", region="NZ"),
+        spec(PHONE, "021 555 0123", region="GB"),
+        id="same-digits-other-region",
+    ),
+    pytest.param(spec(PHONE, "+64215550123"), spec(USERNAME, "+64215550123", "whatsapp"), id="phone-vs-username"),
+]
+
+
+@pytest.mark.parametrize(("left", "right"), DISTINCT)
+def test_distinct_inputs_do_not_match(left, right):
+    a, b = run(left), run(right)
+    assert (a.kind, a.platform, a.value) != (b.kind, b.platform, b.value)
+    assert match_key(SECRET, a) != match_key(SECRET, b)
+
+
+# --- the result object -----------------------------------------------------
+
+
+def test_result_fields():
+    result = normalise("username", "\t@Alice ", platform=" Instagram")
+    assert result == NormalisedIdentifier(
+        kind=USERNAME, platform="instagram", raw="@Alice", value="alice"
+    )
+    assert type(result.kind) is IdentifierKind
+
+
+@pytest.mark.parametrize("kind", [EMAIL, PHONE, IP])
+def test_platformless_kinds_have_no_platform(kind):
+    raw = {EMAIL: "alice@example.org", PHONE: "+64 21 555 0123", IP: "192.0.2.1"}[kind]
+    assert normalise(kind, raw).platform is None
+    assert normalise(kind, raw, platform="").platform is None
+    assert normalise(kind, raw, platform="  ").platform is None
+
+
+def test_result_is_frozen():
+    result = normalise(IP, "192.0.2.1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.value = "192.0.2.2"  # type: ignore[misc]
+
+
+def test_platforms_are_lowercase_slugs():
+    assert PLATFORMS["x"] == "X (Twitter)"
+    assert "other" in PLATFORMS
+    assert all(slug == slug.strip().lower() and label for slug, label in PLATFORMS.items())
+
+
+# --- match_key ---------------------------------------------------------------
+
+
+def test_match_key_is_hex_sha256():
+    key = match_key(SECRET, normalise(IP, "192.0.2.1"))
+    assert len(key) == 64
+    int(key, 16)
+
+
+def test_match_key_equal_for_equal_identifiers():
+    a = normalise(EMAIL, "Alice@Example.org")
+    b = normalise(EMAIL, " alice@example.org ")
+    assert a.raw != b.raw
+    assert match_key(SECRET, a) == match_key(SECRET, b)
+
+
+def test_match_key_covers_kind_platform_and_value():
+    keys = {
+        match_key(SECRET, NormalisedIdentifier(USERNAME, "instagram", "x", "alice")),
+        match_key(SECRET, NormalisedIdentifier(USERNAME, "tiktok", "x", "alice")),
+        match_key(SECRET, NormalisedIdentifier(ACCOUNT_ID, "instagram", "x", "alice")),
+        match_key(SECRET, NormalisedIdentifier(USERNAME, "instagram", "x", "alice1")),
+        match_key(SECRET, NormalisedIdentifier(EMAIL, None, "x", "alice")),
+    }
+    assert len(keys) == 5
+
+
+def test_match_key_ignores_raw():
+    a = NormalisedIdentifier(USERNAME, "instagram", "@Alice", "alice")
+    b = NormalisedIdentifier(USERNAME, "instagram", "alice", "alice")
+    assert match_key(SECRET, a) == match_key(SECRET, b)
+
+
+def test_match_key_depends_on_secret():
+    ident = normalise(PHONE, "+64 21 555 0123")
+    assert match_key(SECRET, ident) != match_key(b"another-secret", ident)
+
+
+def test_match_key_refuses_empty_secret():
+    with pytest.raises(ValueError):
+        match_key(b"", normalise(IP, "192.0.2.1"))
+
+
+# --- detect_kind -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("192.0.2.1", IP),
+        (" 192.0.2.1 ", IP),
+        ("2001:db8::1", IP),
+        ("2001:0db8:0000:0000:0000:0000:0000:0001", IP),
+        ("::ffff:192.0.2.1", IP),
+        ("alice@example.org", EMAIL),
+        ("alice＠example.org", EMAIL),
+        ("user@Bücher.example", EMAIL),
+        ("+64 21 555 0123", PHONE),
+        ("(+64) 21 555 0123", PHONE),
+        ("(021) 555-0123", PHONE),
+        ("021.555.0123", PHONE),
+        ("0064 21 555 0123", PHONE),
+        ("＋６４ ２１ ５５５ ０１２３", PHONE),
+        ("123456", PHONE),
+        ("12345", None),  # fewer than six digits
+        ("alice", None),
+        ("@alice", None),
+        ("alice@", None),
+        ("100012345678901x", None),
+        ("192.0.2.0/24", None),
+        ("fe80::1%eth0", None),  # normalise() refuses zone ids, so no IP hint
+        ("", None),
+        ("   ", None),
+        (None, None),
+        (12345678, None),
+    ],
+)
+def test_detect_kind(raw, expected):
+    assert detect_kind(raw) is expected
+
+
+# --- invalid inputs ------------------------------------------------------------
+
+INVALID = [
+    # e-mail
+    pytest.param(spec(EMAIL, "not-an-email"), "e-mail", id="email-no-at"),
+    pytest.param(spec(EMAIL, "alice@"), "e-mail", id="email-no-domain"),
+    pytest.param(spec(EMAIL, "@example.org"), "e-mail", id="email-no-local"),
+    pytest.param(spec(EMAIL, "alice@example"), "e-mail", id="email-no-dot"),
+    pytest.param(spec(EMAIL, "alice@@example.org"), "e-mail", id="email-double-at"),
+    pytest.param(spec(EMAIL, "alice@exa mple.org"), "e-mail", id="email-space"),
+    pytest.param(spec(EMAIL, "alice@example.org", "google"), "platform", id="email-with-platform"),
+    # phone
+    pytest.param(spec(PHONE, "hello"), "phone", id="phone-letters"),
+    pytest.param(spec(PHONE, "hello", region="NZ"), "phone", id="phone-letters-region"),
+    pytest.param(spec(PHONE, "021 555 0123"), "country code", id="phone-needs-region"),
+    pytest.param(spec(PHONE, "021 555 0123", region="XX"), "jurisdiction", id="phone-unknown-region"),
+    pytest.param(spec(PHONE, "+64 21"), "phone", id="phone-too-short"),
+    pytest.param(spec(PHONE, "+64 21 555 0123 4567 8901"), "phone", id="phone-too-long"),
+    pytest.param(spec(PHONE, "555 0143", region="US"), "area code", id="phone-local-only"),
+    pytest.param(spec(PHONE, "+0 123456"), "phone", id="phone-bad-country-code"),
+    pytest.param(spec(PHONE, "021 555 0123 / 021 555 0456", region="NZ"), "phone", id="phone-two"),
+    pytest.param(spec(PHONE, "+64 21 555 0123", "whatsapp"), "platform", id="phone-with-platform"),
+    # ip
+    pytest.param(spec(IP, "192.0.2.256"), "IP", id="ip-octet-range"),
+    pytest.param(spec(IP, "192.0.2.0/24"), "IP", id="ip-cidr"),
+    pytest.param(spec(IP, "2001:db8::/32"), "IP", id="ip6-cidr"),
+    pytest.param(spec(IP, "fe80::1%eth0"), "zone", id="ip-zone-id"),
+    pytest.param(spec(IP, "192.0.2.01"), "IP", id="ip-leading-zero"),
+    pytest.param(spec(IP, "2001:db8::1::2"), "IP", id="ip6-double-gap"),
+    pytest.param(spec(IP, "example.org"), "IP", id="ip-hostname"),
+    pytest.param(spec(IP, "192.0.2.1", "other"), "platform", id="ip-with-platform"),
+    # username / account id
+    pytest.param(spec(USERNAME, "", "instagram"), "empty", id="username-empty"),
+    pytest.param(spec(USERNAME, f" \t{NBSP}{IDEOGRAPHIC_SPACE}", "instagram"), "empty", id="username-blank"),
+    pytest.param(spec(USERNAME, "@", "instagram"), "empty", id="username-only-at"),
+    pytest.param(spec(USERNAME, "alice"), "platform", id="username-no-platform"),
+    pytest.param(spec(USERNAME, "alice", "  "), "platform", id="username-blank-platform"),
+    pytest.param(spec(USERNAME, "alice", "myspace"), "unknown platform 'myspace'", id="username-bad-platform"),
+    pytest.param(spec(USERNAME, "ali\nce", "instagram"), "control", id="username-control-char"),
+    pytest.param(spec(ACCOUNT_ID, "   ", "facebook"), "empty", id="account-id-blank"),
+    pytest.param(spec(ACCOUNT_ID, "100012345678901"), "platform", id="account-id-no-platform"),
+    pytest.param(spec(ACCOUNT_ID, "1000", "Face Book"), "unknown platform", id="account-id-bad-platform"),
+    # every kind
+    pytest.param(spec(EMAIL, ""), "empty", id="email-empty"),
+    pytest.param(spec(PHONE, "   "), "empty", id="phone-blank"),
+    pytest.param(spec(IP, "\t"), "empty", id="ip-blank"),
+    pytest.param(spec(USERNAME, "a" * (MAX_LENGTH + 1), "instagram"), "too long", id="username-overlong"),
+    pytest.param(spec(ACCOUNT_ID, "1" * (MAX_LENGTH + 1), "facebook"), "too long", id="account-id-overlong"),
+    pytest.param(spec(EMAIL, "a" * MAX_LENGTH + "@example.org"), "too long", id="email-overlong"),
+    pytest.param(spec(PHONE, "1" * (MAX_LENGTH + 1)), "too long", id="phone-overlong"),
+    # U+FDFA becomes 18 characters under NFKC: short input, overlong value.
+    pytest.param(spec(USERNAME, "\ufdfa" * 20, "other"), "too long", id="username-expands"),
+    pytest.param(spec("handle", "alice", "instagram"), "kind", id="unknown-kind"),
+    pytest.param(spec("", "alice"), "kind", id="empty-kind"),
+    pytest.param(spec(None, "alice"), "kind", id="no-kind"),
+    pytest.param(spec(USERNAME, None, "instagram"), "text", id="raw-none"),
+    pytest.param(spec(ACCOUNT_ID, 100012345678901, "facebook"), "text", id="raw-int"),
+]
+
+
+@pytest.mark.parametrize(("row", "fragment"), INVALID)
+def test_invalid_inputs_are_refused(row, fragment):
+    with pytest.raises(InvalidIdentifier) as caught:
+        run(row)
+    reason = caught.value.reason
+    assert isinstance(reason, str) and reason.strip()
+    assert str(caught.value) == reason
+    assert fragment.lower() in reason.lower()
+
+
+def test_invalid_identifier_is_a_value_error():
+    with pytest.raises(ValueError):
+        normalise(EMAIL, "not-an-email")
+
+
+def test_email_reason_carries_library_message():
+    with pytest.raises(InvalidIdentifier) as caught:
+        normalise(EMAIL, "alice@example")
+    assert caught.value.reason.startswith("not a valid e-mail address: ")
+    assert len(caught.value.reason) > len("not a valid e-mail address: ")
+
+
+def test_length_limit_is_inclusive():
+    raw = "a" * MAX_LENGTH
+    assert normalise(USERNAME, raw, platform="other").value == raw
