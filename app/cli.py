@@ -6,7 +6,7 @@ import sys
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app.extensions import db
 from app.models import Agency, Role
@@ -30,6 +30,7 @@ def upgrade_database(url: str) -> None:
 
 
 @click.command("migrate")
+@with_appcontext
 def migrate_command() -> None:
     """Bring the database schema up to date (alembic upgrade head)."""
     upgrade_database(current_app.config["DATABASE_URL"])
@@ -38,6 +39,7 @@ def migrate_command() -> None:
 
 @click.command("demo")
 @click.option("--if-empty", is_flag=True, help="Do nothing when agencies exist already.")
+@with_appcontext
 def demo_command(if_empty: bool) -> None:
     """Load the demo: agencies in several countries, users of every role, about 30 referrals."""
     from app.demo import DEMO_PASSWORD, load_demo

@@ -155,3 +155,9 @@ class Browser:
 @pytest.fixture
 def browser(client):
     return Browser(client)
+
+
+def pytest_report_header(config):
+    if os.environ.get("TEST_DATABASE_URL"):
+        return "engines: SQLite and PostgreSQL (a fresh database on TEST_DATABASE_URL's server, dropped afterwards)"
+    return f"engines: SQLite only; {PG_SKIP_REASON}"

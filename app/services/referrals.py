@@ -253,9 +253,10 @@ def transition(
     side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
     if side_agency != actor.agency_id:
         raise Forbidden(f"Only the {'sending' if rule.side == 'sender' else 'receiving'} agency may {action} this referral.")
+    # A stale page is a conflict first: the status it showed may be gone already.
+    _check_version(referral, expected_version)
     if referral.status not in rule.sources:
         raise DomainError(f"A referral that is {referral.status.value} cannot be {_past(action)}.")
-    _check_version(referral, expected_version)
     note = (note or "").strip()
     if len(note) > NOTE_MAX:
         raise DomainError(f"The note may have at most {NOTE_MAX} characters.", field="note")

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from flask import Flask, render_template, request
 
+from flask_wtf.csrf import CSRFError
+
 from app.services import Forbidden, NotFound
+
+CSRF_MESSAGE = "The form expired or was not sent from this site. Reload the page and try again."
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -13,6 +17,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Forbidden)
     def forbidden_domain(exc: Forbidden):
         return render_template("error.html", code=403, message=exc.message), 403
+
+    @app.errorhandler(CSRFError)
+    def csrf_refused(exc: CSRFError):
+        return render_template("error.html", code=400, message=CSRF_MESSAGE), 400
 
     for code, message in (
         (400, "The request could not be understood."),

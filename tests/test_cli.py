@@ -1,0 +1,66 @@
+"""The flask commands a newcomer and an operator use."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import Agency, AgencyKind, AuditEntry, Referral, Status, User
+
+
+def test_demo_loads_every_status_and_prints_the_logins(app):
+    result = app.test_cli_runner().invoke(args=["demo"])
+    assert result.exit_code == 0, result.output
+    assert "admin@handoff.example" in result.output and "viewer.nz@handoff.example" in result.output
+    with app.app_context():
+        session = db.session
+        statuses = {s for (s,) in session.execute(select(Referral.status).distinct())}
+        assert statuses == set(Status)
+        assert 25 <= session.scalar(select(func.count()).select_from(Referral)) <= 40
+        countries = session.scalars(select(Agency.country_code).where(Agency.country_code.is_not(None))).all()
+        assert len(set(countries)) >= 6
+        assert session.scalar(select(func.count()).where(Agency.kind == AgencyKind.INTERNATIONAL)) >= 1
+        assert {u.role.value for u in session.scalars(select(User))} == {"admin", "manager", "liaison", "viewer"}
+        # handoff dates are realistic: sent before acknowledged before accepted
+        for r in session.scalars(select(Referral).where(Referral.accepted_at.is_not(None))):
+            assert r.created_at <= r.sent_at < r.acknowledged_at < r.accepted_at
+    again = app.test_cli_runner().invoke(args=["demo", "--if-empty"])
+    assert again.exit_code == 0 and "present already" in again.output
+
+
+def test_demo_logins_work(app, browser):
+    app.test_cli_runner().invoke(args=["demo"])
+    from app.demo import DEMO_PASSWORD
+
+    response = browser.login("liaison.nz@handoff.example", DEMO_PASSWORD)
+    assert response.status_code == 302
+    assert "HND-" in browser.get("/referrals").get_data(as_text=True)
+
+
+def test_users_create(app, web_world):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["users", "create", "--email", "New.Person@Example.org", "--name", "New Person",
+                                 "--role", "liaison", "--agency", "Alpha Police", "--password", "a-long-password-1"])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(args=["users", "create", "--email", "x@example.org", "--name", "X", "--role", "viewer",
+                              "--agency", "Alpha Police", "--password", "short"])
+    assert bad.exit_code != 0 and "12 characters" in bad.output
+    missing = runner.invoke(args=["users", "create", "--email", "y@example.org", "--name", "Y", "--role", "viewer",
+                                  "--agency", "No Such Agency", "--password", "a-long-password-1"])
+    assert missing.exit_code != 0 and "No agency" in missing.output
+    with app.app_context():
+        assert db.session.scalar(select(User).where(User.email == "new.person@example.org")) is not None
+
+
+def test_audit_verify_notices_tampering(app, web_world):
+    runner = app.test_cli_runner()
+    ok = runner.invoke(args=["audit", "verify"])
+    assert ok.exit_code == 0 and "intact" in ok.output
+    with app.app_context():
+        entry = db.session.scalars(select(AuditEntry).order_by(AuditEntry.seq).offset(3).limit(1)).one()
+        seq = entry.seq
+        db.session.execute(
+            AuditEntry.__table__.update().where(AuditEntry.id == entry.id).values(detail='{"role": "admin"}'))
+        db.session.commit()
+    broken = runner.invoke(args=["audit", "verify"])
+    assert broken.exit_code == 1 and f"entry {seq}" in broken.output

@@ -1,0 +1,109 @@
+"""The access scope: a matrix over roles and own/other agency for the list, detail and every
+action. Outsiders get NotFound everywhere, never a hint that the referral exists."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from app.models import Role
+from app.services import Forbidden, NotFound
+from app.services import referrals as service
+from app.services.access import get_visible_referral, visible_operations
+from tests.factories import draft_data, make_referral
+
+# a sends to b inside operation LANTERN led by c; i is unrelated.
+VISIBILITY = {"a": True, "b": True, "c": True, "i": False}
+ROLES = [r.value for r in Role]
+
+
+@pytest.fixture
+def referral(session, world):
+    return make_referral(session, world, "sent", operation_id=world.operation.id)
+
+
+@pytest.mark.parametrize("agency", list(VISIBILITY))
+@pytest.mark.parametrize("role", ROLES)
+def test_list_and_detail_follow_need_to_know(session, world, referral, agency, role):
+    user = world.users[f"{agency}_{role}"]
+    page = service.list_referrals(session, user, service.ListFilters())
+    assert ([r.id for r in page.items] == [referral.id]) is VISIBILITY[agency]
+    assert page.total == (1 if VISIBILITY[agency] else 0)
+    if VISIBILITY[agency]:
+        assert service.view(session, world.actor(f"{agency}_{role}"), referral.id).id == referral.id
+    else:
+        with pytest.raises(NotFound):
+            service.view(session, world.actor(f"{agency}_{role}"), referral.id)
+
+
+def test_operation_lead_sees_only_its_operations_referrals(session, world):
+    outside = make_referral(session, world, "sent")  # a -> b, no operation
+    with pytest.raises(NotFound):
+        get_visible_referral(session, world.users["c_viewer"], outside.id)
+
+
+def _attempt(session, world, key, referral, action):
+    actor = world.actor(key)
+    if action == "edit":
+        return service.update_draft(session, actor, referral.id, referral.version, draft_data(world))
+    if action == "consent":
+        return service.grant_transfer_consent(session, actor, referral.id, None)
+    if action == "outcome":
+        return service.record_outcome(session, actor, referral.id, service.OutcomeData(occurred_on=date(2026, 1, 1)))
+    return service.transition(session, actor, referral.id, action, None, "A reason.",
+                              transfer_to_agency_id=world.agencies["i"].id)
+
+
+ACTIONS = ["edit", "consent", "outcome", *service.TRANSITIONS]
+# the status in which each action is allowed, and the side that may take it
+ALLOWED = {"edit": ("draft", "a"), "consent": ("sent", "a"), "outcome": ("accepted", "b")}
+ALLOWED.update({name: (next(iter(t.sources)).value, "a" if t.side == "sender" else "b")
+                for name, t in service.TRANSITIONS.items()})
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+@pytest.mark.parametrize("agency", list(VISIBILITY))
+@pytest.mark.parametrize("role", ROLES)
+def test_every_action_by_every_role_and_agency(session, world, action, agency, role):
+    status, side = ALLOWED[action]
+    referral = make_referral(session, world, status, operation_id=world.operation.id)
+    if action == "transfer":
+        referral.transfer_consent_at = referral.sent_at
+        session.flush()
+    key = f"{agency}_{role}"
+    if not VISIBILITY[agency]:
+        expected = NotFound
+    elif agency != side or role not in ("liaison", "manager"):
+        expected = Forbidden
+    else:
+        expected = None
+    if expected is None:
+        _attempt(session, world, key, referral, action)
+    else:
+        with pytest.raises(expected):
+            _attempt(session, world, key, referral, action)
+        session.refresh(referral)
+        assert referral.status.value == status
+
+
+def test_creating_needs_a_working_role(session, world):
+    for role in ("viewer", "admin"):
+        with pytest.raises(Forbidden):
+            service.create_draft(session, world.actor(f"a_{role}"), draft_data(world))
+    assert service.create_draft(session, world.actor("a_manager"), draft_data(world)).sender_agency_id == world.agencies["a"].id
+
+
+def test_operations_listed_to_the_lead_and_to_agencies_involved(session, world, referral):
+    codes = lambda key: [o.code for o in session.scalars(visible_operations(world.users[key]))]
+    assert codes("c_viewer") == ["LANTERN"]
+    assert codes("a_viewer") == ["LANTERN"]
+    assert codes("i_viewer") == []
+
+
+def test_filters_cannot_widen_the_scope(session, world, referral):
+    user = world.users["i_manager"]
+    for filters in (service.ListFilters(jurisdiction="AU"), service.ListFilters(operation_id=world.operation.id),
+                    service.ListFilters(status=referral.status), service.ListFilters(direction="in")):
+        assert service.list_referrals(session, user, filters).total == 0
+

@@ -1,0 +1,107 @@
+"""Agencies, users and operations as an admin manages them."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import Agency, Operation, User
+
+AGENCY = {"name": "Delta Police", "kind": "police", "country_code": "FJ", "desk_email": "desk@delta.example.org",
+          "desk_phone": "+679 555 0100", "timezone": "Pacific/Fiji"}
+
+
+def test_admin_creates_an_agency(app, browser, web_world):
+    browser.login("admin.a@example.org")
+    response = browser.post("/admin/agencies/new", AGENCY, token_from="/admin/agencies/new")
+    assert response.status_code == 303
+    assert "Delta Police" in browser.get("/admin/agencies").get_data(as_text=True)
+    with app.app_context():
+        agency = db.session.scalar(select(Agency).where(Agency.name == "Delta Police"))
+        assert agency.country_code == "FJ" and agency.desk_phone.startswith("+679")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("country_code", "XX", "Not a valid choice"),
+    ("country_code", "", "Unknown country code"),
+    ("desk_email", "not-an-address", "e-mail"),
+    ("desk_phone", "call me", "phone"),
+    ("name", "Alpha Police", "Another agency"),
+])
+def test_bad_agency_input_is_shown_beside_the_field(app, browser, web_world, field, value, message):
+    browser.login("admin.a@example.org")
+    response = browser.post("/admin/agencies/new", {**AGENCY, field: value}, token_from="/admin/agencies/new")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert f'id="{field}-error"' in html and message.lower() in html.lower()
+    with app.app_context():
+        assert db.session.scalar(select(Agency).where(Agency.name == "Delta Police")) is None
+
+
+def test_international_bodies_have_no_country(app, browser, web_world):
+    browser.login("admin.a@example.org")
+    response = browser.post("/admin/agencies/new", {**AGENCY, "kind": "international"},
+                            token_from="/admin/agencies/new")
+    assert response.status_code == 422 and "International bodies have no country" in response.get_data(as_text=True)
+    ok = browser.post("/admin/agencies/new", {**AGENCY, "kind": "international", "country_code": ""},
+                      token_from="/admin/agencies/new")
+    assert ok.status_code == 303
+
+
+@pytest.mark.parametrize("role", ["manager", "liaison", "viewer"])
+def test_only_admins_manage_agencies_and_users(browser, web_world, role):
+    browser.login(f"{role}.a@example.org")
+    for path in ("/admin/agencies", "/admin/agencies/new", "/admin/users", "/admin/users/new",
+                 f"/admin/users/{web_world.users['a_viewer'].id}"):
+        assert browser.get(path).status_code == 403, path
+
+
+def test_admin_creates_and_edits_a_user(app, browser, web_world):
+    browser.login("admin.a@example.org")
+    response = browser.post("/admin/users/new", {
+        "email": "new@example.org", "name": "New", "role": "liaison",
+        "agency_id": web_world.agencies["b"].id, "password": "short"}, token_from="/admin/users/new")
+    assert response.status_code == 422 and 'id="password-error"' in response.get_data(as_text=True)
+    response = browser.post("/admin/users/new", {
+        "email": "new@example.org", "name": "New", "role": "liaison",
+        "agency_id": web_world.agencies["b"].id, "password": "a-long-password-1"}, token_from="/admin/users/new")
+    assert response.status_code == 303
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.email == "new@example.org"))
+    response = browser.post(f"/admin/users/{user.id}", {
+        "name": "New Name", "role": "viewer", "agency_id": web_world.agencies["b"].id},
+        token_from=f"/admin/users/{user.id}")
+    assert response.status_code == 303
+    with app.app_context():
+        user = db.session.get(User, user.id)
+        assert user.role.value == "viewer" and not user.is_active and user.name == "New Name"
+
+
+def test_admin_cannot_lock_themselves_out(browser, web_world):
+    browser.login("admin.a@example.org")
+    me = web_world.users["a_admin"].id
+    response = browser.post(f"/admin/users/{me}", {"name": "Me", "role": "viewer", "is_active": "y",
+                                                   "agency_id": web_world.agencies["a"].id},
+                            token_from=f"/admin/users/{me}")
+    assert response.status_code == 422
+
+
+def test_managers_open_operations_led_by_their_agency(app, browser, web_world):
+    browser.login("manager.b@example.org")
+    response = browser.post("/admin/operations/new", {
+        "code": "tide", "lead_agency_id": web_world.agencies["b"].id, "opened_on": "2026-03-01"},
+        token_from="/admin/operations/new")
+    assert response.status_code == 303
+    assert "TIDE" in browser.get("/admin/operations").get_data(as_text=True)
+    forged = browser.post("/admin/operations/new", {
+        "code": "forged", "lead_agency_id": web_world.agencies["a"].id, "opened_on": "2026-03-01"},
+        token_from="/admin/operations/new")
+    assert forged.status_code == 422
+    with app.app_context():
+        assert db.session.scalar(select(Operation).where(Operation.code == "FORGED")) is None
+
+
+def test_liaison_cannot_open_operations(browser, web_world):
+    browser.login("liaison.b@example.org")
+    assert browser.get("/admin/operations/new").status_code == 403

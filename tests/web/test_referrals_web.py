@@ -1,0 +1,250 @@
+"""Referrals through the browser: forms with CSRF, refusals beside the field, the lifecycle,
+conflicts, and 404 for everything outside the user's scope."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import utcnow
+from app.extensions import db
+from app.models import Priority, Referral, Status
+from tests.conftest import Browser, csrf_token_from
+from tests.factories import make_referral
+
+
+def _count(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(Referral))
+
+
+def _make(app, world, status="sent", **kw) -> Referral:
+    with app.app_context():
+        referral = make_referral(db.session, world, status, **kw)
+        db.session.commit()
+        return referral
+
+
+def _form(world, **overrides):
+    data = {
+        "receiver_agency_id": str(world.agencies["b"].id), "jurisdiction": "AU", "operation_id": "",
+        "priority": "P1", "risk_access_to_children": "y", "grade_a": "0", "grade_b": "2", "grade_c": "3",
+        "material_description": "Graded material, description held by sending agency.", "tlp": "RED",
+        "handling_code": "H2", "summary": "Synthetic summary for a web test.",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_liaison_creates_a_draft_with_the_form(app, browser, web_world):
+    browser.login("liaison.a@example.org")
+    response = browser.post("/referrals/new", _form(web_world), token_from="/referrals/new")
+    assert response.status_code == 303
+    page = browser.get(response.headers["Location"]).get_data(as_text=True)
+    assert re.search(r"HND-\d{4}-\d{6}", page) and "draft" in page
+    assert "Access to children" in page and "Synthetic summary for a web test." in page
+    with app.app_context():
+        referral = db.session.scalars(select(Referral)).one()
+        assert referral.priority is Priority.P1 and referral.grade_c == 3
+        assert referral.sender_agency_id == web_world.agencies["a"].id
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("jurisdiction", "XX", "Not a valid choice"),
+    ("receiver_agency_id", "own", "Not a valid choice"),
+    ("grade_a", "-1", "0 or more"),
+    ("grade_b", "lots", "Not a valid integer"),
+    ("summary", "x" * 4001, "4000"),
+    ("material_description", "y" * 501, "500"),
+    ("priority", "P9", "Not a valid choice"),
+])
+def test_bad_input_is_shown_beside_the_field_and_nothing_is_written(app, browser, web_world, field, value, message):
+    browser.login("liaison.a@example.org")
+    if value == "own":
+        value = str(web_world.agencies["a"].id)
+    response = browser.post("/referrals/new", _form(web_world, **{field: value}), token_from="/referrals/new")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    error = re.search(rf'<p class="error" id="{field}-error">([^<]*)</p>', html)
+    assert error and message in error.group(1)
+    assert _count(app) == 0
+
+
+def test_form_without_csrf_token_is_refused(app, browser, web_world):
+    browser.login("liaison.a@example.org")
+    response = browser.client.post("/referrals/new", data=_form(web_world))
+    assert response.status_code == 400
+    assert "not sent from this site" in response.get_data(as_text=True)
+    assert _count(app) == 0
+
+
+def test_action_without_csrf_token_is_refused(app, browser, web_world):
+    referral = _make(app, web_world, "draft")
+    browser.login("liaison.a@example.org")
+    browser.client.post(f"/referrals/{referral.id}/send", data={"version": referral.version})
+    with app.app_context():
+        assert db.session.get(Referral, referral.id).status is Status.DRAFT
+
+
+def test_send_and_acknowledge_through_the_pages(app, client, web_world):
+    referral = _make(app, web_world, "draft")
+    sender = Browser(client)
+    sender.login("liaison.a@example.org")
+    page = sender.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert f'action="/referrals/{referral.id}/send"' in page
+    response = sender.post(f"/referrals/{referral.id}/send", {"version": referral.version, "note": ""})
+    assert response.status_code == 303
+    page = sender.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "is now sent" in page and "Acknowledge by" in page
+    sender.post("/logout")
+
+    receiver = Browser(client)
+    receiver.login("liaison.b@example.org")
+    page = receiver.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    version = re.search(r'name="version" type="hidden" value="(\d+)"', page).group(1)
+    receiver.post(f"/referrals/{referral.id}/acknowledge", {"version": version})
+    page = receiver.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "is now acknowledged" in page
+    assert "(sent → acknowledged)" in page and "liaison b" in page  # the timeline names who did it
+
+
+def test_refused_transition_explains_itself(app, browser, web_world):
+    referral = _make(app, web_world, "acknowledged")
+    browser.login("liaison.b@example.org")
+    response = browser.post(f"/referrals/{referral.id}/decline", {"version": referral.version, "note": ""})
+    assert response.status_code == 303
+    assert "Give a reason" in browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Referral, referral.id).status is Status.ACKNOWLEDGED
+
+
+def test_second_person_on_a_stale_page_sees_a_conflict(app, web_world):
+    referral = _make(app, web_world, "sent")
+    first, second = Browser(app.test_client()), Browser(app.test_client())
+    first.login("liaison.b@example.org")
+    second.login("manager.b@example.org")
+    stale_version = referral.version
+    first.post(f"/referrals/{referral.id}/acknowledge", {"version": stale_version})
+    response = second.post(f"/referrals/{referral.id}/acknowledge", {"version": stale_version})
+    assert response.status_code == 303
+    page = second.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "Someone else changed this referral meanwhile" in page
+    with app.app_context():
+        events = [e.action for e in db.session.get(Referral, referral.id).events]
+    assert events.count("acknowledge") == 1
+
+
+def test_edit_draft_keeps_a_concurrent_change(app, web_world):
+    referral = _make(app, web_world, "draft")
+    first, second = Browser(app.test_client()), Browser(app.test_client())
+    first.login("liaison.a@example.org")
+    second.login("manager.a@example.org")
+    first_page = first.get(f"/referrals/{referral.id}/edit").get_data(as_text=True)
+    second_page = second.get(f"/referrals/{referral.id}/edit").get_data(as_text=True)
+    version = re.search(r'id="version" name="version" type="hidden" value="(\d+)"', first_page).group(1)
+    assert version in second_page
+    ok = first.post(f"/referrals/{referral.id}/edit", _form(web_world, version=version, summary="First change."),
+                    token_from=f"/referrals/{referral.id}/edit")
+    assert ok.status_code == 303
+    lost = second.post(f"/referrals/{referral.id}/edit", _form(web_world, version=version, summary="Second change."),
+                       token_from="/referrals")
+    assert lost.status_code == 303
+    assert "Someone else changed" in second.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Referral, referral.id).summary == "First change."
+
+
+def test_outsiders_get_404_for_every_page_and_action(app, browser, web_world):
+    referral = _make(app, web_world, "sent")
+    browser.login("manager.i@example.org")
+    assert browser.get(f"/referrals/{referral.id}").status_code == 404
+    assert browser.get(f"/referrals/{referral.id}/edit").status_code == 404
+    for action in ("send", "withdraw", "acknowledge", "accept", "decline", "transfer", "close", "consent", "outcomes"):
+        response = browser.post(f"/referrals/{referral.id}/{action}", {"version": referral.version, "note": "x"})
+        assert response.status_code == 404, action
+    assert referral.reference not in browser.get("/referrals").get_data(as_text=True)
+    assert browser.get("/referrals/999999").status_code == 404
+
+
+def test_visible_but_not_yours_to_act_on_is_403(app, browser, web_world):
+    referral = _make(app, web_world, "sent")
+    browser.login("liaison.a@example.org")  # the sender cannot acknowledge
+    response = browser.post(f"/referrals/{referral.id}/acknowledge", {"version": referral.version})
+    assert response.status_code == 403
+    with app.app_context():
+        assert db.session.get(Referral, referral.id).status is Status.SENT
+
+
+def test_viewer_reads_but_has_no_buttons(app, browser, web_world):
+    referral = _make(app, web_world, "sent")
+    browser.login("viewer.b@example.org")
+    page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert referral.reference in page and "/acknowledge" not in page
+    assert browser.get("/referrals/new").status_code == 403
+    assert "New referral" not in browser.get("/referrals").get_data(as_text=True)
+
+
+def test_list_marks_overdue_and_filters(app, browser, web_world):
+    late = _make(app, web_world, "sent", priority=Priority.P1)
+    fresh = _make(app, web_world, "sent", priority=Priority.P1)
+    with app.app_context():
+        db.session.get(Referral, late.id).sent_at = utcnow() - timedelta(hours=30)
+        db.session.commit()
+    browser.login("viewer.a@example.org")
+    page = browser.get("/referrals?overdue=y").get_data(as_text=True)
+    assert late.reference in page and fresh.reference not in page and "overdue" in page
+    page = browser.get("/referrals?status=draft").get_data(as_text=True)
+    assert late.reference not in page
+    page = browser.get("/referrals?status=nonsense&page=-3").get_data(as_text=True)
+    assert "were not understood" in page and late.reference in page
+
+
+def test_list_pages(app, browser, web_world):
+    app.config["PAGE_SIZE"] = 2
+    refs = [_make(app, web_world, "draft").reference for _ in range(3)]
+    browser.login("viewer.a@example.org")
+    first = browser.get("/referrals?sort=reference&order=asc").get_data(as_text=True)
+    second = browser.get("/referrals?sort=reference&order=asc&page=2").get_data(as_text=True)
+    assert refs[0] in first and refs[1] in first and refs[2] not in first
+    assert refs[2] in second and "Page 2 of 2" in second
+
+
+def test_times_are_shown_in_the_viewers_time_zone(app, client, web_world):
+    referral = _make(app, web_world, "sent")
+    nz, au = Browser(app.test_client()), Browser(app.test_client())
+    nz.login("viewer.a@example.org")
+    au.login("viewer.b@example.org")
+    nz_page = nz.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    au_page = au.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert re.search(r"NZ[DS]T", nz_page) and re.search(r"AE[DS]T", au_page)
+
+
+def test_detail_view_is_audited(app, browser, web_world):
+    from app.models import AuditEntry
+
+    referral = _make(app, web_world, "sent")
+    browser.login("viewer.b@example.org")
+    browser.get(f"/referrals/{referral.id}")
+    with app.app_context():
+        entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "referral.view")).one()
+        assert entry.object_id == str(referral.id) and entry.user_id == web_world.users["b_viewer"].id
+
+
+def test_outcome_form_records_and_refuses_negative_counts(app, browser, web_world):
+    referral = _make(app, web_world, "accepted")
+    browser.login("liaison.b@example.org")
+    page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    token = csrf_token_from(page)
+    bad = browser.client.post(f"/referrals/{referral.id}/outcomes", data={
+        "csrf_token": token, "occurred_on": "2026-02-03", "arrests": "-2", "charges": "0", "children_safeguarded": "0"})
+    assert "0 or more" in browser.get(bad.headers["Location"]).get_data(as_text=True)
+    browser.client.post(f"/referrals/{referral.id}/outcomes", data={
+        "csrf_token": token, "occurred_on": "2026-02-03", "arrests": "2", "charges": "1", "children_safeguarded": "1"})
+    browser.post("/logout")
+    sender = Browser(browser.client)
+    sender.login("viewer.a@example.org")
+    page = sender.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "2026-02-03" in page and "Record an outcome" not in page
