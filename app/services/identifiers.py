@@ -32,8 +32,10 @@ Canonical forms, by kind:
 """
 
 import enum
+import functools
 import hashlib
 import hmac
+import importlib
 import ipaddress
 import re
 import unicodedata
@@ -41,6 +43,14 @@ from dataclasses import dataclass
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+
+# A tip holds 150,000 addresses on a few hundred domains, and checking a domain (IDNA) is
+# most of email-validator's cost: remember each domain's verdict. The function is pure;
+# a refused domain raises and is not cached.
+_email_validator_internals = importlib.import_module("email_validator.validate_email")
+_email_validator_internals.validate_email_domain_name = functools.lru_cache(maxsize=65536)(
+    _email_validator_internals.validate_email_domain_name
+)
 
 MAX_LENGTH = 320  # the longest possible e-mail address; nothing else comes close
 
@@ -118,6 +128,18 @@ def normalise(
     read phone numbers written without a country code. Raises
     :class:`InvalidIdentifier`.
     """
+    if isinstance(raw, str):
+        # The same identifier recurs across a holder's accounts and across imports.
+        return _normalise_cached(kind, raw, platform, region)
+    return _normalise(kind, raw, platform, region)
+
+
+@functools.lru_cache(maxsize=262_144)
+def _normalise_cached(kind, raw: str, platform: str | None, region: str | None) -> NormalisedIdentifier:
+    return _normalise(kind, raw, platform, region)
+
+
+def _normalise(kind, raw, platform: str | None, region: str | None) -> NormalisedIdentifier:
     kind = _parse_kind(kind)
     label = _LABELS[kind]
     if not isinstance(raw, str):

@@ -1,0 +1,845 @@
+"""Deconfliction: matching identifiers across referrals, hits and their workflow, the blind
+check, common identifiers and notifications.
+
+Matching is set-based. :func:`match_batch` sends a whole batch of match keys to the
+database as one parameter (a PostgreSQL array, a JSON array on SQLite) and resolves it with
+one statement, whatever the batch size; nothing is looked up one identifier at a time.
+
+Two referrals match when they hold the same match key through *different* subjects (a
+transfer carries the very same subjects to the new referral, which is no news to anyone). A
+match between the referrals of two agencies is a hit; within one agency it is a possible
+duplicate. A key held by more referrals than the threshold is common and raises no hits.
+
+What a hit or a check reveals of the other side is a contact card: the agency, its country,
+its liaison desk and the other referral's reference (see app/services/access.py). Views get
+:class:`HitView` and :class:`CheckLine` objects that carry nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import String, and_, bindparam, distinct, func, or_, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from app.db import utcnow
+from app.models import (
+    Agency,
+    CommonIdentifier,
+    Hit,
+    HitMatch,
+    HitSide,
+    HitStatus,
+    Identifier,
+    Notification,
+    NotificationCursor,
+    NotificationKind,
+    User,
+    referral_subjects,
+)
+from app.services import Conflict, DomainError, Forbidden, audit
+from app.services.access import (
+    agency_contacts,
+    get_visible_hit,
+    match_counterparts,
+    own_hit_matches,
+    visible_hits,
+    visible_notifications,
+)
+from app.services.audit import Actor
+from app.services.identifiers import (
+    PLATFORMS,
+    IdentifierKind,
+    InvalidIdentifier,
+    NormalisedIdentifier,
+    detect_kind,
+    match_key,
+    normalise,
+)
+
+NOTE_MAX = 1000
+DEFAULT_COMMON_THRESHOLD = 20
+DEFAULT_BLIND_CHECK_LIMIT = 10_000
+
+KIND_LABELS = {
+    IdentifierKind.EMAIL: "E-mail",
+    IdentifierKind.PHONE: "Phone",
+    IdentifierKind.USERNAME: "Username",
+    IdentifierKind.ACCOUNT_ID: "Account id",
+    IdentifierKind.IP: "IP address",
+}
+PLATFORM_KINDS = frozenset({IdentifierKind.USERNAME, IdentifierKind.ACCOUNT_ID})
+
+
+# --- settings ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    secret: bytes
+    common_threshold: int
+    blind_check_limit: int
+
+
+def settings(session: Session) -> Settings:
+    """Deconfliction settings, from the configuration the app attached to its sessions
+    (`session.info["config"]`, see create_app), so that services stay free of Flask."""
+    config: Mapping = session.info.get("config") or {}
+    secret = config.get("MATCH_KEY_SECRET") or b""
+    return Settings(
+        secret=secret.encode("utf-8") if isinstance(secret, str) else bytes(secret),
+        common_threshold=int(config.get("COMMON_IDENTIFIER_THRESHOLD", DEFAULT_COMMON_THRESHOLD)),
+        blind_check_limit=int(config.get("BLIND_CHECK_LIMIT", DEFAULT_BLIND_CHECK_LIMIT)),
+    )
+
+
+def _secret(session: Session) -> bytes:
+    secret = settings(session).secret
+    if not secret:
+        raise RuntimeError("No MATCH_KEY_SECRET on this session: create sessions through the app.")
+    return secret
+
+
+def _require_worker(actor: Actor) -> None:
+    if actor.user is None or not actor.user.can_work_referrals:
+        raise Forbidden("Your role may read deconfliction results but not act on them.")
+
+
+# --- parsing identifier lines ----------------------------------------------------------------
+
+# "kind: value" or "kind/platform: value"; anything else is a bare value.
+_PREFIX = re.compile(
+    r"^\s*(?P<kind>email|phone|username|account_id|ip)(?:\s*/\s*(?P<platform>[A-Za-z0-9_-]+))?\s*:\s*(?P<value>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+# A dotted quad that detect_kind() would take for a phone number once it fails as an address.
+_IPV4ISH = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+
+@dataclass
+class ParsedLine:
+    line_no: int
+    text: str
+    ident: NormalisedIdentifier | None = None
+    key: str = ""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.ident is not None
+
+
+def nonblank_lines(text: str | Sequence[str]) -> list[tuple[int, str]]:
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def parse_lines(
+    lines: Iterable[tuple[int, str]],
+    secret: bytes,
+    *,
+    kind: IdentifierKind | None = None,
+    platform: str | None = None,
+    region: str | None = None,
+) -> list[ParsedLine]:
+    """Normalise numbered lines. A line may name its kind ("email: ...", "username/discord:
+    ..."); otherwise `kind` applies, else the kind is detected. `platform` is the default for
+    usernames and account ids, `region` the hint for phone numbers without a country code.
+    Bad lines carry their reason; the others their identifier and match key."""
+    result = []
+    for line_no, text in lines:
+        line = ParsedLine(line_no=line_no, text=text)
+        result.append(line)
+        line_kind, line_platform, value = kind, platform, text
+        prefixed = _PREFIX.match(text)
+        if prefixed:
+            line_kind = IdentifierKind(prefixed["kind"].lower())
+            line_platform = prefixed["platform"] or platform
+            value = prefixed["value"]
+        if line_kind is None:
+            line_kind = IdentifierKind.IP if _IPV4ISH.fullmatch(value.strip()) else detect_kind(value)
+            if line_kind is None:
+                line.reason = ("cannot tell what kind of identifier this is: choose a kind, or write it "
+                               "as 'username/discord: name'")
+                continue
+        if line_kind not in PLATFORM_KINDS:
+            if prefixed and prefixed["platform"]:
+                line.reason = "only usernames and account ids belong to a platform"
+                continue
+            line_platform = None
+        try:
+            line.ident = normalise(line_kind, value, platform=line_platform, region=region)
+        except InvalidIdentifier as exc:
+            line.reason = exc.reason
+            continue
+        line.key = match_key(secret, line.ident)
+    return result
+
+
+# --- matching --------------------------------------------------------------------------------
+
+class Holder(NamedTuple):
+    """A referral holding a key, and through which subject and identifier."""
+
+    referral_id: int
+    reference: str
+    agency_id: int
+    subject_id: int
+    identifier_id: int
+
+
+@dataclass
+class BatchMatch:
+    # key -> number of referrals holding it; keys nobody holds are absent
+    counts: dict[str, int] = field(default_factory=dict)
+    # key -> holders, for keys held by at most the threshold
+    holders: dict[str, list[Holder]] = field(default_factory=dict)
+    # keys held by more referrals than the threshold
+    common: set[str] = field(default_factory=set)
+
+
+def _keys_relation(session: Session, keys: list[str]):
+    """The batch as a one-column table (`.c.value`) bound as a single parameter."""
+    if session.get_bind().dialect.name == "postgresql":
+        # One text parameter split on the server: a text[] parameter of 150,000 elements
+        # costs the driver far more to adapt than the query takes. Keys are hex: no commas.
+        joined = bindparam("match_keys", ",".join(keys), type_=String)
+        return func.unnest(func.string_to_array(joined, ",")).table_valued("value").render_derived("batch")
+    return func.json_each(bindparam("match_keys", json.dumps(keys), type_=String)).table_valued("value").alias("batch")
+
+
+def match_statement(session: Session, keys: list[str], threshold: int):
+    """One statement: for every key of the batch that anyone holds, the number of referrals
+    holding it and, unless that number is over the threshold, who holds it.
+
+    `keys` must be distinct: the batch is joined, not tested with IN, which lets both engines
+    walk the batch and probe the (match_key, subject_id) index once per key."""
+    batch = _keys_relation(session, keys)
+    held = (
+        select(Identifier.match_key, referral_subjects.c.referral_id, Identifier.subject_id,
+               Identifier.id.label("identifier_id"))
+        .select_from(batch)
+        .join(Identifier, Identifier.match_key == batch.c.value)
+        .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
+        .cte("held")
+    )
+    counts = (
+        select(held.c.match_key, func.count(distinct(held.c.referral_id)).label("n"))
+        .group_by(held.c.match_key)
+        .cte("counts")
+    )
+    counterparts = match_counterparts().subquery("counterparts")
+    return (
+        select(counts.c.match_key, counts.c.n, held.c.referral_id, counterparts.c.reference,
+               counterparts.c.agency_id, held.c.subject_id, held.c.identifier_id)
+        .select_from(counts)
+        .outerjoin(held, and_(held.c.match_key == counts.c.match_key,
+                              counts.c.n <= bindparam("threshold", threshold)))
+        .outerjoin(counterparts, counterparts.c.referral_id == held.c.referral_id)
+    )
+
+
+def match_batch(session: Session, keys: Iterable[str], *, threshold: int | None = None) -> BatchMatch:
+    """Resolve a batch of match keys in one statement (see :func:`match_statement`)."""
+    unique_keys = list(dict.fromkeys(keys))
+    result = BatchMatch()
+    if not unique_keys:
+        return result
+    if threshold is None:
+        threshold = settings(session).common_threshold
+    # Core execution on the session's connection, all rows at once: plain tuples, no ORM
+    # loading; at 150,000 keys the Python side costs as much as the query.
+    rows = session.connection().execute(match_statement(session, unique_keys, threshold)).all()
+    counts, holders, common = result.counts, result.holders, result.common
+    for key, n, referral_id, reference, agency_id, subject_id, identifier_id in rows:
+        counts[key] = n
+        if n > threshold:
+            common.add(key)
+        elif referral_id is not None:
+            holders.setdefault(key, []).append(Holder(referral_id, reference, agency_id, subject_id, identifier_id))
+    return result
+
+
+# --- keeping hits up to date -----------------------------------------------------------------
+
+@dataclass
+class RefreshResult:
+    created: list[int] = field(default_factory=list)  # hit ids
+    updated: list[int] = field(default_factory=list)
+    common: list[str] = field(default_factory=list)  # common keys met
+
+
+def _dialect_insert(session: Session, table):
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the two supported engines
+        raise RuntimeError(f"Unsupported database {name!r}")
+    return insert(table)
+
+
+def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int) -> RefreshResult:
+    return refresh_hits(session, actor, [referral_id])
+
+
+def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int]) -> RefreshResult:
+    """Match the identifiers of these referrals against every referral's and record what is
+    new: hits, matched identifiers of each side, notifications, common identifiers.
+
+    A bounded number of statements, whatever the number of identifiers: one to read these
+    referrals' identifiers, one to match them, and a few batched reads and writes."""
+    ids = sorted(set(referral_ids))
+    result = RefreshResult()
+    if not ids:
+        return result
+    session.flush()
+    own_rows = session.execute(
+        select(referral_subjects.c.referral_id, Identifier.subject_id, Identifier.id, Identifier.match_key,
+               Identifier.kind, Identifier.platform, Identifier.value)
+        .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
+        .where(referral_subjects.c.referral_id.in_(ids))
+    ).all()
+    if not own_rows:
+        return result
+
+    threshold = settings(session).common_threshold
+    batch = match_batch(session, (row.match_key for row in own_rows), threshold=threshold)
+    now = utcnow()
+
+    # Common keys: marked (or their count refreshed) for the admins' list; they raise nothing.
+    if batch.common:
+        sample = {row.match_key: row for row in own_rows if row.match_key in batch.common}
+        statement = _dialect_insert(session, CommonIdentifier.__table__)
+        statement = statement.on_conflict_do_update(
+            index_elements=["match_key"],
+            set_={"referral_count": statement.excluded.referral_count, "updated_at": statement.excluded.updated_at},
+        )
+        session.execute(statement, [
+            {"match_key": key, "kind": row.kind, "platform": row.platform, "value": row.value,
+             "referral_count": batch.counts[key], "marked_at": now, "updated_at": now}
+            for key, row in sorted(sample.items())
+        ])
+        result.common = sorted(batch.common)
+
+    # Who holds each key, by referral: subjects and identifiers.
+    subjects_of: dict[tuple[int, str], set[int]] = defaultdict(set)
+    idents_of: dict[tuple[int, str], set[int]] = defaultdict(set)
+    kind_of: dict[str, IdentifierKind] = {}
+    agency_of: dict[int, int] = {}
+    reference_of: dict[int, str] = {}
+    for key, holders in batch.holders.items():
+        for h in holders:
+            subjects_of[(h.referral_id, key)].add(h.subject_id)
+            idents_of[(h.referral_id, key)].add(h.identifier_id)
+            agency_of[h.referral_id] = h.agency_id
+            reference_of[h.referral_id] = h.reference
+    for row in own_rows:
+        kind_of[row.match_key] = row.kind
+
+    # Pairs of referrals sharing a key through different subjects, and each side's identifiers.
+    pairs: dict[tuple[int, int], set[tuple[HitSide, int, str]]] = defaultdict(set)
+    own_keys = {(row.referral_id, row.match_key) for row in own_rows}
+    for referral_id, key in own_keys:
+        holders = batch.holders.get(key)
+        if not holders:
+            continue  # common
+        for other in {h.referral_id for h in holders}:
+            if other == referral_id:
+                continue
+            if len(subjects_of[(referral_id, key)] | subjects_of[(other, key)]) < 2:
+                continue  # the very same subject on both (a transfer)
+            low, high = min(referral_id, other), max(referral_id, other)
+            for side, holder_id in ((HitSide.LOW, low), (HitSide.HIGH, high)):
+                for identifier_id in idents_of[(holder_id, key)]:
+                    pairs[(low, high)].add((side, identifier_id, key))
+    if not pairs:
+        if result.common:
+            _audit_refresh(session, actor, ids, result)
+        return result
+
+    touches = or_(Hit.referral_low_id.in_(ids), Hit.referral_high_id.in_(ids))
+    existing = {
+        (row.referral_low_id, row.referral_high_id): row.id
+        for row in session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id).where(touches))
+    }
+
+    # New hits. ON CONFLICT DO NOTHING: a pair created meanwhile by a concurrent request is
+    # taken as existing instead of failing the request.
+    new_pairs = sorted(pair for pair in pairs if pair not in existing)
+    created: dict[tuple[int, int], int] = {}
+    if new_pairs:
+        statement = _dialect_insert(session, Hit.__table__).on_conflict_do_nothing(
+            index_elements=["referral_low_id", "referral_high_id"]
+        ).returning(Hit.id, Hit.referral_low_id, Hit.referral_high_id)
+        rows = session.execute(statement, [
+            {"referral_low_id": low, "referral_high_id": high, "agency_low_id": agency_of[low],
+             "agency_high_id": agency_of[high], "status": HitStatus.NEW, "created_at": now,
+             "updated_at": now, "version": 1, "resolution_note": ""}
+            for low, high in new_pairs
+        ]).all()
+        created = {(row.referral_low_id, row.referral_high_id): row.id for row in rows}
+        missed = [pair for pair in new_pairs if pair not in created]
+        if missed:
+            existing.update(
+                ((row.referral_low_id, row.referral_high_id), row.id)
+                for row in session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id).where(touches))
+            )
+    hit_id_of = {**existing, **created}
+
+    # Matched identifiers, per side; the ones recorded already are left alone.
+    statement = _dialect_insert(session, HitMatch.__table__).on_conflict_do_nothing(
+        index_elements=["hit_id", "side", "identifier_id"]
+    ).returning(HitMatch.hit_id)
+    added = session.execute(statement, [
+        {"hit_id": hit_id_of[pair], "side": side, "identifier_id": identifier_id, "kind": kind_of[key],
+         "match_key": key, "created_at": now}
+        for pair, matches in sorted(pairs.items()) for side, identifier_id, key in sorted(matches)
+    ]).scalars().all()
+    created_ids = set(created.values())
+    updated_ids = sorted(set(added) - created_ids)
+    if updated_ids:
+        session.execute(
+            update(Hit).where(Hit.id.in_(updated_ids)).values(updated_at=now, version=Hit.version + 1),
+            execution_options={"synchronize_session": "fetch"},
+        )
+
+    # Both agencies hear of every new hit and of new matches on an existing one.
+    pair_of = {hit_id: pair for pair, hit_id in hit_id_of.items()}
+    names = dict(session.execute(select(Agency.id, Agency.name).where(Agency.id.in_(set(agency_of.values())))).all())
+    notes = []
+    for hit_id in sorted(created_ids) + updated_ids:
+        low, high = pair_of[hit_id]
+        kind = NotificationKind.HIT_NEW if hit_id in created_ids else NotificationKind.HIT_UPDATED
+        notes += _hit_notifications(hit_id, kind, (low, agency_of[low]), (high, agency_of[high]),
+                                    reference_of, names, now)
+    if notes:
+        session.execute(Notification.__table__.insert(), notes)
+    result.created = sorted(created_ids)
+    result.updated = updated_ids
+    _audit_refresh(session, actor, ids, result)
+    return result
+
+
+def _hit_notifications(hit_id, kind, low, high, reference_of, names, now) -> list[dict]:
+    (low_ref, low_agency), (high_ref, high_agency) = low, high
+    if low_agency == high_agency:
+        verb = "Possible duplicate" if kind is NotificationKind.HIT_NEW else "More matching identifiers"
+        message = (f"{verb}: your referrals {reference_of[low_ref]} and {reference_of[high_ref]} "
+                   "hold the same identifiers.")
+        return [dict(agency_id=low_agency, kind=kind, hit_id=hit_id, message=message, created_at=now)]
+    rows = []
+    for (own_ref, own_agency), (other_ref, other_agency) in ((low, high), (high, low)):
+        if kind is NotificationKind.HIT_NEW:
+            message = (f"Deconfliction hit: your referral {reference_of[own_ref]} and referral "
+                       f"{reference_of[other_ref]} of {names[other_agency]} hold the same identifiers.")
+        else:
+            message = (f"More matching identifiers between your referral {reference_of[own_ref]} and referral "
+                       f"{reference_of[other_ref]} of {names[other_agency]}.")
+        rows.append(dict(agency_id=own_agency, kind=kind, hit_id=hit_id, message=message, created_at=now))
+    return rows
+
+
+def _audit_refresh(session: Session, actor: Actor, ids: list[int], result: RefreshResult) -> None:
+    audit.record(
+        session, actor, "deconfliction.match", "referral", ids[0] if len(ids) == 1 else None,
+        detail={"referrals": ids, "new_hits": result.created, "updated_hits": result.updated,
+                "common_identifiers": len(result.common)},
+    )
+
+
+# --- the hit workflow ------------------------------------------------------------------------
+
+def _check_version(hit: Hit, expected_version: int | None) -> None:
+    if expected_version is not None and hit.version != expected_version:
+        raise Conflict("Someone else changed this hit meanwhile. Reload it and try again.")
+
+
+def _flush(session: Session) -> None:
+    try:
+        session.flush()
+    except StaleDataError as exc:
+        raise Conflict("Someone else changed this hit meanwhile. Reload it and try again.") from exc
+
+
+def _notify_parties(session: Session, hit: Hit, kind: NotificationKind, message: str) -> None:
+    for agency_id in sorted({hit.agency_low_id, hit.agency_high_id}):
+        session.add(Notification(agency_id=agency_id, kind=kind, hit_id=hit.id, message=message))
+
+
+def _references(session: Session, hit: Hit) -> dict[int, str]:
+    ids = [hit.referral_low_id, hit.referral_high_id]
+    counterparts = match_counterparts().subquery()
+    return dict(session.execute(
+        select(counterparts.c.referral_id, counterparts.c.reference).where(counterparts.c.referral_id.in_(ids))
+    ).all())
+
+
+def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: int | None) -> Hit:
+    """Stamp the acting agency's acknowledgement; both stamped makes the hit acknowledged."""
+    hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
+    _require_worker(actor)
+    if hit.status is HitStatus.RESOLVED:
+        raise DomainError("This hit is resolved already.")
+    pending = [side for side in hit.sides_of(actor.agency_id) if hit.acknowledged_at_of(side) is None]
+    if not pending:
+        raise DomainError("Your agency has acknowledged this hit already.")
+    _check_version(hit, expected_version)
+    now = utcnow()
+    for side in pending:
+        setattr(hit, f"acknowledged_{side.value}_at", now)
+        setattr(hit, f"acknowledged_{side.value}_by_id", actor.user_id)
+    if hit.acknowledged_low_at and hit.acknowledged_high_at:
+        hit.status = HitStatus.ACKNOWLEDGED
+    hit.updated_at = now
+    _flush(session)
+    refs = _references(session, hit)
+    _notify_parties(session, hit, NotificationKind.HIT_ACKNOWLEDGED,
+                    f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} acknowledged by "
+                    f"{actor.user.agency.name}.")
+    session.flush()
+    audit.record(session, actor, "hit.acknowledge", "hit", hit.id, detail={"status": hit.status.value})
+    return hit
+
+
+def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int | None,
+            lead_agency_id: int | None, note: str) -> Hit:
+    """Record the agreed lead agency (one of the two parties) and a note."""
+    hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
+    _require_worker(actor)
+    if hit.status is HitStatus.RESOLVED:
+        raise DomainError("This hit is resolved already.")
+    _check_version(hit, expected_version)
+    if lead_agency_id not in (hit.agency_low_id, hit.agency_high_id):
+        raise DomainError("The lead must be one of the two agencies.", field="lead_agency_id")
+    note = (note or "").strip()
+    if not note:
+        raise DomainError("Say how the lead was agreed.", field="note")
+    if len(note) > NOTE_MAX:
+        raise DomainError(f"At most {NOTE_MAX} characters.", field="note")
+    now = utcnow()
+    for side in hit.sides_of(actor.agency_id):  # resolving acknowledges too
+        if hit.acknowledged_at_of(side) is None:
+            setattr(hit, f"acknowledged_{side.value}_at", now)
+            setattr(hit, f"acknowledged_{side.value}_by_id", actor.user_id)
+    hit.status = HitStatus.RESOLVED
+    hit.lead_agency_id = lead_agency_id
+    hit.resolution_note = note
+    hit.resolved_at = now
+    hit.resolved_by_id = actor.user_id
+    hit.updated_at = now
+    _flush(session)
+    session.refresh(hit, ["lead_agency"])
+    refs = _references(session, hit)
+    _notify_parties(session, hit, NotificationKind.HIT_RESOLVED,
+                    f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} resolved by "
+                    f"{actor.user.agency.name}: {hit.lead_agency.name} leads.")
+    session.flush()
+    audit.record(session, actor, "hit.resolve", "hit", hit.id, detail={"lead_agency_id": lead_agency_id})
+    return hit
+
+
+# --- what a party sees of a hit --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Contact:
+    """All a match reveals of the other side."""
+
+    agency_id: int
+    agency_name: str
+    country_code: str | None
+    desk_email: str
+    desk_phone: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class MatchView:
+    kind: IdentifierKind
+    platform: str | None
+    raw: str
+    value: str
+
+    @property
+    def kind_label(self) -> str:
+        return KIND_LABELS[self.kind]
+
+    @property
+    def platform_label(self) -> str:
+        return PLATFORMS.get(self.platform or "", "")
+
+
+@dataclass
+class HitView:
+    id: int
+    version: int
+    status: HitStatus
+    is_duplicate: bool
+    created_at: datetime
+    updated_at: datetime
+    own_referrals: list[tuple[int, str]]  # (id, reference) of the viewer's referral(s)
+    other: Contact | None  # None for a possible duplicate
+    own_matches: list[MatchView]
+    acknowledged_by_us_at: datetime | None
+    acknowledged_by_them_at: datetime | None
+    lead_agency_name: str | None
+    resolution_note: str
+    resolved_at: datetime | None
+    lead_choices: list[tuple[int, str]]
+    can_acknowledge: bool = False
+    can_resolve: bool = False
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({m.kind_label for m in self.own_matches})
+
+
+def describe(session: Session, user: User, hits: Sequence[Hit]) -> list[HitView]:
+    """The viewer's view of these hits (which must be visible to them): their own referral
+    and own matched identifiers, and the other side's contact card."""
+    if not hits:
+        return []
+    referral_ids = {r for hit in hits for r in (hit.referral_low_id, hit.referral_high_id)}
+    counterparts = match_counterparts().subquery()
+    references = dict(session.execute(
+        select(counterparts.c.referral_id, counterparts.c.reference).where(counterparts.c.referral_id.in_(referral_ids))
+    ).all())
+    agency_ids = {a for hit in hits for a in (hit.agency_low_id, hit.agency_high_id)}
+    contacts = {row.id: row for row in session.execute(agency_contacts(agency_ids))}
+    matches: dict[int, list[MatchView]] = defaultdict(list)
+    seen = set()
+    for row in session.execute(own_hit_matches(user, [hit.id for hit in hits])):
+        view = MatchView(row.kind, row.platform, row.raw, row.value)
+        if (row.hit_id, view) not in seen:
+            seen.add((row.hit_id, view))
+            matches[row.hit_id].append(view)
+    views = []
+    for hit in hits:
+        sides = hit.sides_of(user.agency_id)
+        if not sides:  # pragma: no cover - callers pass visible hits only
+            raise Forbidden("Not a party to this hit.")
+        others = [s for s in HitSide if s not in sides]
+        other = None
+        if others:
+            side = others[0]
+            card = contacts[hit.agency_id_of(side)]
+            other = Contact(card.id, card.name, card.country_code, card.desk_email, card.desk_phone,
+                            references[hit.referral_id_of(side)])
+        us_ack = [hit.acknowledged_at_of(s) for s in sides]
+        open_ = hit.status is not HitStatus.RESOLVED
+        views.append(HitView(
+            id=hit.id, version=hit.version, status=hit.status, is_duplicate=hit.is_duplicate,
+            created_at=hit.created_at, updated_at=hit.updated_at,
+            own_referrals=[(hit.referral_id_of(s), references[hit.referral_id_of(s)]) for s in sides],
+            other=other, own_matches=matches.get(hit.id, []),
+            acknowledged_by_us_at=None if None in us_ack else max(us_ack),
+            acknowledged_by_them_at=hit.acknowledged_at_of(others[0]) if others else None,
+            lead_agency_name=contacts[hit.lead_agency_id].name if hit.lead_agency_id in contacts else None,
+            resolution_note=hit.resolution_note, resolved_at=hit.resolved_at,
+            lead_choices=[(a, contacts[a].name) for a in dict.fromkeys((hit.agency_low_id, hit.agency_high_id))],
+            can_acknowledge=open_ and user.can_work_referrals and None in us_ack,
+            can_resolve=open_ and user.can_work_referrals,
+        ))
+    return views
+
+
+def view_hit(session: Session, actor: Actor, hit_id: int) -> HitView:
+    """One hit as its viewer may see it, recorded on the audit trail."""
+    hit = get_visible_hit(session, actor.user, hit_id)
+    audit.record(session, actor, "hit.view", "hit", hit.id)
+    return describe(session, actor.user, [hit])[0]
+
+
+def hits_for_referral(session: Session, user: User, referral_id: int) -> list[HitView]:
+    """The hits of one referral that the user's agency is a party to."""
+    hits = session.scalars(
+        visible_hits(user)
+        .where(or_(Hit.referral_low_id == referral_id, Hit.referral_high_id == referral_id))
+        .order_by(Hit.id.desc())
+    ).unique().all()
+    return describe(session, user, hits)
+
+
+@dataclass
+class HitFilters:
+    status: HitStatus | None = None
+    kind: IdentifierKind | None = None
+    page: int = 1
+
+
+@dataclass
+class HitPage:
+    items: list[HitView]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+def list_hits(session: Session, user: User, filters: HitFilters, per_page: int = 25) -> HitPage:
+    query = visible_hits(user)
+    if filters.status:
+        query = query.where(Hit.status == filters.status)
+    if filters.kind:
+        query = query.where(Hit.id.in_(select(HitMatch.hit_id).where(HitMatch.kind == filters.kind)))
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    page = max(1, filters.page)
+    hits = session.scalars(
+        query.order_by(Hit.updated_at.desc(), Hit.id.desc()).limit(per_page).offset((page - 1) * per_page)
+    ).unique().all()
+    return HitPage(describe(session, user, hits), total, page, per_page)
+
+
+# --- the blind check -------------------------------------------------------------------------
+
+class CheckOutcome:
+    INVALID = "invalid"
+    NO_HIT = "no hit"
+    COMMON = "common"
+    HIT = "hit"
+
+
+@dataclass
+class CheckLine:
+    line_no: int
+    text: str
+    outcome: str
+    kind: IdentifierKind | None = None
+    platform: str | None = None
+    reason: str = ""
+    contacts: list[Contact] = field(default_factory=list)
+    own_references: list[str] = field(default_factory=list)  # the checker's own agency's referrals
+
+    @property
+    def kind_label(self) -> str:
+        return KIND_LABELS[self.kind] if self.kind else ""
+
+
+@dataclass
+class CheckResult:
+    lines: list[CheckLine]
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for line in self.lines if line.outcome == outcome)
+
+
+def blind_check(
+    session: Session,
+    actor: Actor,
+    text: str | Sequence[str],
+    *,
+    kind: IdentifierKind | None = None,
+    platform: str | None = None,
+    region: str | None = None,
+) -> CheckResult:
+    """Check identifiers against every referral without recording them. Only the audit
+    entry (with counts, never the identifiers) is written."""
+    _require_worker(actor)
+    config = settings(session)
+    lines = nonblank_lines(text)
+    if not lines:
+        raise DomainError("Paste at least one identifier.", field="identifiers")
+    if len(lines) > config.blind_check_limit:
+        raise DomainError(
+            f"At most {config.blind_check_limit:,} identifiers per check; this one has {len(lines):,}. "
+            "Split it into smaller checks.",
+            field="identifiers",
+        )
+    if platform is not None and platform not in PLATFORMS:
+        raise DomainError("Choose a platform from the list.", field="platform")
+    parsed = parse_lines(lines, _secret(session), kind=kind, platform=platform, region=region)
+    batch = match_batch(session, (p.key for p in parsed if p.ok), threshold=config.common_threshold)
+    agency_ids = {h.agency_id for holders in batch.holders.values() for h in holders}
+    cards = {row.id: row for row in session.execute(agency_contacts(agency_ids))} if agency_ids else {}
+    result = []
+    for p in parsed:
+        if not p.ok:
+            result.append(CheckLine(p.line_no, p.text, CheckOutcome.INVALID, reason=p.reason))
+            continue
+        line = CheckLine(p.line_no, p.text, CheckOutcome.NO_HIT, kind=p.ident.kind, platform=p.ident.platform)
+        if p.key in batch.common:
+            line.outcome = CheckOutcome.COMMON
+        elif p.key in batch.holders:
+            line.outcome = CheckOutcome.HIT
+            seen = set()
+            for h in sorted(batch.holders[p.key], key=lambda h: h.reference):
+                if h.referral_id in seen:
+                    continue
+                seen.add(h.referral_id)
+                if h.agency_id == actor.agency_id:
+                    line.own_references.append(h.reference)
+                else:
+                    card = cards[h.agency_id]
+                    line.contacts.append(Contact(card.id, card.name, card.country_code, card.desk_email,
+                                                 card.desk_phone, h.reference))
+        result.append(line)
+    check = CheckResult(result)
+    audit.record(session, actor, "deconfliction.blind_check", detail={
+        "identifiers": len(parsed), "invalid": check.count(CheckOutcome.INVALID),
+        "hits": check.count(CheckOutcome.HIT), "common": check.count(CheckOutcome.COMMON),
+        "kind": kind.value if kind else "auto",
+    })
+    return check
+
+
+# --- common identifiers and notifications ---------------------------------------------------
+
+def list_common_identifiers(session: Session, actor: Actor, page: int = 1, per_page: int = 50):
+    """Common identifiers, for admins."""
+    if actor.user is None or actor.user.role.value != "admin":
+        raise Forbidden("Only administrators see common identifiers.")
+    total = session.scalar(select(func.count()).select_from(CommonIdentifier)) or 0
+    items = session.scalars(
+        select(CommonIdentifier).order_by(CommonIdentifier.referral_count.desc(), CommonIdentifier.match_key)
+        .limit(per_page).offset((max(1, page) - 1) * per_page)
+    ).all()
+    return items, total
+
+
+def unread_count(session: Session, user: User) -> int:
+    last_seen = select(NotificationCursor.last_seen_id).where(NotificationCursor.user_id == user.id).scalar_subquery()
+    query = visible_notifications(user).where(Notification.id > func.coalesce(last_seen, 0))
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+@dataclass
+class NotificationItem:
+    id: int
+    kind: NotificationKind
+    hit_id: int | None
+    message: str
+    created_at: datetime
+    unread: bool
+
+
+def list_notifications(session: Session, user: User, page: int = 1, per_page: int = 50,
+                       *, mark_seen: bool = True) -> tuple[list[NotificationItem], int]:
+    """The agency's notifications, newest first; showing the first page marks all read."""
+    last_seen = session.scalar(select(NotificationCursor.last_seen_id).where(NotificationCursor.user_id == user.id)) or 0
+    query = visible_notifications(user)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Notification.id.desc()).limit(per_page).offset((max(1, page) - 1) * per_page)
+    ).all()
+    items = [NotificationItem(n.id, n.kind, n.hit_id, n.message, n.created_at, n.id > last_seen) for n in rows]
+    if mark_seen and rows and page == 1 and rows[0].id > last_seen:
+        statement = _dialect_insert(session, NotificationCursor.__table__)
+        statement = statement.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={"last_seen_id": statement.excluded.last_seen_id, "updated_at": statement.excluded.updated_at},
+        )
+        session.execute(statement, [{"user_id": user.id, "last_seen_id": rows[0].id, "updated_at": utcnow()}])
+    return items, total

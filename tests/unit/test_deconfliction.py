@@ -1,0 +1,479 @@
+"""Deconfliction on SQLite and PostgreSQL: subjects and identifiers, set-based matching, hits
+and their workflow, notifications, common identifiers and the blind check."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event, func, insert, select
+
+from app.models import (
+    AuditEntry,
+    CommonIdentifier,
+    Hit,
+    HitMatch,
+    HitSide,
+    HitStatus,
+    Identifier,
+    Notification,
+    NotificationKind,
+    Status,
+    Subject,
+    referral_subjects,
+)
+from app.services import Conflict, DomainError, Forbidden, NotFound
+from app.services import deconfliction as dc
+from app.services import referrals as referrals_service
+from app.services import subjects
+from app.services.identifiers import IdentifierKind, match_key, normalise
+from tests.factories import make_referral
+
+SECRET = b"testing-match-key"
+
+
+def add(session, world, referral, who, *lines, label="Account holder", kind=None, platform=None):
+    return subjects.add_subject(session, world.actor(f"{who}_liaison"), referral.id, label, "\n".join(lines),
+                                kind=kind, platform=platform)
+
+
+def hits_between(session, first, second):
+    low, high = sorted((first.id, second.id))
+    return session.scalars(select(Hit).where(Hit.referral_low_id == low, Hit.referral_high_id == high)).all()
+
+
+def count(session, model) -> int:
+    return session.scalar(select(func.count()).select_from(model))
+
+
+@contextmanager
+def statements(session):
+    """Count the SQL statements sent to the database inside the block."""
+    seen: list[str] = []
+
+    def listener(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+
+@pytest.fixture
+def pair(session, world):
+    """A draft of Alpha (to Bravo) and one of Charlie (to the international body)."""
+    ra = make_referral(session, world, "draft", sender="a", receiver="b")
+    rc = make_referral(session, world, "draft", sender="c", receiver="i", summary="Charlie confidential summary.")
+    return ra, rc
+
+
+# --- subjects and identifiers -----------------------------------------------------------
+
+def test_identifiers_are_stored_raw_normalised_and_keyed(session, world, pair):
+    ra, _ = pair
+    subject = add(session, world, ra, "a", "email: Someone@Example.org", "phone: 021 555 0101",
+                  "username/discord: @Alice", "ip: ::ffff:192.0.2.7")
+    by_kind = {i.kind: i for i in subject.identifiers}
+    assert by_kind[IdentifierKind.EMAIL].raw == "Someone@Example.org"
+    assert by_kind[IdentifierKind.EMAIL].value == "someone@example.org"
+    # the jurisdiction of the referral (AU for Bravo) reads numbers without a country code
+    assert by_kind[IdentifierKind.PHONE].value == "+61215550101"
+    assert by_kind[IdentifierKind.USERNAME].value == "alice"
+    assert by_kind[IdentifierKind.USERNAME].platform == "discord"
+    assert by_kind[IdentifierKind.IP].value == "192.0.2.7"
+    for identifier in subject.identifiers:
+        expected = match_key(SECRET, normalise(identifier.kind, identifier.raw, platform=identifier.platform,
+                                               region=ra.jurisdiction))
+        assert identifier.match_key == expected
+        assert identifier.value not in identifier.match_key
+
+
+def test_a_subject_with_a_bad_line_saves_nothing(session, world, pair):
+    ra, _ = pair
+    with pytest.raises(DomainError) as info:
+        add(session, world, ra, "a", "someone@example.org", "not an address@", "bob", kind=None)
+    assert info.value.field == "identifiers"
+    assert "line 2" in info.value.message and "line 3" in info.value.message
+    assert "cannot tell what kind" in info.value.message
+    assert count(session, Subject) == 0 and count(session, Identifier) == 0
+
+
+def test_given_twice_is_stored_once(session, world, pair):
+    ra, _ = pair
+    subject = add(session, world, ra, "a", "someone@example.org", "SOMEONE@example.org")
+    assert len(subject.identifiers) == 1
+    added = subjects.add_identifiers(session, world.actor("a_liaison"), ra.id, subject.id, "someone@example.org\n192.0.2.1")
+    assert [i.value for i in added] == ["192.0.2.1"]
+
+
+def test_only_the_sending_agency_adds_subjects_while_draft_or_sent(session, world):
+    referral = make_referral(session, world, "sent")
+    with pytest.raises(Forbidden):
+        add(session, world, referral, "b", "someone@example.org")
+    with pytest.raises(Forbidden):
+        subjects.add_subject(session, world.actor("a_viewer"), referral.id, "x", "someone@example.org")
+    with pytest.raises(NotFound):
+        add(session, world, referral, "c", "someone@example.org")
+    add(session, world, referral, "a", "someone@example.org")  # sent: still allowed
+    accepted = make_referral(session, world, "accepted")
+    with pytest.raises(DomainError) as info:
+        add(session, world, accepted, "a", "someone@example.org")
+    assert "accepted" in info.value.message
+
+
+def test_usernames_match_only_on_the_same_platform(session, world, pair):
+    ra, rc = pair
+    add(session, world, ra, "a", "alice", kind=IdentifierKind.USERNAME, platform="discord")
+    add(session, world, rc, "c", "username/x: alice")
+    assert hits_between(session, ra, rc) == []
+    add(session, world, rc, "c", "username/discord: ALICE")
+    assert len(hits_between(session, ra, rc)) == 1
+
+
+# --- hits -------------------------------------------------------------------------------------
+
+def test_a_shared_identifier_raises_one_hit_with_each_sides_identifiers(session, world, pair):
+    ra, rc = pair
+    add(session, world, ra, "a", "Shared@Example.org", "alpha-only@example.org")
+    add(session, world, rc, "c", "shared@example.org", "charlie-only@example.org", "+64 21 555 0123")
+    [hit] = hits_between(session, ra, rc)
+    assert hit.status is HitStatus.NEW and not hit.is_duplicate
+    assert {hit.agency_low_id, hit.agency_high_id} == {world.agencies["a"].id, world.agencies["c"].id}
+    sides = {(m.side, session.get(Identifier, m.identifier_id).raw) for m in hit.matches}
+    a_side = HitSide.LOW if hit.referral_low_id == ra.id else HitSide.HIGH
+    c_side = HitSide.HIGH if a_side is HitSide.LOW else HitSide.LOW
+    assert sides == {(a_side, "Shared@Example.org"), (c_side, "shared@example.org")}
+    assert {m.kind for m in hit.matches} == {IdentifierKind.EMAIL}
+
+    # More matches on the same pair stay on the one hit.
+    add(session, world, ra, "a", "+64215550123", label="Second holder")
+    session.expire_all()
+    [again] = hits_between(session, ra, rc)
+    assert again.id == hit.id
+    assert {m.kind for m in again.matches} == {IdentifierKind.EMAIL, IdentifierKind.PHONE}
+    assert again.version > 1
+
+
+def test_a_match_within_one_agency_is_a_possible_duplicate(session, world):
+    first = make_referral(session, world, "draft", sender="a", receiver="b")
+    second = make_referral(session, world, "draft", sender="a", receiver="c")
+    add(session, world, first, "a", "192.0.2.44")
+    add(session, world, second, "a", "192.0.2.44")
+    [hit] = hits_between(session, first, second)
+    assert hit.is_duplicate
+    notes = session.scalars(select(Notification).where(Notification.hit_id == hit.id)).all()
+    assert [(n.agency_id, n.kind) for n in notes] == [(world.agencies["a"].id, NotificationKind.HIT_NEW)]
+    assert "Possible duplicate" in notes[0].message
+    [view] = dc.hits_for_referral(session, world.users["a_liaison"], first.id)
+    assert view.is_duplicate and view.other is None
+    assert sorted(ref for _, ref in view.own_referrals) == sorted([first.reference, second.reference])
+
+
+def test_both_agencies_are_notified_when_a_hit_appears_and_changes(session, world, pair):
+    ra, rc = pair
+    a_user, c_user, b_user = world.users["a_liaison"], world.users["c_liaison"], world.users["b_liaison"]
+    add(session, world, ra, "a", "shared@example.org")
+    add(session, world, rc, "c", "shared@example.org")
+    assert dc.unread_count(session, a_user) == 1 and dc.unread_count(session, c_user) == 1
+    assert dc.unread_count(session, b_user) == 0
+    items, _ = dc.list_notifications(session, a_user)
+    assert items[0].kind is NotificationKind.HIT_NEW and items[0].unread
+    assert rc.reference in items[0].message and "Charlie Customs" in items[0].message
+    assert dc.unread_count(session, a_user) == 0  # seen
+    assert dc.unread_count(session, world.users["a_manager"]) == 1  # per user
+
+    [hit] = hits_between(session, ra, rc)
+    dc.acknowledge(session, world.actor("c_liaison"), hit.id, hit.version)
+    assert dc.unread_count(session, a_user) == 1 and dc.unread_count(session, c_user) == 2
+    dc.resolve(session, world.actor("a_liaison"), hit.id, hit.version, world.agencies["c"].id, "Agreed by phone.")
+    kinds = [n.kind for n in session.scalars(
+        select(Notification).where(Notification.agency_id == world.agencies["a"].id).order_by(Notification.id))]
+    assert kinds == [NotificationKind.HIT_NEW, NotificationKind.HIT_ACKNOWLEDGED, NotificationKind.HIT_RESOLVED]
+    add(session, world, rc, "c", "192.0.2.9", label="Other")
+    add(session, world, ra, "a", "192.0.2.9", label="Other")
+    latest = session.scalars(select(Notification).order_by(Notification.id.desc()).limit(2)).all()
+    assert {n.kind for n in latest} == {NotificationKind.HIT_UPDATED}
+    assert {n.agency_id for n in latest} == {world.agencies["a"].id, world.agencies["c"].id}
+
+
+def test_acknowledge_and_resolve(session, world, pair):
+    ra, rc = pair
+    add(session, world, ra, "a", "shared@example.org")
+    add(session, world, rc, "c", "shared@example.org")
+    [hit] = hits_between(session, ra, rc)
+    with pytest.raises(Forbidden):
+        dc.acknowledge(session, world.actor("a_viewer"), hit.id, hit.version)
+    with pytest.raises(Conflict):
+        dc.acknowledge(session, world.actor("a_liaison"), hit.id, hit.version - 1 if hit.version > 1 else 99)
+    dc.acknowledge(session, world.actor("a_liaison"), hit.id, hit.version)
+    assert hit.status is HitStatus.NEW
+    assert (hit.acknowledged_low_at or hit.acknowledged_high_at) is not None
+    with pytest.raises(DomainError, match="already"):
+        dc.acknowledge(session, world.actor("a_manager"), hit.id, hit.version)
+    dc.acknowledge(session, world.actor("c_manager"), hit.id, hit.version)
+    assert hit.status is HitStatus.ACKNOWLEDGED
+    assert hit.acknowledged_low_at and hit.acknowledged_high_at
+
+    with pytest.raises(DomainError) as info:
+        dc.resolve(session, world.actor("a_liaison"), hit.id, hit.version, world.agencies["b"].id, "x")
+    assert info.value.field == "lead_agency_id"
+    with pytest.raises(DomainError) as info:
+        dc.resolve(session, world.actor("a_liaison"), hit.id, hit.version, world.agencies["a"].id, "  ")
+    assert info.value.field == "note"
+    dc.resolve(session, world.actor("a_liaison"), hit.id, hit.version, world.agencies["a"].id, "Alpha leads.")
+    assert hit.status is HitStatus.RESOLVED and hit.lead_agency_id == world.agencies["a"].id
+    assert hit.resolved_at and hit.resolution_note == "Alpha leads."
+    with pytest.raises(DomainError, match="resolved already"):
+        dc.resolve(session, world.actor("c_liaison"), hit.id, hit.version, world.agencies["c"].id, "No.")
+    actions = session.scalars(select(AuditEntry.action).where(AuditEntry.object_type == "hit")).all()
+    assert actions == ["hit.acknowledge", "hit.acknowledge", "hit.resolve"]
+
+
+def test_hits_are_seen_by_their_two_agencies_only(session, world, pair):
+    ra, rc = pair
+    add(session, world, ra, "a", "shared@example.org")
+    add(session, world, rc, "c", "shared@example.org")
+    [hit] = hits_between(session, ra, rc)
+    for outsider in ("b_liaison", "i_liaison", "b_admin"):
+        with pytest.raises(NotFound):
+            dc.view_hit(session, world.actor(outsider), hit.id)
+        with pytest.raises(NotFound):
+            dc.acknowledge(session, world.actor(outsider), hit.id, None)
+        with pytest.raises(NotFound):
+            dc.resolve(session, world.actor(outsider), hit.id, None, world.agencies["a"].id, "x")
+        assert dc.list_hits(session, world.users[outsider], dc.HitFilters()).total == 0
+    # Bravo receives Alpha's referral, but is no party to the hit.
+    assert dc.hits_for_referral(session, world.users["b_liaison"], ra.id) == []
+    assert dc.list_hits(session, world.users["a_viewer"], dc.HitFilters()).total == 1
+
+
+def test_a_hit_view_carries_the_contact_card_only(session, world, pair):
+    ra, rc = pair
+    add(session, world, ra, "a", "shared@example.org", "alpha-only@example.org", label="Alpha holder")
+    add(session, world, rc, "c", "SHARED@example.org", "charlie-only@example.org", label="Charlie holder")
+    [view] = dc.list_hits(session, world.users["a_liaison"], dc.HitFilters()).items
+    charlie = world.agencies["c"]
+    assert view.other == dc.Contact(charlie.id, charlie.name, charlie.country_code, charlie.desk_email,
+                                    charlie.desk_phone, rc.reference)
+    assert [(m.kind, m.raw) for m in view.own_matches] == [(IdentifierKind.EMAIL, "shared@example.org")]
+    assert view.own_referrals == [(ra.id, ra.reference)]
+    [their_view] = dc.list_hits(session, world.users["c_liaison"], dc.HitFilters()).items
+    assert [m.raw for m in their_view.own_matches] == ["SHARED@example.org"]
+    text = repr(view) + repr(their_view)
+    for secret in ("Charlie confidential summary.", "charlie-only", "alpha-only", "Charlie holder",
+                   "Alpha holder", "Intl Bureau"):
+        assert secret not in text
+
+
+def test_list_filters(session, world, pair):
+    ra, rc = pair
+    add(session, world, ra, "a", "shared@example.org")
+    add(session, world, rc, "c", "shared@example.org")
+    user = world.users["a_liaison"]
+    assert dc.list_hits(session, user, dc.HitFilters(kind=IdentifierKind.EMAIL)).total == 1
+    assert dc.list_hits(session, user, dc.HitFilters(kind=IdentifierKind.IP)).total == 0
+    assert dc.list_hits(session, user, dc.HitFilters(status=HitStatus.NEW)).total == 1
+    assert dc.list_hits(session, user, dc.HitFilters(status=HitStatus.RESOLVED)).total == 0
+
+
+# --- hooks into the lifecycle ---------------------------------------------------------------
+
+def _raw_subject(session, world, referral, agency_key, value):
+    """A subject written straight to the tables, bypassing the service (and its matching)."""
+    subject = Subject(agency_id=world.agencies[agency_key].id, label="Imported")
+    ident = normalise(IdentifierKind.EMAIL, value)
+    subject.identifiers.append(Identifier(kind=ident.kind, raw=value, value=ident.value,
+                                          match_key=match_key(SECRET, ident)))
+    session.add(subject)
+    session.flush()
+    session.execute(insert(referral_subjects).values(referral_id=referral.id, subject_id=subject.id))
+    return subject
+
+
+@pytest.mark.parametrize("step", ["update", "send"])
+def test_saving_or_sending_matches(session, world, pair, step):
+    ra, rc = pair
+    add(session, world, rc, "c", "shared@example.org")
+    _raw_subject(session, world, ra, "a", "shared@example.org")
+    assert hits_between(session, ra, rc) == []
+    if step == "update":
+        data = referrals_service.ReferralData.from_referral(ra)
+        referrals_service.update_draft(session, world.actor("a_liaison"), ra.id, ra.version, data)
+    else:
+        referrals_service.transition(session, world.actor("a_liaison"), ra.id, "send", ra.version)
+    assert len(hits_between(session, ra, rc)) == 1
+
+
+def test_a_transfer_carries_the_same_subjects_and_raises_no_hit_with_itself(session, world):
+    original = make_referral(session, world, "draft", sender="a", receiver="b", handling_code="H1")
+    subject = add(session, world, original, "a", "shared@example.org", "192.0.2.10")
+    for actor, action in (("a_liaison", "send"), ("b_liaison", "acknowledge")):
+        referrals_service.transition(session, world.actor(actor), original.id, action, None)
+    new = referrals_service.transition(session, world.actor("b_liaison"), original.id, "transfer", None,
+                                       transfer_to_agency_id=world.agencies["i"].id)
+    assert new.status is Status.SENT and new.sender_agency_id == world.agencies["b"].id
+    linked = session.scalars(select(referral_subjects.c.subject_id).where(referral_subjects.c.referral_id == new.id)).all()
+    assert linked == [subject.id]
+    assert [s.id for s in subjects.subjects_of(session, world.users["i_liaison"], new.id)] == [subject.id]
+    assert count(session, Hit) == 0  # the same subject on both is no news
+
+    # A third agency's referral on the same identifier meets both.
+    other = make_referral(session, world, "draft", sender="c", receiver="i")
+    add(session, world, other, "c", "shared@example.org")
+    assert len(hits_between(session, other, original)) == 1
+    assert len(hits_between(session, other, new)) == 1
+    # Bravo may add a subject of its own to the new referral, but not identifiers to Alpha's.
+    with pytest.raises(Forbidden):
+        subjects.add_identifiers(session, world.actor("b_liaison"), new.id, subject.id, "192.0.2.11")
+    add(session, world, new, "b", "192.0.2.12", label="Found by Bravo")
+
+
+# --- common identifiers ---------------------------------------------------------------------
+
+def test_an_identifier_held_by_more_than_the_threshold_is_common(any_app, session, world):
+    any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+    ra = make_referral(session, world, "draft", sender="a", receiver="b")
+    rc = make_referral(session, world, "draft", sender="c", receiver="i")
+    rb = make_referral(session, world, "draft", sender="b", receiver="a")
+    add(session, world, ra, "a", "192.0.2.200")
+    add(session, world, rc, "c", "192.0.2.200")
+    assert count(session, Hit) == 1 and count(session, CommonIdentifier) == 0
+    add(session, world, rb, "b", "192.0.2.200", "b-only@example.org")
+    assert count(session, Hit) == 1  # no hit for the third holder
+    [common] = session.scalars(select(CommonIdentifier)).all()
+    assert (common.kind, common.value, common.referral_count) == (IdentifierKind.IP, "192.0.2.200", 3)
+    result = dc.blind_check(session, world.actor("i_liaison"), "192.0.2.200")
+    assert result.lines[0].outcome == dc.CheckOutcome.COMMON and result.lines[0].contacts == []
+    items, total = dc.list_common_identifiers(session, world.actor("a_admin"))
+    assert total == 1 and items[0].value == "192.0.2.200"
+    with pytest.raises(Forbidden):
+        dc.list_common_identifiers(session, world.actor("a_liaison"))
+
+
+# --- the blind check ------------------------------------------------------------------------
+
+def test_blind_check_outcomes_and_reasons(session, world, pair):
+    ra, rc = pair
+    add(session, world, rc, "c", "shared@example.org", "+64 21 555 0123", "username/discord: alice")
+    add(session, world, ra, "a", "alpha@example.org")
+    before = {m: count(session, m) for m in (Identifier, Subject, Hit, HitMatch, Notification, CommonIdentifier)}
+    text = "\n".join([
+        "SHARED@example.org",
+        "",
+        "nobody@example.org",
+        "not-an-ip:1.2.3",
+        "021 555 0123",
+        "username/discord: @Alice",
+        "bob",
+        "email: alpha@example.org",
+        "ip/discord: 192.0.2.1",
+    ])
+    result = dc.blind_check(session, world.actor("b_liaison"), text, region="NZ")
+    by_line = {line.line_no: line for line in result.lines}
+    assert sorted(by_line) == [1, 3, 4, 5, 6, 7, 8, 9]  # blank lines are skipped
+    assert by_line[1].outcome == dc.CheckOutcome.HIT
+    charlie = world.agencies["c"]
+    assert by_line[1].contacts == [dc.Contact(charlie.id, charlie.name, "GB", charlie.desk_email,
+                                              charlie.desk_phone, rc.reference)]
+    assert by_line[3].outcome == dc.CheckOutcome.NO_HIT
+    assert by_line[4].outcome == dc.CheckOutcome.INVALID and "cannot tell" in by_line[4].reason
+    assert by_line[5].outcome == dc.CheckOutcome.HIT and by_line[5].kind is IdentifierKind.PHONE  # the region hint
+    assert by_line[6].outcome == dc.CheckOutcome.HIT
+    assert by_line[7].outcome == dc.CheckOutcome.INVALID
+    assert by_line[8].outcome == dc.CheckOutcome.HIT and by_line[8].contacts[0].agency_name == "Alpha Police"
+    assert by_line[9].outcome == dc.CheckOutcome.INVALID and "platform" in by_line[9].reason
+    # Alpha's own referral shows as its own, not as a contact.
+    mine = dc.blind_check(session, world.actor("a_liaison"), "alpha@example.org")
+    assert mine.lines[0].own_references == [ra.reference] and mine.lines[0].contacts == []
+
+    after = {m: count(session, m) for m in before}
+    assert after == before  # nothing from the check is stored...
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "deconfliction.blind_check")
+                            .order_by(AuditEntry.seq)).first()
+    assert entry is not None and "example.org" not in entry.detail  # ...but the audit entry
+    assert '"identifiers": 8' in entry.detail and '"invalid": 3' in entry.detail
+
+
+def test_blind_check_with_a_chosen_kind(session, world, pair):
+    _, rc = pair
+    add(session, world, rc, "c", "account_id/steam: 7656119", "username/x: bob")
+    result = dc.blind_check(session, world.actor("a_liaison"), "7656119\nbob",
+                            kind=IdentifierKind.ACCOUNT_ID, platform="steam")
+    assert [line.outcome for line in result.lines] == [dc.CheckOutcome.HIT, dc.CheckOutcome.NO_HIT]
+    result = dc.blind_check(session, world.actor("a_liaison"), "bob", kind=IdentifierKind.USERNAME)
+    assert result.lines[0].outcome == dc.CheckOutcome.INVALID and "needs a platform" in result.lines[0].reason
+
+
+def test_blind_check_limit(session, world):
+    limit = 10_000
+    lines = [f"192.0.2.{n % 250}" if n % 2 else f"2001:db8::{n:x}" for n in range(limit)]
+    result = dc.blind_check(session, world.actor("a_liaison"), "\n".join(lines))
+    assert len(result.lines) == limit and result.count(dc.CheckOutcome.NO_HIT) == limit
+    with pytest.raises(DomainError) as info:
+        dc.blind_check(session, world.actor("a_liaison"), "\n".join(lines + ["192.0.2.1"]))
+    assert "At most 10,000 identifiers" in info.value.message and "10,001" in info.value.message
+    assert info.value.field == "identifiers"
+    with pytest.raises(DomainError):
+        dc.blind_check(session, world.actor("a_liaison"), "\n \n")
+
+
+def test_blind_check_needs_a_working_role(session, world):
+    for role in ("viewer", "admin"):
+        with pytest.raises(Forbidden):
+            dc.blind_check(session, world.actor(f"a_{role}"), "192.0.2.1")
+
+
+# --- set-based matching ---------------------------------------------------------------------
+
+def _seed_holders(session, world, n):
+    """Charlie holds n distinct addresses on one referral, and Bravo one of them too."""
+    rc = make_referral(session, world, "draft", sender="c", receiver="i")
+    addresses = [f"holder{k}@example.org" for k in range(n)]
+    add(session, world, rc, "c", *addresses)
+    rb = make_referral(session, world, "draft", sender="b", receiver="a")
+    add(session, world, rb, "b", addresses[0])
+    return addresses
+
+
+def test_match_batch_is_one_statement_whatever_the_batch_size(session, world):
+    addresses = _seed_holders(session, world, 60)
+    keys = [match_key(SECRET, normalise("email", a)) for a in addresses]
+    misses = [match_key(SECRET, normalise("email", f"miss{k}@example.org")) for k in range(5000)]
+    for batch in (keys[:3], keys + misses):
+        with statements(session) as seen:
+            result = dc.match_batch(session, batch, threshold=20)
+        assert len(seen) == 1
+    assert set(result.holders) == set(keys)
+    assert result.counts[keys[0]] == 2 and len(result.holders[keys[0]]) == 2
+
+
+def test_refresh_issues_a_bounded_number_of_statements(session, world):
+    addresses = _seed_holders(session, world, 120)
+    counts = []
+    for size in (2, 120):
+        referral = make_referral(session, world, "draft", sender="a", receiver="b")
+        subject = add(session, world, referral, "a", f"seed{size}@example.org", label=f"size {size}")
+        session.flush()
+        with statements(session) as seen:
+            subjects.add_identifiers(session, world.actor("a_liaison"), referral.id, subject.id,
+                                     "\n".join(addresses[:size]))
+        counts.append(len(seen))
+        matched = session.scalar(select(func.count()).select_from(HitMatch).join(Hit, Hit.id == HitMatch.hit_id)
+                                 .where(Hit.referral_high_id == referral.id))
+        assert matched >= size * 2
+    assert counts[0] == counts[1], counts
+    assert counts[1] <= 25
+
+
+def test_blind_check_statements_do_not_grow_with_the_batch(session, world):
+    addresses = _seed_holders(session, world, 30)
+    counts = []
+    for size in (3, 3000):
+        lines = (addresses * 100)[:size]
+        with statements(session) as seen:
+            dc.blind_check(session, world.actor("a_liaison"), "\n".join(lines))
+        counts.append(len(seen))
+    assert counts[0] == counts[1], counts
