@@ -1,0 +1,384 @@
+"""Accounts, sign-in, sessions and headers: each promise of docs/security.md, tested."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pyotp
+import pytest
+from sqlalchemy import select, update
+
+from app import create_app
+from app.db import utcnow
+from app.extensions import db
+from app.models import AuditEntry, User, UserSession
+from app.services import DomainError
+from app.services.users import check_password
+from tests.conftest import Browser
+from tests.factories import PASSWORD
+
+LOGIN_FAILED = "Invalid e-mail or password."
+
+
+def _user(app, key_email: str) -> User:
+    with app.app_context():
+        return db.session.scalar(select(User).where(User.email == key_email))
+
+
+def _actions(app, action: str) -> list[AuditEntry]:
+    with app.app_context():
+        return db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)).all()
+
+
+def _age_auth(browser, seconds: int = 3600) -> None:
+    with browser.client.session_transaction() as sess:
+        sess["auth_at"] = sess["auth_at"] - seconds
+
+
+# --- passwords ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("password, reason", [
+    ("short-one", "at least 12"),
+    ("123qweasdzxc", "common or breached"),
+    ("QWERTY123456", "common or breached"),
+    ("aaaaaaaaaaaaaaaa", "too easy"),
+    ("alice-alice-alice", "too easy"),
+])
+def test_weak_passwords_are_refused(password, reason):
+    with pytest.raises(DomainError, match=reason):
+        check_password(password, email="alice@example.org", name="Alice Example")
+
+
+def test_strong_passphrase_is_accepted():
+    check_password("lantern-orbit-meadow-42", email="alice@example.org", name="Alice Example")
+
+
+def test_passwords_are_stored_with_argon2id(app, web_world):
+    assert _user(app, "liaison.a@example.org").password_hash.startswith("$argon2id$")
+
+
+# --- lockout and rate limit ----------------------------------------------------------------
+
+def test_five_failures_lock_the_account_without_saying_so(app, browser, web_world):
+    for _ in range(5):
+        assert browser.login("liaison.a@example.org", "wrong-password-xyz").status_code == 401
+    response = browser.login("liaison.a@example.org", PASSWORD)
+    assert response.status_code == 401 and LOGIN_FAILED in response.get_data(as_text=True)
+    assert _user(app, "liaison.a@example.org").locked_at is not None
+    assert len(_actions(app, "auth.lock")) == 1
+    assert len([e for e in _actions(app, "auth.login") if e.outcome == "failure"]) == 6
+
+
+def test_admin_unlocks_a_locked_account(app, client, web_world):
+    person = Browser(app.test_client())
+    for _ in range(5):
+        person.login("liaison.a@example.org", "wrong-password-xyz")
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    user_id = web_world.users["a_liaison"].id
+    page = admin.get(f"/admin/users/{user_id}").get_data(as_text=True)
+    assert "Unlock" in page
+    admin.post(f"/admin/users/{user_id}/unlock", token_from=f"/admin/users/{user_id}")
+    assert person.login("liaison.a@example.org").status_code == 302
+    assert len(_actions(app, "auth.unlock")) == 1
+
+
+def test_lock_expires_after_the_configured_time(app, browser, web_world):
+    for _ in range(5):
+        browser.login("liaison.a@example.org", "wrong-password-xyz")
+    with app.app_context():
+        db.session.execute(update(User).where(User.email == "liaison.a@example.org")
+                           .values(locked_at=utcnow() - app.config["LOCKOUT_DURATION"] - timedelta(seconds=1)))
+        db.session.commit()
+    assert browser.login("liaison.a@example.org").status_code == 302
+
+
+def test_failures_outside_the_window_do_not_add_up(app, browser, web_world):
+    for _ in range(4):
+        browser.login("liaison.a@example.org", "wrong-password-xyz")
+    with app.app_context():
+        db.session.execute(update(User).where(User.email == "liaison.a@example.org")
+                           .values(failed_window_start=utcnow() - timedelta(minutes=16)))
+        db.session.commit()
+    browser.login("liaison.a@example.org", "wrong-password-xyz")
+    assert _user(app, "liaison.a@example.org").locked_at is None
+
+
+def test_sign_in_is_rate_limited_per_address(app, browser, web_world):
+    app.config["LOGIN_RATE_LIMIT"] = "3 per minute"
+    codes = [browser.login(f"nobody{i}@example.org", "wrong-password-xyz").status_code for i in range(4)]
+    assert codes == [401, 401, 401, 429]
+
+
+# --- banner, inactivity -------------------------------------------------------------------
+
+def test_logon_banner_is_shown_before_sign_in(app, client):
+    app.config["LOGON_BANNER"] = "Authorised use only. Activity is recorded."
+    assert "Authorised use only. Activity is recorded." in client.get("/login").get_data(as_text=True)
+
+
+def test_accounts_unused_for_90_days_are_disabled(app, browser, web_world):
+    with app.app_context():
+        db.session.execute(update(User).where(User.email == "liaison.a@example.org")
+                           .values(last_login_at=utcnow() - timedelta(days=91)))
+        db.session.commit()
+    response = browser.login("liaison.a@example.org")
+    assert response.status_code == 401 and LOGIN_FAILED in response.get_data(as_text=True)
+    user = _user(app, "liaison.a@example.org")
+    assert not user.is_active and user.disabled_reason == "inactive"
+
+
+def test_disable_inactive_command(app, web_world):
+    with app.app_context():
+        db.session.execute(update(User).where(User.email == "viewer.b@example.org")
+                           .values(created_at=utcnow() - timedelta(days=100)))
+        db.session.commit()
+    result = app.test_cli_runner().invoke(args=["users", "disable-inactive"])
+    assert "viewer.b@example.org" in result.output and "Disabled 1" in result.output
+    assert not _user(app, "viewer.b@example.org").is_active
+
+
+# --- second factor ----------------------------------------------------------------------
+
+def _enrol(app, browser, email):
+    response = browser.login(email)
+    assert response.headers["Location"].endswith("/login/enrol")
+    page = browser.get("/login/enrol").get_data(as_text=True)
+    assert 'src="data:image/svg+xml' in page  # QR generated locally, no external service
+    secret = re.search(r"<code>([A-Z2-7]{16,})</code>", page).group(1)
+    code = pyotp.TOTP(secret).now()
+    response = browser.post("/login/enrol", {"code": code}, token_from="/login/enrol")
+    assert response.status_code == 200
+    codes = re.findall(r"<li><code>([0-9a-f-]+)</code></li>", response.get_data(as_text=True))
+    assert len(codes) == 10
+    return secret, codes
+
+
+def test_managers_must_enrol_and_then_use_a_second_factor(app, web_world):
+    app.config["MFA_REQUIRED_ROLES"] = frozenset({"admin", "manager"})
+    app.extensions["handoff_security_policy"] = type(app.extensions["handoff_security_policy"]).from_config(app.config)
+    first = Browser(app.test_client())
+    assert first.get("/referrals").status_code == 302
+    secret, codes = _enrol(app, first, "manager.a@example.org")
+    assert first.get("/referrals").status_code == 200  # signed in after enrolment
+
+    second = Browser(app.test_client())
+    response = second.login("manager.a@example.org")
+    assert response.headers["Location"].endswith("/login/second-factor")
+    assert second.get("/referrals").status_code == 302  # password alone is not enough
+    bad = second.post("/login/second-factor", {"code": "000000"}, token_from="/login/second-factor")
+    assert bad.status_code == 401
+    ok = second.post("/login/second-factor", {"code": codes[0]}, token_from="/login/second-factor")
+    assert ok.status_code == 302 and second.get("/referrals").status_code == 200
+
+    third = Browser(app.test_client())
+    third.login("manager.a@example.org")
+    reused = third.post("/login/second-factor", {"code": codes[0]}, token_from="/login/second-factor")
+    assert reused.status_code == 401  # a recovery code works once
+
+
+def test_a_totp_code_cannot_be_replayed(app, web_world):
+    app.config["MFA_REQUIRED_ROLES"] = frozenset({"manager"})
+    app.extensions["handoff_security_policy"] = type(app.extensions["handoff_security_policy"]).from_config(app.config)
+    secret, _codes = _enrol(app, Browser(app.test_client()), "manager.b@example.org")
+    used_at_enrolment = pyotp.TOTP(secret).now()
+    again = Browser(app.test_client())
+    again.login("manager.b@example.org")
+    response = again.post("/login/second-factor", {"code": used_at_enrolment}, token_from="/login/second-factor")
+    assert response.status_code == 401
+
+
+def test_roles_without_the_requirement_sign_in_with_a_password(app, browser, web_world):
+    app.config["MFA_REQUIRED_ROLES"] = frozenset({"admin"})
+    app.extensions["handoff_security_policy"] = type(app.extensions["handoff_security_policy"]).from_config(app.config)
+    assert browser.login("liaison.a@example.org").headers["Location"].endswith("/referrals")
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+def test_signing_in_starts_a_new_session(app, browser, web_world):
+    browser.login("liaison.a@example.org")
+    first = browser.client.get_cookie("session").value
+    browser.post("/logout")
+    browser.login("liaison.a@example.org")
+    assert browser.client.get_cookie("session").value != first
+    with app.app_context():
+        assert db.session.query(UserSession).count() == 2
+
+
+def test_sign_out_ends_the_session_on_the_server(app, browser, web_world):
+    browser.login("liaison.a@example.org")
+    stolen = browser.client.get_cookie("session").value
+    browser.post("/logout")
+    thief = app.test_client()
+    thief.set_cookie("session", stolen)
+    assert thief.get("/referrals").status_code == 302
+
+
+@pytest.mark.parametrize("column, age", [("last_seen_at", timedelta(minutes=31)), ("created_at", timedelta(hours=13))])
+def test_idle_and_absolute_timeouts(app, browser, web_world, column, age):
+    browser.login("liaison.a@example.org")
+    assert browser.get("/referrals").status_code == 200
+    with app.app_context():
+        db.session.execute(update(UserSession).values({column: utcnow() - age}))
+        db.session.commit()
+    assert browser.get("/referrals").status_code == 302
+
+
+def test_deactivation_and_role_change_end_sessions_at_once(app, web_world):
+    person = Browser(app.test_client())
+    person.login("liaison.b@example.org")
+    assert person.get("/referrals").status_code == 200
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    user_id = web_world.users["b_liaison"].id
+    admin.post(f"/admin/users/{user_id}", {"name": "liaison b", "role": "viewer", "is_active": "y",
+                                           "agency_id": web_world.agencies["b"].id}, token_from=f"/admin/users/{user_id}")
+    assert person.get("/referrals").status_code == 302
+    person.login("liaison.b@example.org")
+    admin.post(f"/admin/users/{user_id}", {"name": "liaison b", "role": "viewer",
+                                           "agency_id": web_world.agencies["b"].id}, token_from=f"/admin/users/{user_id}")
+    assert person.get("/referrals").status_code == 302
+    assert person.login("liaison.b@example.org").status_code == 401
+
+
+def test_password_change_needs_recent_auth_and_ends_other_sessions(app, web_world):
+    other = Browser(app.test_client())
+    other.login("liaison.a@example.org")
+    me = Browser(app.test_client())
+    me.login("liaison.a@example.org")
+    _age_auth(me)
+    response = me.get("/account/password")
+    assert response.status_code == 302 and "/reauth" in response.headers["Location"]
+    wrong = me.post("/reauth?next=/account/password", {"password": "not-my-password"}, token_from="/reauth")
+    assert wrong.status_code == 401
+    ok = me.post("/reauth?next=/account/password", {"password": PASSWORD}, token_from="/reauth")
+    assert ok.headers["Location"] == "/account/password"
+    new_password = "orbit-lantern-meadow-77"
+    changed = me.post("/account/password", {"password": new_password, "confirm": new_password},
+                      token_from="/account/password")
+    assert changed.status_code == 303
+    assert me.get("/referrals").status_code == 200  # this session stays
+    assert other.get("/referrals").status_code == 302  # the others end
+    assert Browser(app.test_client()).login("liaison.a@example.org", new_password).status_code == 302
+
+
+def test_email_change_needs_recent_auth(app, browser, web_world):
+    browser.login("liaison.a@example.org")
+    _age_auth(browser)
+    assert "/reauth" in browser.get("/account/email").headers["Location"]
+
+
+def test_admin_actions_on_users_need_recent_auth(app, browser, web_world):
+    browser.login("admin.a@example.org")
+    _age_auth(browser)
+    user_id = web_world.users["b_viewer"].id
+    response = browser.post(f"/admin/users/{user_id}", {"name": "x", "role": "admin",
+                                                        "agency_id": web_world.agencies["b"].id})
+    assert response.status_code == 302 and "/reauth" in response.headers["Location"]
+    assert _user(app, "viewer.b@example.org").role.value == "viewer"
+
+
+# --- cookies and headers -----------------------------------------------------------------
+
+def test_session_cookie_flags(app, browser, web_world):
+    response = browser.login("liaison.a@example.org")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "remember_token" not in response.headers.get("Set-Cookie", "")
+
+
+def test_production_cookies_are_secure_and_hsts_is_sent(database_urls, monkeypatch):
+    monkeypatch.setenv("HANDOFF_SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("HANDOFF_MATCH_KEY_SECRET", "y" * 32)
+    app = create_app({"DATABASE_URL": database_urls["sqlite"]}, config_name="production")
+    assert app.config["SESSION_COOKIE_SECURE"] is True and app.config["SECRET_KEY"] == "x" * 32
+    response = app.test_client().get("/login")
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    app.extensions["handoff_db"]["engine"].dispose()
+
+
+def test_settings_come_from_the_environment_at_start(database_urls, monkeypatch):
+    monkeypatch.setenv("HANDOFF_SESSION_IDLE_MINUTES", "10")
+    monkeypatch.setenv("HANDOFF_MFA_REQUIRED_ROLES", "admin,manager,liaison,viewer")
+    app = create_app({"DATABASE_URL": database_urls["sqlite"]}, config_name="testing")
+    assert app.config["SESSION_IDLE_TIMEOUT"] == timedelta(minutes=10)
+    assert app.config["MFA_REQUIRED_ROLES"] == {"admin", "manager", "liaison", "viewer"}
+    app.extensions["handoff_db"]["engine"].dispose()
+
+
+def test_production_refuses_to_start_without_fixed_secrets(database_urls, monkeypatch):
+    monkeypatch.delenv("HANDOFF_SECRET_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="HANDOFF_SECRET_KEY"):
+        create_app({"DATABASE_URL": database_urls["sqlite"]}, config_name="production")
+
+
+def test_security_headers(client):
+    headers = client.get("/login").headers
+    csp = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cache-Control"] == "no-store"
+    assert "Strict-Transport-Security" not in headers  # only in production, behind TLS
+
+
+def test_pages_have_no_inline_scripts_or_styles(browser, web_world):
+    browser.login("admin.a@example.org")
+    for path in ("/login", "/referrals", "/account", "/admin/users", "/admin/audit"):
+        html = browser.get(path).get_data(as_text=True)
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
+        assert " style=" not in html and " onclick=" not in html, path
+
+
+# --- audit page --------------------------------------------------------------------------
+
+def test_managers_see_their_agencys_trail_and_admins_everything(app, web_world):
+    a = Browser(app.test_client())
+    a.login("liaison.a@example.org")
+    b = Browser(app.test_client())
+    b.login("liaison.b@example.org")
+    manager = Browser(app.test_client())
+    manager.login("manager.a@example.org")
+    csv_text = manager.get("/admin/audit.csv?action=auth.login").get_data(as_text=True)
+    user_ids = {line.split(",")[2] for line in csv_text.splitlines()[1:]}
+    assert str(web_world.users["a_liaison"].id) in user_ids
+    assert str(web_world.users["b_liaison"].id) not in user_ids
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    csv_text = admin.get("/admin/audit.csv?action=auth.login").get_data(as_text=True)
+    assert str(web_world.users["b_liaison"].id) in {line.split(",")[2] for line in csv_text.splitlines()[1:]}
+    assert len(_actions(app, "audit.export")) == 2
+
+
+@pytest.mark.parametrize("role", ["liaison", "viewer"])
+def test_the_trail_is_closed_to_other_roles(browser, web_world, role):
+    browser.login(f"{role}.a@example.org")
+    assert browser.get("/admin/audit").status_code == 403
+    assert browser.get("/admin/audit.csv").status_code == 403
+
+
+def test_audit_export_neutralises_formulas(app, web_world):
+    from app.services.exports import to_csv
+
+    text = to_csv(["a"], [["=1+1"], ["+SUM(A1)"], ["-2"], ["@cmd"], ["\tx"], ["plain"]])
+    assert text.splitlines()[1:] == ["'=1+1", "'+SUM(A1)", "'-2", "'@cmd", "'\tx", "plain"]
+
+
+def test_pruning_keeps_the_rest_of_the_chain_verifiable(app, web_world):
+    from app.services import audit
+
+    with app.app_context():
+        session = db.session
+        total = session.query(AuditEntry).count()
+        cutoff_entry = session.scalars(select(AuditEntry).order_by(AuditEntry.seq).offset(5).limit(1)).one()
+        session.execute(update(AuditEntry).where(AuditEntry.seq < cutoff_entry.seq)
+                        .values(at=utcnow() - timedelta(days=500)))
+        session.commit()
+        # the edit above broke those entries' hashes; pruning removes exactly them
+        removed = audit.prune(session, utcnow() - timedelta(days=400))
+        session.commit()
+        assert removed == 5
+        result = audit.verify(session)
+        assert result.ok and result.checked == total - 5 + 1
