@@ -1,0 +1,601 @@
+"""The Operation H scenario: a synthetic provider tip at the real operation's scale.
+
+153,000 accounts held by about 90,000 people in 130 countries, 125 of the accounts (71
+holders) in New Zealand, the lead country. Every value is invented: e-mail addresses on
+example domains, IPv6 addresses in the documentation range, phone numbers built from each
+country's example mobile number. Deterministic for a given seed; `scale` shrinks or grows
+every count.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import phonenumbers
+import pycountry
+from phonenumbers import PhoneNumberType
+from sqlalchemy import func
+
+from app.services.identifiers import PLATFORMS
+
+ACCOUNTS = 153_000
+HOLDERS = 90_000
+COUNTRIES = 130
+LEAD_COUNTRY = "NZ"
+LEAD_ACCOUNTS = 125
+LEAD_HOLDERS = 71
+# A handful of numbers every provider sees on unrelated accounts (test numbers, a shared
+# family phone): they must become common identifiers and join nobody.
+SHARED_NUMBERS = ("+64 4 555 0199", "+44 20 7946 0999")
+SHARED_NUMBER_USES = 40
+
+TIP_START = datetime(2019, 1, 1, tzinfo=timezone.utc)
+PLATFORM_SLUGS = [p for p in PLATFORMS if p != "other"]
+
+
+def countries(rng: random.Random) -> list[str]:
+    """130 countries with an example mobile number, the lead country first."""
+    candidates = sorted(
+        c.alpha_2 for c in pycountry.countries
+        if c.alpha_2 != LEAD_COUNTRY
+        and phonenumbers.example_number_for_type(c.alpha_2, PhoneNumberType.MOBILE) is not None
+    )
+    return [LEAD_COUNTRY, *rng.sample(candidates, COUNTRIES - 1)]
+
+
+def _phone(country: str, serial: int) -> str:
+    """The country's example mobile number with its last digits replaced: possible by
+    construction, unique per holder within a country."""
+    example = phonenumbers.format_number(
+        phonenumbers.example_number_for_type(country, PhoneNumberType.MOBILE), phonenumbers.PhoneNumberFormat.E164)
+    digits = min(6, len(example) - 5)
+    return example[:-digits] + f"{serial % 10 ** digits:0{digits}d}"
+
+
+def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
+    """Yield tip rows (docs/tip-format.md) for the scenario."""
+    rng = random.Random(seed)
+    places = countries(rng)
+    holders = max(1, round(HOLDERS * scale))
+    accounts = max(holders, round(ACCOUNTS * scale))
+    lead_holders = min(holders, max(1, round(LEAD_HOLDERS * scale)))
+    lead_accounts = max(lead_holders, round(LEAD_ACCOUNTS * scale))
+
+    # Countries of the other holders: a long tail (a few large countries, many small ones).
+    weights = [1 / (rank + 1) ** 0.9 for rank in range(len(places) - 1)]
+    holder_country = [LEAD_COUNTRY] * lead_holders + rng.choices(places[1:], weights, k=holders - lead_holders)
+    # Every country appears at least once, so the scenario spans all 130.
+    for index, country in enumerate(places[1:]):
+        slot = lead_holders + index
+        if slot < holders:
+            holder_country[slot] = country
+
+    # Accounts per holder: one each, then the rest spread over a third of the holders.
+    per_holder = [1] * holders
+    for _ in range(lead_accounts - lead_holders):
+        per_holder[rng.randrange(lead_holders)] += 1
+    others = range(lead_holders, holders)
+    extra = accounts - sum(per_holder)
+    busy = rng.sample(list(others), k=max(1, len(others) // 3)) if len(others) else []
+    for _ in range(max(0, extra)):
+        per_holder[rng.choice(busy)] += 1
+
+    serial = 0
+    shared_left = {number: SHARED_NUMBER_USES if scale >= 0.05 else 0 for number in SHARED_NUMBERS}
+    for holder, country in enumerate(holder_country):
+        email = f"holder{holder}.{rng.randrange(10 ** 6):06d}@mail{holder % 97}.example.org"
+        phone = _phone(country, holder)
+        other_country = rng.choice(places)
+        active_from = TIP_START + timedelta(days=rng.randrange(500))
+        for k in range(per_holder[holder]):
+            serial += 1
+            platform = rng.choice(PLATFORM_SLUGS)
+            # Chains: the first account has the e-mail, the second both, later ones the phone.
+            has_email = k == 0 or (k == 1) or rng.random() < 0.3
+            has_phone = k >= 1 or rng.random() < 0.4
+            row_phone = phone if has_phone else ""
+            if not row_phone:
+                for number, left in shared_left.items():
+                    if left and rng.random() < 0.01:
+                        row_phone, shared_left[number] = number, left - 1
+                        break
+            hint = country if rng.random() < 0.8 else ""
+            if hint and rng.random() < 0.2:
+                hint = pycountry.countries.get(alpha_2=hint).name
+            ip_country = country if rng.random() < 0.85 else other_country
+            first_seen = active_from + timedelta(days=rng.randrange(200))
+            grade_a = rng.choice([0] * 17 + [1, 2, 12])
+            yield {
+                "platform": platform,
+                "account_id": f"{platform[:2]}{serial:08d}",
+                "username": f"user_{serial:07d}" if rng.random() < 0.9 else "",
+                "email": email if has_email else "",
+                "phone": row_phone,
+                "ip_addresses": ";".join(
+                    f"2001:db8:{holder >> 16:x}:{holder & 0xFFFF:x}::{n + 1:x}" for n in range(rng.randint(1, 3))
+                ),
+                "country_hint": hint,
+                "ip_country": ip_country,
+                "uploads_a": str(grade_a),
+                "uploads_b": str(rng.choice([0] * 4 + [1, 3])),
+                "uploads_c": str(rng.randint(0, 60)),
+                "first_seen": first_seen.isoformat(),
+                "last_seen": (first_seen + timedelta(days=rng.randrange(300))).isoformat(),
+            }
+
+
+def write_csv(path: str, scale: float = 1.0, seed: int = 2019) -> int:
+    import csv
+
+    from app.services.tips.reader import FIELDS
+
+    count = 0
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in generate(scale, seed):
+            writer.writerow(row)
+            count += 1
+    return count
+
+
+def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
+    """The scenario's tip as the bytes of a CSV file."""
+    import csv
+    import io
+
+    from app.services.tips.reader import FIELDS
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(generate(scale, seed))
+    return buffer.getvalue().encode("utf-8")
+
+
+# --- the scenario: directory, import, two years of handoffs ------------------------------------
+#
+# `load_scenario` loads the basic demo (agencies, people), adds an agency directory for the
+# tip's countries (a focal point for most of them, an international body for the rest), opens
+# the operation, imports the tip through the same pipeline as `flask import-tip`, lets the lead
+# agency's investigators flag a few holders (the same triage and routing), then simulates two
+# years of handoffs.
+#
+# What is bulk-written, and how it matches the services: the simulated lifecycle steps (send,
+# withdraw, acknowledge, accept, decline, consent, transfer, outcome, close) are not driven
+# through app/services/referrals.py one by one (tens of thousands of steps), but written in a
+# few statements with the same shape: the status and the step's date stamp on the referral, the
+# version bumped once per step, one referral_events row per step (action, from/to status, acting
+# user and agency, the services' notes), one audit entry per step ("referral.<action>", same
+# details) chained like audit.record, outcomes rows, and for a transfer a new referral already
+# sent, linked by transferred_from_id, carrying the same subjects, with its create/send events
+# and audit entries; deconfliction runs once for the new referrals. Partner desks' users share
+# one password hash (computed once; Argon2 per user would take minutes); their creation is on
+# the audit trail. `updated_at` is the last step's date. Every date lies within the two years
+# before `now`; nothing is dated in the future.
+
+OPERATION_CODE = "OPERATION-H"
+SIMULATED_DAYS = 730
+INVESTIGATIONS = 836
+CHILDREN_SAFEGUARDED = 146
+WITHOUT_FOCAL_POINT = 0.12  # share of the tip's countries with no focal point in the directory
+FLAGGED = 0.004  # share of holders investigators flag (access to children, ...)
+INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", "+33 4 55 50 02 00")
+PLACEHOLDER_NOTE = "Synthetic demo note."
+
+
+@dataclass
+class ScenarioSummary:
+    scale: float
+    seed: int
+    agencies: int = 0
+    countries_without_focal_point: int = 0
+    accounts: int = 0
+    holders: int = 0
+    holder_countries: int = 0
+    lead_accounts: int = 0
+    lead_holders: int = 0
+    drafts_created: int = 0
+    flagged: int = 0
+    referrals: dict[str, int] = field(default_factory=dict)
+    receiving_countries: int = 0
+    investigations: int = 0
+    arrests: int = 0
+    children_safeguarded: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> str:
+        statuses = ", ".join(f"{status} {n:,}" for status, n in sorted(self.referrals.items()))
+        return "\n".join([
+            f"Operation H scenario loaded (scale {self.scale}, seed {self.seed}).",
+            f"  agencies: {self.agencies:,}; tip countries without a focal point: {self.countries_without_focal_point}",
+            f"  tip: {self.accounts:,} accounts, {self.holders:,} account holders in {self.holder_countries} countries "
+            f"({self.lead_accounts} accounts, {self.lead_holders} holders in {LEAD_COUNTRY})",
+            f"  triage: {self.flagged:,} holders flagged by investigators; {self.drafts_created:,} draft referrals",
+            f"  referrals: {statuses}; sent to {self.receiving_countries} countries",
+            f"  investigations {self.investigations:,}, arrests {self.arrests:,}, "
+            f"children safeguarded {self.children_safeguarded:,}",
+            "  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
+        ])
+
+
+def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, now: datetime | None = None,
+                  progress=None) -> ScenarioSummary:
+    import time
+
+    from sqlalchemy import select
+
+    from app.demo import USERS, load_demo
+    from app.models import Agency, Operation, User
+    from app.services.audit import Actor
+    from app.services.tips import importer
+
+    clock = time.perf_counter()
+    summary = ScenarioSummary(scale, seed)
+    # Whole days: the scenario is the same all day long for a given seed.
+    now = (now or datetime.now(timezone.utc)).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = now - timedelta(days=SIMULATED_DAYS)
+    rng = random.Random(seed)
+
+    load_demo(session, passwords)
+    lead_email = next(email for email, _name, role, index in USERS if role.value == "liaison" and index == 0)
+    lead_user = session.scalar(select(User).where(User.email == lead_email))
+    places = countries(random.Random(seed))  # the tip's countries, as generate() draws them
+    summary.countries_without_focal_point = _directory(session, passwords, rng, places)
+    operation = Operation(code=OPERATION_CODE, lead_agency_id=lead_user.agency_id, opened_on=start.date(),
+                          description="Synthetic scenario at the scale of a real operation: one provider's tip, "
+                                      "its account holders and two years of handoffs.")
+    session.add(operation)
+    session.flush()
+    summary.seconds["directory"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    lead = Actor(lead_user, "demo")
+    result = importer.import_tip(session, lead, operation.id, tip_csv(scale, seed), "operation-h-tip.csv",
+                                 now=start + timedelta(hours=6), progress=progress)
+    summary.drafts_created = len(result.routing.created)
+    summary.seconds["import"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    summary.flagged = _flag_holders(session, lead, operation, rng, start + timedelta(days=2))
+    summary.seconds["triage"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    simulate(session, rng, operation, lead, now, scale=scale, progress=progress)
+    summary.seconds["handoffs"] = time.perf_counter() - clock
+    _figures(session, operation, summary)
+    summary.agencies = session.scalar(select(func.count()).select_from(Agency)) or 0
+    return summary
+
+
+def _directory(session, passwords, rng: random.Random, places: list[str]) -> int:
+    """A focal point for most of the tip's countries (the basic demo's agencies count), an
+    international focal body, a liaison officer at each. Returns how many of the tip's countries
+    are left without a focal point."""
+    from sqlalchemy import select
+
+    from app.demo import DEMO_PASSWORD
+    from app.models import Agency, AgencyKind, Role, User
+    from app.services import directory
+    from app.services.audit import SYSTEM
+    from app.services.tips import bulk
+
+    covered = set(session.scalars(select(Agency.country_code).where(Agency.is_focal_point.is_(True),
+                                                                    Agency.country_code.is_not(None))))
+    open_places = [c for c in places if c not in covered]
+    rng.shuffle(open_places)
+    uncovered = round(len(open_places) * WITHOUT_FOCAL_POINT)
+    kinds = [AgencyKind.POLICE] * 6 + [AgencyKind.CUSTOMS, AgencyKind.GOVERNMENT]
+    created = []
+    for code in sorted(open_places[uncovered:]):
+        country = pycountry.countries.get(alpha_2=code)
+        name = getattr(country, "common_name", None) or country.name
+        example = phonenumbers.example_number(code)
+        phone = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL) if example else "+1 555 0100"
+        created.append(directory.create_agency(session, SYSTEM, directory.AgencyData(
+            name=f"{name} Online Child Protection Desk"[:200], kind=rng.choice(kinds), country_code=code,
+            desk_email=f"focal.{code.lower()}@partners.example.org", desk_phone=phone, timezone="UTC",
+            is_focal_point=True)))
+    name, email, phone = INTERNATIONAL_BODY
+    created.append(directory.create_agency(session, SYSTEM, directory.AgencyData(
+        name=name, kind=AgencyKind.INTERNATIONAL, country_code=None, desk_email=email, desk_phone=phone,
+        timezone="Europe/Paris", is_focal_point=True)))
+    shared_hash = passwords.hash(DEMO_PASSWORD)
+    users = [User(email=f"liaison.{(a.country_code or 'intl').lower()}.{a.id}@partners.example.org",
+                  name=f"Liaison desk {a.country_code or 'international'}", password_hash=shared_hash,
+                  role=Role.LIAISON, agency_id=a.id) for a in created]
+    session.add_all(users)
+    session.flush()
+    bulk.audit_many(session, SYSTEM, [("user.create", "user", u.id, {"email": u.email, "role": "liaison"})
+                                      for u in users])
+    return uncovered
+
+
+def _flag_holders(session, actor, operation, rng: random.Random, when: datetime) -> int:
+    """Investigators' findings on a few holders (the rule then makes some of them P1)."""
+    from sqlalchemy import select
+
+    from app.models import Holder, HolderRouting
+    from app.services.tips.holders import record_risk_flags_batch
+
+    candidates = session.scalars(
+        select(Holder.id).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None),
+                                Holder.routing != HolderRouting.UNPLACED).order_by(Holder.id)).all()
+    count = min(len(candidates), max(1, round(len(candidates) * FLAGGED)))
+    chosen = sorted(rng.sample(list(candidates), count))
+    flags = {}
+    for holder_id in chosen:
+        flags[holder_id] = {
+            "risk_access_to_children": rng.random() < 0.6,
+            "risk_position_of_authority": rng.random() < 0.2,
+            "risk_previous_convictions": rng.random() < 0.3,
+            "risk_plans_to_meet": rng.random() < 0.1,
+            "risk_contact_offending": rng.random() < 0.06,
+        }
+    record_risk_flags_batch(session, actor, operation.id, flags, now=when)
+    return count
+
+
+@dataclass
+class _Step:
+    action: str
+    at: datetime
+    side: str  # "sender" or "receiver"
+    note: str = ""
+
+
+def simulate(session, rng: random.Random, operation, lead, now: datetime, *, scale: float = 1.0,
+             progress=None) -> None:
+    """Two years of handoffs for the operation's draft referrals (see the comment above)."""
+    import math
+
+    from sqlalchemy import bindparam, insert, select, update
+
+    from app.models import Agency, AgencyKind, Outcome, Referral, ReferralEvent, Role, Status, User
+    from app.models import referral_subjects
+    from app.services import deconfliction
+    from app.services.audit import Actor
+    from app.services.referrals import next_references
+    from app.services.tips import bulk
+
+    drafts = session.execute(
+        select(Referral.id, Referral.reference, Referral.priority, Referral.receiver_agency_id,
+               Referral.sender_agency_id, Referral.created_at)
+        .where(Referral.operation_id == operation.id, Referral.status == Status.DRAFT).order_by(Referral.id)
+    ).all()
+    if progress:
+        progress("simulate", 0, len(drafts))
+    desks = {}
+    for user in session.scalars(select(User).where(User.role.in_([Role.LIAISON, Role.MANAGER])).order_by(User.id)):
+        desks.setdefault(user.agency_id, user)
+    actors = {agency_id: Actor(user, "demo") for agency_id, user in desks.items()}
+    names = dict(session.execute(select(Agency.id, Agency.name)).all())
+    international = session.scalar(select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL,
+                                                           Agency.is_focal_point.is_(True)).order_by(Agency.name))
+    focal = sorted(session.scalars(select(Agency.id).where(Agency.is_focal_point.is_(True),
+                                                           Agency.id != operation.lead_agency_id)))
+    latest = now - timedelta(minutes=5)
+
+    def later(at: datetime, hours: float) -> datetime:
+        return at + timedelta(hours=hours)
+
+    # 1. Send, withdraw, acknowledge: each referral's own clock.
+    plans: dict[int, list[_Step]] = {}
+    acknowledged: list = []
+    for row in drafts:
+        steps: list[_Step] = []
+        plans[row.id] = steps
+        if rng.random() < 0.02:
+            continue  # still a draft: the lead team has not got to it
+        base = row.created_at
+        delay = {"P1": rng.uniform(1, 12), "P2": rng.uniform(24, 45 * 24), "P3": rng.uniform(7 * 24, 200 * 24),
+                 "P4": rng.uniform(20 * 24, 420 * 24)}[row.priority.value]
+        steps.append(_Step("send", later(base, delay), "sender"))
+        if rng.random() < 0.012:
+            steps.append(_Step("withdraw", later(steps[-1].at, rng.uniform(1, 48)), "sender", PLACEHOLDER_NOTE))
+            continue
+        if rng.random() < 0.04:
+            continue  # never acknowledged (overdue if its window has passed)
+        median = 8 if row.priority.value == "P1" else 40
+        steps.append(_Step("acknowledge", later(steps[-1].at, rng.lognormvariate(math.log(median), 0.9)), "receiver"))
+        acknowledged.append(row)
+
+    # 2. Which acknowledged referrals become investigations: weighted by priority, exactly the
+    # scenario's share (836 at full scale).
+    weight = {"P1": 6.0, "P2": 2.0, "P3": 1.5, "P4": 1.0}
+    wanted = min(len(acknowledged), round(INVESTIGATIONS * scale))
+    keyed = sorted(acknowledged, key=lambda r: -(rng.random() ** (1 / weight[r.priority.value])))
+    accepted = {row.id for row in keyed[:wanted]}
+    outcomes: list[dict] = []
+    transfers: list[tuple] = []  # (row, at, target agency)
+    for row in acknowledged:
+        steps = plans[row.id]
+        ack = steps[-1].at
+        if row.id in accepted:
+            steps.append(_Step("accept", later(ack, rng.uniform(24, 25 * 24)), "receiver"))
+            if rng.random() < 0.75:
+                at = later(steps[-1].at, rng.uniform(10 * 24, 200 * 24))
+                arrests = 1 + (rng.random() < 0.3)
+                outcome = {"referral_id": row.id, "at": at, "arrests": arrests,
+                           "charges": arrests + rng.randint(0, 3), "children_safeguarded": 0}
+                outcomes.append(outcome)
+                steps.append(_Step("outcome", at, "receiver"))
+                if rng.random() < 0.55:
+                    steps.append(_Step("close", later(at, rng.uniform(5 * 24, 60 * 24)), "receiver"))
+            continue
+        draw = rng.random()
+        if draw < 0.08:
+            # The tip's drafts carry H2: the sender consents before the receiver transfers.
+            steps.append(_Step("consent", later(ack, rng.uniform(1, 48)), "sender"))
+            target = international if international not in (None, row.receiver_agency_id) else None
+            if target is None:
+                target = rng.choice([a for a in focal if a != row.receiver_agency_id])
+            at = later(steps[-1].at, rng.uniform(24, 20 * 24))
+            steps.append(_Step("transfer", at, "receiver", PLACEHOLDER_NOTE))
+            transfers.append((row, at, target))
+        elif draw < 0.75:
+            steps.append(_Step("decline", later(ack, rng.uniform(2 * 24, 40 * 24)), "receiver", PLACEHOLDER_NOTE))
+    # Children safeguarded: the scenario's total, spread over the outcome reports.
+    if outcomes:
+        for _ in range(round(CHILDREN_SAFEGUARDED * scale)):
+            rng.choice(outcomes)["children_safeguarded"] += 1
+
+    # 3. Cut every history at `now`: a step not reached yet has not happened.
+    targets = {}
+    for row, at, target in transfers:
+        targets[row.id] = (at, target)
+    rows_by_id = {row.id: row for row in drafts}
+    referral_updates, events, entries, outcome_rows = [], [], [], []
+    outcome_of = {o["referral_id"]: o for o in outcomes}
+    new_referrals = []
+    status_after = {"send": Status.SENT, "withdraw": Status.WITHDRAWN, "acknowledge": Status.ACKNOWLEDGED,
+                    "accept": Status.ACCEPTED, "decline": Status.DECLINED, "transfer": Status.TRANSFERRED,
+                    "close": Status.CLOSED}
+    stamp = {"send": "sent_at", "withdraw": "withdrawn_at", "acknowledge": "acknowledged_at", "accept": "accepted_at",
+             "decline": "declined_at", "transfer": "transferred_at", "close": "closed_at"}
+    for referral_id, steps in plans.items():
+        row = rows_by_id[referral_id]
+        status = Status.DRAFT
+        stamps = {name: None for name in stamp.values()}
+        stamps["transfer_consent_at"] = None
+        done = 0
+        for step in steps:
+            if step.at > latest:
+                break
+            actor = lead if step.side == "sender" else actors[row.receiver_agency_id]
+            if step.action == "consent":
+                stamps["transfer_consent_at"] = step.at
+                events.append(_event(referral_id, step.at, "consent", status, status, actor,
+                                     "Consent to onward transfer given."))
+                entries.append(("referral.consent", "referral", referral_id, None, actor))
+            elif step.action == "outcome":
+                outcome = outcome_of[referral_id]
+                note = (f"Arrests {outcome['arrests']}, charges {outcome['charges']}, children safeguarded "
+                        f"{outcome['children_safeguarded']}.")
+                outcome_rows.append({
+                    "referral_id": referral_id, "occurred_on": step.at.date(), "arrests": outcome["arrests"],
+                    "charges": outcome["charges"], "children_safeguarded": outcome["children_safeguarded"],
+                    "note": "Synthetic outcome.", "recorded_at": step.at, "recorded_by_id": actor.user_id,
+                    "agency_id": actor.agency_id})
+                events.append(_event(referral_id, step.at, "outcome", status, status, actor, note))
+                entries.append(("referral.outcome", "referral", referral_id, {
+                    "arrests": outcome["arrests"], "charges": outcome["charges"],
+                    "children_safeguarded": outcome["children_safeguarded"]}, actor))
+            else:
+                target_status = status_after[step.action]
+                detail = {"from": status.value, "to": target_status.value}
+                note = step.note
+                if step.action == "transfer":
+                    at, target = targets[referral_id]
+                    new = {"source": row, "at": at, "target": target, "actor": actor}
+                    new_referrals.append(new)
+                    note = f"Transferred to {names[target]} as {{new_reference}}. {step.note}".strip()
+                    new["event_index"] = len(events)
+                    new["entry_index"] = len(entries)
+                events.append(_event(referral_id, step.at, step.action, status, target_status, actor, note))
+                entries.append((f"referral.{step.action}", "referral", referral_id, detail, actor))
+                stamps[stamp[step.action]] = step.at
+                status = target_status
+            done += 1
+        if done:
+            referral_updates.append({"id": referral_id, "status": status, "steps": done,
+                                     "updated_at": steps[done - 1].at, **stamps})
+
+    # 4. Transfers: new referrals, already sent, with the same subjects.
+    transferred_ids = []
+    if new_referrals:
+        sources = session.execute(select(Referral.__table__).where(
+            Referral.id.in_([n["source"].id for n in new_referrals]))).mappings().all()
+        source_of = {s["id"]: s for s in sources}
+        ids = bulk.allocate_ids(session, Referral.__table__, len(new_referrals))
+        by_year: dict[int, list[dict]] = {}
+        for new, referral_id in zip(new_referrals, ids):
+            new["id"] = referral_id
+            by_year.setdefault(new["at"].year, []).append(new)
+        for year, group in sorted(by_year.items()):
+            for new, reference in zip(group, next_references(session, len(group), year=year)):
+                new["reference"] = reference
+        rows = []
+        for new in new_referrals:
+            source = dict(source_of[new["source"].id])
+            actor, at = new["actor"], new["at"]
+            source.update(id=new["id"], reference=new["reference"], version=1, sender_agency_id=source["receiver_agency_id"],
+                          receiver_agency_id=new["target"], status=Status.SENT, sent_at=at, created_at=at,
+                          updated_at=at, created_by_id=actor.user_id, transferred_from_id=new["source"].id,
+                          acknowledged_at=None, accepted_at=None, declined_at=None, transferred_at=None,
+                          withdrawn_at=None, closed_at=None, transfer_consent_at=None)
+            rows.append(source)
+            events.append(_event(new["id"], at, "create", None, Status.DRAFT, actor,
+                                 f"Transfer of {new['source'].reference}."))
+            events.append(_event(new["id"], at, "send", Status.DRAFT, Status.SENT, actor, PLACEHOLDER_NOTE))
+            entries.append(("referral.create", "referral", new["id"], {
+                "reference": new["reference"], "transferred_from": new["source"].reference}, actor))
+            events[new["event_index"]]["note"] = events[new["event_index"]]["note"].replace(
+                "{new_reference}", new["reference"])
+            action, object_type, object_id, detail, who = entries[new["entry_index"]]
+            entries[new["entry_index"]] = (action, object_type, object_id, {**detail, "new_reference": new["reference"]}, who)
+            transferred_ids.append(new["id"])
+        session.execute(insert(Referral.__table__), rows)
+        links = session.execute(select(referral_subjects.c.referral_id, referral_subjects.c.subject_id).where(
+            referral_subjects.c.referral_id.in_([n["source"].id for n in new_referrals]))).all()
+        subjects_of: dict[int, list[int]] = {}
+        for referral_id, subject_id in links:
+            subjects_of.setdefault(referral_id, []).append(subject_id)
+        session.execute(insert(referral_subjects), [
+            {"referral_id": new["id"], "subject_id": subject_id, "added_at": new["at"]}
+            for new in new_referrals for subject_id in subjects_of.get(new["source"].id, [])])
+
+    # 5. Write it all.
+    table = Referral.__table__
+    if referral_updates:
+        columns = ["status", "updated_at", *stamp.values(), "transfer_consent_at"]
+        session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id")).values(
+                {**{c: bindparam(f"b_{c}") for c in columns}, "version": table.c.version + bindparam("b_steps")}),
+            [{f"b_{k}": v for k, v in u.items()} for u in referral_updates],
+        )
+    for start in range(0, len(events), 20_000):
+        session.execute(insert(ReferralEvent.__table__), events[start:start + 20_000])
+    if outcome_rows:
+        session.execute(insert(Outcome.__table__), outcome_rows)
+    bulk.audit_many(session, lead, entries)
+    if transferred_ids:
+        deconfliction.refresh_hits(session, lead, transferred_ids)
+    session.expire_all()
+    if progress:
+        progress("simulate", len(drafts), len(drafts))
+
+
+def _event(referral_id, at, action, from_status, to_status, actor, note="") -> dict:
+    return {"referral_id": referral_id, "at": at, "action": action,
+            "from_status": from_status and from_status.value, "to_status": to_status and to_status.value,
+            "user_id": actor.user_id, "agency_id": actor.agency_id, "note": note}
+
+
+def _figures(session, operation, summary: ScenarioSummary) -> None:
+    from sqlalchemy import select
+
+    from app.models import Holder, Outcome, Referral, Status, TipAccount
+
+    summary.accounts = session.scalar(select(func.count()).select_from(TipAccount).where(
+        TipAccount.operation_id == operation.id)) or 0
+    live = select(Holder).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None)).subquery()
+    summary.holders = session.scalar(select(func.count()).select_from(live)) or 0
+    summary.holder_countries = session.scalar(select(func.count(func.distinct(live.c.jurisdiction)))) or 0
+    summary.lead_holders = session.scalar(select(func.count()).select_from(live).where(
+        live.c.jurisdiction == LEAD_COUNTRY)) or 0
+    summary.lead_accounts = session.scalar(select(func.sum(live.c.accounts)).where(
+        live.c.jurisdiction == LEAD_COUNTRY)) or 0
+    in_operation = Referral.operation_id == operation.id
+    summary.referrals = {status.value: n for status, n in session.execute(
+        select(Referral.status, func.count()).where(in_operation).group_by(Referral.status))}
+    summary.receiving_countries = session.scalar(select(func.count(func.distinct(Referral.jurisdiction))).where(
+        in_operation, Referral.sent_at.is_not(None))) or 0
+    summary.investigations = session.scalar(select(func.count()).select_from(Referral).where(
+        in_operation, Referral.status.in_([Status.ACCEPTED, Status.CLOSED]))) or 0
+    arrests, children = session.execute(select(func.sum(Outcome.arrests), func.sum(Outcome.children_safeguarded))
+                                        .join(Referral, Referral.id == Outcome.referral_id).where(in_operation)).one()
+    summary.arrests, summary.children_safeguarded = arrests or 0, children or 0

@@ -1,0 +1,132 @@
+"""What a tip file may be (text: CSV or JSON Lines, UTF-8) and the reject file of its bad rows.
+
+Handoff never accepts images or video. A file is refused by its name (only .csv, .jsonl and
+.ndjson) when it comes through the web, and always by its content: known image, video, audio,
+document and archive signatures, NUL bytes or other binary control characters, and anything
+that is not UTF-8.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+from app.services import DomainError
+from app.services.tips import reader
+
+EXTENSIONS = (".csv", ".jsonl", ".ndjson")
+SNIFF_BYTES = 65536
+
+# (offset, signature, what it is)
+_SIGNATURES: list[tuple[int, bytes, str]] = [
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"GIF87a", "a GIF image"),
+    (0, b"GIF89a", "a GIF image"),
+    (0, b"II*\x00", "a TIFF image"),
+    (0, b"MM\x00*", "a TIFF image"),
+    (0, b"\x00\x00\x01\x00", "an icon image"),
+    (0, b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (0, b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+    (0, b"8BPS", "a Photoshop image"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska or WebM video"),
+    (0, b"\x00\x00\x01\xba", "an MPEG video"),
+    (0, b"\x00\x00\x01\xb3", "an MPEG video"),
+    (0, b"FLV\x01", "a Flash video"),
+    (0, b"OggS", "an Ogg audio or video file"),
+    (0, b"ID3", "an MP3 audio file"),
+    (0, b"fLaC", "a FLAC audio file"),
+    (0, b"0&\xb2u\x8ef\xcf\x11", "a Windows Media video"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive or office document"),
+    (0, b"\x1f\x8b", "a gzip archive"),
+    (0, b"BZh", "a bzip2 archive"),
+    (0, b"\xfd7zXZ\x00", "an xz archive"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (0, b"Rar!\x1a\x07", "a RAR archive"),
+    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office document"),
+    (0, b"SQLite format 3\x00", "an SQLite database"),
+    (0, b"\x7fELF", "a program"),
+    (0, b"MZ", "a Windows program"),
+]
+# RIFF containers: the form type at offset 8 says which.
+_RIFF = {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV audio file"}
+# ISO base media (MP4, MOV, HEIC, AVIF, 3GP): "ftyp" at offset 4.
+_FTYP_IMAGES = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
+
+# Control characters a text tip never holds (tab, LF, CR and form feed are fine).
+_BINARY_BYTES = bytes(sorted(set(range(32)) - {9, 10, 12, 13})) + b"\x7f"
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
+
+
+def media_kind(head: bytes) -> str | None:
+    """What a file is when its first bytes say it is not text, else None."""
+    for offset, signature, what in _SIGNATURES:
+        if head[offset:offset + len(signature)] == signature:
+            return what
+    if head[:4] == b"RIFF" and head[8:12] in _RIFF:
+        return _RIFF[head[8:12]]
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "an image (HEIC/AVIF)" if brand in _FTYP_IMAGES else "an MP4 or QuickTime video"
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") or head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16 or UTF-32 text (save it as UTF-8)"
+    if head[:SNIFF_BYTES].translate(None, _OTHER_BYTES):  # anything left is a binary control byte
+        return "a binary file"
+    return None
+
+
+def check_name(file_name: str) -> None:
+    extension = os.path.splitext(file_name or "")[1].lower()
+    if extension not in EXTENSIONS:
+        raise DomainError(
+            f"A tip is a CSV or JSON Lines file (.csv, .jsonl, .ndjson); '{os.path.basename(file_name or '')}' "
+            "is not. Handoff never accepts images, video or other files.", field="file")
+
+
+def check_content(data: bytes) -> None:
+    """Refuse media and binary files, and text that is not UTF-8."""
+    if not data.strip():
+        raise DomainError("The file is empty.", field="file")
+    what = media_kind(data[:SNIFF_BYTES])
+    if what is not None:
+        raise DomainError(f"This file is {what}, not a CSV or JSON Lines tip. Handoff never accepts images, "
+                          "video or other binary files.", field="file")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DomainError(f"The file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}). "
+                          "Save it as UTF-8 and import it again.", field="file") from None
+
+
+def detect_format(file_name: str, data: bytes) -> str:
+    return reader.detect_format(file_name or "", data[:SNIFF_BYTES])
+
+
+# --- the reject file ------------------------------------------------------------------------
+
+REJECT_COLUMNS = ("line", "field", "reason")
+
+
+def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[int, dict[str, str]]) -> str:
+    """CSV of the bad rows: the original columns, then line, field and reason. One row per bad
+    line; several problems on a line are joined with " | ". Values are kept as they were, so
+    the file can be corrected and imported again (the reader ignores the three extra
+    columns)."""
+    columns = list(columns) or list(reader.FIELDS)
+    extra = [f"reject_{name}" if name in columns else name for name in REJECT_COLUMNS]
+    by_line: dict[int, list[reader.RowError]] = {}
+    for error in errors:
+        by_line.setdefault(error.line, []).append(error)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(columns + extra)
+    for line in sorted(by_line):
+        record = records.get(line, {})
+        problems = by_line[line]
+        writer.writerow([record.get(name, "") for name in columns] + [
+            line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
+        ])
+    return buffer.getvalue()

@@ -1,0 +1,390 @@
+"""Account holders after an import: lists, the holder page, the review and unrouted lists, and
+what the lead agency decides by hand (a holder's jurisdiction, its risk flags). Every read
+starts from the access scope (`visible_holders`, `led_holders`, `visible_tips`); a holder
+outside it is NotFound. A decision re-triages and re-routes the holder through the same
+router as the import, and is on the audit trail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import (
+    UNROUTED,
+    Agency,
+    Holder,
+    HolderRouting,
+    JurisdictionSource,
+    Operation,
+    Priority,
+    Referral,
+    Status,
+    Tip,
+    TipAccount,
+    TipCommonIdentifier,
+    referral_subjects,
+)
+from app.services import DomainError, Forbidden, NotFound, audit, countries, deconfliction
+from app.services.access import (
+    get_visible_holder,
+    led_holders,
+    led_operations,
+    visible_holders,
+    visible_referrals,
+    visible_tips,
+)
+from app.services.audit import Actor
+from app.services.identifiers import IdentifierKind
+from app.services.tips import bulk
+from app.services.tips.routing import HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, state_from_row
+from app.services.triage import RiskProfile, priority
+
+NOTE_MAX = 1000
+
+
+@dataclass
+class Page:
+    items: list
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+@dataclass
+class HolderFilters:
+    operation_id: int | None = None
+    country: str | None = None
+    priority: Priority | None = None
+    routing: HolderRouting | None = None
+    review: bool = False
+    unrouted: bool = False
+    max_confidence: float | None = None
+    page: int = 1
+
+
+def _filtered(query, filters: HolderFilters):
+    query = query.where(Holder.merged_into_id.is_(None))
+    if filters.operation_id:
+        query = query.where(Holder.operation_id == filters.operation_id)
+    if filters.country:
+        query = query.where(Holder.jurisdiction == filters.country.upper())
+    if filters.priority:
+        query = query.where(Holder.priority == filters.priority)
+    if filters.routing:
+        query = query.where(Holder.routing == filters.routing)
+    if filters.review:
+        query = query.where(Holder.needs_review.is_(True))
+    if filters.unrouted:
+        query = query.where(Holder.routing.in_(UNROUTED))
+    if filters.max_confidence is not None:
+        query = query.where(Holder.confidence <= filters.max_confidence)
+    return query
+
+
+def _page(session: Session, query, filters: HolderFilters, per_page: int, order) -> Page:
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    page = max(1, filters.page)
+    items = list(session.scalars(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique())
+    return Page(items, total, page, per_page)
+
+
+def list_holders(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
+    """Holders the user may see (lead agency: all of its operations'; others: those on their
+    referrals)."""
+    query = _filtered(visible_holders(user), filters)
+    return _page(session, query, filters, per_page, (Holder.operation_id, Holder.number))
+
+
+def review_list(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
+    """Holders whose evidence names more than one country (or none), for the lead agency;
+    least certain first."""
+    filters.review = True
+    query = _filtered(led_holders(user), filters)
+    return _page(session, query, filters, per_page, (Holder.confidence, Holder.operation_id, Holder.number))
+
+
+@dataclass
+class UnroutedCountry:
+    country: str | None
+    holders: int
+    receiver: str | None
+
+
+def unrouted(session: Session, user, filters: HolderFilters, per_page: int = 25) -> tuple[list[UnroutedCountry], Page]:
+    """Holders of countries with no focal point (sent to an international body, or to nobody),
+    per country and one by one, for the lead agency."""
+    filters.unrouted = True
+    query = _filtered(led_holders(user), filters)
+    summary_query = query.order_by(None).with_only_columns(
+        Holder.jurisdiction, func.count(), func.max(Holder.receiver_agency_id)
+    ).group_by(Holder.jurisdiction)
+    rows = session.execute(summary_query).all()
+    names = dict(session.execute(select(Agency.id, Agency.name).where(
+        Agency.id.in_([r[2] for r in rows if r[2]]))).all())
+    summary = sorted((UnroutedCountry(country, n, names.get(receiver)) for country, n, receiver in rows),
+                     key=lambda u: (-u.holders, u.country or ""))
+    return summary, _page(session, query, filters, per_page, (Holder.jurisdiction, Holder.number))
+
+
+@dataclass
+class OperationSummary:
+    operation: Operation
+    accounts: int = 0
+    holders: int = 0
+    review: int = 0
+    unrouted: int = 0
+    own: int = 0
+    drafts: int = 0
+    by_priority: dict[str, int] = field(default_factory=dict)
+
+
+def overview(session: Session, user) -> tuple[list[OperationSummary], list[Tip]]:
+    """The operations the user's agency leads, with figures, and their imports (newest first)."""
+    operations = session.scalars(led_operations(user).order_by(Operation.code)).all()
+    summaries = {op.id: OperationSummary(op) for op in operations}
+    if summaries:
+        ids = list(summaries)
+        for op_id, n in session.execute(select(TipAccount.operation_id, func.count())
+                                        .where(TipAccount.operation_id.in_(ids)).group_by(TipAccount.operation_id)):
+            summaries[op_id].accounts = n
+        live = select(Holder.operation_id, Holder.priority, Holder.routing, Holder.needs_review, func.count()) \
+            .where(Holder.operation_id.in_(ids), Holder.merged_into_id.is_(None)) \
+            .group_by(Holder.operation_id, Holder.priority, Holder.routing, Holder.needs_review)
+        for op_id, level, routing, review, n in session.execute(live):
+            summary = summaries[op_id]
+            summary.holders += n
+            summary.by_priority[level.value] = summary.by_priority.get(level.value, 0) + n
+            summary.review += n if review else 0
+            summary.unrouted += n if routing in UNROUTED else 0
+            summary.own += n if routing is HolderRouting.OWN_AGENCY else 0
+        drafts = select(Holder.operation_id, func.count(func.distinct(Holder.referral_id))) \
+            .join(Referral, Referral.id == Holder.referral_id) \
+            .where(Holder.operation_id.in_(ids), Referral.status == Status.DRAFT).group_by(Holder.operation_id)
+        for op_id, n in session.execute(drafts):
+            summaries[op_id].drafts = n
+    tips = session.scalars(visible_tips(user).order_by(Tip.imported_at.desc(), Tip.id.desc()).limit(50)).all()
+    return list(summaries.values()), list(tips)
+
+
+# --- the holder page -------------------------------------------------------------------------
+
+@dataclass
+class Evidence:
+    kind: IdentifierKind
+    platform: str
+    value: str
+    accounts: int  # accounts of this holder holding it
+    operation_accounts: int = 0  # for common ones: accounts of the operation holding it
+
+
+@dataclass
+class HolderView:
+    holder: Holder
+    accounts: list[TipAccount]
+    shared: list[Evidence]  # what joined the accounts into one holder
+    common: list[Evidence]  # held, but common in the operation: joined nobody
+    merged_from: list[Holder]
+    merged_into: Holder | None
+    referrals: list[Referral]  # referrals the holder sits on that the user may see
+    can_decide: bool
+    evidence_countries: list[tuple[str, int]]
+
+
+def _joining(account: TipAccount) -> list[tuple[IdentifierKind, str, str]]:
+    keys = []
+    if account.email:
+        keys.append((IdentifierKind.EMAIL, "", account.email))
+    if account.phone:
+        keys.append((IdentifierKind.PHONE, "", account.phone))
+    if account.username:
+        keys.append((IdentifierKind.USERNAME, account.platform, account.username))
+    return keys
+
+
+def can_decide(user, holder: Holder) -> bool:
+    return (user is not None and user.can_work_referrals and holder.operation.lead_agency_id == user.agency_id
+            and holder.merged_into_id is None)
+
+
+def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
+    user = actor.user
+    holder = get_visible_holder(session, user, subject_id)
+    accounts = list(session.scalars(select(TipAccount).where(TipAccount.holder_id == holder.id)
+                                    .order_by(TipAccount.id)))
+    counts: Counter = Counter()
+    for account in accounts:
+        counts.update(_joining(account))
+    common_rows = {}
+    if counts:
+        for row in session.scalars(select(TipCommonIdentifier).where(
+                TipCommonIdentifier.operation_id == holder.operation_id,
+                TipCommonIdentifier.value.in_(sorted({value for _, _, value in counts})))):
+            common_rows[(row.kind, row.platform, row.value)] = row.accounts
+    shared, common = [], []
+    for (kind, platform, value), n in sorted(counts.items(), key=lambda item: (item[0][0].value, item[0][1], item[0][2])):
+        if (kind, platform, value) in common_rows:
+            common.append(Evidence(kind, platform, value, n, common_rows[(kind, platform, value)]))
+        elif n > 1:
+            shared.append(Evidence(kind, platform, value, n))
+    merged_from = list(session.scalars(select(Holder).where(Holder.merged_into_id == holder.id).order_by(Holder.id)))
+    merged_into = session.get(Holder, holder.merged_into_id) if holder.merged_into_id else None
+    on = select(referral_subjects.c.referral_id).where(referral_subjects.c.subject_id == holder.subject_id)
+    referrals = list(session.scalars(visible_referrals(user).where(Referral.id.in_(on.scalar_subquery()))
+                                     .order_by(Referral.id)).unique())
+    audit.record(session, actor, "tip.holder_view", "holder", holder.id, detail={"label": holder.label})
+    evidence = sorted((holder.evidence or {}).items(), key=lambda item: (-item[1], item[0]))
+    return HolderView(holder, accounts, shared, common, merged_from, merged_into, referrals,
+                      can_decide(user, holder), evidence)
+
+
+# --- decisions by the lead agency ----------------------------------------------------------------
+
+@dataclass
+class Decision:
+    holder: Holder
+    moved: bool  # the holder went to another (draft) referral
+    stays_sent: Referral | None  # its referral was sent already: it stays there
+
+
+def _decidable(session: Session, actor: Actor, subject_id: int) -> Holder:
+    holder = get_visible_holder(session, actor.user, subject_id)
+    if actor.user is None or not actor.user.can_work_referrals:
+        raise Forbidden("Your role may read holders but not decide on them.")
+    if holder.operation.lead_agency_id != actor.agency_id:
+        raise Forbidden("Only the operation's lead agency decides on its holders.")
+    if holder.merged_into_id is not None:
+        raise DomainError("This holder was merged into another; decide on that one.")
+    return holder
+
+
+def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime) -> Decision:
+    """Route one holder again after a decision, exactly as an import would."""
+    session.flush()
+    row = session.execute(select(*HOLDER_STATE_COLUMNS).where(Holder.id == holder.id)).one()
+    state = state_from_row(row)
+    before = state.referral_id
+    router = Router(session, actor, holder.operation, holder.operation.lead_agency_id, now=now)
+    router.plan([state])
+    router.create_drafts()
+    session.execute(update(Holder.__table__).where(Holder.__table__.c.id == holder.id).values(
+        routing=state.routing, receiver_agency_id=state.receiver_agency_id, referral_id=state.referral_id,
+        packaged=state.packaged, updated_at=now))
+    router.write_links()
+    route = router.finish()
+    if route.touched:
+        deconfliction.refresh_hits(session, actor, route.touched)
+    session.expire(holder)
+    stays = None
+    if state.referral_id and state.referral_id == before:
+        referral = session.get(Referral, before)
+        if referral is not None and referral.status is not Status.DRAFT:
+            stays = referral
+    return Decision(holder, state.referral_id != before, stays)
+
+
+def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: str, note: str = "", *,
+                     now: datetime | None = None) -> Decision:
+    holder = _decidable(session, actor, subject_id)
+    code = (country or "").strip().upper()
+    if not countries.is_valid(code):
+        raise DomainError("Choose a country from the list.", field="country")
+    note = (note or "").strip()
+    if len(note) > NOTE_MAX:
+        raise DomainError(f"At most {NOTE_MAX} characters.", field="note")
+    now = now or utcnow()
+    previous = holder.jurisdiction
+    weights = holder.evidence or {}
+    holder.jurisdiction = code
+    holder.jurisdiction_source = JurisdictionSource.MANUAL
+    holder.jurisdiction_set_by_id = actor.user_id
+    holder.jurisdiction_set_at = now
+    holder.needs_review = False
+    holder.confidence = round(weights.get(code, 0) / sum(weights.values()), 3) if weights else 0.0
+    holder.updated_at = now
+    decision = _reroute(session, actor, holder, now)
+    audit.record(session, actor, "tip.holder_jurisdiction", "holder", holder.id, detail={
+        "label": holder.label, "from": previous, "to": code, "note": note,
+        "referral": decision.holder.referral_id,
+    })
+    return decision
+
+
+def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[str, bool], *,
+                   now: datetime | None = None) -> Decision:
+    """Record what investigators found (access to children, ...); the holder is triaged again
+    by the same rule and, if its priority changes, routed again (a P1 holder gets a referral
+    of its own)."""
+    holder = _decidable(session, actor, subject_id)
+    unknown = set(flags) - set(RISK_COLUMNS)
+    if unknown:
+        raise DomainError(f"Unknown risk flag {sorted(unknown)[0]!r}.")
+    now = now or utcnow()
+    before = {name: getattr(holder, name) for name in RISK_COLUMNS}
+    for name in RISK_COLUMNS:
+        setattr(holder, name, bool(flags.get(name, False)))
+    previous = holder.priority
+    holder.priority = priority(RiskProfile(*(getattr(holder, name) for name in RISK_COLUMNS),
+                                           grade_a=holder.grade_a, grade_b=holder.grade_b, grade_c=holder.grade_c))
+    holder.updated_at = now
+    decision = _reroute(session, actor, holder, now)
+    audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
+        "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
+        "changed": sorted(k for k in RISK_COLUMNS if before[k] != bool(flags.get(k, False))),
+        "priority": {"from": previous.value, "to": holder.priority.value},
+    })
+    return decision
+
+
+def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, flags_by_holder: dict[int, dict],
+                            *, now: datetime | None = None) -> list[int]:
+    """`set_risk_flags` for many holders of one operation at once (the scenario's investigators):
+    the same rule, the same router in one pass, one audit entry per holder. Returns the draft
+    referrals created or changed."""
+    operation = session.get(Operation, operation_id)
+    if operation is None:
+        raise NotFound("No such operation.")
+    if actor.user is None or not actor.user.can_work_referrals or actor.agency_id != operation.lead_agency_id:
+        raise Forbidden("Only the operation's lead agency decides on its holders.")
+    now = now or utcnow()
+    ids = sorted(flags_by_holder)
+    rows = {row.id: row for row in session.execute(
+        select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id).where(Holder.id.in_(ids)))}
+    states, updates, entries = [], [], []
+    for holder_id in ids:
+        row = rows.get(holder_id)
+        if row is None or row.operation_id != operation_id or row.merged_into_id is not None:
+            raise DomainError(f"Holder {holder_id} is not an unmerged holder of {operation.code}.")
+        flags = tuple(bool(flags_by_holder[holder_id].get(name, False)) for name in RISK_COLUMNS)
+        state = state_from_row(row)
+        state.flags = flags
+        level = priority(RiskProfile(*flags, grade_a=row.grade_a, grade_b=row.grade_b, grade_c=row.grade_c))
+        entries.append(("tip.holder_risk", "holder", holder_id, {
+            "flags": {name: True for name, on in zip(RISK_COLUMNS, flags) if on},
+            "priority": {"from": state.priority.value, "to": level.value}}))
+        state.priority = level
+        states.append(state)
+    router = Router(session, actor, operation, operation.lead_agency_id, now=now)
+    router.plan(states)
+    router.create_drafts()
+    for state in states:
+        updates.append({"id": state.id, **dict(zip(RISK_COLUMNS, state.flags)), "priority": state.priority,
+                        "routing": state.routing, "receiver_agency_id": state.receiver_agency_id,
+                        "referral_id": state.referral_id, "packaged": state.packaged, "updated_at": now})
+    bulk.update_rows(session, Holder.__table__, "id", updates)
+    router.write_links()
+    route = router.finish()
+    bulk.audit_many(session, actor, entries)
+    if route.touched:
+        deconfliction.refresh_hits(session, actor, route.touched)
+    return route.touched

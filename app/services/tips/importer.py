@@ -1,0 +1,576 @@
+"""Importing a provider tip: validate every row, then in one transaction store the new
+accounts, cluster the operation's accounts into holders, place and triage the holders, route
+them into draft referrals and match them against every other referral (docs/tip-format.md).
+
+All or nothing: if any row is bad nothing is written, unless the caller skips invalid rows
+(then the good ones are written and the bad ones come back as a reject file). The whole write
+is one transaction that the caller commits (the request, or the CLI command), so a killed
+import leaves the database as it was, and running it again completes it. Re-importing the
+same file, or an overlapping one, adds only accounts not seen before (natural key: platform
+and normalised account id, per operation).
+
+Holder ids are stable: the operation's accounts are clustered again on every import with each
+existing holder's accounts held together; a cluster of new accounts only is a new holder, new
+accounts that join one holder join it, and a cluster that bridges two or more holders merges
+them into the oldest (recorded on the absorbed holder and on the audit trail). An identifier
+that becomes common later does not split holders already formed.
+
+The importing agency must be the operation's lead agency: a signed-in importer must be a
+liaison officer or manager of it; the CLI without --as imports for it as the system.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import (
+    Holder,
+    Identifier,
+    JurisdictionSource,
+    Operation,
+    Subject,
+    Tip,
+    TipAccount,
+    TipCommonIdentifier,
+    TipFormat,
+)
+from app.models.tip import holder_label
+from app.services import DomainError, Forbidden, NotFound, deconfliction
+from app.services.access import visible_operations
+from app.services.audit import Actor
+from app.services.tips import bulk, clustering, files, jurisdiction
+from app.services.tips.routing import (
+    HOLDER_STATE_COLUMNS,
+    RISK_COLUMNS,
+    HolderState,
+    RouteResult,
+    Router,
+    state_from_row,
+)
+from app.services.tips.validation import I_KEY, I_KIND, I_PLATFORM, I_VALUE, Account, Validation, ident_raw, validate
+from app.services.triage import RiskProfile, priority
+
+# Testing hook (documented in docs/tip-format.md): with this variable set to a number of
+# seconds, the import pauses that long right after writing the accounts, inside its
+# transaction, and says so on stderr, so that a test can kill the process at that point.
+PAUSE_ENV = "HANDOFF_TEST_PAUSE_IMPORT_AFTER_ACCOUNTS"
+# New identifiers per deconfliction refresh (bench/bench_matching.py measures batches this size).
+MATCH_BATCH = 160_000
+IDENTIFIER_SLICE = 100_000
+
+Progress = Callable[[str, int, int], None]
+
+
+class TipRejected(DomainError):
+    """Some rows are invalid and the import was not told to skip them: nothing was written."""
+
+    def __init__(self, validation: Validation, reject_csv: str):
+        bad = len(validation.bad_lines)
+        if validation.header_error:
+            message = "Nothing was imported: the header row lacks a required column."
+        else:
+            message = (f"Nothing was imported: {bad:,} of {validation.rows:,} rows are invalid. Correct them, or "
+                       "import with invalid rows skipped.")
+        super().__init__(message, field="file")
+        self.validation = validation
+        self.errors = validation.errors
+        self.reject_csv = reject_csv
+
+
+@dataclass
+class ImportResult:
+    tip: Tip
+    rows: int
+    accepted: int
+    rejected: int
+    errors: list
+    reject_csv: str | None
+    new_accounts: int = 0
+    known_accounts: int = 0
+    new_holders: int = 0
+    joined_holders: int = 0
+    merges: list[tuple[int, list[int]]] = field(default_factory=list)  # (survivor, absorbed) holder ids
+    routing: RouteResult = field(default_factory=RouteResult)
+    hits: deconfliction.RefreshResult | None = None
+    common_identifiers: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)  # stage -> peak resident memory so far (MB)
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def importing_agency(session: Session, actor: Actor, operation: Operation) -> int:
+    """The agency an import runs for: the operation's lead agency, whose liaison officer or
+    manager the signed-in importer must be."""
+    user = actor.user
+    if user is None:
+        return operation.lead_agency_id
+    if user.agency_id != operation.lead_agency_id:
+        visible = session.scalar(visible_operations(user).where(Operation.id == operation.id).with_only_columns(
+            Operation.id))
+        if visible is None:
+            raise NotFound("No such operation.")
+        raise Forbidden(f"Only the operation's lead agency ({operation.lead_agency.name}) imports its tips.")
+    if not user.can_work_referrals:
+        raise Forbidden("Only liaison officers and managers import tips.")
+    return user.agency_id
+
+
+def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, file_name: str, *,
+               skip_invalid: bool = False, require_extension: bool = False, workers: int | None = None,
+               progress: Progress | None = None, now: datetime | None = None) -> ImportResult:
+    """Validate and import a tip file (its bytes) into an operation. Raises DomainError for a
+    file that is not a UTF-8 CSV or JSON Lines tip, TipRejected when rows are invalid and
+    `skip_invalid` is off; flushes, never commits."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    operation = session.get(Operation, operation_id)
+    if operation is None:
+        raise NotFound("No such operation.")
+    agency_id = importing_agency(session, actor, operation)
+    if require_extension:
+        files.check_name(file_name)
+    files.check_content(data)
+    fmt = files.detect_format(file_name, data)
+    settings = deconfliction.settings(session)
+    if workers is None:
+        workers = int((session.info.get("config") or {}).get("TIP_IMPORT_WORKERS") or 0) or None
+    with _no_cyclic_gc():
+        validation = validate(data, fmt, deconfliction._secret(session), workers=workers, progress=progress)
+    timings["validate"] = time.perf_counter() - started
+    reject = files.reject_csv(validation.columns, validation.errors, validation.bad_records) if validation.errors else None
+    if validation.header_error or (validation.errors and not skip_invalid):
+        raise TipRejected(validation, reject)
+    if not validation.rows:
+        raise DomainError("The file holds no rows.", field="file")
+
+    peaks = {"validate": _peak_mb()}
+    writer = _Writer(session, actor, operation, agency_id, settings.common_threshold, now or utcnow(), progress,
+                     timings, peaks)
+    tip = Tip(operation_id=operation.id, agency_id=agency_id, imported_by_id=actor.user_id,
+              file_name=os.path.basename(file_name or "tip")[:255], file_sha256=hashlib.sha256(data).hexdigest(),
+              file_format=TipFormat(fmt), rows=validation.rows, accepted=len(validation.accounts),
+              rejected=len(validation.bad_lines), imported_at=writer.now)
+    result = ImportResult(tip=tip, rows=validation.rows, accepted=len(validation.accounts),
+                          rejected=len(validation.bad_lines), errors=validation.errors, reject_csv=reject,
+                          timings=timings, peaks=peaks)
+    with bulk.large_page_cache(session), _no_cyclic_gc():
+        writer.write(tip, validation.accounts, result)
+    timings["total"] = time.perf_counter() - started
+    return result
+
+
+def _joining_keys(platform: str, username: str | None, email: str | None, phone: str | None) -> list[tuple]:
+    keys = []
+    if email:
+        keys.append(("email", "", email))
+    if phone:
+        keys.append(("phone", "", phone))
+    if username:
+        keys.append(("username", platform, username))
+    return keys
+
+
+class _Writer:
+    def __init__(self, session: Session, actor: Actor, operation: Operation, agency_id: int, threshold: int,
+                 now: datetime, progress: Progress | None, timings: dict[str, float], peaks: dict[str, float]):
+        self.session = session
+        self.actor = actor
+        self.operation = operation
+        self.agency_id = agency_id
+        self.threshold = threshold
+        self.now = now
+        self.progress = progress or (lambda stage, done, total: None)
+        self.timings = timings
+        self.peaks = peaks
+        self._clock = time.perf_counter()
+
+    def _lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self._clock
+        self._clock = now
+        self.peaks[name] = _peak_mb()
+
+    def write(self, tip: Tip, accounts: list[Account], result: ImportResult) -> None:
+        session = self.session
+        op = self.operation
+        if session.get_bind().dialect.name == "postgresql":
+            # Imports into one operation serialise: the second sees the first's accounts.
+            session.execute(select(Operation.id).where(Operation.id == op.id).with_for_update())
+        session.add(tip)
+        session.flush()  # on SQLite this takes the write lock for the whole import
+        self._clock = time.perf_counter()
+
+        existing = session.execute(
+            select(TipAccount.holder_id, TipAccount.platform, TipAccount.account_key, TipAccount.username,
+                   TipAccount.email, TipAccount.phone, TipAccount.country_hint, TipAccount.ip_country,
+                   TipAccount.uploads_a, TipAccount.uploads_b, TipAccount.uploads_c)
+            .where(TipAccount.operation_id == op.id).order_by(TipAccount.id)
+        ).all()
+        known = {(row.platform, row.account_key) for row in existing}
+        new = [a for a in accounts if a.natural_key not in known]
+        result.known_accounts = len(accounts) - len(new)
+        result.new_accounts = len(new)
+        self._lap("load")
+        if not new:
+            self._finish(tip, result, [])
+            return
+
+        # --- clustering ---------------------------------------------------------------------
+        self.progress("cluster", 0, len(existing) + len(new))
+        counts: Counter = Counter()
+        keys_per_account: list[list] = []
+        for row in existing:
+            keys = _joining_keys(row.platform, row.username, row.email, row.phone)
+            counts.update(keys)
+            keys.append(("holder", row.holder_id))  # existing holders stay whole
+            keys_per_account.append(keys)
+        for account in new:
+            keys = _joining_keys(account.platform, account.username, account.email, account.phone)
+            counts.update(keys)
+            keys_per_account.append(keys)
+        common = {key for key, n in counts.items() if n > self.threshold}
+        labels = clustering.cluster(keys_per_account, common)
+        n_old = len(existing)
+        holders_of: dict[int, set[int]] = defaultdict(set)
+        new_of: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            if index < n_old:
+                holders_of[label].add(existing[index].holder_id)
+            else:
+                new_of[label].append(index - n_old)
+        merge_into: dict[int, int] = {}
+        for label, holder_ids in holders_of.items():
+            if len(holder_ids) > 1:
+                survivor = min(holder_ids)  # the oldest
+                absorbed = sorted(holder_ids - {survivor})
+                result.merges.append((survivor, absorbed))
+                merge_into.update((h, survivor) for h in absorbed)
+        # Each new account's holder: an existing one (the survivor), or a new one in file order.
+        holder_of_new: list[int | None] = [None] * len(new)
+        joined: set[int] = set()
+        new_groups: list[list[int]] = []
+        for label, members in sorted(new_of.items(), key=lambda item: item[1][0]):
+            existing_ids = holders_of.get(label)
+            if existing_ids:
+                holder_id = min(existing_ids)
+                joined.add(holder_id)
+                for m in members:
+                    holder_of_new[m] = holder_id
+            else:
+                new_groups.append(members)
+        self._lap("cluster")
+
+        # --- new holders: ids, numbers, subjects ------------------------------------------
+        holder_ids = bulk.allocate_ids(session, Holder.__table__, len(new_groups))
+        subject_ids = bulk.allocate_ids(session, Subject.__table__, len(new_groups))
+        first_number = (session.scalar(select(Holder.number).where(Holder.operation_id == op.id)
+                                       .order_by(Holder.number.desc()).limit(1)) or 0) + 1
+        for holder_id, members in zip(holder_ids, new_groups):
+            for m in members:
+                holder_of_new[m] = holder_id
+
+        # --- placement and triage of every holder that changed ------------------------------
+        affected_existing = sorted(joined | {s for s, _ in result.merges})
+        evidence: dict[int, list[tuple]] = defaultdict(list)  # holder id -> (hint, ip country, a, b, c)
+        affected = set(affected_existing)
+        for row in existing:
+            holder_id = merge_into.get(row.holder_id, row.holder_id)
+            if holder_id in affected:
+                evidence[holder_id].append((row.country_hint, row.ip_country, row.uploads_a, row.uploads_b,
+                                            row.uploads_c))
+        for account, holder_id in zip(new, holder_of_new):
+            evidence[holder_id].append((account.country_hint, account.ip_country, account.uploads_a,
+                                        account.uploads_b, account.uploads_c))
+
+        states: dict[int, HolderState] = {}
+        old_rows = {}
+        absorbed_ids = sorted(merge_into)
+        for start in range(0, len(affected_existing) + len(absorbed_ids), 5000):
+            part = (affected_existing + absorbed_ids)[start:start + 5000]
+            for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source)
+                                       .where(Holder.id.in_(part))):
+                old_rows[row.id] = row
+                states[row.id] = state_from_row(row)
+        # A merged holder carries the risk flags investigators set on any of its parts.
+        for survivor, absorbed in result.merges:
+            merged = [any(flag) for flag in zip(states[survivor].flags, *(states[a].flags for a in absorbed))]
+            states[survivor].flags = tuple(merged)
+        placements = {}
+        for holder_id, items in evidence.items():
+            placement = jurisdiction.place((hint, ip) for hint, ip, *_ in items)
+            a = sum(i[2] for i in items)
+            b = sum(i[3] for i in items)
+            c = sum(i[4] for i in items)
+            state = states.get(holder_id)
+            flags = state.flags if state else (False,) * 5
+            level = priority(RiskProfile(*flags, grade_a=a, grade_b=b, grade_c=c))
+            manual = holder_id in old_rows and old_rows[holder_id].jurisdiction_source is JurisdictionSource.MANUAL
+            placements[holder_id] = (placement, len(items), manual)
+            if state is None:
+                state = states[holder_id] = HolderState(  # a new holder; its subject id follows
+                    id=holder_id, subject_id=0, priority=level, jurisdiction=placement.country, changed=True)
+            state.grade_a, state.grade_b, state.grade_c = a, b, c
+            if state.priority != level:
+                state.priority, state.changed = level, True
+            if not manual and state.jurisdiction != placement.country:
+                state.jurisdiction, state.changed = placement.country, True
+        for holder_id, subject_id in zip(holder_ids, subject_ids):
+            states[holder_id].subject_id = subject_id
+        self._lap("place")
+
+        # --- routing (planned before writing: new holders point at their drafts) ----------
+        self.progress("route", 0, len(placements))
+        router = Router(session, self.actor, op, self.agency_id, now=self.now)
+        for holder_id in absorbed_ids:
+            router.detach(states[holder_id])
+        router.plan([states[h] for h in sorted(placements)])
+        router.create_drafts()
+        self._lap("route")
+
+        # --- writes ------------------------------------------------------------------------
+        self.progress("write", 0, len(new))
+        now_db = bulk.db_value(session, Subject.__table__, "created_at", self.now)
+        bulk.insert_rows(session, Subject.__table__, ("id", "agency_id", "label", "created_at", "created_by_id"), [
+            (subject_id, self.agency_id, f"{op.code} {holder_label(first_number + i)}", now_db, self.actor.user_id)
+            for i, subject_id in enumerate(subject_ids)
+        ])
+        holder_table = Holder.__table__
+        new_holder_rows = []
+        for i, holder_id in enumerate(holder_ids):
+            state = states[holder_id]
+            placement, count, _manual = placements[holder_id]
+            new_holder_rows.append((
+                holder_id, op.id, state.subject_id, first_number + i, count, state.grade_a, state.grade_b,
+                state.grade_c, False, False, False, False, False, state.priority.value, state.jurisdiction,
+                placement.confidence, placement.needs_review, placement.evidence,
+                JurisdictionSource.EVIDENCE.value, None, None, state.routing.value, state.receiver_agency_id,
+                state.referral_id, state.packaged, None, None, now_db, now_db,
+            ))
+        bulk.insert_rows(session, holder_table, (
+            "id", "operation_id", "subject_id", "number", "accounts", "grade_a", "grade_b", "grade_c",
+            *RISK_COLUMNS, "priority", "jurisdiction", "confidence", "needs_review", "evidence",
+            "jurisdiction_source", "jurisdiction_set_by_id", "jurisdiction_set_at", "routing",
+            "receiver_agency_id", "referral_id", "packaged", "merged_into_id", "merged_at", "created_at",
+            "updated_at"), new_holder_rows, convert=("evidence",))
+        updates = []
+        for holder_id in affected_existing:
+            state = states[holder_id]
+            placement, count, manual = placements[holder_id]
+            confidence = (round(placement.evidence.get(state.jurisdiction, 0) / max(1, sum(placement.evidence.values())), 3)
+                          if manual else placement.confidence)
+            updates.append({
+                "id": holder_id, "accounts": count, "grade_a": state.grade_a, "grade_b": state.grade_b,
+                "grade_c": state.grade_c, **dict(zip(RISK_COLUMNS, state.flags)), "priority": state.priority,
+                "jurisdiction": state.jurisdiction,
+                "confidence": confidence, "needs_review": False if manual else placement.needs_review,
+                "evidence": placement.evidence, "routing": state.routing,
+                "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
+                "packaged": state.packaged, "updated_at": self.now,
+            })
+        bulk.update_rows(session, holder_table, "id", updates)
+        bulk.update_rows(session, holder_table, "id", [
+            {"id": a, "merged_into_id": merge_into[a], "merged_at": self.now, "referral_id": states[a].referral_id,
+             "packaged": states[a].packaged, "updated_at": self.now}
+            for a in absorbed_ids
+        ])
+        for survivor, absorbed in result.merges:
+            session.execute(update(TipAccount.__table__).where(TipAccount.__table__.c.holder_id.in_(absorbed))
+                            .values(holder_id=survivor))
+        self._lap("write holders")
+
+        account_table = TipAccount.__table__
+        bulk.insert_rows(session, account_table, (
+            "operation_id", "tip_id", "holder_id", "line", "platform", "account_id", "account_key", "username",
+            "email", "phone", "ip_addresses", "country_hint", "ip_country", "uploads_a", "uploads_b", "uploads_c",
+            "first_seen", "last_seen"), [
+            (op.id, tip.id, holder_id, a.line, a.platform, a.account_id, a.account_key, a.username, a.email, a.phone,
+             ";".join(a.ips), a.country_hint, a.ip_country, a.uploads_a, a.uploads_b, a.uploads_c, a.first_seen,
+             a.last_seen)
+            for a, holder_id in zip(new, holder_of_new)
+        ], convert=("first_seen", "last_seen"))
+        self._lap("write accounts")
+        self.progress("write", len(new), len(new))
+        _pause_for_tests()
+
+        # --- identifiers of the holders' subjects ---------------------------------------------
+        subject_of = {h: s.subject_id for h, s in states.items()}
+        have: dict[int, set[str]] = defaultdict(set)
+        joined_subjects = [subject_of[h] for h in sorted(joined)]
+        for start in range(0, len(joined_subjects), 5000):
+            for subject_id, key in session.execute(
+                select(Identifier.subject_id, Identifier.match_key)
+                .where(Identifier.subject_id.in_(joined_subjects[start:start + 5000]))
+            ):
+                have[subject_id].add(key)
+        # Written in slices as they are built, so that they never all sit in memory at once.
+        columns = ("subject_id", "kind", "platform", "raw", "value", "match_key", "created_at", "created_by_id")
+        weight: Counter = Counter()  # subject -> identifiers added (what matching will have to do)
+        rows = []
+        user_id = self.actor.user_id
+        for account, holder_id in zip(new, holder_of_new):
+            subject_id = subject_of[holder_id]
+            seen = have[subject_id]
+            for ident in account.identifiers:
+                if ident[I_KEY] not in seen:
+                    seen.add(ident[I_KEY])
+                    rows.append((subject_id, ident[I_KIND], ident[I_PLATFORM], ident_raw(ident), ident[I_VALUE],
+                                 ident[I_KEY], now_db, user_id))
+            if len(rows) >= IDENTIFIER_SLICE:
+                self._write_identifiers(columns, rows, weight)
+                rows = []
+        self._write_identifiers(columns, rows, weight)
+        for survivor, absorbed in result.merges:
+            self._copy_identifiers(subject_of[survivor], [subject_of[a] for a in absorbed])
+        self._lap("write identifiers")
+
+        del rows, have, keys_per_account, labels, evidence
+        accounts.clear()  # the validated rows (the caller's list) are written: free them
+        new.clear()
+        holder_of_new.clear()
+
+        router.write_links()
+        self._write_common(counts, common)
+        result.common_identifiers = len(common)
+        route = router.finish()
+        result.routing = route
+        self._lap("route")
+
+        # --- deconfliction: one set-based refresh for every referral that changed ------------
+        self.progress("match", 0, 1)
+        sent_with_new = set()
+        for holder_id in sorted(joined | {s for s, _ in result.merges}):
+            state = states[holder_id]
+            if state.referral_id and state.referral_id not in route.touched:
+                sent_with_new.add(state.referral_id)
+        referral_ids = sorted(set(route.touched) | sent_with_new)
+        per_referral: Counter = Counter()
+        for state in states.values():
+            if state.referral_id:
+                per_referral[state.referral_id] += weight.get(state.subject_id, 0)
+        result.hits = self._match(referral_ids, per_referral)
+        self._lap("match")
+        self.progress("match", 1, 1)
+
+        result.new_holders = len(holder_ids)
+        result.joined_holders = len(joined)
+        self._finish(tip, result, result.merges)
+
+    def _match(self, referral_ids: list[int], identifiers: Counter) -> deconfliction.RefreshResult | None:
+        """`deconfliction.refresh_hits` for the referrals the import created or changed: set-based,
+        over batches of referrals holding about MATCH_BATCH new identifiers each (one batch for
+        all but the largest tips), so that memory stays bounded. Matching is against every
+        stored identifier, the import's own included, so the hits are the same as one call's."""
+        if not referral_ids:
+            return None
+        total = deconfliction.RefreshResult()
+        batch: list[int] = []
+        size = 0
+        for referral_id in referral_ids:
+            batch.append(referral_id)
+            size += max(1, identifiers.get(referral_id, 0))
+            if size >= MATCH_BATCH:
+                self._refresh(batch, total)
+                batch, size = [], 0
+        if batch:
+            self._refresh(batch, total)
+        return total
+
+    def _refresh(self, batch: list[int], total: deconfliction.RefreshResult) -> None:
+        part = deconfliction.refresh_hits(self.session, self.actor, batch)
+        total.created.extend(part.created)
+        total.updated.extend(h for h in part.updated if h not in total.created)
+        total.common = sorted(set(total.common) | set(part.common))
+
+    def _write_identifiers(self, columns, rows: list, weight: Counter) -> None:
+        for row in rows:
+            weight[row[0]] += 1
+        rows.sort(key=lambda row: row[5])  # by match key: the (match_key, subject_id) index fills in runs
+        bulk.insert_rows(self.session, Identifier.__table__, columns, rows)
+
+    def _copy_identifiers(self, survivor_subject: int, absorbed_subjects: list[int]) -> None:
+        """The absorbed holders' identifiers, added to the survivor's subject (one INSERT ... SELECT)."""
+        source = Identifier.__table__.alias("source")
+        target = Identifier.__table__
+        already = select(target.c.id).where(target.c.subject_id == survivor_subject,
+                                            target.c.match_key == source.c.match_key)
+        rows = (
+            select(source.c.kind, source.c.platform, source.c.raw, source.c.value, source.c.match_key)
+            .where(source.c.subject_id.in_(absorbed_subjects), ~already.exists())
+            .distinct()
+        ).subquery()
+        self.session.execute(insert(target).from_select(
+            ["subject_id", "kind", "platform", "raw", "value", "match_key", "created_at", "created_by_id"],
+            select(literal(survivor_subject), rows.c.kind, rows.c.platform, rows.c.raw, rows.c.value,
+                   rows.c.match_key, literal(self.now, target.c.created_at.type),
+                   literal(self.actor.user_id, target.c.created_by_id.type)),
+        ))
+
+    def _write_common(self, counts: Counter, common: set) -> None:
+        table = TipCommonIdentifier.__table__
+        self.session.execute(delete(table).where(table.c.operation_id == self.operation.id))
+        if common:
+            self.session.execute(insert(table), [
+                {"operation_id": self.operation.id, "kind": kind, "platform": platform, "value": value,
+                 "accounts": counts[(kind, platform, value)]}
+                for kind, platform, value in sorted(common)
+            ])
+
+    def _finish(self, tip: Tip, result: ImportResult, merges) -> None:
+        tip.new_accounts = result.new_accounts
+        tip.known_accounts = result.known_accounts
+        tip.new_holders = result.new_holders
+        tip.joined_holders = result.joined_holders
+        tip.merged_holders = sum(len(absorbed) for _, absorbed in merges)
+        tip.drafts_created = len(result.routing.created)
+        self.session.flush()
+        entries = [("tip.holders_merge", "holder", survivor, {"absorbed": absorbed, "tip": tip.id})
+                   for survivor, absorbed in merges]
+        entries.append(("tip.import", "tip", tip.id, {
+            "operation": self.operation.code, "file": tip.file_name, "sha256": tip.file_sha256, "rows": tip.rows,
+            "accepted": tip.accepted, "rejected": tip.rejected, "new_accounts": tip.new_accounts,
+            "known_accounts": tip.known_accounts, "new_holders": tip.new_holders,
+            "joined_holders": tip.joined_holders, "merged_holders": tip.merged_holders,
+            "drafts_created": tip.drafts_created, "drafts_changed": len(result.routing.changed),
+            "drafts_discarded": len(result.routing.discarded),
+        }))
+        bulk.audit_many(self.session, self.actor, entries)
+        self._lap("finish")
+
+
+@contextmanager
+def _no_cyclic_gc():
+    """The pipeline holds a few million small objects, almost none in reference cycles; the
+    cyclic collector would scan them again and again (10 to 20% of the time). Reference
+    counting still frees everything; the collector runs again afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _pause_for_tests() -> None:
+    seconds = os.environ.get(PAUSE_ENV)
+    if seconds:
+        print(f"import paused after writing accounts ({PAUSE_ENV})", file=sys.stderr, flush=True)
+        time.sleep(float(seconds))

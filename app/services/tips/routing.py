@@ -1,0 +1,401 @@
+"""Routing: which agency receives each account holder, and the draft referrals that carry them.
+
+The agency directory names each country's focal point (`Agency.is_focal_point`; if a country
+has several, the first by name). A holder goes to the focal point of its jurisdiction. A
+country without one goes to an international body (the first focal one by name, else the
+first by name) and the holder shows on the unrouted list; with no international body either,
+it stays with no receiver, also on the unrouted list. Holders in the importing agency's own
+country stay with it (no referral: it works them itself), and holders with no jurisdiction
+wait on the review list.
+
+Packaging: a P1 or P2 holder gets a draft referral of its own; P3 and P4 holders are packaged
+into one draft per receiving agency, jurisdiction and priority (for a focal point that is one
+per agency and priority; an international body gets one per country it stands in for).
+Only drafts move: a holder whose referral was sent stays where it went.
+
+Every draft the pipeline creates, changes or discards gets its history event and audit entry,
+as `referrals.create_draft` would write them, but in bulk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Integer, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import (
+    TLP,
+    Agency,
+    AgencyKind,
+    HandlingCode,
+    Holder,
+    HolderRouting,
+    Operation,
+    Priority,
+    Referral,
+    ReferralEvent,
+    Status,
+    referral_subjects,
+)
+from app.services import countries
+from app.services.audit import Actor
+from app.services.referrals import next_references
+from app.services.tips import bulk
+
+PLACEHOLDER_MATERIAL = "Graded material, description held by sending agency."
+SINGLE = frozenset({Priority.P1, Priority.P2})
+RISK_COLUMNS = ("risk_access_to_children", "risk_position_of_authority", "risk_previous_convictions",
+                "risk_plans_to_meet", "risk_contact_offending")
+
+
+@dataclass(frozen=True)
+class Directory:
+    importer_id: int
+    importer_country: str | None
+    focal: dict[str, int]  # country -> focal-point agency id
+    international_id: int | None
+
+
+def load_directory(session: Session, importer_id: int) -> Directory:
+    importer = session.get(Agency, importer_id)
+    focal: dict[str, int] = {}
+    for agency_id, country in session.execute(
+        select(Agency.id, Agency.country_code)
+        .where(Agency.is_focal_point.is_(True), Agency.country_code.is_not(None))
+        .order_by(Agency.name)
+    ):
+        focal.setdefault(country, agency_id)
+    international = session.execute(
+        select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL, Agency.id != importer_id)
+        .order_by(Agency.is_focal_point.desc(), Agency.name).limit(1)
+    ).scalar_one_or_none()
+    return Directory(importer_id, importer.country_code if importer else None, focal, international)
+
+
+def target(directory: Directory, jurisdiction: str | None) -> tuple[HolderRouting, int | None]:
+    """The routing and receiving agency for a jurisdiction."""
+    if not jurisdiction:
+        return HolderRouting.UNPLACED, None
+    focal = directory.focal.get(jurisdiction)
+    if focal == directory.importer_id or (focal is None and jurisdiction == directory.importer_country):
+        return HolderRouting.OWN_AGENCY, None
+    if focal is not None:
+        return HolderRouting.FOCAL_POINT, focal
+    if directory.international_id is not None:
+        return HolderRouting.INTERNATIONAL, directory.international_id
+    return HolderRouting.NO_RECEIVER, None
+
+
+@dataclass
+class HolderState:
+    """What routing reads and sets of a holder (new ones are not in the database yet)."""
+
+    id: int
+    subject_id: int
+    priority: Priority
+    jurisdiction: str | None
+    grade_a: int = 0
+    grade_b: int = 0
+    grade_c: int = 0
+    flags: tuple[bool, bool, bool, bool, bool] = (False, False, False, False, False)
+    referral_id: int | None = None
+    packaged: bool = False
+    routing: HolderRouting = HolderRouting.UNPLACED
+    receiver_agency_id: int | None = None
+    changed: bool = False
+
+
+HOLDER_STATE_COLUMNS = (Holder.id, Holder.subject_id, Holder.priority, Holder.jurisdiction, Holder.grade_a,
+                        Holder.grade_b, Holder.grade_c, *(getattr(Holder, c) for c in RISK_COLUMNS),
+                        Holder.referral_id, Holder.packaged, Holder.routing, Holder.receiver_agency_id)
+
+
+def state_from_row(row) -> HolderState:
+    return HolderState(
+        id=row.id, subject_id=row.subject_id, priority=row.priority, jurisdiction=row.jurisdiction,
+        grade_a=row.grade_a, grade_b=row.grade_b, grade_c=row.grade_c,
+        flags=tuple(getattr(row, c) for c in RISK_COLUMNS), referral_id=row.referral_id, packaged=row.packaged,
+        routing=row.routing, receiver_agency_id=row.receiver_agency_id,
+    )
+
+
+@dataclass
+class _Draft:
+    receiver_agency_id: int
+    jurisdiction: str
+    priority: Priority
+    packaged: bool
+    holders: list[HolderState] = field(default_factory=list)
+    id: int | None = None
+
+
+@dataclass
+class RouteResult:
+    created: list[int] = field(default_factory=list)  # new draft referral ids
+    changed: list[int] = field(default_factory=list)  # existing drafts whose holders changed
+    discarded: list[int] = field(default_factory=list)  # drafts left empty, deleted
+
+    @property
+    def touched(self) -> list[int]:
+        return sorted(set(self.created) | set(self.changed))
+
+
+class Router:
+    """Plan, then write: `plan` decides in memory, `create_drafts` inserts the new referrals
+    (before the holders that point at them), `write_links` updates referral_subjects (after
+    the subjects exist), `finish` recomputes the drafts' figures and records their history."""
+
+    def __init__(self, session: Session, actor: Actor, operation: Operation, importer_id: int,
+                 *, now: datetime | None = None, directory: Directory | None = None):
+        self.session = session
+        self.actor = actor
+        self.operation = operation
+        self.importer_id = importer_id
+        self.now = now or utcnow()
+        self.directory = directory or load_directory(session, importer_id)
+        self.new_drafts: list[_Draft] = []
+        self.unlinks: list[tuple[int, int]] = []  # (referral_id, subject_id)
+        self.links: list[tuple[_Draft | int, HolderState]] = []
+        self.changed: set[int] = set()
+        self._packages: dict[tuple[int, str, Priority], _Draft | int] | None = None
+        self._referrals: dict[int, tuple] = {}
+        self._discarded_references: dict[int, str] = {}
+
+    # --- planning -------------------------------------------------------------------------
+
+    def _load_packages(self) -> dict[tuple[int, str, Priority], _Draft | int]:
+        if self._packages is None:
+            packaged = select(Holder.referral_id).where(Holder.operation_id == self.operation.id,
+                                                        Holder.packaged.is_(True))
+            rows = self.session.execute(
+                select(Referral.id, Referral.receiver_agency_id, Referral.jurisdiction, Referral.priority)
+                .where(Referral.operation_id == self.operation.id, Referral.sender_agency_id == self.importer_id,
+                       Referral.status == Status.DRAFT, Referral.id.in_(packaged.scalar_subquery()))
+                .order_by(Referral.id)
+            )
+            self._packages = {}
+            for referral_id, receiver, jurisdiction, priority in rows:
+                self._packages.setdefault((receiver, jurisdiction, priority), referral_id)
+        return self._packages
+
+    def _load_referrals(self, states: list[HolderState]) -> None:
+        wanted = sorted({s.referral_id for s in states if s.referral_id} - set(self._referrals))
+        for start in range(0, len(wanted), 5000):
+            for row in self.session.execute(
+                select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
+                       Referral.priority).where(Referral.id.in_(wanted[start:start + 5000]))
+            ):
+                self._referrals[row.id] = row
+
+    def plan(self, states: list[HolderState]) -> None:
+        self._load_referrals(states)
+        packages = self._load_packages()
+        for state in states:
+            routing, receiver = target(self.directory, state.jurisdiction)
+            current = self._referrals.get(state.referral_id) if state.referral_id else None
+            if current is not None and current.status is not Status.DRAFT:
+                continue  # sent already: it stays where it went
+            packaged = state.priority not in SINGLE
+            if current is not None:
+                fits = (receiver == current.receiver_agency_id and state.jurisdiction == current.jurisdiction
+                        and state.packaged == packaged and (not packaged or state.priority == current.priority))
+                if fits:
+                    self.changed.add(current.id)  # figures may have moved
+                    self._set(state, routing, receiver, state.referral_id, packaged)
+                    continue
+                self.detach(state)
+            if receiver is None:
+                self._set(state, routing, None, None, False)
+                continue
+            if packaged:
+                key = (receiver, state.jurisdiction, state.priority)
+                draft = packages.get(key)
+                if draft is None:
+                    draft = packages[key] = self._new_draft(receiver, state.jurisdiction, state.priority, True)
+            else:
+                draft = self._new_draft(receiver, state.jurisdiction, state.priority, False)
+            if isinstance(draft, _Draft):
+                draft.holders.append(state)
+            else:
+                self.changed.add(draft)
+            self.links.append((draft, state))
+            self._set(state, routing, receiver, draft if isinstance(draft, int) else None, packaged)
+
+    def detach(self, state: HolderState) -> None:
+        """Take a holder off its draft (a sent referral keeps it)."""
+        if not state.referral_id:
+            return
+        self._load_referrals([state])
+        current = self._referrals.get(state.referral_id)
+        if current is None or current.status is not Status.DRAFT:
+            return
+        self.unlinks.append((state.referral_id, state.subject_id))
+        self.changed.add(state.referral_id)
+        state.referral_id = None
+        state.packaged = False
+        state.changed = True
+
+    def _new_draft(self, receiver: int, jurisdiction: str, priority: Priority, packaged: bool) -> _Draft:
+        draft = _Draft(receiver, jurisdiction, priority, packaged)
+        self.new_drafts.append(draft)
+        return draft
+
+    @staticmethod
+    def _set(state: HolderState, routing, receiver, referral_id, packaged) -> None:
+        new = (routing, receiver, referral_id, packaged)
+        if (state.routing, state.receiver_agency_id, state.referral_id, state.packaged) != new:
+            state.routing, state.receiver_agency_id, state.referral_id, state.packaged = new
+            state.changed = True
+
+    # --- writing --------------------------------------------------------------------------
+
+    def create_drafts(self) -> list[int]:
+        """Insert the planned new drafts; the holders' referral ids are set."""
+        drafts = self.new_drafts
+        if not drafts:
+            return []
+        ids = bulk.allocate_ids(self.session, Referral.__table__, len(drafts))
+        references = next_references(self.session, len(drafts), year=self.now.year)
+        rows = []
+        for draft, referral_id, reference in zip(drafts, ids, references):
+            draft.id = referral_id
+            for state in draft.holders:
+                state.referral_id = referral_id
+                state.changed = True
+            rows.append({
+                "id": referral_id, "reference": reference, "version": 1, "operation_id": self.operation.id,
+                "sender_agency_id": self.importer_id, "receiver_agency_id": draft.receiver_agency_id,
+                "jurisdiction": draft.jurisdiction, "priority": draft.priority, "status": Status.DRAFT,
+                **{c: any(s.flags[i] for s in draft.holders) for i, c in enumerate(RISK_COLUMNS)},
+                "grade_a": sum(s.grade_a for s in draft.holders), "grade_b": sum(s.grade_b for s in draft.holders),
+                "grade_c": sum(s.grade_c for s in draft.holders), "material_description": PLACEHOLDER_MATERIAL,
+                "tlp": TLP.RED, "handling_code": HandlingCode.CONSENT_REQUIRED, "transfer_consent_at": None,
+                "summary": _summary(self.operation.code, draft.jurisdiction, draft.priority, len(draft.holders),
+                                    draft.packaged),
+                "transferred_from_id": None, "created_by_id": self.actor.user_id, "created_at": self.now,
+                "updated_at": self.now,
+            })
+        self.session.execute(insert(Referral.__table__), rows)
+        return ids
+
+    def write_links(self) -> None:
+        if self.unlinks:
+            self.session.execute(
+                delete(referral_subjects).where(
+                    referral_subjects.c.referral_id == bindparam("r"), referral_subjects.c.subject_id == bindparam("s"))
+                .execution_options(synchronize_session=False),
+                [{"r": r, "s": s} for r, s in self.unlinks],
+            )
+        if self.links:
+            added_at = bulk.db_value(self.session, referral_subjects, "added_at", self.now)
+            bulk.insert_rows(self.session, referral_subjects, ("referral_id", "subject_id", "added_at"), [
+                (draft.id if isinstance(draft, _Draft) else draft, state.subject_id, added_at)
+                for draft, state in self.links
+            ])
+
+    def finish(self) -> RouteResult:
+        """Recompute the changed drafts' figures from their holders, discard drafts left with
+        no subject, and write history events and audit entries for all of it."""
+        result = RouteResult(created=[d.id for d in self.new_drafts])
+        changed = sorted(self.changed - set(result.created))
+        if changed:
+            result.changed, result.discarded = self._refresh(changed)
+        self._record(result)
+        return result
+
+    def _refresh(self, referral_ids: list[int]) -> tuple[list[int], list[int]]:
+        session = self.session
+        figures = {}
+        for start in range(0, len(referral_ids), 5000):
+            part = referral_ids[start:start + 5000]
+            for row in session.execute(
+                select(Holder.referral_id, func.count(), func.sum(Holder.grade_a), func.sum(Holder.grade_b),
+                       func.sum(Holder.grade_c), *(func.max(cast(getattr(Holder, c), Integer)) for c in RISK_COLUMNS),
+                       func.max(cast(Holder.packaged, Integer)), func.min(Holder.priority))
+                .where(Holder.referral_id.in_(part), Holder.merged_into_id.is_(None))
+                .group_by(Holder.referral_id)
+            ):
+                figures[row[0]] = row
+        linked = set()
+        for start in range(0, len(referral_ids), 5000):
+            linked.update(session.scalars(
+                select(referral_subjects.c.referral_id).where(referral_subjects.c.referral_id.in_(
+                    referral_ids[start:start + 5000])).distinct()))
+        drafts = {}
+        for start in range(0, len(referral_ids), 5000):
+            drafts.update((row.id, row) for row in session.execute(
+                select(Referral.id, Referral.reference, Referral.jurisdiction, Referral.priority, Referral.status)
+                .where(Referral.id.in_(referral_ids[start:start + 5000]))))
+        changed, discarded, updates = [], [], []
+        for referral_id in referral_ids:
+            draft = drafts.get(referral_id)
+            if draft is None or draft.status is not Status.DRAFT:
+                continue
+            if referral_id not in linked:
+                discarded.append(referral_id)
+                continue
+            row = figures.get(referral_id)
+            if row is None:
+                continue  # subjects added by hand only: the pipeline leaves it alone
+            count, a, b, c = row[1], row[2] or 0, row[3] or 0, row[4] or 0
+            flags = [bool(v) for v in row[5:10]]
+            packaged = bool(row[10])
+            # A package keeps its bucket's priority; a holder's own referral follows the holder.
+            priority = draft.priority if packaged else Priority(row[11])
+            updates.append({"id": referral_id, "grade_a": a, "grade_b": b, "grade_c": c, "priority": priority,
+                            **dict(zip(RISK_COLUMNS, flags)),
+                            "summary": _summary(self.operation.code, draft.jurisdiction, priority, count, packaged),
+                            "updated_at": self.now})
+            changed.append(referral_id)
+        if updates:
+            table = Referral.__table__
+            columns = [k for k in updates[0] if k != "id"]
+            session.connection().execute(
+                update(table).where(table.c.id == bindparam("b_id"))
+                .values({**{k: bindparam(f"b_{k}") for k in columns}, "version": table.c.version + 1}),
+                [{f"b_{k}": v for k, v in row.items()} for row in updates],
+            )
+        if discarded:
+            self._discarded_references.update((d, drafts[d].reference) for d in discarded)
+            session.execute(delete(Referral.__table__).where(Referral.__table__.c.id.in_(discarded)))
+        return changed, discarded
+
+    def _record(self, result: RouteResult) -> None:
+        events, entries = [], []
+        references = {}
+        if result.created:
+            references = dict(self.session.execute(
+                select(Referral.id, Referral.reference).where(Referral.id.in_(result.created))).all())
+        agency_id = self.importer_id
+        for referral_id in result.created:
+            events.append({"referral_id": referral_id, "at": self.now, "action": "create", "from_status": None,
+                           "to_status": Status.DRAFT.value, "user_id": self.actor.user_id, "agency_id": agency_id,
+                           "note": ""})
+            entries.append(("referral.create", "referral", referral_id,
+                            {"reference": references[referral_id], "source": "tip", "operation": self.operation.code}))
+        for referral_id in result.changed:
+            events.append({"referral_id": referral_id, "at": self.now, "action": "edit",
+                           "from_status": Status.DRAFT.value, "to_status": Status.DRAFT.value,
+                           "user_id": self.actor.user_id, "agency_id": agency_id,
+                           "note": "Account holders updated by the tip pipeline."})
+            entries.append(("referral.edit", "referral", referral_id, {"changed": ["holders"], "source": "tip"}))
+        for referral_id in result.discarded:
+            entries.append(("referral.discard", "referral", referral_id,
+                            {"reference": self._discarded_references[referral_id],
+                             "reason": "no account holders left on the draft", "source": "tip"}))
+        if events:
+            self.session.execute(insert(ReferralEvent.__table__), events)
+        bulk.audit_many(self.session, self.actor, entries)
+
+
+def _summary(code: str, jurisdiction: str, priority: Priority, count: int, packaged: bool) -> str:
+    country = countries.name(jurisdiction)
+    if packaged:
+        return (f"Provider tip, operation {code}: {count} account holder{'s' if count != 1 else ''} in {country}, "
+                f"triaged {priority.value}. Each holder's accounts and the identifiers that joined them are "
+                "listed with the referral's subjects.")
+    return (f"Provider tip, operation {code}: one account holder in {country}, triaged {priority.value}. "
+            "The holder's accounts and the identifiers that joined them are listed with the referral's subjects.")

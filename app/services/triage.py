@@ -1,0 +1,41 @@
+"""Triage: the priority of a suspect from risk flags and graded material. The one place the
+rule is written; docs/tip-format.md quotes it.
+
+P1  plans to meet a child, or indications of contact offending, or access to children
+    together with any category A material
+P2  access to children, a position of authority or previous convictions, or 10 or more
+    category A items
+P3  any category A or B material, or 50 or more items in all
+P4  everything else
+
+P1 referrals must be acknowledged within 24 hours, the others within 72.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.models import Priority
+
+
+@dataclass(frozen=True)
+class RiskProfile:
+    access_to_children: bool = False
+    position_of_authority: bool = False
+    previous_convictions: bool = False
+    plans_to_meet: bool = False
+    contact_offending: bool = False
+    grade_a: int = 0
+    grade_b: int = 0
+    grade_c: int = 0
+
+
+def priority(profile: RiskProfile) -> Priority:
+    if profile.plans_to_meet or profile.contact_offending or (profile.access_to_children and profile.grade_a > 0):
+        return Priority.P1
+    if (profile.access_to_children or profile.position_of_authority or profile.previous_convictions
+            or profile.grade_a >= 10):
+        return Priority.P2
+    if profile.grade_a > 0 or profile.grade_b > 0 or profile.grade_a + profile.grade_b + profile.grade_c >= 50:
+        return Priority.P3
+    return Priority.P4

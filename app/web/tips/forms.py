@@ -1,0 +1,59 @@
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileAllowed, FileField, FileRequired
+from wtforms import BooleanField, IntegerField, SelectField, TextAreaField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
+
+from app.models import HolderRouting, Priority
+from app.services import countries
+from app.services.tips.holders import NOTE_MAX
+from app.web.referrals.forms import optional_int
+
+EXTENSION_MESSAGE = "Choose a CSV or JSON Lines file (.csv, .jsonl or .ndjson). Images and video are never accepted."
+
+
+class UploadForm(FlaskForm):
+    operation = SelectField("Operation (led by your agency)", coerce=optional_int, validators=[DataRequired()])
+    file = FileField("Tip file", description="CSV or JSON Lines, UTF-8 (docs/tip-format.md).", validators=[
+        FileRequired("Choose the tip file."),
+        FileAllowed(["csv", "jsonl", "ndjson"], EXTENSION_MESSAGE),
+    ])
+    skip_invalid = BooleanField("Skip invalid rows: import the good rows and download the bad ones as a reject file")
+
+
+class HolderFilterForm(FlaskForm):
+    """GET filters of the holder lists (no CSRF: reading only)."""
+
+    class Meta:
+        csrf = False
+
+    operation = SelectField("Operation", coerce=optional_int, validators=[Optional()])
+    country = SelectField("Jurisdiction", validators=[Optional()])
+    priority = SelectField("Priority", choices=[("", "Any")] + [(p.value, p.value) for p in Priority],
+                           validators=[Optional()])
+    routing = SelectField("Routing", choices=[("", "Any")] + [(r.value, r.label) for r in HolderRouting],
+                          validators=[Optional()])
+    review = BooleanField("Needs review only")
+    max_confidence = SelectField("Confidence at most", choices=[
+        ("", "Any"), ("0.5", "50%"), ("0.67", "67%"), ("0.8", "80%"), ("0.99", "99%")], validators=[Optional()])
+    page = IntegerField("Page", default=1, validators=[Optional(), NumberRange(min=1)])
+
+    def set_choices(self, operations) -> None:
+        self.operation.choices = [("", "Any")] + [(op.id, op.code) for op in operations]
+        self.country.choices = [("", "Any")] + countries.choices()
+
+
+class JurisdictionForm(FlaskForm):
+    country = SelectField("Jurisdiction", validators=[DataRequired(message="Choose a country.")])
+    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX)])
+
+    def set_choices(self, first: list[tuple[str, int]] | None = None) -> None:
+        named = [(code, f"{countries.name(code)} (evidence {weight})") for code, weight in (first or [])]
+        self.country.choices = [("", "Choose...")] + named + countries.choices()
+
+
+class RiskForm(FlaskForm):
+    risk_access_to_children = BooleanField("Access to children")
+    risk_position_of_authority = BooleanField("Position of authority")
+    risk_previous_convictions = BooleanField("Previous convictions")
+    risk_plans_to_meet = BooleanField("Plans to meet a child")
+    risk_contact_offending = BooleanField("Indications of contact offending")

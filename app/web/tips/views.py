@@ -1,0 +1,205 @@
+"""Provider tips: the import page, the holder lists (all, review, unrouted), the holder page and
+the lead agency's decisions. Thin views over app/services/tips/.
+
+The reject file of an import is offered on the answer to the import itself, as a download
+link carrying the file (a data: URL); it is not stored on the server.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from app.extensions import db
+from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
+from app.services import DomainError, Forbidden, NotFound
+from app.services.access import get_visible_holder, led_operations, visible_operations
+from app.services.tips import holders as service
+from app.services.tips import importer
+from app.services.tips.routing import RISK_COLUMNS
+from app.web import current_actor, form_refused
+from app.web.tips import bp
+from app.web.tips.forms import HolderFilterForm, JurisdictionForm, RiskForm, UploadForm
+
+ERRORS_SHOWN = 500
+
+# The upload's size is bounded by MAX_CONTENT_LENGTH (config; HANDOFF_MAX_CONTENT_LENGTH), and a
+# bigger request gets the friendly 413 page of app/web/errors.py; a bigger tip goes through
+# `flask import-tip`.
+
+
+def _require_worker() -> None:
+    if not current_user.can_work_referrals:
+        abort(403)
+
+
+def _data_url(text: str | None) -> str | None:
+    if not text:
+        return None
+    return "data:text/csv;charset=utf-8;base64," + base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+@bp.route("/")
+@login_required
+def index():
+    summaries, tips = service.overview(db.session, current_user)
+    return render_template("tips/index.html", summaries=summaries, tips=tips)
+
+
+@bp.route("/import", methods=["GET", "POST"])
+@login_required
+def upload():
+    _require_worker()
+    operations = db.session.scalars(led_operations(current_user).order_by(Operation.code)).all()
+    form = UploadForm()
+    form.operation.choices = [("", "Choose...")] + [(op.id, op.code) for op in operations]
+    if request.method == "GET" and request.args.get("operation", type=int):
+        form.operation.data = request.args.get("operation", type=int)
+    result = refused = None
+    if form.validate_on_submit():
+        storage = form.file.data
+        try:
+            result = importer.import_tip(
+                db.session, current_actor(), form.operation.data, storage.read(), storage.filename or "",
+                skip_invalid=form.skip_invalid.data, require_extension=True,
+            )
+        except importer.TipRejected as exc:
+            db.session.rollback()
+            refused = exc
+        except (Forbidden, NotFound):
+            raise
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+    status = 422 if (form.errors or form.form_errors or refused) else 200
+    errors = (refused.errors if refused else result.errors if result else [])
+    reject = refused.reject_csv if refused else result.reject_csv if result else None
+    return render_template(
+        "tips/upload.html", form=form, operations=operations, result=result, refused=refused,
+        errors=errors[:ERRORS_SHOWN], error_count=len(errors), reject_url=_data_url(reject),
+    ), status
+
+
+def _filters(form: HolderFilterForm) -> service.HolderFilters:
+    if not form.validate():
+        flash("Some filters were not understood and were ignored.", "error")
+    data = {name: (None if field.errors else field.data) for name, field in form._fields.items()}
+    return service.HolderFilters(
+        operation_id=data["operation"],
+        country=data["country"] or None,
+        priority=Priority(data["priority"]) if data["priority"] else None,
+        routing=HolderRouting(data["routing"]) if data["routing"] else None,
+        review=bool(data["review"]),
+        max_confidence=float(data["max_confidence"]) if data["max_confidence"] else None,
+        page=data["page"] or 1,
+    )
+
+
+def _args() -> dict:
+    return {k: v for k, v in request.args.items() if k != "page"}
+
+
+@bp.route("/holders")
+@login_required
+def holders():
+    form = HolderFilterForm(formdata=request.args)
+    form.set_choices(db.session.scalars(visible_operations(current_user).order_by(Operation.code)).all())
+    page = service.list_holders(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
+    return render_template("tips/holders.html", form=form, page=page, args=_args(), title="Account holders",
+                           endpoint="tips.holders")
+
+
+@bp.route("/review")
+@login_required
+def review():
+    form = HolderFilterForm(formdata=request.args)
+    form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
+    page = service.review_list(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
+    return render_template("tips/review.html", form=form, page=page, args=_args())
+
+
+@bp.route("/unrouted")
+@login_required
+def unrouted():
+    form = HolderFilterForm(formdata=request.args)
+    form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
+    summary, page = service.unrouted(db.session, current_user, _filters(form),
+                                     per_page=current_app.config["PAGE_SIZE"])
+    return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=_args())
+
+
+def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, status: int = 200):
+    view = service.view_holder(db.session, current_actor(), subject_id)
+    jurisdiction_form = jurisdiction_form or JurisdictionForm(formdata=None)
+    jurisdiction_form.set_choices(view.evidence_countries)
+    risk_form = risk_form or RiskForm(formdata=None, obj=view.holder)
+    return render_template("tips/holder.html", view=view, holder=view.holder, jurisdiction_form=jurisdiction_form,
+                           risk_form=risk_form, risk_flags=RISK_FLAGS), status
+
+
+@bp.route("/holders/<int:subject_id>")
+@login_required
+def holder(subject_id: int):
+    return _render_holder(subject_id)
+
+
+def _decided(decision: service.Decision, what: str) -> None:
+    if decision.stays_sent is not None:
+        flash(f"{what} Its referral {decision.stays_sent.reference} was sent already and stays with "
+              f"{decision.stays_sent.receiver.name}.")
+    elif decision.moved:
+        flash(f"{what} The holder was routed again.")
+    else:
+        flash(what)
+
+
+@bp.route("/holders/<int:subject_id>/jurisdiction", methods=["POST"])
+@login_required
+def set_jurisdiction(subject_id: int):
+    get_visible_holder(db.session, current_user, subject_id)  # a foreign id answers 404 first
+    _require_worker()
+    form = JurisdictionForm()
+    form.set_choices()
+    if form.validate_on_submit():
+        try:
+            decision = service.set_jurisdiction(db.session, current_actor(), subject_id, form.country.data,
+                                                form.note.data or "")
+        except (Forbidden, NotFound):
+            raise
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            _decided(decision, "Jurisdiction set.")
+            back = request.form.get("back")
+            if back == "review":
+                return redirect(url_for("tips.review"), 303)
+            return redirect(url_for("tips.holder", subject_id=subject_id), 303)
+    if not form.errors and not form.form_errors:
+        form.form_errors.append("The form could not be read; try again.")
+    return _render_holder(subject_id, jurisdiction_form=form, status=422)
+
+
+@bp.route("/holders/<int:subject_id>/risk", methods=["POST"])
+@login_required
+def set_risk(subject_id: int):
+    get_visible_holder(db.session, current_user, subject_id)
+    _require_worker()
+    form = RiskForm()
+    if form.validate_on_submit():
+        try:
+            decision = service.set_risk_flags(db.session, current_actor(), subject_id,
+                                              {name: bool(getattr(form, name).data) for name in RISK_COLUMNS})
+        except (Forbidden, NotFound):
+            raise
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            _decided(decision, f"Risk flags recorded; the holder is now {decision.holder.priority.value}.")
+            return redirect(url_for("tips.holder", subject_id=subject_id), 303)
+    if not form.errors and not form.form_errors:
+        form.form_errors.append("The form could not be read; try again.")
+    return _render_holder(subject_id, risk_form=form, status=422)

@@ -1,0 +1,473 @@
+"""The tip import end to end, on both engines: validation (all or nothing, skip-invalid and the
+reject file), idempotent re-imports, a killed import, clustering through the importer,
+jurisdiction review, routing, triage, access, and the Operation H scenario at a small scale."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.models import (
+    AgencyKind,
+    AuditEntry,
+    Holder,
+    HolderRouting,
+    JurisdictionSource,
+    Operation,
+    Priority,
+    Referral,
+    ReferralEvent,
+    Status,
+    Subject,
+    Tip,
+    TipAccount,
+    referral_subjects,
+)
+from app.services import NotFound, audit, referrals
+from app.services.access import get_visible_holder, visible_holders, visible_tips
+from app.services.tips import holders as holder_service
+from app.services.tips import reader, validation
+from app.services.tips.importer import PAUSE_ENV, TipRejected, import_tip
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tip(*rows: dict) -> bytes:
+    """A CSV tip of these rows (missing fields are empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=reader.FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({name: row.get(name, "") for name in reader.FIELDS})
+    return buffer.getvalue().encode("utf-8")
+
+
+def account(n: int, **fields) -> dict:
+    row = {"platform": "discord", "account_id": f"acc{n}", "country_hint": "AU", "ip_country": "AU"}
+    row.update(fields)
+    return row
+
+
+def run_import(session, world, data: bytes, **kwargs):
+    result = import_tip(session, world.actor("c_liaison"), world.operation.id, data, "tip.csv", **kwargs)
+    session.flush()
+    return result
+
+
+def count(session, model) -> int:
+    return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def live_holders(session, world) -> list[Holder]:
+    return list(session.scalars(select(Holder).where(Holder.operation_id == world.operation.id,
+                                                     Holder.merged_into_id.is_(None)).order_by(Holder.number)))
+
+
+def holder_of(session, world, account_id: str) -> Holder:
+    holder_id = session.scalar(select(TipAccount.holder_id).where(TipAccount.operation_id == world.operation.id,
+                                                                  TipAccount.account_key == account_id.lower()))
+    return session.get(Holder, holder_id)
+
+
+def snapshot(session) -> tuple:
+    return tuple(count(session, m) for m in (Tip, TipAccount, Holder, Subject, Referral, ReferralEvent,
+                                             referral_subjects))
+
+
+# --- validation: all or nothing ----------------------------------------------------------------
+
+BAD_ROWS = [
+    (account(2, account_id=""), "account_id", "missing"),
+    (account(3, platform="myspace-ish"), "platform", "unknown platform"),
+    (account(4, country_hint="Atlantis"), "country_hint", "unknown country"),
+    (account(5, ip_country="XX"), "ip_country", "unknown country code"),
+    (account(6, email="not-an-email"), "email", "e-mail"),
+    (account(7, phone="call me"), "phone", "phone"),
+    (account(8, ip_addresses="999.1.1.1"), "ip_addresses", "IP address"),
+    (account(9, first_seen="yesterday"), "first_seen", "ISO 8601"),
+    (account(10, first_seen="2021-01-01", last_seen="2020-01-01"), "last_seen", "earlier"),
+    (account(11, uploads_a="-1"), "uploads_a", "negative"),
+    (account(12, uploads_b="two"), "uploads_b", "whole number"),
+    (account(1, email="dup@example.org"), "account_id", "duplicate of line 2"),
+]
+
+
+def bad_tip() -> bytes:
+    return tip(account(1, email="one@example.org"), *(row for row, _, _ in BAD_ROWS),
+               account(13, email="thirteen@example.org"))
+
+
+def test_any_bad_row_writes_nothing_and_every_problem_is_named(session, world):
+    before = snapshot(session)
+    with pytest.raises(TipRejected) as refused:
+        run_import(session, world, bad_tip())
+    errors = refused.value.errors
+    assert [(e.line, e.field) for e in errors] == [(line, field) for line, (_, field, _) in
+                                                   enumerate(BAD_ROWS, start=3)]
+    for error, (_, _, reason) in zip(errors, BAD_ROWS):
+        assert reason.lower() in error.reason.lower(), error
+    session.rollback()
+    assert snapshot(session) == before
+
+
+def test_skip_invalid_writes_the_good_rows_and_a_reject_file(session, world):
+    result = run_import(session, world, bad_tip(), skip_invalid=True)
+    assert (result.rows, result.accepted, result.rejected) == (14, 2, 12)
+    assert count(session, TipAccount) == 2
+    rows = list(csv.DictReader(io.StringIO(result.reject_csv)))
+    assert list(rows[0]) == [*reader.FIELDS, "line", "field", "reason"]
+    assert [int(r["line"]) for r in rows] == list(range(3, 15))
+    by_line = {int(r["line"]): r for r in rows}
+    assert by_line[7]["email"] == "not-an-email" and by_line[7]["field"] == "email"
+    assert by_line[14]["reason"].startswith("duplicate of line 2")
+    # The reject file is itself a tip (the extra columns are ignored): read again, the same rows are
+    # bad, except the duplicate, which is alone now.
+    again = reader.read(io.BytesIO(result.reject_csv.encode()), "csv")
+    assert len(again.errors) == len(rows) - 1 and [a.account_id for a in again.accounts] == ["acc1"]
+    tip_row = session.scalars(select(Tip)).one()
+    assert (tip_row.accepted, tip_row.rejected, tip_row.new_accounts) == (2, 12, 2)
+
+
+def test_files_that_are_not_utf8_text_are_refused(session, world):
+    from app.services import DomainError
+
+    for data, message in ((b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "PNG image"),
+                          (tip(account(1, username="caf\u00e9")).replace(b"caf\xc3\xa9", b"caf\xe9"), "not UTF-8"),
+                          (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40, "video")):
+        with pytest.raises(DomainError) as refused:
+            run_import(session, world, data)
+        assert message in refused.value.message
+    assert count(session, Tip) == 0
+
+
+# --- idempotence and the killed import ----------------------------------------------------------
+
+def test_reimporting_the_same_or_an_overlapping_file_adds_only_what_is_new(session, world):
+    first = tip(*(account(n, email=f"p{n}@example.org", uploads_b="1") for n in range(1, 7)))
+    run_import(session, world, first)
+    after_first = snapshot(session)
+    again = run_import(session, world, first)
+    assert (again.new_accounts, again.known_accounts, again.new_holders) == (0, 6, 0)
+    assert again.routing.created == [] and again.hits is None
+    assert snapshot(session)[1:] == after_first[1:]  # only the second import's own record is new
+    overlap = tip(*(account(n, email=f"p{n}@example.org", uploads_b="1") for n in range(4, 10)))
+    result = run_import(session, world, overlap)
+    assert (result.new_accounts, result.known_accounts, result.new_holders) == (3, 3, 3)
+    assert count(session, TipAccount) == 9 and len(live_holders(session, world)) == 9
+    # Case and spacing do not make an account new: the natural key is normalised.
+    result = run_import(session, world, tip(account(1, account_id=" ACC1 ", email="p1@example.org")))
+    assert result.new_accounts == 0
+
+
+def test_a_killed_import_leaves_nothing_and_running_it_again_completes(any_app, session, world, tmp_path):
+    """The CLI in a subprocess pauses (test hook) right after writing the accounts inside its
+    transaction; it is killed with SIGKILL there. The database is as before; a second run
+    imports everything."""
+    session.commit()
+    before = snapshot(session)
+    path = tmp_path / "tip.csv"
+    path.write_bytes(tip(*(account(n, email=f"k{n}@example.org") for n in range(1, 41))))
+    env = {**os.environ, "HANDOFF_CONFIG": "testing", "HANDOFF_DATABASE_URL": any_app.config["DATABASE_URL"]}
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "import-tip", str(path), "--operation", "LANTERN"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**env, PAUSE_ENV: "60"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:
+            if "import paused" in line:
+                break
+        else:
+            pytest.fail(f"the import never paused: {process.stdout.read()}")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    session.rollback()
+    assert snapshot(session) == before
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "40 new accounts" in done.stdout
+    session.rollback()
+    assert count(session, TipAccount) == 40 and count(session, Tip) == 1
+    assert audit.verify(session).ok
+
+
+def test_parallel_validation_gives_what_one_reader_gives(monkeypatch):
+    rows = [account(n, email=f"v{n}@example.org", phone="+61 412 345 678" if n % 3 else "",
+                    ip_addresses="2001:db8::1;192.0.2.7") for n in range(1, 400)]
+    rows[50]["email"] = "broken"
+    rows[300] = dict(rows[10])  # a duplicate in another chunk
+    rows[301]["username"] = 'multi\nline "quoted"'  # a record spanning two lines
+    data = tip(*rows)
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=4000)
+    single = reader.read(io.BytesIO(data), "csv")
+    assert [a.line for a in parallel.accounts] == [a.line for a in single.accounts]
+    assert [(e.line, e.field, e.reason) for e in parallel.errors] == [(e.line, e.field, e.reason) for e in single.errors]
+    assert parallel.bad_records[302]["account_id"] == "acc11"  # the cross-chunk duplicate, read back for the reject file
+
+
+# --- clustering through the importer -----------------------------------------------------------
+
+def test_chains_join_and_ips_or_other_platforms_do_not(session, world):
+    run_import(session, world, tip(
+        account(1, email="chain@example.org"),
+        account(2, email="chain@example.org", phone="+61 412 000 001"),
+        account(3, phone="+61 412 000 001", username="linker"),
+        account(4, username="@Linker"),  # the same handle on the same platform, written differently
+        account(5, platform="steam", username="linker"),  # same handle, another platform: another person
+        account(6, ip_addresses="2001:db8::9", email="alone@example.org"),
+        account(7, ip_addresses="2001:db8::9"),  # a shared address says where, not who
+    ))
+    chain = holder_of(session, world, "acc1")
+    assert {holder_of(session, world, f"acc{n}").id for n in (1, 2, 3, 4)} == {chain.id}
+    assert len({holder_of(session, world, f"acc{n}").id for n in (1, 5, 6, 7)}) == 4
+    view = holder_service.view_holder(session, world.actor("c_liaison"), chain.subject_id)
+    assert {(e.kind.value, e.platform, e.value) for e in view.shared} == {
+        ("email", "", "chain@example.org"), ("phone", "", "+61412000001"), ("username", "discord", "linker")}
+    assert chain.accounts == 4 and len(view.accounts) == 4
+
+
+def test_common_identifiers_join_nobody(session, world):
+    threshold = session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
+    shared = "+44 20 7946 0999"
+    rows = [account(n, phone=shared, email=f"c{n}@example.org") for n in range(1, threshold + 2)]
+    rows.append(account(100, phone="+44 20 7946 0111", email="pair@example.org"))
+    rows.append(account(101, phone="+44 20 7946 0111"))
+    result = run_import(session, world, tip(*rows))
+    assert result.common_identifiers == 1
+    assert len(live_holders(session, world)) == threshold + 2  # the shared number joined nobody; the pair did
+    view = holder_service.view_holder(session, world.actor("c_liaison"), holder_of(session, world, "acc1").subject_id)
+    assert view.shared == [] and [(e.value, e.operation_accounts) for e in view.common] == [("+442079460999",
+                                                                                              threshold + 1)]
+
+
+def test_a_new_account_bridging_two_holders_merges_them_into_the_older(session, world):
+    run_import(session, world, tip(account(1, email="left@example.org"), account(2, username="righty", uploads_a="10")))
+    left, right = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    assert left.id < right.id and right.referral_id is not None
+    right_draft = right.referral_id
+    result = run_import(session, world, tip(account(3, email="left@example.org", username="righty")))
+    assert result.merges == [(left.id, [right.id])]
+    session.expire_all()
+    right = session.get(Holder, right.id)
+    assert right.merged_into_id == left.id and right.referral_id is None
+    assert {holder_of(session, world, f"acc{n}").id for n in (1, 2, 3)} == {left.id}
+    assert session.get(Holder, left.id).accounts == 3
+    keys = set(session.scalars(select(Subject).where(Subject.id == left.subject_id)).one().identifiers)
+    assert {i.value for i in keys} >= {"left@example.org", "righty", "acc2"}
+    assert session.get(Referral, right_draft) is None  # the emptied draft was discarded
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.holders_merge")).one()
+    assert entry.object_id == str(left.id) and str(right.id) in entry.detail
+    assert [h.id for h in live_holders(session, world)] == [left.id]
+
+
+# --- jurisdiction, routing, triage ----------------------------------------------------------------
+
+def test_conflicting_evidence_goes_to_review_and_a_person_decides(session, world):
+    run_import(session, world, tip(account(1, country_hint="AU", ip_country="NZ", email="x@example.org"),
+                                   account(2, country_hint="", ip_country="NZ", email="x@example.org"),
+                                   account(3, country_hint="AU", ip_country="AU")))
+    unsure = holder_of(session, world, "acc1")
+    assert (unsure.jurisdiction, unsure.confidence, unsure.needs_review) == ("AU", 0.5, True)
+    assert unsure.evidence == {"AU": 2, "NZ": 2}
+    lead = world.users["c_liaison"]
+    listed = holder_service.review_list(session, lead, holder_service.HolderFilters())
+    assert [h.id for h in listed.items] == [unsure.id]
+    assert holder_service.review_list(session, lead, holder_service.HolderFilters(country="NZ")).total == 0
+    assert unsure.receiver_agency_id == world.agencies["b"].id
+    decision = holder_service.set_jurisdiction(session, world.actor("c_liaison"), unsure.subject_id, "nz",
+                                               "Provider confirmed.")
+    holder = decision.holder
+    assert (holder.jurisdiction, holder.jurisdiction_source, holder.needs_review) == ("NZ", JurisdictionSource.MANUAL,
+                                                                                    False)
+    assert holder.receiver_agency_id == world.agencies["a"].id and decision.moved
+    assert session.get(Referral, holder.referral_id).receiver_agency_id == world.agencies["a"].id
+    assert holder_service.review_list(session, lead, holder_service.HolderFilters()).total == 0
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.holder_jurisdiction")).one()
+    assert '"to": "NZ"' in entry.detail and entry.user_id == lead.id
+    # A later import keeps the decision.
+    run_import(session, world, tip(account(4, email="x@example.org", country_hint="AU", ip_country="AU")))
+    session.expire_all()
+    assert session.get(Holder, holder.id).jurisdiction == "NZ"
+    with pytest.raises(Exception):
+        holder_service.set_jurisdiction(session, world.actor("b_liaison"), holder.subject_id, "AU")
+
+
+def test_routing_to_focal_points_packages_and_the_unrouted_list(session, world):
+    result = run_import(session, world, tip(
+        account(1, email="au1@example.org"), account(2, email="au2@example.org"),  # P4, AU: one package
+        account(3, email="au3@example.org", uploads_b="1"),  # P3, AU: another package
+        account(4, email="au4@example.org", uploads_a="10"),  # P2, AU: its own draft
+        account(5, country_hint="FR", ip_country="FR"),  # no focal point: the international body
+        account(6, country_hint="GB", ip_country="GB"),  # the lead agency's own country
+        account(7, country_hint="", ip_country=""),  # no evidence: review, no referral
+    ))
+    h = {n: holder_of(session, world, f"acc{n}") for n in range(1, 8)}
+    b, i = world.agencies["b"].id, world.agencies["i"].id
+    assert h[1].referral_id == h[2].referral_id and h[1].packaged
+    assert len({h[1].referral_id, h[3].referral_id, h[4].referral_id}) == 3
+    package = session.get(Referral, h[1].referral_id)
+    assert (package.receiver_agency_id, package.priority, package.status, package.jurisdiction) == (b, Priority.P4,
+                                                                                                   Status.DRAFT, "AU")
+    assert package.sender_agency_id == world.agencies["c"].id and package.operation_id == world.operation.id
+    assert session.scalar(select(func.count()).select_from(referral_subjects).where(
+        referral_subjects.c.referral_id == package.id)) == 2
+    own = session.get(Referral, h[4].referral_id)
+    assert (own.priority, own.grade_a, h[4].packaged) == (Priority.P2, 10, False)
+    assert [e.action for e in own.events] == ["create"]
+    assert (h[5].routing, h[5].receiver_agency_id) == (HolderRouting.INTERNATIONAL, i)
+    assert (h[6].routing, h[6].referral_id) == (HolderRouting.OWN_AGENCY, None)
+    assert (h[7].routing, h[7].referral_id, h[7].needs_review) == (HolderRouting.UNPLACED, None, True)
+    assert len(result.routing.created) == 4
+    summary, page = holder_service.unrouted(session, world.users["c_manager"], holder_service.HolderFilters())
+    assert [(u.country, u.holders, u.receiver) for u in summary] == [("FR", 1, "Intl Bureau")]
+    assert [x.id for x in page.items] == [h[5].id]
+    creates = session.scalars(select(AuditEntry).where(AuditEntry.action == "referral.create")).all()
+    assert len(creates) == 4 and audit.verify(session).ok
+
+
+def test_without_an_international_body_a_country_with_no_focal_point_has_no_receiver(session, world):
+    world.agencies["i"].kind = AgencyKind.GOVERNMENT
+    world.agencies["i"].country_code = "US"
+    session.flush()
+    run_import(session, world, tip(account(1, country_hint="FR", ip_country="FR")))
+    holder = holder_of(session, world, "acc1")
+    assert (holder.routing, holder.referral_id) == (HolderRouting.NO_RECEIVER, None)
+    summary, _ = holder_service.unrouted(session, world.users["c_liaison"], holder_service.HolderFilters())
+    assert [(u.country, u.receiver) for u in summary] == [("FR", None)]
+
+
+def test_a_holder_triaged_p1_gets_its_own_referral_with_the_24_hour_clock(session, world):
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    assert first.priority is Priority.P3 and first.referral_id == second.referral_id  # one P3 package
+    package_id = first.referral_id
+    decision = holder_service.set_risk_flags(session, world.actor("c_liaison"), first.subject_id,
+                                             {"risk_access_to_children": True})
+    holder = decision.holder
+    assert holder.priority is Priority.P1 and not holder.packaged and holder.referral_id != package_id
+    own = session.get(Referral, holder.referral_id)
+    assert (own.priority, own.risk_access_to_children, own.grade_a) == (Priority.P1, True, 1)
+    package = session.get(Referral, package_id)
+    assert (package.grade_a, package.grade_b) == (0, 2)  # what is left in the package
+    assert package.events[-1].action == "edit"
+    sent = referrals.transition(session, world.actor("c_liaison"), own.id, "send", None)
+    assert sent.acknowledge_due - sent.sent_at == timedelta(hours=24)
+    # A decision after sending changes the holder's triage, not where the referral went.
+    later = holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "NZ")
+    assert later.stays_sent is not None and later.holder.referral_id == own.id
+
+
+# --- access ------------------------------------------------------------------------------------
+
+def test_only_the_lead_agency_and_the_receivers_see_holders_and_tips(session, world):
+    run_import(session, world, tip(account(1, email="seen@example.org")))
+    holder = holder_of(session, world, "acc1")  # AU: a draft to agency b
+    assert get_visible_holder(session, world.users["c_viewer"], holder.subject_id).id == holder.id
+    assert get_visible_holder(session, world.users["b_viewer"], holder.subject_id).id == holder.id
+    with pytest.raises(NotFound):
+        get_visible_holder(session, world.users["a_manager"], holder.subject_id)
+    assert session.scalars(visible_holders(world.users["a_admin"])).all() == []
+    assert session.scalars(visible_tips(world.users["b_manager"])).all() == []
+    assert len(session.scalars(visible_tips(world.users["c_viewer"])).all()) == 1
+    from app.services import Forbidden
+
+    with pytest.raises(Forbidden):  # b sees the holder, but only the lead agency decides
+        holder_service.set_jurisdiction(session, world.actor("b_liaison"), holder.subject_id, "NZ")
+    with pytest.raises(Forbidden):  # the receiving agency cannot import into another's operation
+        import_tip(session, world.actor("b_liaison"), world.operation.id, tip(account(2)), "t.csv")
+    with pytest.raises(NotFound):  # an agency with nothing in the operation does not learn it exists
+        import_tip(session, world.actor("a_liaison"), world.operation.id, tip(account(2)), "t.csv")
+    with pytest.raises(Forbidden):  # the lead agency's viewers read, they do not import
+        import_tip(session, world.actor("c_viewer"), world.operation.id, tip(account(2)), "t.csv")
+
+
+# --- the scenario ------------------------------------------------------------------------------
+
+def _scenario_facts(session) -> tuple:
+    """The scenario's referrals and holders (the basic demo under it is dated from the clock)."""
+    from app.demo.operation_h import OPERATION_CODE
+
+    scenario = select(Operation.id).where(Operation.code == OPERATION_CODE).scalar_subquery()
+    return (
+        tuple(session.execute(select(Referral.reference, Referral.status, Referral.priority, Referral.jurisdiction,
+                                     Referral.sent_at, Referral.acknowledged_at, Referral.closed_at)
+                              .where(Referral.operation_id == scenario).order_by(Referral.id)).all()),
+        tuple(session.execute(select(Holder.number, Holder.jurisdiction, Holder.priority, Holder.routing)
+                              .order_by(Holder.number)).all()),
+    )
+
+
+def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app, session):
+    from app.demo import operation_h
+    from tests.conftest import _empty_all_tables
+
+    passwords = any_app.extensions["handoff_passwords"]
+    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    summary = operation_h.load_scenario(session, passwords, scale=0.01, seed=11, now=now)
+    session.commit()
+    assert summary.accounts == 1530
+    assert 800 <= summary.holders <= 1000  # about 90,000 x 0.01
+    assert summary.holder_countries >= 120 and summary.receiving_countries >= 100  # 130 in the tip
+    assert summary.investigations == round(836 * 0.01)
+    assert summary.children_safeguarded == round(146 * 0.01)
+    assert summary.referrals.get("draft", 0) < sum(summary.referrals.values()) / 10
+    assert {"sent", "acknowledged", "accepted", "declined"} <= set(summary.referrals)
+    assert summary.countries_without_focal_point > 0
+    operation = session.scalars(select(Operation).where(Operation.code == operation_h.OPERATION_CODE)).one()
+    in_scenario = select(Referral).where(Referral.operation_id == operation.id)
+    sent = session.scalars(in_scenario.where(Referral.sent_at.is_not(None))).all()
+    assert sent and all(now - timedelta(days=731) <= r.sent_at <= now for r in sent)
+    for r in session.scalars(in_scenario.where(Referral.accepted_at.is_not(None))):
+        assert r.created_at <= r.sent_at < r.acknowledged_at < r.accepted_at
+        assert [e.action for e in r.events if e.action != "edit"][:4] == ["create", "send", "acknowledge", "accept"]
+    assert audit.verify(session).ok
+    facts = _scenario_facts(session)
+    session.close()
+    _empty_all_tables(session.get_bind())
+    operation_h.load_scenario(session, passwords, scale=0.01, seed=11, now=now)
+    session.commit()
+    assert _scenario_facts(session) == facts
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_world, tmp_path):
+    runner = app.test_cli_runner()
+    path = tmp_path / "tip.csv"
+    path.write_bytes(tip(account(1, email="cli@example.org"), account(2, email="broken"), account(3)))
+    refused = runner.invoke(args=["import-tip", str(path), "--operation", "lantern"])
+    assert refused.exit_code != 0
+    assert "line 3: email: not a valid e-mail address" in refused.output and "Nothing was imported" in refused.output
+    rejects = tmp_path / "rejects.csv"
+    done = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid",
+                               "--reject-file", str(rejects), "--as", "liaison.c@example.org"])
+    assert done.exit_code == 0, done.output
+    assert "Validating rows" in done.output and "2 new accounts" in done.output and "1 rejected" in done.output
+    assert [r["line"] for r in csv.DictReader(rejects.open(encoding="utf-8"))] == ["3"]
+    other = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--as", "liaison.b@example.org"])
+    assert other.exit_code != 0 and "lead agency" in other.output
+    missing = runner.invoke(args=["import-tip", str(path), "--operation", "NOPE"])
+    assert missing.exit_code != 0 and "No operation" in missing.output
+    with app.app_context():
+        from app.extensions import db
+
+        entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).one()
+        assert entry.user_id == web_world.users["c_liaison"].id
+
+
+def test_demo_command_loads_the_operation_h_scenario(app):
+    result = app.test_cli_runner().invoke(args=["demo", "--scenario", "operation-h", "--scale", "0.01", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "Operation H scenario loaded (scale 0.01, seed 3)" in result.output
+    assert "1,530 accounts" in result.output and "liaison.nz@handoff.example" in result.output

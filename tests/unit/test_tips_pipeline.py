@@ -1,0 +1,147 @@
+"""The pure steps of the tip pipeline: reading and validating rows, clustering accounts into
+holders, placing holders in a jurisdiction, and the triage rule."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from app.models import Priority
+from app.services.tips import clustering, jurisdiction, reader
+from app.services.triage import RiskProfile, priority
+
+HEADER = ",".join(reader.FIELDS)
+
+
+def _csv(*rows: str, bom: bool = False, crlf: bool = False) -> io.BytesIO:
+    newline = "\r\n" if crlf else "\n"
+    text = newline.join([HEADER, *rows]) + newline
+    return io.BytesIO((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+
+
+GOOD = "instagram,1001,alice.w,alice@example.org,+64 21 555 0101,192.0.2.1;2001:db8::1,New Zealand,NZ,1,2,3,2020-01-05,2020-03-01T10:00:00Z"
+
+
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_reads_csv_with_or_without_bom_and_crlf(bom, crlf):
+    result = reader.read(_csv(GOOD, bom=bom, crlf=crlf), "csv")
+    assert result.errors == [] and len(result.accounts) == 1
+    account = result.accounts[0]
+    assert account.platform == "instagram" and account.country_hint == "NZ"
+    assert (account.uploads_a, account.uploads_b, account.uploads_c) == (1, 2, 3)
+    assert [i.kind.value for i in account.identifiers] == ["account_id", "username", "email", "phone", "ip", "ip"]
+    assert account.identifiers[3].value == "+64215550101"
+    assert account.last_seen.isoformat() == "2020-03-01T10:00:00+00:00"
+
+
+def test_reads_json_lines_with_the_same_fields():
+    record = dict(zip(reader.FIELDS, GOOD.split(",")))
+    record["ip_addresses"] = ["192.0.2.1", "2001:db8::1"]
+    record["uploads_a"] = 1
+    result = reader.read(io.BytesIO((json.dumps(record) + "\n\n").encode()), "jsonl")
+    assert result.errors == [] and result.accounts[0].ip_addresses == ["192.0.2.1", "2001:db8::1"]
+
+
+@pytest.mark.parametrize("row, field, reason", [
+    (",1002,,,,,,,,,,,", "platform", "missing"),
+    ("myspace-ish,1002,,,,,,,,,,,", "platform", "unknown platform"),
+    ("instagram,,,,,,,,,,,,", "account_id", "missing"),
+    ("instagram,1002,,,,,Atlantis,,,,,,", "country_hint", "unknown country"),
+    ("instagram,1002,,,,,,XX,,,,,", "ip_country", "unknown country code"),
+    ("instagram,1002,,not-an-email,,,,,,,,,", "email", "e-mail"),
+    ("instagram,1002,,,call me,,NZ,,,,,,", "phone", ""),
+    ("instagram,1002,,,,999.1.1.1,,,,,,,", "ip_addresses", ""),
+    ("instagram,1002,,,,,,,-1,,,,", "uploads_a", "negative"),
+    ("instagram,1002,,,,,,,,two,,,", "uploads_b", "whole number"),
+    ("instagram,1002,,,,,,,,,,yesterday,", "first_seen", "ISO 8601"),
+    ("instagram,1002,,,,,,,,,,2021-01-01,2020-01-01", "last_seen", "earlier"),
+])
+def test_every_bad_row_names_line_field_and_reason(row, field, reason):
+    result = reader.read(_csv(GOOD, row), "csv")
+    assert len(result.accounts) == 1
+    assert [(e.line, e.field) for e in result.errors] == [(3, field)]
+    assert reason.lower() in result.errors[0].reason.lower()
+
+
+def test_duplicate_account_in_the_file_is_reported():
+    result = reader.read(_csv(GOOD, GOOD.replace("1001", " 1001 ")), "csv")
+    assert [(e.line, e.field) for e in result.errors] == [(3, "account_id")]
+    assert "line 2" in result.errors[0].reason
+
+
+def test_missing_header_column_is_reported():
+    result = reader.read(io.BytesIO(b"username,email\nx,y@example.org\n"), "csv")
+    assert result.errors[0].field == "platform,account_id" and result.accounts == []
+
+
+def test_bad_json_line_is_reported_and_the_rest_read():
+    good = json.dumps(dict(zip(reader.FIELDS, GOOD.split(","))))
+    result = reader.read(io.BytesIO(f"{good}\n{{broken\n[1,2]\n".encode()), "jsonl")
+    assert len(result.accounts) == 1 and [e.line for e in result.errors] == [2, 3]
+
+
+# --- clustering --------------------------------------------------------------------------
+
+def test_chains_of_shared_identifiers_make_one_holder():
+    # 0-1 share an e-mail, 1-2 a phone, 2-3 a username: one holder; 4 is alone.
+    keys = [{"e1"}, {"e1", "p1"}, {"p1", "u1"}, {"u1"}, {"e9"}]
+    assert clustering.cluster(keys) == [0, 0, 0, 0, 4]
+
+
+def test_common_identifiers_do_not_join_holders():
+    keys = [{"shared-test-number", "e1"}, {"shared-test-number", "e2"}, {"e2"}]
+    assert clustering.cluster(keys, common={"shared-test-number"}) == [0, 1, 1]
+    assert clustering.cluster(keys) == [0, 0, 0]
+
+
+def test_clustering_does_not_depend_on_order_beyond_labels():
+    keys = [{"a"}, {"b"}, {"a", "b"}, {"c"}]
+    labels = clustering.cluster(keys)
+    assert labels[0] == labels[1] == labels[2] != labels[3]
+
+
+# --- jurisdiction ------------------------------------------------------------------------
+
+def test_agreeing_evidence_gives_full_confidence():
+    placement = jurisdiction.place([("NZ", "NZ"), (None, "NZ")])
+    assert (placement.country, placement.confidence, placement.needs_review) == ("NZ", 1.0, False)
+
+
+def test_conflicting_evidence_is_weighed_and_listed_for_review():
+    placement = jurisdiction.place([("AU", "NZ"), (None, "NZ"), (None, "NZ")])
+    # AU: one hint (2); NZ: three IPs (3)
+    assert placement.country == "NZ" and placement.confidence == 0.6 and placement.needs_review
+    assert placement.evidence == {"AU": 2, "NZ": 3}
+
+
+def test_ties_are_broken_the_same_way_every_time():
+    assert jurisdiction.place([("GB", None), ("FR", None)]).country == "FR"
+    assert jurisdiction.place([("FR", None), ("GB", None)]).country == "FR"
+
+
+def test_no_evidence_means_no_jurisdiction_and_review():
+    placement = jurisdiction.place([(None, None)])
+    assert placement.country is None and placement.needs_review
+
+
+# --- triage ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile, expected", [
+    (RiskProfile(plans_to_meet=True), Priority.P1),
+    (RiskProfile(contact_offending=True), Priority.P1),
+    (RiskProfile(access_to_children=True, grade_a=1), Priority.P1),
+    (RiskProfile(access_to_children=True), Priority.P2),
+    (RiskProfile(position_of_authority=True), Priority.P2),
+    (RiskProfile(previous_convictions=True, grade_c=3), Priority.P2),
+    (RiskProfile(grade_a=10), Priority.P2),
+    (RiskProfile(grade_a=9), Priority.P3),
+    (RiskProfile(grade_b=1), Priority.P3),
+    (RiskProfile(grade_c=50), Priority.P3),
+    (RiskProfile(grade_c=49), Priority.P4),
+    (RiskProfile(), Priority.P4),
+])
+def test_triage_rule(profile, expected):
+    assert priority(profile) is expected

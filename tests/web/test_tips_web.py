@@ -1,0 +1,207 @@
+"""The tip pages through the browser, CSRF on: the upload (what it refuses and how it reports bad
+rows), the holder lists and page, the lead agency's decisions, and who sees what."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import re
+
+import pytest
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import AuditEntry, Holder, Referral, Tip, TipAccount
+from app.services.tips import reader
+from tests.conftest import Browser, csrf_token_from
+from tests.unit.test_tips_import import account, tip
+
+LEAD = "liaison.c@example.org"  # Charlie Customs leads LANTERN in the test world
+
+
+def _login(app, email: str) -> Browser:
+    browser = Browser(app.test_client())
+    assert browser.login(email).status_code == 302
+    return browser
+
+
+def _upload(browser: Browser, operation_id: int, data: bytes, name: str = "tip.csv", skip: bool = False,
+            content_type: str = "text/csv"):
+    token = csrf_token_from(browser.get("/tips/import").get_data(as_text=True))
+    form = {"csrf_token": token, "operation": str(operation_id), "file": (io.BytesIO(data), name, content_type)}
+    if skip:
+        form["skip_invalid"] = "y"
+    return browser.client.post("/tips/import", data=form, content_type="multipart/form-data")
+
+
+def _count(app, model) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def _holder_subject(app, account_key: str) -> int:
+    with app.app_context():
+        return db.session.scalar(select(Holder.subject_id).join(TipAccount, TipAccount.holder_id == Holder.id)
+                                 .where(TipAccount.account_key == account_key))
+
+
+GOOD = tip(account(1, email="w1@example.org"), account(2, email="w1@example.org", phone="+61 412 000 002"),
+           account(3, country_hint="AU", ip_country="NZ", email="w3@example.org"))
+
+
+def test_a_liaison_officer_of_the_lead_agency_imports_a_tip(app, web_world):
+    browser = _login(app, LEAD)
+    page = browser.get("/tips/import").get_data(as_text=True)
+    assert 'enctype="multipart/form-data"' in page and "LANTERN" in page
+    assert 'href="/tips/"' in browser.get("/referrals").get_data(as_text=True)  # the nav link
+    response = _upload(browser, web_world.operation.id, GOOD)
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200, text
+    assert "Imported into LANTERN" in text and "New account holders</dt><dd>2" in text
+    assert _count(app, TipAccount) == 3 and _count(app, Tip) == 1
+    holders = browser.get("/tips/holders").get_data(as_text=True)
+    assert "H-000001" in holders and "H-000002" in holders
+    overview = browser.get("/tips/").get_data(as_text=True)
+    assert "tip.csv" in overview and "LANTERN" in overview
+    # The same file again: nothing twice.
+    again = _upload(browser, web_world.operation.id, GOOD)
+    assert again.status_code == 200 and "Accounts already known</dt><dd>3" in again.get_data(as_text=True)
+    assert _count(app, TipAccount) == 3 and _count(app, Holder) == 2
+
+
+def test_the_upload_needs_the_csrf_token(app, web_world):
+    browser = _login(app, LEAD)
+    response = browser.client.post("/tips/import", data={
+        "operation": str(web_world.operation.id), "file": (io.BytesIO(GOOD), "tip.csv")},
+        content_type="multipart/form-data")
+    assert response.status_code == 400 and _count(app, Tip) == 0
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde"
+
+
+@pytest.mark.parametrize("data, name, content_type, message", [
+    (PNG, "picture.png", "image/png", "CSV or JSON Lines file"),  # refused by its name
+    (PNG, "tip.csv", "text/csv", "PNG image"),  # refused by its content
+    (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", "clip.csv", "text/csv", "video"),
+    (GOOD.replace(b"w1@example.org", b"w\xe9@example.org"), "tip.csv", "text/csv", "not UTF-8 text"),
+    (b"platform,account_id\n", "tip.csv", "text/csv", "no rows"),
+])
+def test_images_video_binary_and_non_utf8_files_are_refused(app, web_world, data, name, content_type, message):
+    browser = _login(app, LEAD)
+    response = _upload(browser, web_world.operation.id, data, name=name, content_type=content_type)
+    assert response.status_code == 422
+    assert message in response.get_data(as_text=True)
+    assert _count(app, Tip) == 0 and _count(app, TipAccount) == 0
+
+
+def test_bad_rows_are_listed_with_line_field_and_reason_and_nothing_is_written(app, web_world):
+    browser = _login(app, LEAD)
+    data = tip(account(1), account(2, email="not-an-email"), account(3, uploads_a="-4"))
+    response = _upload(browser, web_world.operation.id, data)
+    text = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "Nothing was imported" in text
+    assert re.search(r"<td>3</td><td>email</td><td>not a valid e-mail address", text)
+    assert re.search(r"<td>4</td><td>uploads_a</td><td>cannot be negative</td>", text)
+    assert _count(app, TipAccount) == 0
+    # Skipping them: the good row is imported and the reject file is offered at once.
+    response = _upload(browser, web_world.operation.id, data, skip=True)
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200 and _count(app, TipAccount) == 1
+    link = re.search(r'href="data:text/csv;charset=utf-8;base64,([A-Za-z0-9+/=]+)" download="tip-rejects.csv"', text)
+    assert link, text
+    rows = list(csv.DictReader(io.StringIO(base64.b64decode(link.group(1)).decode("utf-8"))))
+    assert list(rows[0])[-3:] == ["line", "field", "reason"] and list(rows[0])[:len(reader.FIELDS)] == list(reader.FIELDS)
+    assert [(r["line"], r["field"], r["email"]) for r in rows] == [("3", "email", "not-an-email"),
+                                                                   ("4", "uploads_a", "")]
+
+
+def test_a_file_over_the_size_limit_gets_a_friendly_413(app, web_world):
+    app.config["MAX_CONTENT_LENGTH"] = 4096
+    browser = _login(app, LEAD)
+    response = _upload(browser, web_world.operation.id, tip(*(account(n) for n in range(200))))
+    assert response.status_code == 413
+    assert "too large to accept" in response.get_data(as_text=True)
+    assert _count(app, Tip) == 0
+
+
+def test_viewers_and_other_agencies_cannot_import(app, web_world):
+    assert _login(app, "viewer.c@example.org").get("/tips/import").status_code == 403
+    other = _login(app, "liaison.a@example.org")
+    page = other.get("/tips/import").get_data(as_text=True)
+    assert "leads no operation" in page
+    response = _upload(other, web_world.operation.id, GOOD)  # not a choice on its form
+    assert response.status_code == 422 and _count(app, Tip) == 0
+
+
+def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world):
+    assert _upload(_login(app, LEAD), web_world.operation.id, GOOD).status_code == 200
+    subject_id = _holder_subject(app, "acc1")  # AU: a draft to Bravo Police
+    lead = _login(app, "viewer.c@example.org")
+    page = lead.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    assert "w1@example.org" in page and "+61412000002" in page and "What joined the accounts" in page
+    assert "Set the jurisdiction" not in page  # a viewer reads, does not decide
+    receiver = _login(app, "manager.b@example.org")
+    assert receiver.get(f"/tips/holders/{subject_id}").status_code == 200
+    outsider = _login(app, "manager.a@example.org")
+    assert outsider.get(f"/tips/holders/{subject_id}").status_code == 404
+    assert "H-000001" not in outsider.get("/tips/holders").get_data(as_text=True)
+    assert "tip.csv" not in outsider.get("/tips/").get_data(as_text=True)
+    assert "H-00000" not in outsider.get("/tips/review").get_data(as_text=True)
+    token = csrf_token_from(outsider.get("/account").get_data(as_text=True))
+    post = outsider.client.post(f"/tips/holders/{subject_id}/jurisdiction", data={"csrf_token": token, "country": "NZ"})
+    assert post.status_code == 404
+    token = csrf_token_from(receiver.get("/account").get_data(as_text=True))
+    post = receiver.client.post(f"/tips/holders/{subject_id}/risk", data={"csrf_token": token,
+                                                                          "risk_plans_to_meet": "y"})
+    assert post.status_code == 403  # the receiver sees the holder; only the lead agency decides
+    with app.app_context():
+        views = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.holder_view")).all()
+        assert len(views) == 2
+
+
+def test_the_review_list_and_a_decision_from_it(app, web_world):
+    browser = _login(app, LEAD)
+    assert _upload(browser, web_world.operation.id, GOOD).status_code == 200
+    subject_id = _holder_subject(app, "acc3")  # AU hint, NZ address: a tie
+    page = browser.get("/tips/review").get_data(as_text=True)
+    assert f"/tips/holders/{subject_id}" in page and "AU 2, NZ 1" in page  # the weighed evidence
+    token = csrf_token_from(page)
+    response = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction",
+                                   data={"csrf_token": token, "country": "NZ", "back": "review"})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/tips/review")
+    assert f"/tips/holders/{subject_id}" not in browser.get("/tips/review").get_data(as_text=True)
+    with app.app_context():
+        holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject_id))
+        assert holder.jurisdiction == "NZ" and holder.receiver_agency_id == web_world.agencies["a"].id
+    bad = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction", data={"csrf_token": token, "country": "XX"})
+    assert bad.status_code == 422
+
+
+def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
+    browser = _login(app, LEAD)
+    data = tip(account(1, email="r1@example.org", uploads_a="1"), account(2, email="r2@example.org", uploads_b="1"))
+    assert _upload(browser, web_world.operation.id, data).status_code == 200
+    subject_id = _holder_subject(app, "acc1")
+    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    response = browser.client.post(f"/tips/holders/{subject_id}/risk", data={
+        "csrf_token": csrf_token_from(page), "risk_access_to_children": "y"})
+    assert response.status_code == 303
+    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    assert "now P1" in page and "Access to children" in page
+    with app.app_context():
+        holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject_id))
+        referral = db.session.get(Referral, holder.referral_id)
+        assert referral.priority.value == "P1" and not holder.packaged
+
+
+def test_unrouted_page_lists_countries_without_a_focal_point(app, web_world):
+    browser = _login(app, LEAD)
+    data = tip(account(1, country_hint="FR", ip_country="FR"), account(2, country_hint="BR", ip_country="BR"))
+    assert _upload(browser, web_world.operation.id, data).status_code == 200
+    page = browser.get("/tips/unrouted").get_data(as_text=True)
+    assert "France" in page and "Brazil" in page and "Intl Bureau" in page
+    filtered = browser.get("/tips/unrouted?country=FR").get_data(as_text=True)
+    assert "H-000001" in filtered and "H-000002" not in filtered
