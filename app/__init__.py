@@ -7,14 +7,13 @@ from typing import Any
 
 from flask import Flask
 
-from config import config_class
+from config import config_class, load
 
 
 def create_app(test_config: dict[str, Any] | None = None, config_name: str | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_object(config_class(config_name))
-    if test_config:
-        app.config.update(test_config)
+    load(app.config, test_config)
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config.get("DATABASE_URL"):
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "handoff.db")
@@ -31,40 +30,53 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
 
 
 def register_extensions(app: Flask) -> None:
-    from app.extensions import csrf, db, login_manager
+    from app.extensions import csrf, db, limiter, login_manager
+    from app.services.security import Policy, resume_session
     from app.services.users import Passwords
 
     db.init_app(app)
+    # Services stay free of Flask: they read deconfliction settings (match key secret,
+    # thresholds) from the configuration attached to every session of this app.
+    app.extensions["handoff_db"]["sessionmaker"].configure(info={"config": app.config})
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please sign in."
     login_manager.session_protection = "strong"
+    limiter.init_app(app)
     app.extensions["handoff_passwords"] = Passwords(
         app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST"], app.config["ARGON2_PARALLELISM"]
     )
+    app.extensions["handoff_security_policy"] = Policy.from_config(app.config)
 
     @login_manager.user_loader
-    def load_user(user_id: str):
-        from app.models import User
-
-        user = db.session.get(User, int(user_id)) if user_id.isdigit() else None
-        return user if user is not None and user.is_active else None
+    def load_user(session_token: str):
+        # Flask-Login keeps the server-side session token, not the user id: a revoked,
+        # idle or expired session signs the browser out on its next request.
+        return resume_session(db.session, app.extensions["handoff_security_policy"], session_token)
 
 
 def register_blueprints(app: Flask) -> None:
     from app.web.admin import bp as admin_bp
     from app.web.auth import bp as auth_bp
     from app.web.errors import register_error_handlers
+    from app.web.hits import bp as hits_bp
     from app.web.referrals import bp as referrals_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(referrals_bp)
+    app.register_blueprint(hits_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
+    from app.web.dashboards import bp as dashboards_bp
+    app.register_blueprint(dashboards_bp, url_prefix="/dashboards")
+    from app.web.tips import bp as tips_bp
+    app.register_blueprint(tips_bp, url_prefix="/tips")
     register_error_handlers(app)
 
 
 def register_request_hooks(app: Flask) -> None:
+    from flask import request
+
     from app.extensions import db
 
     @app.after_request
@@ -73,6 +85,25 @@ def register_request_hooks(app: Flask) -> None:
         # (4xx/5xx) leave the session to be rolled back at teardown.
         if response.status_code < 400:
             db.commit_request()
+        return response
+
+    @app.after_request
+    def security_headers(response):
+        headers = response.headers
+        headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        )
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if app.config.get("HSTS"):
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        if not request.path.startswith("/static/"):
+            # Pages hold case data: no copies in shared or browser caches.
+            headers.setdefault("Cache-Control", "no-store")
         return response
 
 

@@ -19,6 +19,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo_command)
     app.cli.add_command(users_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(import_tip_command)
 
 
 def upgrade_database(url: str) -> None:
@@ -39,8 +40,14 @@ def migrate_command() -> None:
 
 @click.command("demo")
 @click.option("--if-empty", is_flag=True, help="Do nothing when agencies exist already.")
+@click.option("--scenario", type=click.Choice(["basic", "operation-h"]), default="basic", show_default=True,
+              help="basic: about 30 referrals; operation-h: a provider tip at the real operation's scale, "
+                   "imported and handed off over two years.")
+@click.option("--scale", type=click.FloatRange(min=0.0001, max=10.0), default=1.0, show_default=True,
+              help="operation-h: scale every count (0.01 loads in seconds).")
+@click.option("--seed", type=int, default=2019, show_default=True, help="operation-h: random seed.")
 @with_appcontext
-def demo_command(if_empty: bool) -> None:
+def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, seed: int = 2019) -> None:
     """Load the demo: agencies in several countries, users of every role, about 30 referrals."""
     from app.demo import DEMO_PASSWORD, load_demo
 
@@ -51,6 +58,13 @@ def demo_command(if_empty: bool) -> None:
     elif has_data:
         click.echo("The database is not empty; the demo loads into an empty database only.", err=True)
         sys.exit(1)
+    elif scenario == "operation-h":
+        from app.demo.operation_h import load_scenario
+
+        summary = load_scenario(session, current_app.extensions["handoff_passwords"], scale=scale, seed=seed,
+                                progress=_stage_printer())
+        session.commit()
+        click.echo(summary.report())
     else:
         load_demo(session, current_app.extensions["handoff_passwords"])
         session.commit()
@@ -63,6 +77,18 @@ def demo_command(if_empty: bool) -> None:
 
 
 users_cli = AppGroup("users", help="Manage user accounts.")
+
+
+@users_cli.command("disable-inactive")
+def users_disable_inactive() -> None:
+    """Disable accounts unused for longer than HANDOFF_INACTIVE_ACCOUNT_DAYS (run daily)."""
+    from app.services import security
+
+    disabled = security.disable_inactive(db.session, current_app.extensions["handoff_security_policy"])
+    db.session.commit()
+    click.echo(f"Disabled {len(disabled)} inactive account(s).")
+    for user in disabled:
+        click.echo(f"  {user.email}")
 
 
 @users_cli.command("create")
@@ -91,6 +117,19 @@ def users_create(email: str, name: str, role: str, agency_name: str, password: s
 audit_cli = AppGroup("audit", help="The audit trail.")
 
 
+@audit_cli.command("prune")
+def audit_prune() -> None:
+    """Delete entries older than the retention period (HANDOFF_AUDIT_RETENTION_DAYS)."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    days = current_app.config["AUDIT_RETENTION_DAYS"]
+    removed = audit.prune(db.session, utcnow() - timedelta(days=days))
+    db.session.commit()
+    click.echo(f"Removed {removed} entries older than {days} days; the chain is re-anchored.")
+
+
 @audit_cli.command("verify")
 def audit_verify() -> None:
     """Check the whole hash chain; name the first broken entry."""
@@ -101,3 +140,115 @@ def audit_verify() -> None:
         click.echo(f"Audit trail BROKEN at entry {result.first_broken_seq}: {result.reason} "
                    f"({result.checked} entries verified before it).", err=True)
         sys.exit(1)
+
+
+# --- provider tips ----------------------------------------------------------------------------
+
+def _stage_printer():
+    """A progress callback for the tip pipeline: a bar while rows are validated, then one line
+    per stage with its count."""
+    state: dict = {}
+    labels = {"cluster": "Clustering {total:,} accounts into holders", "route": "Placing, triaging and routing "
+              "{total:,} holders", "write": "Writing {total:,} new accounts", "match": "Deconfliction matching",
+              "simulate": "Simulating handoffs of {total:,} referrals"}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "validate":
+            bar = state.get("bar")
+            if bar is None:
+                bar = state["bar"] = click.progressbar(length=max(total, 1), label="Validating rows",
+                                                       file=sys.stdout, show_percent=True)
+                bar.__enter__()
+                state["done"] = 0
+            bar.update(done - state["done"])
+            state["done"] = done
+            if done >= total:
+                bar.__exit__(None, None, None)
+                state.pop("bar")
+            return
+        if done == 0 and state.get("stage") != stage:
+            state["stage"] = stage
+            click.echo(labels.get(stage, stage).format(total=total) + " ...")
+
+    return progress
+
+
+@click.command("import-tip")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--operation", "operation_code", required=True, help="The operation's code.")
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows; the bad ones go to the reject file.")
+@click.option("--reject-file", type=click.Path(dir_okay=False, writable=True),
+              help="Write the bad rows here (CSV: the original columns, then line, field, reason).")
+@click.option("--as", "as_email", help="Import as this user (a liaison officer or manager of the lead agency); "
+                                       "without it the import runs as the system for the lead agency.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes validating rows (default: one per core).")
+@with_appcontext
+def import_tip_command(file: str, operation_code: str, skip_invalid: bool, reject_file: str | None,
+                       as_email: str | None, workers: int | None) -> None:
+    """Import a provider tip (CSV or JSON Lines; docs/tip-format.md) into an operation."""
+    import os
+    import time
+
+    from sqlalchemy import select
+
+    from app.models import Operation, User
+    from app.services import Forbidden, NotFound
+    from app.services.audit import Actor
+    from app.services.tips import importer
+
+    session = db.session
+    operation = session.scalar(select(Operation).where(Operation.code == operation_code.strip().upper()))
+    if operation is None:
+        raise click.ClickException(f"No operation with the code {operation_code!r}.")
+    actor = Actor(None, "cli")
+    if as_email:
+        user = session.scalar(select(User).where(User.email == as_email.strip().lower()))
+        if user is None or not user.is_active:
+            raise click.ClickException(f"No active user {as_email!r}.")
+        actor = Actor(user, "cli")
+    with open(file, "rb") as handle:
+        data = handle.read()
+    click.echo(f"{os.path.basename(file)}: {len(data):,} bytes, operation {operation.code} "
+               f"(lead agency {operation.lead_agency.name}).")
+    started = time.perf_counter()
+    try:
+        result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
+                                     workers=workers, progress=_stage_printer())
+    except importer.TipRejected as exc:
+        session.rollback()
+        _print_row_errors(exc.errors)
+        if reject_file and exc.reject_csv:
+            _write_reject_file(reject_file, exc.reject_csv)
+        raise click.ClickException(exc.message + ("" if reject_file else " (--reject-file PATH writes the bad rows)"))
+    except (NotFound, Forbidden, DomainError) as exc:
+        session.rollback()
+        raise click.ClickException(exc.message) from exc
+    session.commit()
+    if result.errors:
+        _print_row_errors(result.errors)
+        if reject_file:
+            _write_reject_file(reject_file, result.reject_csv)
+        else:
+            click.echo(f"{result.rejected:,} invalid rows were skipped; --reject-file PATH would have kept them.")
+    merged = sum(len(absorbed) for _, absorbed in result.merges)
+    click.echo(
+        f"Imported in {time.perf_counter() - started:.1f} s: {result.rows:,} rows, {result.rejected:,} rejected; "
+        f"{result.new_accounts:,} new accounts ({result.known_accounts:,} already known); "
+        f"{result.new_holders:,} new holders, {result.joined_holders:,} joined by new accounts, {merged:,} merged; "
+        f"{result.common_identifiers:,} common identifiers; {len(result.routing.created):,} draft referrals created, "
+        f"{len(result.routing.changed):,} updated; "
+        f"{len(result.hits.created) if result.hits else 0:,} new deconfliction hits."
+    )
+
+
+def _print_row_errors(errors, limit: int = 50) -> None:
+    for error in errors[:limit]:
+        click.echo(f"  {error}", err=True)
+    if len(errors) > limit:
+        click.echo(f"  ... and {len(errors) - limit:,} more", err=True)
+
+
+def _write_reject_file(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+    click.echo(f"Reject file written: {path}")

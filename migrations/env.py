@@ -39,8 +39,10 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
+        # user_module_prefix="" renders app types as bare names (UTCDateTime()), which the
+        # revision template imports.
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True, compare_type=True)
+                          render_as_batch=True, compare_type=True, user_module_prefix="")
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -7,14 +7,14 @@ so the demo exercises the real lifecycle. New scenarios add a module beside this
 from __future__ import annotations
 
 import random
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import AgencyKind, Operation, Priority, Role, User
-from app.services import directory, referrals
+from app.services import directory, referrals, subjects
 from app.services.audit import SYSTEM, Actor
 from app.services.users import Passwords, create_user
 
@@ -116,6 +116,7 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
         summary=PLACEHOLDER_SUMMARY,
     )
     referral = referrals.create_draft(session, sender_actor, data)
+    _demo_subject(session, rng, sender_actor, referral.id)
     # History starts between 2 and 90 days ago; steps follow at realistic intervals.
     at = now - timedelta(days=rng.uniform(2, 90))
     referral.created_at = at
@@ -141,6 +142,17 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
         if step == "transfer":
             target = next(a for a in agencies if a.id not in (sender.id, receiver.id) and a.id in users_by_agency)
         referrals.transition(session, actor, referral.id, step, None, note, transfer_to_agency_id=target and target.id, at=at)
+
+
+# A few account holders turn up in referrals of several agencies: the demo's hits.
+SHARED_IDENTIFIERS = ["harbour.lights@example.org", "+64 21 555 0142", "tide.watcher@example.net", "2001:db8::42"]
+
+
+def _demo_subject(session, rng, actor, referral_id) -> None:
+    lines = [f"holder{referral_id:03d}@example.org", f"+61 4{rng.randrange(10**8):08d}"]
+    if rng.random() < 0.3:
+        lines.append(rng.choice(SHARED_IDENTIFIERS))
+    subjects.add_subject(session, actor, referral_id, "Account holder", "\n".join(lines))
 
 
 def demo_logins(session: Session) -> list[tuple[str, str, str]]:

@@ -2,7 +2,18 @@
 
 from app.models.agency import Agency, AgencyKind
 from app.models.audit import AuditEntry, AuditHead
+from app.models.hit import (
+    CommonIdentifier,
+    Hit,
+    HitMatch,
+    HitSide,
+    HitStatus,
+    Notification,
+    NotificationCursor,
+    NotificationKind,
+)
 from app.models.operation import Operation
+from app.models.security import RecoveryCode, UserSession
 from app.models.referral import (
     RISK_FLAGS,
     TLP,
@@ -14,10 +25,28 @@ from app.models.referral import (
     ReferralEvent,
     Status,
 )
+from app.models.subject import Identifier, Subject, referral_subjects
+from app.models.tip import (
+    UNROUTED,
+    Holder,
+    HolderRouting,
+    JurisdictionSource,
+    Tip,
+    TipAccount,
+    TipCommonIdentifier,
+    TipFormat,
+)
 from app.models.user import Role, User
 
 __all__ = [
     "Agency", "AgencyKind", "AuditEntry", "AuditHead", "HandlingCode", "Operation", "Outcome",
     "Priority", "RISK_FLAGS", "ReferenceCounter", "Referral", "ReferralEvent", "Role", "Status",
     "TLP", "User",
+    "RecoveryCode", "UserSession",
+    # deconfliction
+    "CommonIdentifier", "Hit", "HitMatch", "HitSide", "HitStatus", "Identifier", "Notification",
+    "NotificationCursor", "NotificationKind", "Subject", "referral_subjects",
+    # provider tips
+    "Holder", "HolderRouting", "JurisdictionSource", "Tip", "TipAccount", "TipCommonIdentifier", "TipFormat",
+    "UNROUTED",
 ]

@@ -37,3 +37,7 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    # After pruning past the retention period, verification starts from this anchor: the
+    # first kept entry's sequence number and the hash it links to.
+    anchor_seq: Mapped[int] = mapped_column(default=1)
+    anchor_hash: Mapped[str] = mapped_column(String(64), default="0" * 64)

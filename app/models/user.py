@@ -32,8 +32,26 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Why an inactive account was disabled ("admin", "inactive"), for the admin pages.
+    disabled_reason: Mapped[str | None] = mapped_column(String(32))
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Lockout: failures counted inside a window; a lock lasts until an admin unlocks it
+    # or the configured time passes.
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    failed_window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # TOTP second factor; the last accepted time step refuses a replayed code.
+    mfa_secret: Mapped[str | None] = mapped_column(String(64))
+    mfa_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mfa_last_timestep: Mapped[int | None] = mapped_column()
 
     agency: Mapped[Agency] = relationship(lazy="joined")
+
+    # The server-side session this request runs under (set by the session check); Flask-Login
+    # stores it as the user's id, so revoking the session row signs the browser out.
+    session_token = None  # str, set per request; not a column
 
     # Flask-Login protocol
     @property
@@ -45,7 +63,13 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        if not self.session_token:
+            raise RuntimeError("sign in through app.services.security.start_session")
+        return self.session_token
+
+    @property
+    def mfa_enabled(self) -> bool:
+        return self.mfa_enabled_at is not None
 
     @property
     def display_timezone(self) -> str:

@@ -4,10 +4,15 @@ lead agency of an operation sees that operation's referrals."""
 
 from __future__ import annotations
 
-from sqlalchemy import Select, or_, select
+from collections.abc import Iterable
+
+from sqlalchemy import Select, and_, false, or_, select
 from sqlalchemy.orm import Session
 
-from app.models import Operation, Referral, User
+from app.models import (
+    Agency, AuditEntry, Hit, HitMatch, HitSide, Identifier, Notification, Operation, Referral, Role, User,
+)
+from app.models import Holder, Tip, referral_subjects
 from app.services import NotFound
 
 
@@ -47,10 +52,130 @@ def get_visible_referral_by_reference(session: Session, user: User, reference: s
 
 
 def visible_operations(user: User) -> Select[tuple[Operation]]:
-    """Operations the user's agency leads or has a referral in."""
-    involved = visible_referrals(user).with_only_columns(Referral.operation_id).where(
-        Referral.operation_id.is_not(None)
+    """Operations the user's agency leads or has a visible referral in (EXISTS: no scan of
+    every visible referral)."""
+    holds_visible = visible_referrals(user).with_only_columns(Referral.id).where(
+        Referral.operation_id == Operation.id).exists()
+    return select(Operation).where(or_(Operation.lead_agency_id == user.agency_id, holds_visible))
+
+
+# --- deconfliction ----------------------------------------------------------------------
+#
+# A hit is seen by the two agencies it joins and by no one else. What it (or a blind check)
+# reveals of the other side is a contact card: the agency, its country, its desk e-mail and
+# phone, and the other referral's reference. The three functions below are the only ways
+# the deconfliction service reads the other side, so that boundary is drawn here.
+
+
+def hit_visibility_clause(agency_id: int):
+    """SQL condition: hits an agency is a party to."""
+    return or_(Hit.agency_low_id == agency_id, Hit.agency_high_id == agency_id)
+
+
+def visible_hits(user: User) -> Select[tuple[Hit]]:
+    return select(Hit).where(hit_visibility_clause(user.agency_id))
+
+
+def get_visible_hit(session: Session, user: User, hit_id: int, *, for_update: bool = False) -> Hit:
+    """The hit if the user's agency is a party to it; NotFound otherwise."""
+    query = visible_hits(user).where(Hit.id == hit_id)
+    if for_update:
+        query = query.with_for_update(of=Hit)
+    hit = session.scalars(query).unique().one_or_none()
+    if hit is None:
+        raise NotFound("No such hit.")
+    return hit
+
+
+def own_hit_matches(user: User, hit_ids: Iterable[int]) -> Select:
+    """The matched identifiers of the user's own side(s) of these hits, never the other side's:
+    rows of (hit_id, side, kind, platform, raw, value)."""
+    own_side = or_(
+        and_(HitMatch.side == HitSide.LOW, Hit.agency_low_id == user.agency_id),
+        and_(HitMatch.side == HitSide.HIGH, Hit.agency_high_id == user.agency_id),
     )
-    return select(Operation).where(
-        or_(Operation.lead_agency_id == user.agency_id, Operation.id.in_(involved.scalar_subquery()))
+    return (
+        select(HitMatch.hit_id, HitMatch.side, Identifier.kind, Identifier.platform, Identifier.raw,
+               Identifier.value)
+        .join(Hit, Hit.id == HitMatch.hit_id)
+        .join(Identifier, Identifier.id == HitMatch.identifier_id)
+        .where(HitMatch.hit_id.in_(list(hit_ids)), own_side)
+        .order_by(HitMatch.hit_id, Identifier.kind, Identifier.value)
     )
+
+
+def match_counterparts() -> Select:
+    """What a match may reveal of any referral: its id, reference and sending agency. Never
+    its summary, material, subjects or other identifiers."""
+    return select(
+        Referral.id.label("referral_id"), Referral.reference.label("reference"),
+        Referral.sender_agency_id.label("agency_id"),
+    )
+
+
+def agency_contacts(agency_ids: Iterable[int]) -> Select:
+    """The contact card of agencies met through a match: name, country, liaison desk."""
+    return select(
+        Agency.id, Agency.name, Agency.country_code, Agency.desk_email, Agency.desk_phone
+    ).where(Agency.id.in_(sorted(set(agency_ids))))
+
+
+def visible_notifications(user: User) -> Select[tuple[Notification]]:
+    return select(Notification).where(Notification.agency_id == user.agency_id)
+
+
+def visible_audit_entries(user: User) -> Select[tuple[AuditEntry]]:
+    """Admins read the whole trail; managers the entries of their own agency's people."""
+    query = select(AuditEntry)
+    if user.role is Role.ADMIN:
+        return query
+    if user.role is Role.MANAGER:
+        return query.where(AuditEntry.agency_id == user.agency_id)
+    return query.where(false())
+
+
+# --- provider tips ------------------------------------------------------------------------
+#
+# A tip, its accounts and the holders found behind them are seen by the operation's lead
+# agency; a holder is also seen by the agencies that may see a referral it sits on (through
+# `visibility_clause`, so a transfer's new receiver sees the subjects it was given). The work
+# lists of an import (review, unrouted) belong to the lead agency alone.
+
+
+def led_operations(user: User) -> Select[tuple[Operation]]:
+    return select(Operation).where(Operation.lead_agency_id == user.agency_id)
+
+
+def visible_tips(user: User) -> Select[tuple[Tip]]:
+    return select(Tip).where(Tip.operation_id.in_(led_operations(user).with_only_columns(Operation.id)
+                                                  .scalar_subquery()))
+
+
+def holder_visibility_clause(agency_id: int):
+    """SQL condition: holders an agency may see."""
+    led = select(Operation.id).where(Operation.lead_agency_id == agency_id)
+    on_visible_referral = (
+        select(referral_subjects.c.subject_id)
+        .join(Referral, Referral.id == referral_subjects.c.referral_id)
+        .where(visibility_clause(agency_id))
+    )
+    return or_(Holder.operation_id.in_(led.scalar_subquery()),
+               Holder.subject_id.in_(on_visible_referral.scalar_subquery()))
+
+
+def visible_holders(user: User) -> Select[tuple[Holder]]:
+    return select(Holder).where(holder_visibility_clause(user.agency_id))
+
+
+def led_holders(user: User) -> Select[tuple[Holder]]:
+    """Holders of the operations the user's agency leads (the import's work lists)."""
+    return select(Holder).where(Holder.operation_id.in_(
+        led_operations(user).with_only_columns(Operation.id).scalar_subquery()))
+
+
+def get_visible_holder(session: Session, user: User, subject_id: int) -> Holder:
+    """The holder whose subject this is, if the user may see it; NotFound otherwise."""
+    holder = session.scalars(visible_holders(user).where(Holder.subject_id == subject_id)).unique().one_or_none()
+    if holder is None:
+        raise NotFound("No such account holder.")
+    return holder

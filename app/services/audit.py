@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -108,11 +108,14 @@ class VerifyResult:
 
 
 def verify(session: Session) -> VerifyResult:
-    """Walk the whole chain in order; name the first entry whose hash or link is wrong."""
-    expected_prev = GENESIS_HASH
-    expected_seq = 1
+    """Walk the whole chain in order, from the anchor left by pruning; name the first entry
+    whose hash or link is wrong."""
+    head = session.get(AuditHead, 1)
+    expected_prev = head.anchor_hash if head else GENESIS_HASH
+    expected_seq = head.anchor_seq if head else 1
     checked = 0
-    rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=2000))
+    rows = session.execute(select(AuditEntry).where(AuditEntry.seq >= expected_seq)
+                           .order_by(AuditEntry.seq).execution_options(yield_per=2000))
     for entry in rows.scalars():
         if entry.seq != expected_seq:
             return VerifyResult(checked, expected_seq, f"entry {expected_seq} is missing")
@@ -127,7 +130,48 @@ def verify(session: Session) -> VerifyResult:
         expected_prev = entry.hash
         expected_seq += 1
         checked += 1
-    head = session.get(AuditHead, 1)
-    if head is not None and (head.seq != checked or head.last_hash != expected_prev):
-        return VerifyResult(checked, checked + 1, "entries after this point were removed")
+    if head is not None and (head.seq != expected_seq - 1 or head.last_hash != expected_prev):
+        return VerifyResult(checked, expected_seq, "entries after this point were removed")
     return VerifyResult(checked)
+
+
+def prune(session: Session, before: datetime, actor: Actor = SYSTEM) -> int:
+    """Delete entries older than `before` (the retention period) and move the anchor to the
+    first kept entry, so the rest of the chain still verifies."""
+    first_kept = session.scalars(select(AuditEntry).where(AuditEntry.at >= before)
+                                 .order_by(AuditEntry.seq).limit(1)).one_or_none()
+    head = session.get(AuditHead, 1)
+    if head is None:
+        return 0
+    if first_kept is None:
+        anchor_seq, anchor_hash = head.seq + 1, head.last_hash
+    else:
+        anchor_seq, anchor_hash = first_kept.seq, first_kept.prev_hash
+    removed = session.execute(delete(AuditEntry).where(AuditEntry.seq < anchor_seq)).rowcount
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(anchor_seq=anchor_seq, anchor_hash=anchor_hash))
+    record(session, actor, "audit.prune", detail={"before": before.isoformat(), "removed": removed})
+    return removed
+
+
+@dataclass
+class TrailFilters:
+    action: str | None = None
+    outcome: str | None = None
+    user_id: int | None = None
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+
+
+def filtered(query, filters: TrailFilters):
+    """Apply the audit page's filters to a scoped query of entries."""
+    if filters.action:
+        query = query.where(AuditEntry.action.startswith(filters.action, autoescape=True))
+    if filters.outcome:
+        query = query.where(AuditEntry.outcome == filters.outcome)
+    if filters.user_id:
+        query = query.where(AuditEntry.user_id == filters.user_id)
+    if filters.date_from:
+        query = query.where(AuditEntry.at >= filters.date_from)
+    if filters.date_to:
+        query = query.where(AuditEntry.at < filters.date_to)
+    return query.order_by(AuditEntry.seq.desc())

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import Agency, AgencyKind, Operation, Role, User
-from app.services import DomainError, Forbidden, NotFound, audit, countries
+from app.services import DomainError, Forbidden, NotFound, audit, countries, security
 from app.services.audit import Actor
 
 
@@ -132,5 +132,29 @@ def update_user(session: Session, actor: Actor, user_id: int, *, role: Role, is_
     user.role, user.is_active, user.agency_id, user.name = role, is_active, agency_id, name.strip()
     session.flush()
     after = {"role": user.role.value, "is_active": user.is_active, "agency_id": user.agency_id}
+    if before != after:
+        # A changed role, agency or a deactivation takes effect now, not at the next sign-in.
+        security.revoke_sessions(session, user.id)
+        if not user.is_active:
+            user.disabled_reason = "admin"
     audit.record(session, actor, "user.edit", "user", user.id, detail={"before": before, "after": after})
+    return user
+
+
+def unlock_user(session: Session, actor: Actor, user_id: int) -> User:
+    require_admin(actor)
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound()
+    security.unlock(session, actor, user)
+    return user
+
+
+def reset_user_mfa(session: Session, actor: Actor, user_id: int) -> User:
+    require_admin(actor)
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound()
+    security.reset_mfa(session, actor, user)
+    security.revoke_sessions(session, user.id)
     return user

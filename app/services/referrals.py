@@ -34,7 +34,7 @@ from app.models import (
     Status,
     TLP,
 )
-from app.services import Conflict, DomainError, Forbidden, audit, countries
+from app.services import Conflict, DomainError, Forbidden, audit, countries, deconfliction, subjects
 from app.services.access import get_visible_referral, visible_referrals
 from app.services.audit import Actor
 
@@ -175,6 +175,7 @@ def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral
     _event(referral, actor, "create", None, Status.DRAFT)
     _flush(session)
     audit.record(session, actor, "referral.create", "referral", referral.id, detail={"reference": referral.reference})
+    deconfliction.refresh_hits_for_referral(session, actor, referral.id)
     return referral
 
 
@@ -197,6 +198,7 @@ def update_draft(session: Session, actor: Actor, referral_id: int, expected_vers
         _event(referral, actor, "edit", Status.DRAFT, Status.DRAFT, note=", ".join(sorted(changed)))
     _flush(session)
     audit.record(session, actor, "referral.edit", "referral", referral.id, detail={"changed": sorted(changed)})
+    deconfliction.refresh_hits_for_referral(session, actor, referral.id)
     return referral
 
 
@@ -278,6 +280,9 @@ def transition(
     _event(referral, actor, action, previous, rule.target, note, at=when)
     _flush(session)
     audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
+    if action in ("send", "transfer"):
+        # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
+        deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id)
     return new_referral or referral
 
 
@@ -306,6 +311,7 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
     _event(new, actor, "create", None, Status.DRAFT, f"Transfer of {referral.reference}.", at=when)
     _event(new, actor, "send", Status.DRAFT, Status.SENT, note, at=when)
     _flush(session)
+    subjects.copy_subjects(session, referral.id, new.id)  # same subjects
     session.refresh(new, ["receiver"])
     audit.record(session, actor, "referral.create", "referral", new.id,
                  detail={"reference": new.reference, "transferred_from": referral.reference})

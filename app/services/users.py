@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from zxcvbn import zxcvbn
+from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 from app.models import Agency, Role, User
 from app.services import DomainError, Forbidden, audit
@@ -41,9 +45,24 @@ class Passwords:
         return _DUMMY_HASH[key]
 
 
-def check_password_policy(password: str) -> None:
+@lru_cache(maxsize=1)
+def _common_passwords() -> frozenset[str]:
+    # 30,000 most common passwords from breach corpora, shipped with zxcvbn.
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def check_password(password: str, *, email: str = "", name: str = "") -> None:
+    """ASVS V6.2: length, not common or breached, not guessable from the user's details;
+    no composition rules and no forced periodic change."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise DomainError(f"Use at least {MIN_PASSWORD_LENGTH} characters.", field="password")
+    if len(password) > 1024:
+        raise DomainError("Use at most 1024 characters.", field="password")
+    if password.lower() in _common_passwords():
+        raise DomainError("This password is on a list of common or breached passwords.", field="password")
+    hints = [part for part in [email.split("@")[0], *name.split(), "handoff"] if part]
+    if zxcvbn(password[:100], user_inputs=hints)["score"] < 3:
+        raise DomainError("This password is too easy to guess; try a longer phrase.", field="password")
 
 
 def find_by_email(session: Session, email: str) -> User | None:
@@ -59,7 +78,7 @@ def create_user(session: Session, actor: Actor, passwords: Passwords, *, email: 
         raise DomainError("A user with this e-mail exists already.", field="email")
     if session.get(Agency, agency_id) is None:
         raise DomainError("Choose an existing agency.", field="agency_id")
-    check_password_policy(password)
+    check_password(password, email=email, name=name)
     user = User(email=email, name=name.strip(), password_hash=passwords.hash(password), role=role,
                 agency_id=agency_id, timezone=timezone or None)
     session.add(user)

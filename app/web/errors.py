@@ -27,6 +27,9 @@ def register_error_handlers(app: Flask) -> None:
         (403, "You may not do that."),
         (404, "Not found."),
         (405, "That method is not allowed here."),
+        (413, "That was too large to accept. Send less at once (a blind check takes at most "
+              "10,000 identifiers; a tip file at most 128 MB)."),
+        (429, "Too many attempts from your address. Wait a few minutes and try again."),
         (500, "Something went wrong on our side. Nothing was saved."),
     ):
         app.register_error_handler(code, _page(code, message))

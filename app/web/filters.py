@@ -41,9 +41,32 @@ def duration(delta: timedelta) -> str:
 def nav_links() -> list[tuple[str, str]]:
     """Navigation entries for the signed-in user's role."""
     links = [("admin.operations", "Operations")]
+    links.insert(0, ("dashboards.global_view", "Dashboards"))
+    if current_user.is_authenticated:
+        links.append(("hits.index", "Hits"))
+        if current_user.can_work_referrals:
+            links.append(("hits.check", "Blind check"))
+            links.append(("tips.index", "Tips"))
+        links.append(("hits.notifications", _notifications_label()))
+    if current_user.is_authenticated and current_user.role.value in ("admin", "manager"):
+        links.append(("admin.audit_trail", "Audit"))
     if current_user.is_authenticated and current_user.role.value == "admin":
         links += [("admin.agencies", "Agencies"), ("admin.users_index", "Users")]
+        links.append(("hits.common_identifiers", "Common identifiers"))
     return links
+
+
+def _notifications_label() -> str:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.extensions import db
+    from app.services.deconfliction import unread_count
+
+    try:
+        unread = unread_count(db.session, current_user)
+    except SQLAlchemyError:  # e.g. on the error page of a failed transaction
+        return "Notifications"
+    return f"Notifications ({unread})" if unread else "Notifications"
 
 
 def register(app: Flask) -> None:

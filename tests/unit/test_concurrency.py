@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from sqlalchemy.orm import sessionmaker
 
 from app.models import Referral, Status

@@ -1,7 +1,9 @@
 from zoneinfo import available_timezones
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, DateField, EmailField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField, DateField, EmailField, IntegerField, PasswordField, SelectField, StringField, TextAreaField,
+)
 from wtforms.validators import DataRequired, Length, Optional
 
 from app.models import AgencyKind, Role
@@ -49,3 +51,18 @@ class OperationForm(FlaskForm):
     lead_agency_id = SelectField("Lead agency", coerce=optional_int, validators=[DataRequired()])
     opened_on = DateField("Opened", validators=[DataRequired()])
     description = TextAreaField("Description", validators=[Length(max=1000)])
+
+
+class AuditFilterForm(FlaskForm):
+    """GET filters of the audit page (reading only: no CSRF)."""
+
+    class Meta:
+        csrf = False
+
+    action = StringField("Action starts with", validators=[Optional(), Length(max=64)])
+    outcome = SelectField("Outcome", choices=[("", "Any"), ("success", "success"), ("failure", "failure")],
+                          validators=[Optional()])
+    user_id = IntegerField("User id", validators=[Optional()])
+    date_from = DateField("From", validators=[Optional()])
+    date_to = DateField("To", validators=[Optional()])
+    page = IntegerField("Page", default=1, validators=[Optional()])

@@ -1,17 +1,21 @@
+from datetime import datetime, time, timedelta, timezone
 from functools import wraps
 
-from flask import abort, flash, redirect, render_template, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
 from app.db import utcnow
 from app.extensions import db
 from app.models import Agency, AgencyKind, Role, User
-from app.services import DomainError, directory, users
-from app.services.access import visible_operations
+from app.services import DomainError, audit, directory, users
+from app.services.exports import to_csv
+from app.services.access import visible_audit_entries, visible_operations
 from app.web import current_actor, form_refused, passwords
 from app.web.admin import bp
-from app.web.admin.forms import AgencyForm, OperationForm, UserCreateForm, UserEditForm
+from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
+from app.web.auth.forms import ConfirmForm
+from app.web.auth.views import recent_auth_required
 
 
 def admin_required(view):
@@ -23,6 +27,11 @@ def admin_required(view):
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def admin_recent_auth_required(view):
+    """Admin actions on other people's accounts need a fresh confirmation of identity."""
+    return admin_required(recent_auth_required(view))
 
 
 def _status(form) -> int:
@@ -90,7 +99,7 @@ def users_index():
 
 
 @bp.route("/users/new", methods=["GET", "POST"])
-@admin_required
+@admin_recent_auth_required
 def user_new():
     form = UserCreateForm()
     form.agency_id.choices = [("", "Choose...")] + [(a.id, a.name) for a in _agencies()]
@@ -110,7 +119,7 @@ def user_new():
 
 
 @bp.route("/users/<int:user_id>", methods=["GET", "POST"])
-@admin_required
+@admin_recent_auth_required
 def user_edit(user_id: int):
     user = db.session.get(User, user_id) or abort(404)
     form = UserEditForm(obj=user)
@@ -125,7 +134,26 @@ def user_edit(user_id: int):
         else:
             flash("User saved.")
             return redirect(url_for("admin.users_index"), 303)
-    return render_template("admin/user_form.html", form=form, user=user), _status(form)
+    return render_template("admin/user_form.html", form=form, user=user, confirm_form=ConfirmForm(formdata=None),
+                           locked=user.locked_at is not None), _status(form)
+
+
+@bp.route("/users/<int:user_id>/unlock", methods=["POST"])
+@admin_recent_auth_required
+def user_unlock(user_id: int):
+    if ConfirmForm().validate_on_submit():
+        user = directory.unlock_user(db.session, current_actor(), user_id)
+        flash(f"{user.email} unlocked.")
+    return redirect(url_for("admin.user_edit", user_id=user_id), 303)
+
+
+@bp.route("/users/<int:user_id>/reset-mfa", methods=["POST"])
+@admin_recent_auth_required
+def user_reset_mfa(user_id: int):
+    if ConfirmForm().validate_on_submit():
+        user = directory.reset_user_mfa(db.session, current_actor(), user_id)
+        flash(f"Second factor of {user.email} removed; they set up a new one at their next sign-in.")
+    return redirect(url_for("admin.user_edit", user_id=user_id), 303)
 
 
 @bp.route("/operations")
@@ -161,3 +189,56 @@ def operation_new():
             flash(f"Operation {operation.code} opened.")
             return redirect(url_for("admin.operations"), 303)
     return render_template("admin/operation_form.html", form=form), _status(form)
+
+
+def _manager_or_admin(view):
+    @wraps(view)
+    @login_required
+    def wrapper(*args, **kwargs):
+        if current_user.role not in (Role.ADMIN, Role.MANAGER):
+            abort(403)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _audit_query():
+    form = AuditFilterForm(formdata=request.args)
+    if not form.validate():
+        flash("Some filters were not understood and were ignored.", "error")
+    value = lambda f: None if f.errors else f.data  # noqa: E731
+    day = lambda d: datetime.combine(d, time.min, tzinfo=timezone.utc) if d else None  # noqa: E731
+    date_to = value(form.date_to)
+    filters = audit.TrailFilters(
+        action=(value(form.action) or "").strip() or None, outcome=value(form.outcome) or None,
+        user_id=value(form.user_id), date_from=day(value(form.date_from)),
+        date_to=day(date_to + timedelta(days=1)) if date_to else None,
+    )
+    return form, audit.filtered(visible_audit_entries(current_user), filters)
+
+
+@bp.route("/audit")
+@_manager_or_admin
+def audit_trail():
+    form, query = _audit_query()
+    page = max(1, form.page.data or 1) if not form.page.errors else 1
+    per_page = 50
+    entries = db.session.scalars(query.limit(per_page + 1).offset((page - 1) * per_page)).all()
+    args = {k: v for k, v in request.args.items() if k != "page"}
+    return render_template("admin/audit.html", form=form, entries=entries[:per_page], page=page,
+                           has_next=len(entries) > per_page, args=args)
+
+
+@bp.route("/audit.csv")
+@_manager_or_admin
+def audit_export():
+    _form, query = _audit_query()
+    rows = db.session.scalars(query.limit(100_000)).all()
+    audit.record(db.session, current_actor(), "audit.export", detail={"rows": len(rows), "filters": request.args.to_dict()})
+    body = to_csv(
+        ["seq", "at_utc", "user_id", "agency_id", "address", "action", "object_type", "object_id", "outcome", "detail", "hash"],
+        ([e.seq, e.at.isoformat(), e.user_id, e.agency_id, e.address, e.action, e.object_type, e.object_id,
+          e.outcome, e.detail, e.hash] for e in rows),
+    )
+    return Response(body, mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=handoff-audit.csv"})

@@ -1,10 +1,13 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, DateField, HiddenField, IntegerField, SelectField, TextAreaField
+from wtforms import BooleanField, DateField, HiddenField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from app.models import RISK_FLAGS, TLP, HandlingCode, Priority
 from app.services import countries
+from app.services.deconfliction import KIND_LABELS
+from app.services.identifiers import PLATFORMS
 from app.services.referrals import MATERIAL_MAX, NOTE_MAX, SUMMARY_MAX
+from app.services.subjects import LABEL_MAX
 
 
 def optional_int(value):
@@ -86,3 +89,23 @@ class ListFilterForm(FlaskForm):
     sort = SelectField("Sort", validators=[Optional()])
     order = SelectField("Order", choices=[("desc", "Descending"), ("asc", "Ascending")], validators=[Optional()])
     page = IntegerField("Page", default=1, validators=[Optional(), NumberRange(min=1)])
+
+
+# --- subjects (deconfliction) ---------------------------------------------------------------
+
+IDENTIFIER_HELP = ("One per line. A line may name its kind: 'email: ...', 'phone: ...', 'ip: ...', "
+                   "'username/discord: ...', 'account_id/steam: ...'; otherwise the kind below applies.")
+
+
+class IdentifiersForm(FlaskForm):
+    identifiers = TextAreaField("Identifiers", description=IDENTIFIER_HELP,
+                                validators=[DataRequired(message="Give at least one identifier."),
+                                            Length(max=200_000)])
+    kind = SelectField("Kind", choices=[("", "Detect (e-mail, phone, IP)")]
+                       + [(k.value, label) for k, label in KIND_LABELS.items()], validators=[Optional()])
+    platform = SelectField("Platform (usernames and account ids)", choices=[("", "None")] + list(PLATFORMS.items()),
+                           validators=[Optional()])
+
+
+class SubjectForm(IdentifiersForm):
+    label = StringField("Name or label of the account holder", validators=[Length(max=LABEL_MAX)])

@@ -5,12 +5,22 @@ from sqlalchemy import select
 from app.db import utcnow
 from app.extensions import db
 from app.models import TLP, Agency, HandlingCode, Priority, Status
-from app.services import Conflict, DomainError, Forbidden, NotFound, countries
+from app.services import Conflict, DomainError, Forbidden, NotFound, countries, deconfliction
 from app.services import referrals as service
+from app.services import subjects as subjects_service
 from app.services.access import get_visible_referral, visible_operations
+from app.services.identifiers import IdentifierKind
 from app.web import current_actor, form_refused
 from app.web.referrals import bp
-from app.web.referrals.forms import ActionForm, ListFilterForm, OutcomeForm, ReferralForm, TransferForm
+from app.web.referrals.forms import (
+    ActionForm,
+    IdentifiersForm,
+    ListFilterForm,
+    OutcomeForm,
+    ReferralForm,
+    SubjectForm,
+    TransferForm,
+)
 
 
 @bp.route("/")
@@ -147,20 +157,28 @@ def detail(referral_id: int):
         can_consent=service.can_grant_consent(referral, current_user),
         can_edit=referral.status is Status.DRAFT and current_user.can_work_referrals
         and referral.sender_agency_id == current_user.agency_id,
+        **_deconfliction_context(referral),
     )
+
+
+def _workable(referral_id: int) -> None:
+    """404 outside the user's scope first (so ids cannot be probed), then 403 for roles that
+    only read; which side may take a step is the service's to say."""
+    get_visible_referral(db.session, current_user, referral_id)
+    if not current_user.can_work_referrals:
+        abort(403)
 
 
 @bp.route("/referrals/<int:referral_id>/<any(send, withdraw, acknowledge, accept, decline, transfer, close):action>",
           methods=["POST"])
 @login_required
 def act(referral_id: int, action: str):
+    _workable(referral_id)
     form = TransferForm() if action == "transfer" else ActionForm()
     if action == "transfer":
         form.set_choices(_other_agencies())
     back = url_for("referrals.detail", referral_id=referral_id)
     if not form.validate_on_submit():
-        # Look the referral up first so that a foreign id answers 404, not a form error.
-        get_visible_referral(db.session, current_user, referral_id)
         for errors in form.errors.values():
             for error in errors:
                 flash(error, "error")
@@ -187,10 +205,10 @@ def act(referral_id: int, action: str):
 @bp.route("/referrals/<int:referral_id>/consent", methods=["POST"])
 @login_required
 def consent(referral_id: int):
+    _workable(referral_id)
     form = ActionForm()
     back = url_for("referrals.detail", referral_id=referral_id)
     if not form.validate_on_submit():
-        get_visible_referral(db.session, current_user, referral_id)
         flash("The form was incomplete; try again.", "error")
         return redirect(back, 303)
     try:
@@ -208,9 +226,9 @@ def consent(referral_id: int):
 @bp.route("/referrals/<int:referral_id>/outcomes", methods=["POST"])
 @login_required
 def outcome(referral_id: int):
+    _workable(referral_id)
     form = OutcomeForm()
     back = url_for("referrals.detail", referral_id=referral_id)
-    get_visible_referral(db.session, current_user, referral_id)
     if form.validate_on_submit():
         try:
             service.record_outcome(
@@ -232,3 +250,72 @@ def outcome(referral_id: int):
     for error in form.form_errors:
         flash(error, "error")
     return redirect(back, 303)
+
+
+# --- subjects and deconfliction -------------------------------------------------------------
+
+def _deconfliction_context(referral) -> dict:
+    """The subjects section and the hits of the referral (for the viewer's agency only)."""
+    can_add = subjects_service.can_add_subjects(referral, current_user)
+    return dict(
+        subjects=subjects_service.subjects_of(db.session, current_user, referral.id),
+        can_add_subjects=can_add,
+        subject_form=SubjectForm(formdata=None) if can_add else None,
+        hits=deconfliction.hits_for_referral(db.session, current_user, referral.id),
+        kind_labels=deconfliction.KIND_LABELS,
+    )
+
+
+def _identifier_options(form: IdentifiersForm) -> dict:
+    return dict(kind=IdentifierKind(form.kind.data) if form.kind.data else None, platform=form.platform.data or None)
+
+
+@bp.route("/referrals/<int:referral_id>/subjects", methods=["GET", "POST"])
+@login_required
+def add_subject(referral_id: int):
+    referral = get_visible_referral(db.session, current_user, referral_id)
+    if not subjects_service.can_add_subjects(referral, current_user):
+        abort(403)
+    form = SubjectForm()
+    if form.validate_on_submit():
+        try:
+            subject = subjects_service.add_subject(db.session, current_actor(), referral_id, form.label.data or "",
+                                                   form.identifiers.data, **_identifier_options(form))
+        except (Forbidden, NotFound):
+            raise
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash(f"{subject.label} saved with {len(subject.identifiers)} identifier"
+                  f"{'' if len(subject.identifiers) == 1 else 's'}, and matched.")
+            return redirect(url_for("referrals.detail", referral_id=referral_id) + "#subjects", 303)
+    status = 422 if form.errors or form.form_errors else 200
+    return render_template("hits/subject_form.html", form=form, referral=referral, subject=None), status
+
+
+@bp.route("/referrals/<int:referral_id>/subjects/<int:subject_id>/identifiers", methods=["GET", "POST"])
+@login_required
+def add_identifiers(referral_id: int, subject_id: int):
+    referral = get_visible_referral(db.session, current_user, referral_id)
+    subject = next((s for s in subjects_service.subjects_of(db.session, current_user, referral_id)
+                    if s.id == subject_id), None)
+    if subject is None:
+        abort(404)
+    if not subjects_service.can_add_subjects(referral, current_user) or subject.agency_id != current_user.agency_id:
+        abort(403)
+    form = IdentifiersForm()
+    if form.validate_on_submit():
+        try:
+            added = subjects_service.add_identifiers(db.session, current_actor(), referral_id, subject_id,
+                                                     form.identifiers.data, **_identifier_options(form))
+        except (Forbidden, NotFound):
+            raise
+        except DomainError as exc:
+            db.session.rollback()
+            form_refused(form, exc)
+        else:
+            flash(f"{len(added)} new identifier{'' if len(added) == 1 else 's'} saved, and matched.")
+            return redirect(url_for("referrals.detail", referral_id=referral_id) + "#subjects", 303)
+    status = 422 if form.errors or form.form_errors else 200
+    return render_template("hits/subject_form.html", form=form, referral=referral, subject=subject), status
