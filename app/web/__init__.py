@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import current_app, request
+from flask import abort, current_app, request
+from flask_login import current_user, login_required
 
 from app.services.audit import Actor
 
 
 def current_actor() -> Actor:
-    from flask_login import current_user
-
     user = current_user._get_current_object() if current_user.is_authenticated else None
     return Actor(user=user, address=request.remote_addr)
 
@@ -37,3 +37,19 @@ def form_refused(form, exc) -> None:
         target.errors = list(target.errors) + [exc.message]
     else:
         form.form_errors.append(exc.message)
+
+
+def roles_required(*roles):
+    """Signed in with one of these roles, else 403 (anonymous users are sent to sign in)."""
+
+    def decorator(view):
+        @wraps(view)
+        @login_required
+        def wrapper(*args, **kwargs):
+            if current_user.role not in roles:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator

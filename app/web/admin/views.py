@@ -1,5 +1,4 @@
 from datetime import datetime, time, timedelta, timezone
-from functools import wraps
 
 from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
@@ -11,22 +10,14 @@ from app.models import Agency, AgencyKind, Role, User
 from app.services import DomainError, audit, directory, users
 from app.services.exports import to_csv
 from app.services.access import visible_audit_entries, visible_operations
-from app.web import current_actor, form_refused, passwords
+from app.web import current_actor, form_refused, passwords, roles_required
 from app.web.admin import bp
 from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
 from app.web.auth.forms import ConfirmForm
 from app.web.auth.views import recent_auth_required
 
 
-def admin_required(view):
-    @wraps(view)
-    @login_required
-    def wrapper(*args, **kwargs):
-        if current_user.role is not Role.ADMIN:
-            abort(403)
-        return view(*args, **kwargs)
-
-    return wrapper
+admin_required = roles_required(Role.ADMIN)
 
 
 def admin_recent_auth_required(view):
@@ -191,15 +182,7 @@ def operation_new():
     return render_template("admin/operation_form.html", form=form), _status(form)
 
 
-def _manager_or_admin(view):
-    @wraps(view)
-    @login_required
-    def wrapper(*args, **kwargs):
-        if current_user.role not in (Role.ADMIN, Role.MANAGER):
-            abort(403)
-        return view(*args, **kwargs)
-
-    return wrapper
+_manager_or_admin = roles_required(Role.ADMIN, Role.MANAGER)
 
 
 def _audit_query():

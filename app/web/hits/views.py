@@ -2,7 +2,6 @@
 notifications and, for admins, common identifiers. Thin views over
 app/services/deconfliction.py."""
 
-from functools import wraps
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
@@ -13,7 +12,7 @@ from app.services import Conflict, DomainError, Forbidden, NotFound
 from app.services import deconfliction as service
 from app.services.access import get_visible_hit
 from app.services.identifiers import IdentifierKind
-from app.web import current_actor, form_refused
+from app.web import current_actor, form_refused, roles_required
 from app.web.hits import bp
 from app.web.hits.forms import AcknowledgeForm, BlindCheckForm, HitFilterForm, ResolveForm
 
@@ -146,15 +145,7 @@ def notifications():
     return render_template("hits/notifications.html", items=items, total=total, page=page, pages=pages)
 
 
-def admin_required(view):
-    @wraps(view)
-    @login_required
-    def wrapper(*args, **kwargs):
-        if current_user.role is not Role.ADMIN:
-            abort(403)
-        return view(*args, **kwargs)
-
-    return wrapper
+admin_required = roles_required(Role.ADMIN)
 
 
 @bp.route("/admin/common-identifiers")
