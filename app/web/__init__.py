@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, request
+from flask import abort, current_app, flash, request
 from flask_login import current_user, login_required
 
+from app.services import DomainError, Forbidden, NotFound
 from app.services.audit import Actor
 
 
@@ -30,13 +31,36 @@ def passwords():
     return current_app.extensions["handoff_passwords"]
 
 
-def form_refused(form, exc) -> None:
-    """Put a service's refusal beside the field it names, or at the top of the form."""
+def _undo(exc: DomainError) -> None:
+    """A service refused: nothing it flushed stays. NotFound and Forbidden are answers of
+    their own, not form errors, so they go on to their error pages (404, 403)."""
+    if isinstance(exc, (NotFound, Forbidden)):
+        raise exc
+    from app.extensions import db
+
+    db.session.rollback()
+
+
+def form_refused(form, exc: DomainError) -> None:
+    """Undo the refused call and put the reason beside the field it names, or at the top of
+    the form."""
+    _undo(exc)
     target = getattr(form, exc.field, None) if exc.field else None
     if target is not None:
         target.errors = list(target.errors) + [exc.message]
     else:
         form.form_errors.append(exc.message)
+
+
+def flash_refused(exc: DomainError) -> None:
+    """Undo the refused call and show the reason on the next page (for one-button actions)."""
+    _undo(exc)
+    flash(exc.message, "error")
+
+
+def form_status(*forms) -> int:
+    """422 when a form carries errors (so the request does not commit), else 200."""
+    return 422 if any(f.errors or f.form_errors for f in forms) else 200
 
 
 def roles_required(*roles):

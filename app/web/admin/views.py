@@ -10,7 +10,7 @@ from app.models import Agency, AgencyKind, Role, User
 from app.services import DomainError, audit, directory, users
 from app.services.exports import to_csv
 from app.services.access import visible_audit_entries, visible_operations
-from app.web import current_actor, form_refused, passwords, roles_required
+from app.web import current_actor, form_refused, form_status, passwords, roles_required
 from app.web.admin import bp
 from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
 from app.web.auth.forms import ConfirmForm
@@ -23,10 +23,6 @@ admin_required = roles_required(Role.ADMIN)
 def admin_recent_auth_required(view):
     """Admin actions on other people's accounts need a fresh confirmation of identity."""
     return admin_required(recent_auth_required(view))
-
-
-def _status(form) -> int:
-    return 422 if form.errors or form.form_errors else 200
 
 
 def _agencies():
@@ -56,12 +52,11 @@ def agency_new():
         try:
             agency = directory.create_agency(db.session, current_actor(), _agency_data(form))
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash(f"Agency {agency.name} created.")
             return redirect(url_for("admin.agencies"), 303)
-    return render_template("admin/agency_form.html", form=form, agency=None), _status(form)
+    return render_template("admin/agency_form.html", form=form, agency=None), form_status(form)
 
 
 @bp.route("/agencies/<int:agency_id>", methods=["GET", "POST"])
@@ -74,12 +69,11 @@ def agency_edit(agency_id: int):
         try:
             directory.update_agency(db.session, current_actor(), agency_id, _agency_data(form))
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash("Agency saved.")
             return redirect(url_for("admin.agencies"), 303)
-    return render_template("admin/agency_form.html", form=form, agency=agency), _status(form)
+    return render_template("admin/agency_form.html", form=form, agency=agency), form_status(form)
 
 
 @bp.route("/users")
@@ -101,12 +95,11 @@ def user_new():
                 password=form.password.data, role=Role(form.role.data), agency_id=form.agency_id.data,
             )
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash(f"User {user.email} created.")
             return redirect(url_for("admin.users_index"), 303)
-    return render_template("admin/user_form.html", form=form, user=None), _status(form)
+    return render_template("admin/user_form.html", form=form, user=None), form_status(form)
 
 
 @bp.route("/users/<int:user_id>", methods=["GET", "POST"])
@@ -120,13 +113,12 @@ def user_edit(user_id: int):
             directory.update_user(db.session, current_actor(), user_id, role=Role(form.role.data),
                                   is_active=form.is_active.data, agency_id=form.agency_id.data, name=form.name.data)
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash("User saved.")
             return redirect(url_for("admin.users_index"), 303)
     return render_template("admin/user_form.html", form=form, user=user, confirm_form=ConfirmForm(formdata=None),
-                           locked=user.locked_at is not None), _status(form)
+                           locked=user.locked_at is not None), form_status(form)
 
 
 @bp.route("/users/<int:user_id>/unlock", methods=["POST"])
@@ -174,12 +166,11 @@ def operation_new():
                                         form.description.data or ""),
             )
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash(f"Operation {operation.code} opened.")
             return redirect(url_for("admin.operations"), 303)
-    return render_template("admin/operation_form.html", form=form), _status(form)
+    return render_template("admin/operation_form.html", form=form), form_status(form)
 
 
 _manager_or_admin = roles_required(Role.ADMIN, Role.MANAGER)

@@ -13,7 +13,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from app.extensions import db, limiter
 from app.models import User
 from app.services import DomainError, security
-from app.web import current_actor, form_refused, passwords, safe_next
+from app.web import current_actor, form_refused, form_status, passwords, safe_next
 from app.web.auth import bp
 from app.web.auth.forms import (
     ConfirmForm,
@@ -92,7 +92,7 @@ def login():
         session.update(pending_user=result.user.id, pending_at=time.time(), pending_next=request.args.get("next"))
         target = "auth.second_factor" if result.outcome is security.Outcome.NEEDS_SECOND_FACTOR else "auth.enrol"
         return redirect(url_for(target))
-    status = 422 if form.errors else 200
+    status = form_status(form)
     return render_template("auth/login.html", form=form, banner=current_app.config["LOGON_BANNER"]), status
 
 
@@ -142,7 +142,7 @@ def _enrolment(user: User, finish):
             form_refused(form, exc)
         else:
             return finish(codes)
-    status = 422 if form.errors else 200
+    status = form_status(form)
     return render_template("auth/enrol.html", form=form, qr=_qr(user), secret=user.mfa_secret), status
 
 
@@ -176,7 +176,7 @@ def reauth():
         db.commit_request()
         form.form_errors.append("That did not match.")
         return render_template("auth/reauth.html", form=form), 401
-    return render_template("auth/reauth.html", form=form), 422 if form.errors else 200
+    return render_template("auth/reauth.html", form=form), form_status(form)
 
 
 @bp.route("/account")
@@ -202,7 +202,7 @@ def change_password():
         else:
             flash("Password changed. Your other sessions were signed out.")
             return redirect(url_for("auth.account"), 303)
-    return render_template("auth/change.html", form=form, title="Change password"), 422 if form.errors else 200
+    return render_template("auth/change.html", form=form, title="Change password"), form_status(form)
 
 
 @bp.route("/account/email", methods=["GET", "POST"])
@@ -217,7 +217,7 @@ def change_email():
         else:
             flash("E-mail changed.")
             return redirect(url_for("auth.account"), 303)
-    return render_template("auth/change.html", form=form, title="Change e-mail"), 422 if form.errors else 200
+    return render_template("auth/change.html", form=form, title="Change e-mail"), form_status(form)
 
 
 @bp.route("/account/mfa", methods=["GET", "POST"])

@@ -8,17 +8,13 @@ from flask_login import current_user, login_required
 
 from app.extensions import db
 from app.models import HitStatus, Role
-from app.services import Conflict, DomainError, Forbidden, NotFound
+from app.services import Conflict, DomainError
 from app.services import deconfliction as service
 from app.services.access import get_visible_hit
 from app.services.identifiers import IdentifierKind
-from app.web import current_actor, form_refused, roles_required
+from app.web import current_actor, flash_refused, form_refused, form_status, roles_required
 from app.web.hits import bp
 from app.web.hits.forms import AcknowledgeForm, BlindCheckForm, HitFilterForm, ResolveForm
-
-
-def _status(*forms) -> int:
-    return 422 if any(f.errors or f.form_errors for f in forms) else 200
 
 
 @bp.route("/hits")
@@ -49,7 +45,7 @@ def _render_detail(hit_id: int, resolve_form=None):
     hit = service.view_hit(db.session, current_actor(), hit_id)
     ack_form, resolve_form = _forms_for(hit, resolve_form=resolve_form)
     return render_template("hits/detail.html", hit=hit, ack_form=ack_form, resolve_form=resolve_form), \
-        _status(resolve_form)
+        form_status(resolve_form)
 
 
 @bp.route("/hits/<int:hit_id>")
@@ -71,11 +67,8 @@ def acknowledge(hit_id: int):
         return redirect(back, 303)
     try:
         service.acknowledge(db.session, current_actor(), hit_id, int(form.version.data))
-    except (Forbidden, NotFound):
-        raise
     except DomainError as exc:  # refused or stale: nothing is written
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refused(exc)
         return redirect(back, 303)
     flash("Acknowledged. The other agency has been notified.")
     return redirect(back, 303)
@@ -95,14 +88,10 @@ def resolve(hit_id: int):
         try:
             service.resolve(db.session, current_actor(), hit_id, int(form.version.data), form.lead_agency_id.data,
                             form.note.data or "")
-        except (Forbidden, NotFound):
-            raise
         except Conflict as exc:  # reload the page to see the change and the current version
-            db.session.rollback()
-            flash(exc.message, "error")
+            flash_refused(exc)
             return redirect(url_for("hits.detail", hit_id=hit_id), 303)
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash("Resolved. Both agencies have been notified.")
@@ -128,12 +117,9 @@ def check():
                 platform=form.platform.data or None,
                 region=form.jurisdiction.data or None,
             )
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
-    return render_template("hits/check.html", form=form, result=result), _status(form)
+    return render_template("hits/check.html", form=form, result=result), form_status(form)
 
 
 @bp.route("/notifications")

@@ -5,12 +5,12 @@ from sqlalchemy import select
 from app.db import utcnow
 from app.extensions import db
 from app.models import TLP, Agency, HandlingCode, Priority, Status
-from app.services import Conflict, DomainError, Forbidden, NotFound, countries, deconfliction
+from app.services import Conflict, DomainError, countries, deconfliction
 from app.services import referrals as service
 from app.services import subjects as subjects_service
 from app.services.access import get_visible_referral, visible_operations
 from app.services.identifiers import IdentifierKind
-from app.web import current_actor, form_refused
+from app.web import current_actor, flash_refused, form_refused, form_status
 from app.web.referrals import bp
 from app.web.referrals.forms import (
     ActionForm,
@@ -103,7 +103,7 @@ def new():
         else:
             flash(f"Draft {referral.reference} saved.")
             return redirect(url_for("referrals.detail", referral_id=referral.id), 303)
-    return render_template("referrals/form.html", form=form, referral=None), 422 if form.errors or form.form_errors else 200
+    return render_template("referrals/form.html", form=form, referral=None), form_status(form)
 
 
 @bp.route("/referrals/<int:referral_id>/edit", methods=["GET", "POST"])
@@ -120,15 +120,14 @@ def edit(referral_id: int):
         try:
             service.update_draft(db.session, current_actor(), referral_id, int(form.version.data or 0), _data_from(form))
         except Conflict as exc:
-            db.session.rollback()
-            flash(exc.message, "error")
+            flash_refused(exc)
             return redirect(url_for("referrals.detail", referral_id=referral_id), 303)
         except DomainError as exc:
             form_refused(form, exc)
         else:
             flash("Draft saved.")
             return redirect(url_for("referrals.detail", referral_id=referral_id), 303)
-    status = 422 if form.errors or form.form_errors else 200
+    status = form_status(form)
     return render_template("referrals/form.html", form=form, referral=referral), status
 
 
@@ -189,11 +188,8 @@ def act(referral_id: int, action: str):
             form.note.data or "",
             transfer_to_agency_id=getattr(form, "transfer_to_agency_id", None) and form.transfer_to_agency_id.data,
         )
-    except (Forbidden, NotFound):
-        raise
     except DomainError as exc:  # a refused step or a conflict: nothing is written
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refused(exc)
         return redirect(back, 303)
     if action == "transfer":
         flash(f"Transferred as {result.reference}.")
@@ -213,11 +209,8 @@ def consent(referral_id: int):
         return redirect(back, 303)
     try:
         service.grant_transfer_consent(db.session, current_actor(), referral_id, int(form.version.data))
-    except (Forbidden, NotFound):
-        raise
     except DomainError as exc:  # a refused step or a conflict: nothing is written
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refused(exc)
         return redirect(back, 303)
     flash("Consent to onward transfer recorded.")
     return redirect(back, 303)
@@ -236,10 +229,7 @@ def outcome(referral_id: int):
                 service.OutcomeData(form.occurred_on.data, form.arrests.data, form.charges.data,
                                     form.children_safeguarded.data, (form.note.data or "").strip()),
             )
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash("Outcome recorded.")
@@ -281,16 +271,13 @@ def add_subject(referral_id: int):
         try:
             subject = subjects_service.add_subject(db.session, current_actor(), referral_id, form.label.data or "",
                                                    form.identifiers.data, **_identifier_options(form))
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash(f"{subject.label} saved with {len(subject.identifiers)} identifier"
                   f"{'' if len(subject.identifiers) == 1 else 's'}, and matched.")
             return redirect(url_for("referrals.detail", referral_id=referral_id) + "#subjects", 303)
-    status = 422 if form.errors or form.form_errors else 200
+    status = form_status(form)
     return render_template("hits/subject_form.html", form=form, referral=referral, subject=None), status
 
 
@@ -309,13 +296,10 @@ def add_identifiers(referral_id: int, subject_id: int):
         try:
             added = subjects_service.add_identifiers(db.session, current_actor(), referral_id, subject_id,
                                                      form.identifiers.data, **_identifier_options(form))
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             flash(f"{len(added)} new identifier{'' if len(added) == 1 else 's'} saved, and matched.")
             return redirect(url_for("referrals.detail", referral_id=referral_id) + "#subjects", 303)
-    status = 422 if form.errors or form.form_errors else 200
+    status = form_status(form)
     return render_template("hits/subject_form.html", form=form, referral=referral, subject=subject), status

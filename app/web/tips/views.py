@@ -14,7 +14,7 @@ from flask_login import current_user, login_required
 
 from app.extensions import db
 from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
-from app.services import DomainError, Forbidden, NotFound
+from app.services import DomainError
 from app.services.access import get_visible_holder, led_operations, visible_operations
 from app.services.tips import holders as service
 from app.services.tips import importer
@@ -68,10 +68,7 @@ def upload():
         except importer.TipRejected as exc:
             db.session.rollback()
             refused = exc
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
     status = 422 if (form.errors or form.form_errors or refused) else 200
     errors = (refused.errors if refused else result.errors if result else [])
@@ -166,10 +163,7 @@ def set_jurisdiction(subject_id: int):
         try:
             decision = service.set_jurisdiction(db.session, current_actor(), subject_id, form.country.data,
                                                 form.note.data or "")
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             _decided(decision, "Jurisdiction set.")
@@ -192,10 +186,7 @@ def set_risk(subject_id: int):
         try:
             decision = service.set_risk_flags(db.session, current_actor(), subject_id,
                                               {name: bool(getattr(form, name).data) for name in RISK_COLUMNS})
-        except (Forbidden, NotFound):
-            raise
         except DomainError as exc:
-            db.session.rollback()
             form_refused(form, exc)
         else:
             _decided(decision, f"Risk flags recorded; the holder is now {decision.holder.priority.value}.")
