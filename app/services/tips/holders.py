@@ -185,7 +185,7 @@ class Evidence:
     platform: str
     value: str
     accounts: int  # accounts of this holder holding it
-    operation_accounts: int = 0  # for common ones: accounts of the operation holding it
+    operation_accounts: int | None = 0  # common ones: accounts of the operation holding it (lead only)
 
 
 @dataclass
@@ -232,13 +232,19 @@ def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
                 TipCommonIdentifier.value.in_(sorted({value for _, _, value in counts})))):
             common_rows[(row.kind, row.platform, row.value)] = row.accounts
     shared, common = [], []
+    lead = holder.operation.lead_agency_id == user.agency_id
     for (kind, platform, value), n in sorted(counts.items(), key=lambda item: (item[0][0].value, item[0][1], item[0][2])):
         if (kind, platform, value) in common_rows:
-            common.append(Evidence(kind, platform, value, n, common_rows[(kind, platform, value)]))
+            # How many accounts of the whole operation hold it is the lead agency's figure.
+            operation_accounts = common_rows[(kind, platform, value)] if lead else None
+            common.append(Evidence(kind, platform, value, n, operation_accounts))
         elif n > 1:
             shared.append(Evidence(kind, platform, value, n))
-    merged_from = list(session.scalars(select(Holder).where(Holder.merged_into_id == holder.id).order_by(Holder.id)))
-    merged_into = session.get(Holder, holder.merged_into_id) if holder.merged_into_id else None
+    # Linked holders come through the scope too: a receiving agency sees only its own.
+    merged_from = list(session.scalars(
+        visible_holders(user).where(Holder.merged_into_id == holder.id).order_by(Holder.id)).unique())
+    merged_into = session.scalars(visible_holders(user).where(Holder.id == holder.merged_into_id)).unique() \
+        .one_or_none() if holder.merged_into_id else None
     on = select(referral_subjects.c.referral_id).where(referral_subjects.c.subject_id == holder.subject_id)
     referrals = list(session.scalars(visible_referrals(user).where(Referral.id.in_(on.scalar_subquery()))
                                      .order_by(Referral.id)).unique())
@@ -287,7 +293,8 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime) -> D
     session.expire(holder)
     stays = None
     if state.referral_id and state.referral_id == before:
-        referral = session.get(Referral, before)
+        # Shown to the person deciding: read through their scope.
+        referral = session.scalars(visible_referrals(actor.user).where(Referral.id == before)).unique().one_or_none()
         if referral is not None and referral.status is not Status.DRAFT:
             stays = referral
     return Decision(holder, state.referral_id != before, stays)
