@@ -42,15 +42,6 @@ def get_visible_referral(session: Session, user: User, referral_id: int, *, for_
     return referral
 
 
-def get_visible_referral_by_reference(session: Session, user: User, reference: str) -> Referral:
-    referral = session.scalars(
-        visible_referrals(user).where(Referral.reference == reference)
-    ).unique().one_or_none()
-    if referral is None:
-        raise NotFound("No such referral.")
-    return referral
-
-
 def visible_operations(user: User) -> Select[tuple[Operation]]:
     """Operations the user's agency leads or has a visible referral in (EXISTS: no scan of
     every visible referral)."""

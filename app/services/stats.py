@@ -1,7 +1,7 @@
 """Dashboard figures: the global view, a country's view and an operation's funnel.
 
 Every figure is computed from the data through the access scope: each query starts from
-`visible_referrals(user)` (hits from `hit_visibility_clause`), so an agency's dashboards
+`visible_referrals(user)` (hits from `visible_hits`), so an agency's dashboards
 count only what its referral list would show, and no figure depends on referrals it cannot
 see. Dashboards count referrals that were sent (`sent_at` set): drafts are the sender's own
 work in progress.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Float, and_, func, or_, select
+from sqlalchemy import Float, and_, func, or_
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -42,8 +42,8 @@ from app.models import Agency, Hit, HitStatus, Operation, Outcome, Priority, Ref
 from app.services import DomainError, NotFound, audit, countries, exports
 from app.services.access import (
     agency_contacts,
-    hit_visibility_clause,
     match_counterparts,
+    visible_hits,
     visible_operations,
     visible_referrals,
 )
@@ -574,10 +574,6 @@ class CountryDashboard:
         return tables
 
 
-def _priority_row(key: str, row) -> PriorityRow:
-    return PriorityRow(key, row.referrals, row.open, row.overdue, row.acknowledged, row.investigations)
-
-
 def country_dashboard(session: Session, user, code: str, filters: Filters, now: datetime | None = None,
                       overdue_limit: int | None = OVERDUE_LIST_LIMIT) -> CountryDashboard:
     if not countries.is_valid(code):
@@ -671,17 +667,22 @@ def _overdue(session: Session, base, now: datetime, limit: int | None) -> list[O
         .where(overdue_clause(now))
         .order_by(Referral.sent_at, Referral.id)
     )
-    if limit is not None:
-        query = query.limit(limit)
+    if limit is None:
+        parts = [query]
+    else:
+        # Within one window the earliest sent is the latest; P1's window is shorter, so the
+        # most late `limit` are among the first `limit` of each window.
+        parts = [query.where(Referral.priority == Priority.P1).limit(limit),
+                 query.where(Referral.priority != Priority.P1).limit(limit)]
     rows = []
-    for referral_id, reference, priority, sender_name, receiver_name, sent_at in session.execute(query):
-        priority = Priority(priority)
-        due = sent_at + priority.acknowledge_within
-        rows.append(OverdueRow(referral_id, reference, priority.value, sender_name, receiver_name, sent_at, due,
-                               (now - due).total_seconds()))
-    # Most late first: for equal windows that is the earliest sent, but P1 is due sooner.
+    for part in parts:
+        for referral_id, reference, priority, sender_name, receiver_name, sent_at in session.execute(part):
+            priority = Priority(priority)
+            due = sent_at + priority.acknowledge_within
+            rows.append(OverdueRow(referral_id, reference, priority.value, sender_name, receiver_name, sent_at,
+                                   due, (now - due).total_seconds()))
     rows.sort(key=lambda r: (-r.late_seconds, r.reference))
-    return rows
+    return rows[:limit] if limit is not None else rows
 
 
 def _receivers(session: Session, base, now: datetime) -> list[ReceiverRow]:
@@ -736,8 +737,7 @@ def _open_hits(session: Session, user, base) -> list[HitRow]:
     in_scope = base.with_only_columns(Referral.id).scalar_subquery()
     me = user.agency_id
     hits = session.scalars(
-        select(Hit).where(
-            hit_visibility_clause(me),
+        visible_hits(user).where(
             Hit.status.in_(OPEN_HIT_STATUSES),
             or_(and_(Hit.agency_low_id == me, Hit.referral_low_id.in_(in_scope)),
                 and_(Hit.agency_high_id == me, Hit.referral_high_id.in_(in_scope))),
