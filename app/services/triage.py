@@ -13,9 +13,10 @@ P1 referrals must be acknowledged within 24 hours, the others within 72.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from app.models import Priority
+from app.models import RISK_FLAGS, Priority
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class RiskProfile:
     grade_a: int = 0
     grade_b: int = 0
     grade_c: int = 0
+
+    @classmethod
+    def from_flags(cls, flags: Iterable[bool], *, grade_a: int = 0, grade_b: int = 0, grade_c: int = 0) -> RiskProfile:
+        """From flags in the order of RISK_FLAGS (the risk_* columns of referrals and holders),
+        matched by name, not by position in this class."""
+        named = {column.removeprefix("risk_"): bool(on) for column, on in zip(RISK_FLAGS, flags, strict=True)}
+        return cls(**named, grade_a=grade_a, grade_b=grade_b, grade_c=grade_c)
 
 
 def priority(profile: RiskProfile) -> Priority:

@@ -8,7 +8,16 @@ from collections.abc import Hashable, Iterable, Sequence
 
 from app.services.identifiers import IdentifierKind
 
-JOINING_KINDS = frozenset({IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.USERNAME})
+JOINING_KINDS = (IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.USERNAME)
+
+
+def joining_keys(platform: str, username: str | None, email: str | None,
+                 phone: str | None) -> list[tuple[IdentifierKind, str, str]]:
+    """The keys on which an account joins others: (kind, platform or "", normalised value).
+    A username counts only on its own platform."""
+    values = {IdentifierKind.EMAIL: email, IdentifierKind.PHONE: phone, IdentifierKind.USERNAME: username}
+    return [(kind, platform if kind is IdentifierKind.USERNAME else "", values[kind])
+            for kind in JOINING_KINDS if values[kind]]
 
 
 class UnionFind:

@@ -42,7 +42,7 @@ from app.services.access import (
 )
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
-from app.services.tips import bulk
+from app.services.tips import bulk, clustering
 from app.services.tips.routing import HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, state_from_row
 from app.services.triage import RiskProfile, priority
 
@@ -201,17 +201,6 @@ class HolderView:
     evidence_countries: list[tuple[str, int]]
 
 
-def _joining(account: TipAccount) -> list[tuple[IdentifierKind, str, str]]:
-    keys = []
-    if account.email:
-        keys.append((IdentifierKind.EMAIL, "", account.email))
-    if account.phone:
-        keys.append((IdentifierKind.PHONE, "", account.phone))
-    if account.username:
-        keys.append((IdentifierKind.USERNAME, account.platform, account.username))
-    return keys
-
-
 def can_decide(user, holder: Holder) -> bool:
     return (user is not None and user.can_work_referrals and holder.operation.lead_agency_id == user.agency_id
             and holder.merged_into_id is None)
@@ -224,7 +213,7 @@ def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
                                     .order_by(TipAccount.id)))
     counts: Counter = Counter()
     for account in accounts:
-        counts.update(_joining(account))
+        counts.update(clustering.joining_keys(account.platform, account.username, account.email, account.phone))
     common_rows = {}
     if counts:
         for row in session.scalars(select(TipCommonIdentifier).where(
@@ -341,8 +330,9 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     for name in RISK_COLUMNS:
         setattr(holder, name, bool(flags.get(name, False)))
     previous = holder.priority
-    holder.priority = priority(RiskProfile(*(getattr(holder, name) for name in RISK_COLUMNS),
-                                           grade_a=holder.grade_a, grade_b=holder.grade_b, grade_c=holder.grade_c))
+    holder.priority = priority(RiskProfile.from_flags((getattr(holder, name) for name in RISK_COLUMNS),
+                                                      grade_a=holder.grade_a, grade_b=holder.grade_b,
+                                                      grade_c=holder.grade_c))
     holder.updated_at = now
     decision = _reroute(session, actor, holder, now)
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
@@ -375,7 +365,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         flags = tuple(bool(flags_by_holder[holder_id].get(name, False)) for name in RISK_COLUMNS)
         state = state_from_row(row)
         state.flags = flags
-        level = priority(RiskProfile(*flags, grade_a=row.grade_a, grade_b=row.grade_b, grade_c=row.grade_c))
+        level = priority(RiskProfile.from_flags(flags, grade_a=row.grade_a, grade_b=row.grade_b, grade_c=row.grade_c))
         entries.append(("tip.holder_risk", "holder", holder_id, {
             "flags": {name: True for name, on in zip(RISK_COLUMNS, flags) if on},
             "priority": {"from": state.priority.value, "to": level.value}}))

@@ -177,17 +177,6 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     return result
 
 
-def _joining_keys(platform: str, username: str | None, email: str | None, phone: str | None) -> list[tuple]:
-    keys = []
-    if email:
-        keys.append(("email", "", email))
-    if phone:
-        keys.append(("phone", "", phone))
-    if username:
-        keys.append(("username", platform, username))
-    return keys
-
-
 class _Writer:
     def __init__(self, session: Session, actor: Actor, operation: Operation, agency_id: int, threshold: int,
                  now: datetime, progress: Progress | None, timings: dict[str, float], peaks: dict[str, float]):
@@ -238,12 +227,12 @@ class _Writer:
         counts: Counter = Counter()
         keys_per_account: list[list] = []
         for row in existing:
-            keys = _joining_keys(row.platform, row.username, row.email, row.phone)
+            keys = clustering.joining_keys(row.platform, row.username, row.email, row.phone)
             counts.update(keys)
             keys.append(("holder", row.holder_id))  # existing holders stay whole
             keys_per_account.append(keys)
         for account in new:
-            keys = _joining_keys(account.platform, account.username, account.email, account.phone)
+            keys = clustering.joining_keys(account.platform, account.username, account.email, account.phone)
             counts.update(keys)
             keys_per_account.append(keys)
         common = {key for key, n in counts.items() if n > self.threshold}
@@ -321,7 +310,7 @@ class _Writer:
             c = sum(i[4] for i in items)
             state = states.get(holder_id)
             flags = state.flags if state else (False,) * 5
-            level = priority(RiskProfile(*flags, grade_a=a, grade_b=b, grade_c=c))
+            level = priority(RiskProfile.from_flags(flags, grade_a=a, grade_b=b, grade_c=c))
             manual = holder_id in old_rows and old_rows[holder_id].jurisdiction_source is JurisdictionSource.MANUAL
             placements[holder_id] = (placement, len(items), manual)
             if state is None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import (
+    RISK_FLAGS,
     TLP,
     Agency,
     AgencyKind,
@@ -47,8 +48,7 @@ from app.services.tips import bulk
 
 PLACEHOLDER_MATERIAL = "Graded material, description held by sending agency."
 SINGLE = frozenset({Priority.P1, Priority.P2})
-RISK_COLUMNS = ("risk_access_to_children", "risk_position_of_authority", "risk_previous_convictions",
-                "risk_plans_to_meet", "risk_contact_offending")
+RISK_COLUMNS = tuple(RISK_FLAGS)  # the holder's flag columns, named as on referrals
 
 
 @dataclass(frozen=True)
