@@ -1,6 +1,8 @@
 """The domain, free of Flask. Services read through `access`, write through the models and
 `audit`, and flush; they never commit (the request or CLI command does, once)."""
 
+from sqlalchemy.orm.exc import StaleDataError
+
 
 class DomainError(Exception):
     """A refusal a person can act on; `field` names the form field it belongs to, if any."""
@@ -24,3 +26,27 @@ class Forbidden(DomainError):
 
 class Conflict(DomainError):
     """Someone else changed the object since it was loaded."""
+
+
+def _changed_meanwhile(what: str) -> str:
+    return f"Someone else changed this {what} meanwhile. Reload it and try again."
+
+
+def check_version(obj, expected_version: int | None, what: str) -> None:
+    """Refuse a change made from a page that showed an older version of `obj`."""
+    if expected_version is not None and obj.version != expected_version:
+        raise Conflict(_changed_meanwhile(what))
+
+
+def flush_or_conflict(session, what: str) -> None:
+    """Flush; a row whose version moved under us (version_id_col) is a Conflict."""
+    try:
+        session.flush()
+    except StaleDataError as exc:
+        raise Conflict(_changed_meanwhile(what)) from exc
+
+
+def require_worker(actor, message: str = "Your role may read referrals but not work them.") -> None:
+    """Only liaison officers and managers work referrals and what hangs off them."""
+    if actor.user is None or not actor.user.can_work_referrals:
+        raise Forbidden(message)

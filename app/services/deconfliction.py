@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 from sqlalchemy import String, and_, bindparam, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
 from app.db import utcnow
 from app.models import (
@@ -45,7 +44,7 @@ from app.models import (
     User,
     referral_subjects,
 )
-from app.services import Conflict, DomainError, Forbidden, audit
+from app.services import DomainError, Forbidden, audit, check_version, flush_or_conflict, require_worker
 from app.services.access import (
     agency_contacts,
     get_visible_hit,
@@ -106,10 +105,6 @@ def _secret(session: Session) -> bytes:
         raise RuntimeError("No MATCH_KEY_SECRET on this session: create sessions through the app.")
     return secret
 
-
-def _require_worker(actor: Actor) -> None:
-    if actor.user is None or not actor.user.can_work_referrals:
-        raise Forbidden("Your role may read deconfliction results but not act on them.")
 
 
 # --- parsing identifier lines ----------------------------------------------------------------
@@ -460,16 +455,6 @@ def _audit_refresh(session: Session, actor: Actor, ids: list[int], result: Refre
 
 # --- the hit workflow ------------------------------------------------------------------------
 
-def _check_version(hit: Hit, expected_version: int | None) -> None:
-    if expected_version is not None and hit.version != expected_version:
-        raise Conflict("Someone else changed this hit meanwhile. Reload it and try again.")
-
-
-def _flush(session: Session) -> None:
-    try:
-        session.flush()
-    except StaleDataError as exc:
-        raise Conflict("Someone else changed this hit meanwhile. Reload it and try again.") from exc
 
 
 def _notify_parties(session: Session, hit: Hit, kind: NotificationKind, message: str) -> None:
@@ -488,13 +473,13 @@ def _references(session: Session, hit: Hit) -> dict[int, str]:
 def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: int | None) -> Hit:
     """Stamp the acting agency's acknowledgement; both stamped makes the hit acknowledged."""
     hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
-    _require_worker(actor)
+    require_worker(actor, "Your role may read deconfliction results but not act on them.")
     if hit.status is HitStatus.RESOLVED:
         raise DomainError("This hit is resolved already.")
     pending = [side for side in hit.sides_of(actor.agency_id) if hit.acknowledged_at_of(side) is None]
     if not pending:
         raise DomainError("Your agency has acknowledged this hit already.")
-    _check_version(hit, expected_version)
+    check_version(hit, expected_version, "hit")
     now = utcnow()
     for side in pending:
         setattr(hit, f"acknowledged_{side.value}_at", now)
@@ -502,7 +487,7 @@ def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: i
     if hit.acknowledged_low_at and hit.acknowledged_high_at:
         hit.status = HitStatus.ACKNOWLEDGED
     hit.updated_at = now
-    _flush(session)
+    flush_or_conflict(session, "hit")
     refs = _references(session, hit)
     _notify_parties(session, hit, NotificationKind.HIT_ACKNOWLEDGED,
                     f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} acknowledged by "
@@ -516,10 +501,10 @@ def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int |
             lead_agency_id: int | None, note: str) -> Hit:
     """Record the agreed lead agency (one of the two parties) and a note."""
     hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
-    _require_worker(actor)
+    require_worker(actor, "Your role may read deconfliction results but not act on them.")
     if hit.status is HitStatus.RESOLVED:
         raise DomainError("This hit is resolved already.")
-    _check_version(hit, expected_version)
+    check_version(hit, expected_version, "hit")
     if lead_agency_id not in (hit.agency_low_id, hit.agency_high_id):
         raise DomainError("The lead must be one of the two agencies.", field="lead_agency_id")
     note = (note or "").strip()
@@ -538,7 +523,7 @@ def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int |
     hit.resolved_at = now
     hit.resolved_by_id = actor.user_id
     hit.updated_at = now
-    _flush(session)
+    flush_or_conflict(session, "hit")
     session.refresh(hit, ["lead_agency"])
     refs = _references(session, hit)
     _notify_parties(session, hit, NotificationKind.HIT_RESOLVED,
@@ -747,7 +732,7 @@ def blind_check(
 ) -> CheckResult:
     """Check identifiers against every referral without recording them. Only the audit
     entry (with counts, never the identifiers) is written."""
-    _require_worker(actor)
+    require_worker(actor, "Your role may read deconfliction results but not act on them.")
     config = settings(session)
     lines = nonblank_lines(text)
     if not lines:

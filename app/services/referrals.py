@@ -19,7 +19,6 @@ from typing import Literal
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
 from app.db import utcnow
 from app.models import (
@@ -34,7 +33,7 @@ from app.models import (
     Status,
     TLP,
 )
-from app.services import Conflict, DomainError, Forbidden, audit, countries, deconfliction, subjects
+from app.services import DomainError, Forbidden, audit, check_version, countries, deconfliction, flush_or_conflict, require_worker, subjects
 from app.services.access import get_visible_referral, visible_referrals
 from app.services.audit import Actor
 
@@ -113,10 +112,6 @@ def _validate(session: Session, actor: Actor, data: ReferralData) -> None:
         raise DomainError(f"At most {MATERIAL_MAX} characters.", field="material_description")
 
 
-def _require_worker(actor: Actor) -> None:
-    if actor.user is None or not actor.user.can_work_referrals:
-        raise Forbidden("Your role may read referrals but not work them.")
-
 
 def next_references(session: Session, count: int = 1, year: int | None = None) -> list[str]:
     """Reserve `count` consecutive references for a year (HND-2026-000123)."""
@@ -149,20 +144,10 @@ def _event(referral: Referral, actor: Actor, action: str, from_status: Status | 
     )
 
 
-def _flush(session: Session) -> None:
-    try:
-        session.flush()
-    except StaleDataError as exc:
-        raise Conflict("Someone else changed this referral meanwhile. Reload it and try again.") from exc
-
-
-def _check_version(referral: Referral, expected_version: int | None) -> None:
-    if expected_version is not None and referral.version != expected_version:
-        raise Conflict("Someone else changed this referral meanwhile. Reload it and try again.")
 
 
 def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral:
-    _require_worker(actor)
+    require_worker(actor)
     _validate(session, actor, data)
     referral = Referral(
         reference=next_references(session)[0],
@@ -173,7 +158,7 @@ def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral
     )
     session.add(referral)
     _event(referral, actor, "create", None, Status.DRAFT)
-    _flush(session)
+    flush_or_conflict(session, "referral")
     audit.record(session, actor, "referral.create", "referral", referral.id, detail={"reference": referral.reference})
     deconfliction.refresh_hits_for_referral(session, actor, referral.id)
     return referral
@@ -181,12 +166,12 @@ def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral
 
 def update_draft(session: Session, actor: Actor, referral_id: int, expected_version: int, data: ReferralData) -> Referral:
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
-    _require_worker(actor)
+    require_worker(actor)
     if referral.sender_agency_id != actor.agency_id:
         raise Forbidden("Only the sending agency edits a referral.")
     if referral.status is not Status.DRAFT:
         raise DomainError("Only drafts can be edited.")
-    _check_version(referral, expected_version)
+    check_version(referral, expected_version, "referral")
     _validate(session, actor, data)
     changed = {}
     for f in fields(data):
@@ -196,7 +181,7 @@ def update_draft(session: Session, actor: Actor, referral_id: int, expected_vers
             setattr(referral, f.name, new)
     if changed:
         _event(referral, actor, "edit", Status.DRAFT, Status.DRAFT, note=", ".join(sorted(changed)))
-    _flush(session)
+    flush_or_conflict(session, "referral")
     audit.record(session, actor, "referral.edit", "referral", referral.id, detail={"changed": sorted(changed)})
     deconfliction.refresh_hits_for_referral(session, actor, referral.id)
     return referral
@@ -251,12 +236,12 @@ def transition(
     if rule is None:
         raise DomainError(f"Unknown action '{action}'.")
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
-    _require_worker(actor)
+    require_worker(actor)
     side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
     if side_agency != actor.agency_id:
         raise Forbidden(f"Only the {'sending' if rule.side == 'sender' else 'receiving'} agency may {action} this referral.")
     # A stale page is a conflict first: the status it showed may be gone already.
-    _check_version(referral, expected_version)
+    check_version(referral, expected_version, "referral")
     if referral.status not in rule.sources:
         raise DomainError(f"A referral that is {referral.status.value} cannot be {_past(action)}.")
     note = (note or "").strip()
@@ -278,7 +263,7 @@ def transition(
         note = f"Transferred to {new_referral.receiver.name} as {new_referral.reference}. {note}".strip()
         detail["new_reference"] = new_referral.reference
     _event(referral, actor, action, previous, rule.target, note, at=when)
-    _flush(session)
+    flush_or_conflict(session, "referral")
     audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
@@ -310,7 +295,7 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
     session.add(new)
     _event(new, actor, "create", None, Status.DRAFT, f"Transfer of {referral.reference}.", at=when)
     _event(new, actor, "send", Status.DRAFT, Status.SENT, note, at=when)
-    _flush(session)
+    flush_or_conflict(session, "referral")
     subjects.copy_subjects(session, referral.id, new.id)  # same subjects
     session.refresh(new, ["receiver"])
     audit.record(session, actor, "referral.create", "referral", new.id,
@@ -326,16 +311,16 @@ def _past(action: str) -> str:
 def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, expected_version: int | None,
                            *, at: datetime | None = None) -> Referral:
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
-    _require_worker(actor)
+    require_worker(actor)
     if referral.sender_agency_id != actor.agency_id:
         raise Forbidden("Only the sending agency can consent to onward transfer.")
     if not can_grant_consent(referral, actor.user):
         raise DomainError("Consent is not needed or cannot be given at this stage.")
-    _check_version(referral, expected_version)
+    check_version(referral, expected_version, "referral")
     referral.transfer_consent_at = at or utcnow()
     _event(referral, actor, "consent", referral.status, referral.status, "Consent to onward transfer given.",
            at=referral.transfer_consent_at)
-    _flush(session)
+    flush_or_conflict(session, "referral")
     audit.record(session, actor, "referral.consent", "referral", referral.id)
     return referral
 
@@ -352,7 +337,7 @@ class OutcomeData:
 def record_outcome(session: Session, actor: Actor, referral_id: int, data: OutcomeData,
                    *, at: datetime | None = None) -> Outcome:
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
-    _require_worker(actor)
+    require_worker(actor)
     if referral.receiver_agency_id != actor.agency_id:
         raise Forbidden("Only the receiving agency records outcomes.")
     if referral.status is not Status.ACCEPTED:
@@ -376,7 +361,7 @@ def record_outcome(session: Session, actor: Actor, referral_id: int, data: Outco
            at=when)
     # Touching the referral bumps its version, so a concurrent editor sees the change.
     referral.updated_at = when
-    _flush(session)
+    flush_or_conflict(session, "referral")
     audit.record(session, actor, "referral.outcome", "referral", referral.id,
                  detail={"arrests": data.arrests, "charges": data.charges,
                          "children_safeguarded": data.children_safeguarded})

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.db import utcnow
 from app.models import Identifier, Referral, Status, Subject, User, referral_subjects
-from app.services import DomainError, Forbidden, NotFound, audit, deconfliction
+from app.services import DomainError, Forbidden, NotFound, audit, deconfliction, require_worker
 from app.services.access import get_visible_referral
 from app.services.audit import Actor
 from app.services.identifiers import PLATFORMS, IdentifierKind
@@ -45,8 +45,7 @@ def subjects_of(session: Session, user: User, referral_id: int) -> list[Subject]
 
 def _editable_referral(session: Session, actor: Actor, referral_id: int) -> Referral:
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
-    if actor.user is None or not actor.user.can_work_referrals:
-        raise Forbidden("Your role may read referrals but not work them.")
+    require_worker(actor)
     if referral.sender_agency_id != actor.agency_id:
         raise Forbidden("Only the sending agency records subjects.")
     if referral.status not in EDITABLE:
