@@ -3,7 +3,8 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, func
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
@@ -66,6 +67,16 @@ class User(Base):
         if not self.session_token:
             raise RuntimeError("sign in through app.services.security.start_session")
         return self.session_token
+
+    @hybrid_property
+    def last_used_at(self) -> datetime:
+        """The last sign-in, or the creation of an account never used (inactivity rule)."""
+        return self.last_login_at or self.created_at
+
+    @last_used_at.inplace.expression
+    @classmethod
+    def _last_used_at_expression(cls):
+        return func.coalesce(cls.last_login_at, cls.created_at)
 
     @property
     def mfa_enabled(self) -> bool:

@@ -83,8 +83,7 @@ def authenticate(session: Session, passwords: Passwords, policy: Policy, email: 
     if not user.is_active:
         audit.record(session, actor, "auth.login", "user", user.id, outcome="failure", detail={"reason": "disabled"})
         return SignIn(Outcome.REFUSED)
-    last_use = user.last_login_at or user.created_at
-    if now - last_use > policy.inactive_after:
+    if now - user.last_used_at > policy.inactive_after:
         disable(session, actor, user, "inactive")
         audit.record(session, actor, "auth.login", "user", user.id, outcome="failure", detail={"reason": "inactive"})
         return SignIn(Outcome.REFUSED)
@@ -127,13 +126,10 @@ def disable_inactive(session: Session, policy: Policy, now: datetime | None = No
     """Disable accounts unused for longer than the policy allows (run daily)."""
     now = now or utcnow()
     cutoff = now - policy.inactive_after
-    stale = session.scalars(select(User).where(User.is_active.is_(True))).all()
-    disabled = []
+    stale = session.scalars(select(User).where(User.is_active.is_(True), User.last_used_at < cutoff)).all()
     for user in stale:
-        if (user.last_login_at or user.created_at) < cutoff:
-            disable(session, audit.SYSTEM, user, "inactive")
-            disabled.append(user)
-    return disabled
+        disable(session, audit.SYSTEM, user, "inactive")
+    return list(stale)
 
 
 # --- sessions ----------------------------------------------------------------------------
@@ -157,14 +153,19 @@ def start_session(session: Session, user: User, address: str | None, now: dateti
 def resume_session(session: Session, policy: Policy, token: str, now: datetime | None = None) -> User | None:
     """The user behind a session token, if the session is live; ends it when it has timed out."""
     now = now or utcnow()
-    row = session.scalar(select(UserSession).where(UserSession.token_hash == _hash_token(token)))
-    if row is None or row.revoked_at is not None:
+    # Every request passes here: one statement for the session and its user.
+    found = session.execute(
+        select(UserSession, User).join(User, User.id == UserSession.user_id)
+        .where(UserSession.token_hash == _hash_token(token))
+    ).one_or_none()
+    if found is None:
         return None
-    if now - row.last_seen_at > policy.idle_timeout or now - row.created_at > policy.absolute_timeout:
+    row, user = found
+    if row.revoked_at is not None:
+        return None
+    if (now - row.last_seen_at > policy.idle_timeout or now - row.created_at > policy.absolute_timeout
+            or not user.is_active):
         row.revoked_at = now
-        return None
-    user = session.get(User, row.user_id)
-    if user is None or not user.is_active:
         return None
     # Touch at most once a minute: enough for a 30-minute idle timeout, far fewer writes.
     if now - row.last_seen_at > timedelta(minutes=1):
@@ -213,10 +214,11 @@ def enable_mfa(session: Session, actor: Actor, user: User, secret: str, code: st
                now: datetime | None = None) -> list[str]:
     """Turn the second factor on once the user proves the app has the secret; returns the
     recovery codes, which are shown once and stored only hashed."""
-    step = _accepted_timestep(secret, code, now or utcnow(), None)
+    now = now or utcnow()
+    step = _accepted_timestep(secret, code, now, None)
     if step is None:
         raise DomainError("That code does not match; check the time on your device and try again.", field="code")
-    user.mfa_secret, user.mfa_enabled_at, user.mfa_last_timestep = secret, now or utcnow(), step
+    user.mfa_secret, user.mfa_enabled_at, user.mfa_last_timestep = secret, now, step
     codes = _new_recovery_codes(session, user)
     audit.record(session, actor, "auth.mfa_enable", "user", user.id)
     return codes
