@@ -122,12 +122,15 @@ def check():
     return render_template("hits/check.html", form=form, result=result), form_status(form)
 
 
+LIST_PAGE_SIZE = 50  # notifications and common identifiers per page
+
+
 @bp.route("/notifications")
 @login_required
 def notifications():
     page = max(1, request.args.get("page", 1, type=int) or 1)
-    items, total = service.list_notifications(db.session, current_user, page=page)
-    pages = max(1, -(-total // 50))
+    items, total = service.list_notifications(db.session, current_user, page=page, per_page=LIST_PAGE_SIZE)
+    pages = max(1, -(-total // LIST_PAGE_SIZE))
     return render_template("hits/notifications.html", items=items, total=total, page=page, pages=pages)
 
 
@@ -138,7 +141,7 @@ admin_required = roles_required(Role.ADMIN)
 @admin_required
 def common_identifiers():
     page = max(1, request.args.get("page", 1, type=int) or 1)
-    items, total = service.list_common_identifiers(db.session, current_actor(), page=page)
-    pages = max(1, -(-total // 50))
+    items, total = service.list_common_identifiers(db.session, current_actor(), page=page, per_page=LIST_PAGE_SIZE)
+    pages = max(1, -(-total // LIST_PAGE_SIZE))
     return render_template("hits/common.html", items=items, total=total, page=page, pages=pages,
                            threshold=current_app.config["COMMON_IDENTIFIER_THRESHOLD"])
