@@ -31,6 +31,18 @@ def can_add_subjects(referral: Referral, user: User) -> bool:
     )
 
 
+def subject_on_referral(session: Session, referral: Referral, subject_id: int) -> Subject:
+    """A subject of a referral the caller has already read through the access scope."""
+    subject = session.scalars(
+        select(Subject)
+        .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
+        .where(referral_subjects.c.referral_id == referral.id, Subject.id == subject_id)
+    ).unique().one_or_none()
+    if subject is None:
+        raise NotFound("No such subject on this referral.")
+    return subject
+
+
 def subjects_of(session: Session, user: User, referral_id: int) -> list[Subject]:
     """The subjects of a referral the user may see, with their identifiers."""
     referral = get_visible_referral(session, user, referral_id)
@@ -130,13 +142,7 @@ def add_identifiers(session: Session, actor: Actor, referral_id: int, subject_id
                     kind: IdentifierKind | None = None, platform: str | None = None) -> list[Identifier]:
     """More identifiers for a subject of the referral; every referral it sits on is matched."""
     referral = _editable_referral(session, actor, referral_id)
-    subject = session.scalars(
-        select(Subject)
-        .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
-        .where(referral_subjects.c.referral_id == referral.id, Subject.id == subject_id)
-    ).unique().one_or_none()
-    if subject is None:
-        raise NotFound("No such subject on this referral.")
+    subject = subject_on_referral(session, referral, subject_id)
     if subject.agency_id != actor.agency_id:
         raise Forbidden("Another agency recorded this subject; add a new subject instead.")
     parsed = _parse(session, referral, identifiers, kind, platform)

@@ -285,10 +285,7 @@ def add_subject(referral_id: int):
 @login_required
 def add_identifiers(referral_id: int, subject_id: int):
     referral = get_visible_referral(db.session, current_user, referral_id)
-    subject = next((s for s in subjects_service.subjects_of(db.session, current_user, referral_id)
-                    if s.id == subject_id), None)
-    if subject is None:
-        abort(404)
+    subject = subjects_service.subject_on_referral(db.session, referral, subject_id)
     if not subjects_service.can_add_subjects(referral, current_user) or subject.agency_id != current_user.agency_id:
         abort(403)
     form = IdentifiersForm()
