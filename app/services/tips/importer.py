@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -380,9 +380,11 @@ class _Writer:
              "packaged": states[a].packaged, "updated_at": self.now}
             for a in absorbed_ids
         ])
-        for survivor, absorbed in result.merges:
-            session.execute(update(TipAccount.__table__).where(TipAccount.__table__.c.holder_id.in_(absorbed))
-                            .values(holder_id=survivor))
+        moves = [{"absorbed": a, "survivor": survivor} for survivor, absorbed in result.merges for a in absorbed]
+        if moves:  # one executemany for every merged holder's accounts
+            accounts_table = TipAccount.__table__
+            session.execute(update(accounts_table).where(accounts_table.c.holder_id == bindparam("absorbed"))
+                            .values(holder_id=bindparam("survivor")), moves)
         self._lap("write holders")
 
         account_table = TipAccount.__table__
@@ -485,7 +487,8 @@ class _Writer:
     def _refresh(self, batch: list[int], total: deconfliction.RefreshResult) -> None:
         part = deconfliction.refresh_hits(self.session, self.actor, batch)
         total.created.extend(part.created)
-        total.updated.extend(h for h in part.updated if h not in total.created)
+        created = set(total.created)
+        total.updated.extend(h for h in part.updated if h not in created)
         total.common = sorted(set(total.common) | set(part.common))
 
     def _write_identifiers(self, columns, rows: list, weight: Counter) -> None:
