@@ -370,9 +370,28 @@ STATUS_FIELDS = ("referrals", "open", "overdue", "acknowledged", "accepted_now",
 OUTCOME_FIELDS = ("arrests", "charges", "children_safeguarded")
 
 
-def _outcome_columns() -> list[ColumnElement]:
-    return [_sum(Outcome.arrests).label("arrests"), _sum(Outcome.charges).label("charges"),
-            _sum(Outcome.children_safeguarded).label("children_safeguarded")]
+def _outcome_sums(session: Session, base, group_column, *extra: ColumnElement):
+    """Outcome totals per group, over the investigations in scope (outcomes are recorded on
+    accepted referrals only)."""
+    return session.execute(
+        base.with_only_columns(group_column, *extra, _sum(Outcome.arrests).label("arrests"),
+                               _sum(Outcome.charges).label("charges"),
+                               _sum(Outcome.children_safeguarded).label("children_safeguarded"))
+        .join(Outcome, Outcome.referral_id == Referral.id)
+        .where(Referral.status.in_(INVESTIGATION_STATUSES)).group_by(group_column)
+    )
+
+
+def _set_outcomes(target, row) -> None:
+    for f in OUTCOME_FIELDS:
+        setattr(target, f, int(getattr(row, f)))
+
+
+def _sum_into(total, rows, fields: tuple[str, ...]):
+    for row in rows:
+        for f in fields:
+            setattr(total, f, getattr(total, f) + getattr(row, f))
+    return total
 
 
 def global_dashboard(session: Session, user, filters: Filters, now: datetime | None = None,
@@ -387,13 +406,8 @@ def global_dashboard(session: Session, user, filters: Filters, now: datetime | N
     for code, values in found.items():
         rows[code].median_ack_seconds = values["ack"]
         rows[code].median_accept_seconds = values["accept"]
-    for row in session.execute(
-        base.with_only_columns(Referral.jurisdiction, *_outcome_columns())
-        .join(Outcome, Outcome.referral_id == Referral.id)
-        .where(Referral.status.in_(INVESTIGATION_STATUSES)).group_by(Referral.jurisdiction)
-    ):
-        for f in OUTCOME_FIELDS:
-            setattr(rows[row.jurisdiction], f, int(getattr(row, f)))
+    for row in _outcome_sums(session, base, Referral.jurisdiction):
+        _set_outcomes(rows[row.jurisdiction], row)
     headline = Headline(
         sent=sum(r.referrals for r in rows.values()),
         acknowledged=sum(r.acknowledged for r in rows.values()),
@@ -616,7 +630,7 @@ def country_dashboard(session: Session, user, code: str, filters: Filters, now: 
     overdue = _overdue(session, base, now, overdue_limit) if totals.overdue else []
     overdue_total = totals.overdue
     receivers = _receivers(session, base, now) if totals.referrals else []
-    outcomes, outcome_totals = _outcomes(session, base, receivers, any_investigation=bool(totals.investigations))
+    outcomes, outcome_totals = _outcomes(session, base, receivers)
     hits = _open_hits(session, user, base)
     return CountryDashboard(
         code=code, filters=filters, now=now, totals=totals, statuses=status_counts,
@@ -705,28 +719,20 @@ def _receivers(session: Session, base, now: datetime) -> list[ReceiverRow]:
     return sorted(rows, key=lambda r: (-r.referrals, r.name))
 
 
-def _outcomes(session: Session, base, receivers: list[ReceiverRow],
-              any_investigation: bool = True) -> tuple[list[OutcomeRow], OutcomeRow]:
+def _outcomes(session: Session, base, receivers: list[ReceiverRow]) -> tuple[list[OutcomeRow], OutcomeRow]:
     rows = {r.agency_id: OutcomeRow(r.agency_id, r.name, investigations=r.investigations)
             for r in receivers if r.investigations}
     names = {r.agency_id: r.name for r in receivers}
-    for row in [] if not any_investigation else session.execute(
-        base.with_only_columns(Referral.receiver_agency_id, func.count(Outcome.id).label("reports"),
-                               *_outcome_columns())
-        .join(Outcome, Outcome.referral_id == Referral.id)
-        .where(Referral.status.in_(INVESTIGATION_STATUSES))  # outcomes are recorded on accepted referrals only
-        .group_by(Referral.receiver_agency_id)
-    ):
+    # No investigation in scope means no outcome either: skip the query.
+    sums = _outcome_sums(session, base, Referral.receiver_agency_id, func.count(Outcome.id).label("reports")) \
+        if rows else []
+    for row in sums:
         agency_id = row.receiver_agency_id
         target = rows.setdefault(agency_id, OutcomeRow(agency_id, names[agency_id]))
         target.reports = row.reports
-        for f in OUTCOME_FIELDS:
-            setattr(target, f, int(getattr(row, f)))
+        _set_outcomes(target, row)
     ordered = sorted(rows.values(), key=lambda r: (-r.investigations, r.name))
-    totals = OutcomeRow(0, "All receiving agencies")
-    for r in ordered:
-        for f in ("investigations", "reports", *OUTCOME_FIELDS):
-            setattr(totals, f, getattr(totals, f) + getattr(r, f))
+    totals = _sum_into(OutcomeRow(0, "All receiving agencies"), ordered, ("investigations", "reports", *OUTCOME_FIELDS))
     return ordered, totals
 
 
@@ -827,18 +833,10 @@ def operation_dashboard(session: Session, user, filters: Filters) -> OperationDa
         ).group_by(Referral.jurisdiction)
     ):
         rows[row.jurisdiction] = OperationRow(row.jurisdiction, row.referrals, row.acknowledged, row.investigations)
-    for row in session.execute(
-        base.with_only_columns(Referral.jurisdiction, *_outcome_columns())
-        .join(Outcome, Outcome.referral_id == Referral.id)
-        .where(Referral.status.in_(INVESTIGATION_STATUSES)).group_by(Referral.jurisdiction)
-    ):
-        for f in OUTCOME_FIELDS:
-            setattr(rows[row.jurisdiction], f, int(getattr(row, f)))
+    for row in _outcome_sums(session, base, Referral.jurisdiction):
+        _set_outcomes(rows[row.jurisdiction], row)
     ordered = sorted(rows.values(), key=lambda r: (-r.referrals, r.name))
-    total = OperationRow("")
-    for r in ordered:
-        for f in ("referrals", "acknowledged", "investigations", *OUTCOME_FIELDS):
-            setattr(total, f, getattr(total, f) + getattr(r, f))
+    total = _sum_into(OperationRow(""), ordered, ("referrals", "acknowledged", "investigations", *OUTCOME_FIELDS))
     return OperationDashboard(operation.id, operation.code, operation.lead_agency.name, filters, ordered, total)
 
 
