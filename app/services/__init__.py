@@ -1,6 +1,10 @@
 """The domain, free of Flask. Services read through `access`, write through the models and
 `audit`, and flush; they never commit (the request or CLI command does, once)."""
 
+import math
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
 
@@ -50,3 +54,26 @@ def require_worker(actor, message: str = "Your role may read referrals but not w
     """Only liaison officers and managers work referrals and what hangs off them."""
     if actor.user is None or not actor.user.can_work_referrals:
         raise Forbidden(message)
+
+
+@dataclass
+class Page:
+    """One page of a list, with the total it was cut from."""
+
+    items: list
+    total: int
+    page: int
+    per_page: int
+    overdue_ids: set[int] = field(default_factory=set)  # referral lists mark the late ones
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+def paginate(session, query, page: int, per_page: int, *order) -> Page:
+    """Count the (scoped, filtered) query and fetch one page of it in the given order."""
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    page = max(1, page)
+    items = list(session.scalars(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique())
+    return Page(items, total, page, per_page)

@@ -18,7 +18,6 @@ its liaison desk and the other referral's reference (see app/services/access.py)
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,7 +43,16 @@ from app.models import (
     User,
     referral_subjects,
 )
-from app.services import DomainError, Forbidden, audit, check_version, flush_or_conflict, require_worker
+from app.services import (
+    DomainError,
+    Forbidden,
+    Page,
+    audit,
+    check_version,
+    flush_or_conflict,
+    paginate,
+    require_worker,
+)
 from app.services.access import (
     agency_contacts,
     get_visible_hit,
@@ -662,30 +670,15 @@ class HitFilters:
     page: int = 1
 
 
-@dataclass
-class HitPage:
-    items: list[HitView]
-    total: int
-    page: int
-    per_page: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
-
-
-def list_hits(session: Session, user: User, filters: HitFilters, per_page: int = 25) -> HitPage:
+def list_hits(session: Session, user: User, filters: HitFilters, per_page: int = 25) -> Page:
     query = visible_hits(user)
     if filters.status:
         query = query.where(Hit.status == filters.status)
     if filters.kind:
         query = query.where(Hit.id.in_(select(HitMatch.hit_id).where(HitMatch.kind == filters.kind)))
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    page = max(1, filters.page)
-    hits = session.scalars(
-        query.order_by(Hit.updated_at.desc(), Hit.id.desc()).limit(per_page).offset((page - 1) * per_page)
-    ).unique().all()
-    return HitPage(describe(session, user, hits), total, page, per_page)
+    result = paginate(session, query, filters.page, per_page, Hit.updated_at.desc(), Hit.id.desc())
+    result.items = describe(session, user, result.items)  # contact cards, never the rows
+    return result
 
 
 # --- the blind check -------------------------------------------------------------------------

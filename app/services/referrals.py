@@ -11,12 +11,11 @@ stamps its date, appends to the referral's history and to the audit trail.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,7 +32,19 @@ from app.models import (
     Status,
     TLP,
 )
-from app.services import DomainError, Forbidden, audit, check_version, countries, deconfliction, flush_or_conflict, require_worker, subjects
+from app.services import (
+    DomainError,
+    Forbidden,
+    Page,
+    audit,
+    check_version,
+    countries,
+    deconfliction,
+    flush_or_conflict,
+    paginate,
+    require_worker,
+    subjects,
+)
 from app.services.access import get_visible_referral, visible_referrals
 from app.services.audit import Actor
 
@@ -411,19 +422,6 @@ class ListFilters:
     page: int = 1
 
 
-@dataclass
-class Page:
-    items: list[Referral]
-    total: int
-    page: int
-    per_page: int
-    overdue_ids: set[int] = field(default_factory=set)
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
-
-
 def list_referrals(session: Session, user, filters: ListFilters, per_page: int = 25,
                    now: datetime | None = None) -> Page:
     now = now or utcnow()
@@ -442,12 +440,8 @@ def list_referrals(session: Session, user, filters: ListFilters, per_page: int =
         query = query.where(Referral.receiver_agency_id == user.agency_id)
     elif filters.direction == "out":
         query = query.where(Referral.sender_agency_id == user.agency_id)
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     column = SORTS.get(filters.sort, Referral.updated_at)
     order = column.desc() if filters.descending else column.asc()
-    page = max(1, filters.page)
-    items = list(
-        session.scalars(query.order_by(order, Referral.id.desc()).limit(per_page).offset((page - 1) * per_page)).unique()
-    )
-    overdue_ids = {r.id for r in items if r.is_overdue(now)}
-    return Page(items=items, total=total or 0, page=page, per_page=per_page, overdue_ids=overdue_ids)
+    result = paginate(session, query, filters.page, per_page, order, Referral.id.desc())
+    result.overdue_ids = {r.id for r in result.items if r.is_overdue(now)}
+    return result

@@ -7,7 +7,6 @@ router as the import, and is on the audit trail.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +30,7 @@ from app.models import (
     TipCommonIdentifier,
     referral_subjects,
 )
-from app.services import DomainError, Forbidden, NotFound, audit, countries, deconfliction
+from app.services import DomainError, Forbidden, NotFound, Page, audit, countries, deconfliction, paginate
 from app.services.access import (
     get_visible_holder,
     led_holders,
@@ -47,18 +46,6 @@ from app.services.tips.routing import HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router
 from app.services.triage import RiskProfile, priority
 
 NOTE_MAX = 1000
-
-
-@dataclass
-class Page:
-    items: list
-    total: int
-    page: int
-    per_page: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
 
 
 @dataclass
@@ -92,18 +79,11 @@ def _filtered(query, filters: HolderFilters):
     return query
 
 
-def _page(session: Session, query, filters: HolderFilters, per_page: int, order) -> Page:
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    page = max(1, filters.page)
-    items = list(session.scalars(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique())
-    return Page(items, total, page, per_page)
-
-
 def list_holders(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
     """Holders the user may see (lead agency: all of its operations'; others: those on their
     referrals)."""
     query = _filtered(visible_holders(user), filters)
-    return _page(session, query, filters, per_page, (Holder.operation_id, Holder.number))
+    return paginate(session, query, filters.page, per_page, Holder.operation_id, Holder.number)
 
 
 def review_list(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
@@ -111,7 +91,7 @@ def review_list(session: Session, user, filters: HolderFilters, per_page: int = 
     least certain first."""
     filters.review = True
     query = _filtered(led_holders(user), filters)
-    return _page(session, query, filters, per_page, (Holder.confidence, Holder.operation_id, Holder.number))
+    return paginate(session, query, filters.page, per_page, Holder.confidence, Holder.operation_id, Holder.number)
 
 
 @dataclass
@@ -134,7 +114,7 @@ def unrouted(session: Session, user, filters: HolderFilters, per_page: int = 25)
         Agency.id.in_([r[2] for r in rows if r[2]]))).all())
     summary = sorted((UnroutedCountry(country, n, names.get(receiver)) for country, n, receiver in rows),
                      key=lambda u: (-u.holders, u.country or ""))
-    return summary, _page(session, query, filters, per_page, (Holder.jurisdiction, Holder.number))
+    return summary, paginate(session, query, filters.page, per_page, Holder.jurisdiction, Holder.number)
 
 
 @dataclass
