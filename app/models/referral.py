@@ -77,7 +77,7 @@ class Referral(Base):
         # Every dashboard figure filters on jurisdiction and the sending date and reads only
         # these columns: both engines answer from the index without touching the table.
         Index("ix_referrals_dashboard", "jurisdiction", "sent_at", "status", "priority", "sender_agency_id",
-              "receiver_agency_id", "operation_id", "acknowledged_at", "accepted_at"),
+              "receiver_agency_id", "operation_id", "acknowledged_at", "accepted_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -53,7 +53,7 @@ from app.services.referrals import overdue_clause
 OPEN_STATUSES = (Status.SENT, Status.ACKNOWLEDGED, Status.ACCEPTED)
 INVESTIGATION_STATUSES = (Status.ACCEPTED, Status.CLOSED)
 OPEN_HIT_STATUSES = (HitStatus.NEW, HitStatus.ACKNOWLEDGED)
-OVERDUE_LIST_LIMIT = 100
+OVERDUE_LIST_LIMIT = 25  # on the page; the export and the referral list hold them all
 
 
 # --- engine-specific SQL ---------------------------------------------------------------------
@@ -700,8 +700,9 @@ def _overdue(session: Session, base, now: datetime, limit: int | None) -> list[O
 
 
 def _receivers(session: Session, base, now: datetime) -> list[ReceiverRow]:
-    counted, found = grouped(session, base.join(Agency, Agency.id == Referral.receiver_agency_id),
-                             [Referral.receiver_agency_id, Agency.name, Agency.country_code], [
+    # Grouped by the agency id alone, names looked up afterwards: sorting every row by the
+    # agency's name as well costs more than the medians.
+    counted, found = grouped(session, base, [Referral.receiver_agency_id], [
         func.count().label("referrals"),
         _count_if(Referral.status.in_(OPEN_STATUSES)).label("open"),
         _count_if(overdue_clause(now)).label("overdue"),
@@ -710,11 +711,13 @@ def _receivers(session: Session, base, now: datetime) -> list[ReceiverRow]:
         _count_if(Referral.status == Status.DECLINED).label("declined"),
         _count_if(Referral.status == Status.TRANSFERRED).label("transferred"),
     ], {"ack": ACK_SECONDS, "accept": ACCEPT_SECONDS}, Referral.receiver_agency_id)
+    agencies = {row.id: row for row in session.execute(agency_contacts(r.receiver_agency_id for r in counted))}
     rows = []
     for row in counted:
+        agency = agencies[row.receiver_agency_id]
         medians_of = found.get(row.receiver_agency_id, {})
-        rows.append(ReceiverRow(row.receiver_agency_id, row.name, row.country_code, row.referrals, row.open, row.overdue,
-                                row.acknowledged, row.investigations, row.declined, row.transferred,
+        rows.append(ReceiverRow(row.receiver_agency_id, agency.name, agency.country_code, row.referrals, row.open,
+                                row.overdue, row.acknowledged, row.investigations, row.declined, row.transferred,
                                 medians_of.get("ack"), medians_of.get("accept")))
     return sorted(rows, key=lambda r: (-r.referrals, r.name))
 

@@ -16,7 +16,7 @@ branch_labels = None
 depends_on = None
 
 COLUMNS = ['jurisdiction', 'sent_at', 'status', 'priority', 'sender_agency_id', 'receiver_agency_id',
-           'operation_id', 'acknowledged_at', 'accepted_at']
+           'operation_id', 'acknowledged_at', 'accepted_at', 'id']
 
 
 def upgrade() -> None:

@@ -240,3 +240,17 @@ def test_outsiders_dashboards_and_exports_do_not_move(app, browser, web_world):
     after = _everything(browser, [web_world.operation.id])
     changed = [key for key in before if before[key] != after[key]]
     assert changed == []
+
+
+def test_overdue_panel_shows_the_latest_and_links_the_full_list(app, browser, web_world):
+    late = [_make(app, web_world, "sent", sent=NOW - timedelta(hours=80 + hours), priority=Priority.P2).reference
+            for hours in range(27)]
+    browser.login("manager.a@example.org")
+    html = browser.get("/dashboards/country/AU?priority=P2").get_data(as_text=True)
+    assert "The 25 latest of 27 are shown" in html
+    assert late[-1] in html and late[0] not in html and late[1] not in html
+    link = re.search(r'<a href="([^"]+)">the referral list</a>', html).group(1).replace("&amp;", "&")
+    assert "jurisdiction=AU" in link and "overdue=y" in link and "priority=P2" in link
+    listed = browser.get(link).get_data(as_text=True)
+    assert late[-1] in listed  # the most late first
+    assert len(_csv(browser.get("/dashboards/country/AU/overdue.csv?priority=P2"))) == 1 + 27

@@ -204,8 +204,19 @@ def country_view(code: str):
     return render_template(
         "dashboards/country.html", state=state, dashboard=dashboard, funnel_chart=funnel_chart,
         timeline_chart=timeline_chart, priority_chart=priority_chart, outcome_chart=outcome_chart,
-        series=series,
+        series=series, overdue_list=_overdue_list_url(canonical, state.filters),
     )
+
+
+def _overdue_list_url(code: str, filters: stats.Filters) -> str:
+    """The referral list showing every overdue referral of the country, the latest first
+    (it has no date filter: the dashboard's date range is not carried over)."""
+    args = {"jurisdiction": code, "overdue": "y", "sort": "sent", "order": "asc"}
+    if filters.operation_id is not None:
+        args["operation"] = filters.operation_id
+    if filters.priority:
+        args["priority"] = filters.priority.value
+    return url_for("referrals.index", **args)
 
 
 @bp.route("/country/<code>/<any(" + ", ".join(COUNTRY_TABLES) + "):table>.<any(csv, json):fmt>")
