@@ -31,6 +31,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
 
 def register_extensions(app: Flask) -> None:
     from app.extensions import csrf, db, limiter, login_manager
+    from app.services.dashboard_cache import GlobalDashboardCache
     from app.services.security import Policy, resume_session
     from app.services.users import Passwords
 
@@ -48,6 +49,7 @@ def register_extensions(app: Flask) -> None:
         app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST"], app.config["ARGON2_PARALLELISM"]
     )
     app.extensions["handoff_security_policy"] = Policy.from_config(app.config)
+    app.extensions["handoff_dashboard_cache"] = GlobalDashboardCache(app.config["DASHBOARD_CACHE_SECONDS"])
 
     @login_manager.user_loader
     def load_user(session_token: str):

@@ -59,6 +59,9 @@ class Config:
     # An identifier held by more referrals than this is "common" and raises no hits.
     COMMON_IDENTIFIER_THRESHOLD = 20
     BLIND_CHECK_LIMIT = 10_000
+    # SQLite only: how long the global dashboard's figures that move with the clock (overdue)
+    # may be served from the cache; any change of the data refreshes them at once. 0: no cache.
+    DASHBOARD_CACHE_SECONDS = 60
 
 
 class DevelopmentConfig(Config):

@@ -2,6 +2,7 @@
 
 from app.models.agency import Agency, AgencyKind
 from app.models.audit import AuditEntry, AuditHead
+from app.models.cache import DASHBOARDS, DataVersion
 from app.models.hit import (
     CommonIdentifier,
     Hit,
@@ -43,6 +44,7 @@ __all__ = [
     "Priority", "RISK_FLAGS", "ReferenceCounter", "Referral", "ReferralEvent", "Role", "Status",
     "TLP", "User",
     "RecoveryCode", "UserSession",
+    "DASHBOARDS", "DataVersion",
     # deconfliction
     "CommonIdentifier", "Hit", "HitMatch", "HitSide", "HitStatus", "Identifier", "Notification",
     "NotificationCursor", "NotificationKind", "Subject", "referral_subjects",

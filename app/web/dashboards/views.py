@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from app.db import utcnow
@@ -135,8 +135,8 @@ def _sort() -> tuple[str, bool]:
 def global_view():
     state = _read_filters()
     sort, descending = _sort()
-    now = utcnow()
-    dashboard = stats.global_dashboard(db.session, current_user, state.filters, now=now, sort=sort,
+    cache = current_app.extensions["handoff_dashboard_cache"]
+    dashboard = cache.global_dashboard(db.session, current_user, state.filters, now=utcnow(), sort=sort,
                                        descending=descending)
     values = dashboard.referrals_by_country()
     world = worldmap.render(
