@@ -38,12 +38,13 @@ from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.sql.sqltypes import NullType
 
 from app.db import utcnow
-from app.models import Agency, Hit, HitStatus, Operation, Outcome, Priority, Referral, Status
+from app.models import Agency, Hit, HitStatus, Holder, Operation, Outcome, Priority, Referral, Status
 from app.services import DomainError, NotFound, audit, countries, exports
 from app.services.access import (
     agency_contacts,
     match_counterparts,
     visible_hits,
+    visible_holders,
     visible_operations,
     visible_referrals,
 )
@@ -777,9 +778,14 @@ def _open_hits(session: Session, user, base) -> list[HitRow]:
 
 # --- operation dashboard --------------------------------------------------------------------
 
+UNPLACED = "--"  # holders whose jurisdiction is not decided yet
+
+
 @dataclass
 class OperationRow:
-    code: str  # jurisdiction, or "" for the total
+    code: str  # jurisdiction, UNPLACED, or "" for the total
+    accounts: int = 0
+    holders: int = 0
     referrals: int = 0
     acknowledged: int = 0
     investigations: int = 0
@@ -789,7 +795,12 @@ class OperationRow:
 
     @property
     def name(self) -> str:
-        return countries.name(self.code) if self.code else "All countries"
+        if not self.code:
+            return "All countries"
+        return "Not placed yet" if self.code == UNPLACED else countries.name(self.code)
+
+
+FUNNEL_FIELDS = ("accounts", "holders", "referrals", "acknowledged", "investigations", *OUTCOME_FIELDS)
 
 
 @dataclass
@@ -805,6 +816,8 @@ class OperationDashboard:
     def funnel(self) -> list[FunnelStage]:
         t = self.total
         return [
+            FunnelStage("accounts", "Accounts in the tip", t.accounts),
+            FunnelStage("holders", "Account holders", t.holders),
             FunnelStage("referrals", "Referrals sent", t.referrals),
             FunnelStage("acknowledged", "Acknowledged", t.acknowledged),
             FunnelStage("accepted", "Accepted (investigations)", t.investigations),
@@ -813,21 +826,38 @@ class OperationDashboard:
         ]
 
     def tables(self) -> dict[str, Table]:
-        columns = [("country_code", "Country code"), ("country", "Country"), ("referrals", "Referrals"),
-                   ("acknowledged", "Acknowledged"), ("accepted", "Accepted (investigations)"),
-                   ("arrests", "Arrests"), ("children_safeguarded", "Children safeguarded")]
-        rows = [[r.code or "ALL", r.name, r.referrals, r.acknowledged, r.investigations, r.arrests,
-                 r.children_safeguarded] for r in self.rows + [self.total]]
+        columns = [("country_code", "Country code"), ("country", "Country"), ("accounts", "Accounts"),
+                   ("holders", "Account holders"), ("referrals", "Referrals"), ("acknowledged", "Acknowledged"),
+                   ("accepted", "Accepted (investigations)"), ("arrests", "Arrests"),
+                   ("children_safeguarded", "Children safeguarded")]
+        rows = [[r.code or "ALL", r.name, r.accounts, r.holders, r.referrals, r.acknowledged, r.investigations,
+                 r.arrests, r.children_safeguarded] for r in self.rows + [self.total]]
         return {"funnel": Table("funnel", f"Operation {self.operation_code}: funnel per country", columns, rows)}
 
 
 def operation_dashboard(session: Session, user, filters: Filters) -> OperationDashboard:
+    """The operation's funnel per country: accounts and account holders from its tips (those
+    the user may see; the priority filter applies to the holders' triage, the dates do not:
+    a tip has no sending date), then its referrals from sending to outcomes."""
     if filters.operation_id is None:
         raise DomainError("Choose an operation.", field="operation")
     check_filters(session, user, filters)
     operation = session.get(Operation, filters.operation_id)
-    base = scope(user, filters)
     rows: dict[str, OperationRow] = {}
+
+    def row_of(code: str | None) -> OperationRow:
+        code = code or UNPLACED
+        return rows.setdefault(code, OperationRow(code))
+
+    holders = visible_holders(user).where(Holder.operation_id == operation.id)
+    if filters.priority:
+        holders = holders.where(Holder.priority == filters.priority)
+    for code, n, accounts in session.execute(
+        holders.with_only_columns(Holder.jurisdiction, func.count(), _sum(Holder.accounts)).group_by(Holder.jurisdiction)
+    ):
+        row = row_of(code)
+        row.holders, row.accounts = n, int(accounts)
+    base = scope(user, filters)
     for row in session.execute(
         base.with_only_columns(
             Referral.jurisdiction, func.count().label("referrals"),
@@ -835,11 +865,12 @@ def operation_dashboard(session: Session, user, filters: Filters) -> OperationDa
             _count_if(Referral.status.in_(INVESTIGATION_STATUSES)).label("investigations"),
         ).group_by(Referral.jurisdiction)
     ):
-        rows[row.jurisdiction] = OperationRow(row.jurisdiction, row.referrals, row.acknowledged, row.investigations)
+        target = row_of(row.jurisdiction)
+        target.referrals, target.acknowledged, target.investigations = row.referrals, row.acknowledged, row.investigations
     for row in _outcome_sums(session, base, Referral.jurisdiction):
         _set_outcomes(rows[row.jurisdiction], row)
-    ordered = sorted(rows.values(), key=lambda r: (-r.referrals, r.name))
-    total = _sum_into(OperationRow(""), ordered, ("referrals", "acknowledged", "investigations", *OUTCOME_FIELDS))
+    ordered = sorted(rows.values(), key=lambda r: (r.code == UNPLACED, -r.referrals, -r.holders, r.name))
+    total = _sum_into(OperationRow(""), ordered, FUNNEL_FIELDS)
     return OperationDashboard(operation.id, operation.code, operation.lead_agency.name, filters, ordered, total)
 
 

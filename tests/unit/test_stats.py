@@ -152,7 +152,8 @@ def test_operation_funnel_by_hand(session, world, data):
     assert d.operation_code == "LANTERN"
     assert [(r.code, r.referrals, r.acknowledged, r.investigations) for r in d.rows] == [("AU", 1, 1, 1)]
     assert [(s.key, s.count) for s in d.funnel] == [
-        ("referrals", 1), ("acknowledged", 1), ("accepted", 1), ("arrests", 0), ("children_safeguarded", 0)]
+        ("accounts", 0), ("holders", 0), ("referrals", 1), ("acknowledged", 1), ("accepted", 1), ("arrests", 0),
+        ("children_safeguarded", 0)]
     with pytest.raises(DomainError, match="Unknown operation"):
         stats.operation_dashboard(session, world.users["i_viewer"], stats.Filters(operation_id=world.operation.id))
 
@@ -263,3 +264,29 @@ def test_exports_are_recorded_on_the_audit_trail(session, world, data):
     entry = session.query(AuditEntry).filter_by(action="dashboard.export").one()
     assert entry.object_type == "dashboard" and entry.object_id == "country:AU:overdue"
     assert '"format": "csv"' in entry.detail and '"priority": "P2"' in entry.detail and '"rows": 1' in entry.detail
+
+
+def test_operation_funnel_starts_from_the_tips_accounts_and_holders(session, world, data):
+    """Five accounts of a LANTERN tip: two sharing an e-mail (one holder) and one more in AU,
+    one in GB, one with no evidence of a country (not placed yet)."""
+    from tests.unit.test_tips_import import account, run_import, tip
+
+    run_import(session, world, tip(
+        account(1, email="shared@example.org", uploads_a="3"), account(2, email="shared@example.org"),
+        account(3, uploads_a="1"),
+        account(4, country_hint="GB", ip_country="GB"),
+        account(5, country_hint="", ip_country=""),
+    ))
+    d = stats.operation_dashboard(session, world.users["c_viewer"], stats.Filters(operation_id=world.operation.id))
+    assert [(r.code, r.accounts, r.holders, r.referrals) for r in d.rows] == [
+        ("AU", 3, 2, 1), ("GB", 1, 1, 0), (stats.UNPLACED, 1, 1, 0)]
+    assert d.rows[-1].name == "Not placed yet"
+    assert [(s.key, s.count) for s in d.funnel][:3] == [("accounts", 5), ("holders", 4), ("referrals", 1)]
+    table = d.tables()["funnel"]
+    assert table.rows[0][:6] == ["AU", "Australia", 3, 2, 1, 1] and table.rows[-1][:4] == ["ALL", "All countries", 5, 4]
+    # The priority filter applies to the holders' triage as well as to the referrals.
+    by_priority = {p: stats.operation_dashboard(session, world.users["c_viewer"],
+                                                stats.Filters(operation_id=world.operation.id, priority=p)).total
+                   for p in Priority}
+    assert sum(t.holders for t in by_priority.values()) == 4 and by_priority[Priority.P1].holders == 0
+    assert sum(t.referrals for t in by_priority.values()) == 1

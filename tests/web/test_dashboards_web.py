@@ -190,8 +190,10 @@ def test_operation_funnel_for_the_lead(app, browser, web_world):
     assert "LANTERN" in page
     html = browser.get(f"/dashboards/operation?operation={web_world.operation.id}").get_data(as_text=True)
     assert "Operation funnel: LANTERN" in html and "Accepted (investigations)" in html
+    assert "Accounts in the tip" in html and "Account holders" in html
     rows = _csv(browser.get(f"/dashboards/operation/funnel.csv?operation={web_world.operation.id}"))
-    assert rows[1][:7] == ["AU", "Australia", "1", "1", "1", "1", "0"]
+    assert rows[0][2:5] == ["Accounts", "Account holders", "Referrals"]
+    assert rows[1][:9] == ["AU", "Australia", "0", "0", "1", "1", "1", "1", "0"]
     assert rows[-1][:2] == ["ALL", "All countries"]
     # Without an operation there is nothing to export: back to the picker, with a word why.
     response = browser.get("/dashboards/operation/funnel.csv")

@@ -244,12 +244,13 @@ def operation_view():
     if state.filters.operation_id is not None:
         dashboard = stats.operation_dashboard(db.session, current_user, state.filters)
         chart = charts.hbars(
-            [charts.Bar(s.label, s.count, "outcome" if s.key in ("arrests", "children_safeguarded") else "stage")
+            [charts.Bar(s.label, s.count, "outcome" if s.key in ("arrests", "children_safeguarded")
+                        else "tip" if s.key in ("accounts", "holders") else "stage")
              for s in dashboard.funnel],
             f"Operation {dashboard.operation_code}: funnel", chart_id="opfunnel",
         )
     return render_template("dashboards/operation.html", state=state, dashboard=dashboard, chart=chart,
-                           operations=state.operations)
+                           operations=state.operations, unplaced=stats.UNPLACED)
 
 
 @bp.route("/operation/<any(funnel):table>.<any(csv, json):fmt>")
