@@ -33,7 +33,6 @@ Canonical forms, by kind:
 
 import enum
 import functools
-import hashlib
 import hmac
 import importlib
 import ipaddress
@@ -206,7 +205,7 @@ def match_key(secret: bytes, ident: NormalisedIdentifier) -> str:
         raise ValueError("match key secret must not be empty")
     # U+001F cannot occur in kind or platform, so the fields cannot run together.
     message = f"{ident.kind}\x1f{ident.platform or ''}\x1f{ident.value}".encode("utf-8")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, message, "sha256").hex()  # one-shot: the same HMAC, a third of the cost
 
 
 # --- helpers ---------------------------------------------------------------
@@ -226,11 +225,16 @@ def _caseless(text: str) -> str:
     The nested case folding is the standard's fix for characters whose folding
     yields unnormalised text; it keeps the result stable when fed back in.
     """
+    if text.isascii():
+        # Every normalisation leaves ASCII as it is, and ASCII case folding is lower().
+        return text.lower()
     nfd = unicodedata.normalize("NFD", text)
     return _nfkc(unicodedata.normalize("NFKD", nfd.casefold()).casefold())
 
 
 def _parse_kind(kind: IdentifierKind | str) -> IdentifierKind:
+    if isinstance(kind, IdentifierKind):
+        return kind
     try:
         return IdentifierKind(kind.strip().lower() if isinstance(kind, str) else kind)
     except ValueError:
@@ -342,6 +346,8 @@ def _canonical_account_id(text: str) -> str:
 
 def _refuse_control_characters(value: str, kind: IdentifierKind) -> None:
     # Tabs, newlines etc. inside a handle are paste accidents, never part of it.
+    if value.isascii() and value.isprintable():  # ASCII's control characters are its unprintable ones
+        return
     if any(unicodedata.category(char) == "Cc" for char in value):
         raise InvalidIdentifier(f"{_LABELS[kind]} contains control characters")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 from app.models import (
     AgencyKind,
     AuditEntry,
+    Hit,
     Holder,
     HolderRouting,
     JurisdictionSource,
@@ -32,11 +34,12 @@ from app.models import (
     TipAccount,
     referral_subjects,
 )
-from app.services import NotFound, audit, referrals
+from app.services import NotFound, audit, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_tips
 from app.services.tips import holders as holder_service
 from app.services.tips import reader, validation
 from app.services.tips.importer import PAUSE_ENV, TipRejected, import_tip
+from tests.factories import make_referral
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -344,6 +347,22 @@ def test_without_an_international_body_a_country_with_no_focal_point_has_no_rece
     assert (holder.routing, holder.referral_id) == (HolderRouting.NO_RECEIVER, None)
     summary, _ = holder_service.unrouted(session, world.users["c_liaison"], holder_service.HolderFilters())
     assert [(u.country, u.receiver) for u in summary] == [("FR", None)]
+
+
+def test_drafts_sharing_an_identifier_with_another_referral_are_matched_and_only_they(session, world):
+    other = make_referral(session, world, sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    result = run_import(session, world, tip(account(1, email="Shared@example.org"),
+                                            account(2, email="alone@example.org", country_hint="NZ",
+                                                    ip_country="NZ")))
+    sharing, alone = holder_of(session, world, "acc1").referral_id, holder_of(session, world, "acc2").referral_id
+    assert sharing and alone and sharing != alone
+    hit = session.get(Hit, result.hits.created[0])
+    assert len(result.hits.created) == 1
+    assert {hit.referral_low_id, hit.referral_high_id} == {other.id, sharing}
+    refreshed = session.scalars(select(AuditEntry.detail).where(AuditEntry.action == "deconfliction.match")
+                                .order_by(AuditEntry.seq.desc())).first()
+    assert json.loads(refreshed)["referrals"] == [sharing]  # the draft sharing nothing was not matched
 
 
 def test_a_holder_triaged_p1_gets_its_own_referral_with_the_24_hour_clock(session, world):

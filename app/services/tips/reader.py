@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import json
 from collections.abc import Iterator
@@ -57,7 +58,6 @@ class TipAccount:
     last_seen: datetime | None
     # Normalised identifiers: the account id itself first, then the others.
     identifiers: list[NormalisedIdentifier] = field(default_factory=list)
-    raw: dict[str, str] = field(default_factory=dict)
 
     @property
     def natural_key(self) -> tuple[str, str]:
@@ -167,34 +167,44 @@ def _when(value: str, name: str, line: int, errors: list[RowError]) -> datetime 
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
+# A tip names a few hundred countries in 150,000 rows: each spelling is looked up once.
+_country_code = functools.lru_cache(maxsize=4096)(countries.lookup)
+_is_country_code = functools.lru_cache(maxsize=1024)(countries.is_valid)
+
+
 def _validate(line: int, record: dict[str, str], errors: list[RowError]) -> TipAccount | None:
     for name, value in record.items():
         if len(value) > MAX_FIELD:
             errors.append(RowError(line, name, f"longer than {MAX_FIELD} characters"))
             return None
-    get = lambda name: record.get(name, "").strip()  # noqa: E731
-    platform = get("platform").lower()
+    # Each field stripped once; absent columns read as empty.
+    platform, account_id, username, email, phone, ip_addresses, hint, ip_code, *rest = (
+        record.get(name, "").strip() for name in FIELDS)
+    platform = platform.lower()
     if not platform:
         errors.append(RowError(line, "platform", "missing"))
     elif platform not in PLATFORMS:
         errors.append(RowError(line, "platform", f"unknown platform {platform[:40]!r}"))
-    if not get("account_id"):
+    if not account_id:
         errors.append(RowError(line, "account_id", "missing"))
     country_hint = None
-    if get("country_hint"):
-        country_hint = countries.lookup(get("country_hint"))
+    if hint:
+        country_hint = _country_code(hint)
         if country_hint is None:
-            errors.append(RowError(line, "country_hint", f"unknown country {get('country_hint')[:40]!r}"))
+            errors.append(RowError(line, "country_hint", f"unknown country {hint[:40]!r}"))
     ip_country = None
-    if get("ip_country"):
-        code = get("ip_country").upper()
-        if countries.is_valid(code):
+    if ip_code:
+        code = ip_code.upper()
+        if _is_country_code(code):
             ip_country = code
         else:
-            errors.append(RowError(line, "ip_country", f"unknown country code {get('ip_country')[:10]!r}"))
-    counts = {name: _count(get(name), name, line, errors) for name in ("uploads_a", "uploads_b", "uploads_c")}
-    first_seen = _when(get("first_seen"), "first_seen", line, errors)
-    last_seen = _when(get("last_seen"), "last_seen", line, errors)
+            errors.append(RowError(line, "ip_country", f"unknown country code {ip_code[:10]!r}"))
+    uploads_a, uploads_b, uploads_c, first, last = rest
+    counts = {"uploads_a": _count(uploads_a, "uploads_a", line, errors),
+              "uploads_b": _count(uploads_b, "uploads_b", line, errors),
+              "uploads_c": _count(uploads_c, "uploads_c", line, errors)}
+    first_seen = _when(first, "first_seen", line, errors)
+    last_seen = _when(last, "last_seen", line, errors)
     if first_seen and last_seen and first_seen > last_seen:
         errors.append(RowError(line, "last_seen", "earlier than first_seen"))
     if errors:
@@ -208,21 +218,21 @@ def _validate(line: int, record: dict[str, str], errors: list[RowError]) -> TipA
         except InvalidIdentifier as exc:
             errors.append(RowError(line, field_name, exc.reason))
 
-    add(IdentifierKind.ACCOUNT_ID, "account_id", get("account_id"), platform=platform)
-    if get("username"):
-        add(IdentifierKind.USERNAME, "username", get("username"), platform=platform)
-    if get("email"):
-        add(IdentifierKind.EMAIL, "email", get("email"))
-    if get("phone"):
-        add(IdentifierKind.PHONE, "phone", get("phone"), region=country_hint or ip_country)
-    addresses = [a.strip() for a in get("ip_addresses").split(";") if a.strip()]
+    add(IdentifierKind.ACCOUNT_ID, "account_id", account_id, platform=platform)
+    if username:
+        add(IdentifierKind.USERNAME, "username", username, platform=platform)
+    if email:
+        add(IdentifierKind.EMAIL, "email", email)
+    if phone:
+        add(IdentifierKind.PHONE, "phone", phone, region=country_hint or ip_country)
+    addresses = [a.strip() for a in ip_addresses.split(";") if a.strip()]
     for address in addresses:
         add(IdentifierKind.IP, "ip_addresses", address)
     if errors:
         return None
     return TipAccount(
-        line=line, platform=platform, account_id=get("account_id"), username=get("username") or None,
-        email=get("email") or None, phone=get("phone") or None, ip_addresses=addresses,
+        line=line, platform=platform, account_id=account_id, username=username or None,
+        email=email or None, phone=phone or None, ip_addresses=addresses,
         country_hint=country_hint, ip_country=ip_country, first_seen=first_seen, last_seen=last_seen,
-        identifiers=identifiers, raw={k: record.get(k, "") for k in FIELDS}, **counts,
+        identifiers=identifiers, **counts,
     )

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
+import phonenumbers
+from phonenumbers.phonemetadata import PhoneMetadata
+
 from app.services.identifiers import IdentifierKind, match_key
 from app.services.tips import reader
 
@@ -110,6 +113,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     if progress:
         progress("validate", 0, total)
     if parallel:
+        _load_phone_metadata()  # once here, not once per worker: forked workers share it
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         # Workers are short-lived and build millions of small acyclic objects: the cyclic garbage
         # collector only slows them down.
@@ -126,6 +130,13 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
             if progress:
                 progress("validate", done, total)
     return result
+
+
+def _load_phone_metadata() -> None:
+    """phonenumbers loads each region's numbering plan on first use, which costs a worker about
+    a third of its time on a tip spanning a hundred countries."""
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        PhoneMetadata.metadata_for_region(region)
 
 
 def default_workers() -> int:
