@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
@@ -88,6 +88,49 @@ class Tip(Base):
 
     def __repr__(self) -> str:
         return f"<Tip {self.id} {self.file_name!r}>"
+
+
+class TipImportStatus(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"  # committed: `tip_id` names the import's Tip
+    REJECTED = "rejected"  # invalid rows and none skipped: nothing written, `errors` says why
+    FAILED = "failed"  # refused (not a tip file, no rows) or broke off: nothing written
+
+
+class TipImport(Base):
+    """An import started from the web page and run in the background: its progress while it
+    runs, then its outcome (the summary, or the problems and the reject file). The import
+    itself is one transaction; this record is written beside it (docs/architecture.md)."""
+
+    __tablename__ = "tip_imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operation_id: Mapped[int] = mapped_column(ForeignKey("operations.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)  # who started it, who sees it
+    file_name: Mapped[str] = mapped_column(String(255))
+    skip_invalid: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[TipImportStatus] = mapped_column(enum_column(TipImportStatus, "tip_import_status"),
+                                                    default=TipImportStatus.RUNNING)
+    stage: Mapped[str] = mapped_column(String(16), default="")  # the importer's stage names
+    done: Mapped[int] = mapped_column(default=0)  # of the stage's `total` (bytes while validating)
+    total: Mapped[int] = mapped_column(default=0)
+    tip_id: Mapped[int | None] = mapped_column(ForeignKey("tips.id"))
+    summary: Mapped[dict | None] = mapped_column(JSON)  # the figures of a completed import
+    message: Mapped[str] = mapped_column(String(1000), default="")
+    errors: Mapped[list | None] = mapped_column(JSON)  # the first problems: [line, field, reason]
+    error_count: Mapped[int] = mapped_column(default=0)
+    reject_csv: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    operation: Mapped[Operation] = relationship(lazy="joined")
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not TipImportStatus.RUNNING
+
+    def __repr__(self) -> str:
+        return f"<TipImport {self.id} {self.status}>"
 
 
 class Holder(Base):

@@ -8,7 +8,7 @@ A later migration that rebuilds one of these tables on SQLite (batch_alter_table
 into a new table) drops its triggers: it must create them again (see TRIGGERS below).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

@@ -112,6 +112,7 @@ POLICIES = {
     # 404 for everyone (tests/web/test_tips_web.py covers real holders, own and foreign).
     "tips.index": signed_in,
     "tips.upload": roles(*WORKERS),
+    "tips.import_status": lambda role, scope: "login" if role is None else 404,  # only its starter sees it
     "tips.holders": signed_in,
     "tips.review": signed_in,
     "tips.unrouted": signed_in,
@@ -158,7 +159,7 @@ def objects(app, web_world):
     return ids
 
 
-FIXED_ARGS = {"action": "withdraw", "code": "AU", "table": None, "fmt": "csv", "filename": "app.css"}
+FIXED_ARGS = {"import_id": 1, "action": "withdraw", "code": "AU", "table": None, "fmt": "csv", "filename": "app.css"}
 
 
 def _url(app, rule, values: dict) -> str:

@@ -7,13 +7,14 @@ import base64
 import csv
 import io
 import re
+import threading
 
 import pytest
 from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import AuditEntry, Holder, Referral, Tip, TipAccount
-from app.services.tips import reader
+from app.services.tips import importer, reader
 from tests.conftest import Browser, csrf_token_from
 from tests.unit.test_tips_import import account, tip
 
@@ -33,6 +34,21 @@ def _upload(browser: Browser, operation_id: int, data: bytes, name: str = "tip.c
     if skip:
         form["skip_invalid"] = "y"
     return browser.client.post("/tips/import", data=form, content_type="multipart/form-data")
+
+
+def _finished(app, browser: Browser, response):
+    """The status page of the import an upload started, once the import has ended."""
+    assert response.status_code == 303, response.get_data(as_text=True)
+    location = response.headers["Location"]
+    import_id = int(location.rstrip("/").rsplit("/", 1)[1])
+    thread = app.extensions["tip_import_threads"][import_id]
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the import never ended"
+    return browser.get(location)
+
+
+def _import(app, browser: Browser, operation_id: int, data: bytes, **kwargs):
+    return _finished(app, browser, _upload(browser, operation_id, data, **kwargs))
 
 
 def _count(app, model) -> int:
@@ -55,9 +71,10 @@ def test_a_liaison_officer_of_the_lead_agency_imports_a_tip(app, web_world):
     page = browser.get("/tips/import").get_data(as_text=True)
     assert 'enctype="multipart/form-data"' in page and "LANTERN" in page
     assert 'href="/tips/"' in browser.get("/referrals").get_data(as_text=True)  # the nav link
-    response = _upload(browser, web_world.operation.id, GOOD)
+    response = _import(app, browser, web_world.operation.id, GOOD)
     text = response.get_data(as_text=True)
     assert response.status_code == 200, text
+    assert 'http-equiv="refresh"' not in text  # finished: the page stops refreshing
     assert "Imported into LANTERN" in text and "New account holders</dt><dd>2" in text
     assert _count(app, TipAccount) == 3 and _count(app, Tip) == 1
     holders = browser.get("/tips/holders").get_data(as_text=True)
@@ -65,7 +82,7 @@ def test_a_liaison_officer_of_the_lead_agency_imports_a_tip(app, web_world):
     overview = browser.get("/tips/").get_data(as_text=True)
     assert "tip.csv" in overview and "LANTERN" in overview
     # The same file again: nothing twice.
-    again = _upload(browser, web_world.operation.id, GOOD)
+    again = _import(app, browser, web_world.operation.id, GOOD)
     assert again.status_code == 200 and "Accounts already known</dt><dd>3" in again.get_data(as_text=True)
     assert _count(app, TipAccount) == 3 and _count(app, Holder) == 2
 
@@ -86,7 +103,6 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\
     (PNG, "tip.csv", "text/csv", "PNG image"),  # refused by its content
     (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", "clip.csv", "text/csv", "video"),
     (GOOD.replace(b"w1@example.org", b"w\xe9@example.org"), "tip.csv", "text/csv", "not UTF-8 text"),
-    (b"platform,account_id\n", "tip.csv", "text/csv", "no rows"),
 ])
 def test_images_video_binary_and_non_utf8_files_are_refused(app, web_world, data, name, content_type, message):
     browser = _login(app, LEAD)
@@ -96,18 +112,55 @@ def test_images_video_binary_and_non_utf8_files_are_refused(app, web_world, data
     assert _count(app, Tip) == 0 and _count(app, TipAccount) == 0
 
 
+def test_the_import_runs_in_the_background_and_its_page_shows_progress(app, web_world, monkeypatch):
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_after_accounts() -> None:  # the testing hook's place, held until the test has looked
+        reached.set()
+        release.wait(timeout=120)
+
+    monkeypatch.setattr(importer, "_pause_for_tests", hold_after_accounts)
+    browser = _login(app, LEAD)
+    response = _upload(browser, web_world.operation.id, GOOD)
+    assert response.status_code == 303
+    location = response.headers["Location"]
+    assert reached.wait(timeout=120)
+    try:
+        page = browser.get(location)
+        text = page.get_data(as_text=True)
+        assert page.status_code == 200
+        assert '<meta http-equiv="refresh" content="2">' in text and "<script" not in text
+        assert "Importing" in text and "Every row is checked" in text  # validated; writing under way
+        assert _count(app, Tip) == 0  # nothing is visible before the import commits
+    finally:
+        release.set()
+    done = _finished(app, browser, response).get_data(as_text=True)
+    assert "Imported into LANTERN" in done and 'http-equiv="refresh"' not in done
+    assert _count(app, Tip) == 1
+    # Only the person who started it follows it.
+    assert _login(app, "manager.c@example.org").get(location).status_code == 404
+
+
+def test_an_import_refused_in_the_background_says_why_and_writes_nothing(app, web_world):
+    browser = _login(app, LEAD)
+    page = _import(app, browser, web_world.operation.id, b"platform,account_id\n")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and "no rows" in text and 'http-equiv="refresh"' not in text
+    assert _count(app, Tip) == 0
+
+
 def test_bad_rows_are_listed_with_line_field_and_reason_and_nothing_is_written(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1), account(2, email="not-an-email"), account(3, uploads_a="-4"))
-    response = _upload(browser, web_world.operation.id, data)
+    response = _import(app, browser, web_world.operation.id, data)
     text = response.get_data(as_text=True)
-    assert response.status_code == 422
+    assert response.status_code == 200
     assert "Nothing was imported" in text
     assert re.search(r"<td>3</td><td>email</td><td>not a valid e-mail address", text)
     assert re.search(r"<td>4</td><td>uploads_a</td><td>cannot be negative</td>", text)
     assert _count(app, TipAccount) == 0
-    # Skipping them: the good row is imported and the reject file is offered at once.
-    response = _upload(browser, web_world.operation.id, data, skip=True)
+    # Skipping them: the good row is imported and the reject file is offered with the summary.
+    response = _import(app, browser, web_world.operation.id, data, skip=True)
     text = response.get_data(as_text=True)
     assert response.status_code == 200 and _count(app, TipAccount) == 1
     link = re.search(r'href="data:text/csv;charset=utf-8;base64,([A-Za-z0-9+/=]+)" download="tip-rejects.csv"', text)
@@ -137,7 +190,7 @@ def test_viewers_and_other_agencies_cannot_import(app, web_world):
 
 
 def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world):
-    assert _upload(_login(app, LEAD), web_world.operation.id, GOOD).status_code == 200
+    assert _import(app, _login(app, LEAD), web_world.operation.id, GOOD).status_code == 200
     subject_id = _holder_subject(app, "acc1")  # AU: a draft to Bravo Police
     lead = _login(app, "viewer.c@example.org")
     page = lead.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
@@ -164,7 +217,7 @@ def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world)
 
 def test_the_review_list_and_a_decision_from_it(app, web_world):
     browser = _login(app, LEAD)
-    assert _upload(browser, web_world.operation.id, GOOD).status_code == 200
+    assert _import(app, browser, web_world.operation.id, GOOD).status_code == 200
     subject_id = _holder_subject(app, "acc3")  # AU hint, NZ address: a tie
     page = browser.get("/tips/review").get_data(as_text=True)
     assert f"/tips/holders/{subject_id}" in page and "AU 2, NZ 1" in page  # the weighed evidence
@@ -183,7 +236,7 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
 def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1, email="r1@example.org", uploads_a="1"), account(2, email="r2@example.org", uploads_b="1"))
-    assert _upload(browser, web_world.operation.id, data).status_code == 200
+    assert _import(app, browser, web_world.operation.id, data).status_code == 200
     subject_id = _holder_subject(app, "acc1")
     page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
     response = browser.client.post(f"/tips/holders/{subject_id}/risk", data={
@@ -200,7 +253,7 @@ def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
 def test_unrouted_page_lists_countries_without_a_focal_point(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1, country_hint="FR", ip_country="FR"), account(2, country_hint="BR", ip_country="BR"))
-    assert _upload(browser, web_world.operation.id, data).status_code == 200
+    assert _import(app, browser, web_world.operation.id, data).status_code == 200
     page = browser.get("/tips/unrouted").get_data(as_text=True)
     assert "France" in page and "Brazil" in page and "Intl Bureau" in page
     filtered = browser.get("/tips/unrouted?country=FR").get_data(as_text=True)

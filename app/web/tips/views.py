@@ -1,8 +1,10 @@
 """Provider tips: the import page, the holder lists (all, review, unrouted), the holder page and
 the lead agency's decisions. Thin views over app/services/tips/.
 
-The reject file of an import is offered on the answer to the import itself, as a download
-link carrying the file (a data: URL); it is not stored on the server.
+An upload starts the import in the background (app/web/tips/background.py) and answers with
+the import's status page, which refreshes itself until the import ends and then shows its
+summary or its problems. The reject file is offered there as a download link carrying the
+file (a data: URL).
 """
 
 from __future__ import annotations
@@ -17,13 +19,23 @@ from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
 from app.services import DomainError
 from app.services.access import get_visible_holder, led_operations, visible_operations
 from app.services.tips import holders as service
-from app.services.tips import importer
+from app.services.tips import imports
+from app.services.tips.reader import RowError
 from app.services.tips.routing import RISK_COLUMNS
 from app.web import current_actor, form_refused
-from app.web.tips import bp
+from app.web.tips import background, bp
 from app.web.tips.forms import HolderFilterForm, JurisdictionForm, RiskForm, UploadForm
 
-ERRORS_SHOWN = 500
+# The importer's stages, as the status page names them.
+STAGES = {
+    "queued": "Starting",
+    "validate": "Checking every row",
+    "cluster": "Finding the account holders",
+    "route": "Placing, triaging and routing the holders",
+    "write": "Writing accounts, holders and identifiers",
+    "match": "Deconfliction matching",
+    "done": "Done",
+}
 
 # The upload's size is bounded by MAX_CONTENT_LENGTH (config; HANDOFF_MAX_CONTENT_LENGTH), and a
 # bigger request gets the friendly 413 page of app/web/errors.py; a bigger tip goes through
@@ -57,26 +69,29 @@ def upload():
     form.operation.choices = [("", "Choose...")] + [(op.id, op.code) for op in operations]
     if request.method == "GET" and request.args.get("operation", type=int):
         form.operation.data = request.args.get("operation", type=int)
-    result = refused = None
     if form.validate_on_submit():
         storage = form.file.data
+        data = storage.read()
         try:
-            result = importer.import_tip(
-                db.session, current_actor(), form.operation.data, storage.read(), storage.filename or "",
-                skip_invalid=form.skip_invalid.data, require_extension=True,
-            )
-        except importer.TipRejected as exc:
-            db.session.rollback()
-            refused = exc
+            record = imports.start(db.session, current_actor(), form.operation.data, storage.filename or "", data,
+                                   form.skip_invalid.data)
         except DomainError as exc:
             form_refused(form, exc)
-    status = 422 if (form.errors or form.form_errors or refused) else 200
-    errors = (refused.errors if refused else result.errors if result else [])
-    reject = refused.reject_csv if refused else result.reject_csv if result else None
-    return render_template(
-        "tips/upload.html", form=form, operations=operations, result=result, refused=refused,
-        errors=errors[:ERRORS_SHOWN], error_count=len(errors), reject_url=_data_url(reject),
-    ), status
+        else:
+            background.start_after_commit(db.session, current_app._get_current_object(), record.id, data,
+                                          current_user.id, request.remote_addr)
+            return redirect(url_for("tips.import_status", import_id=record.id), 303)
+    status = 422 if (form.errors or form.form_errors) else 200
+    return render_template("tips/upload.html", form=form, operations=operations), status
+
+
+@bp.route("/imports/<int:import_id>")
+@login_required
+def import_status(import_id: int):
+    record = imports.get_import(db.session, current_user, import_id)
+    errors = [RowError(*error) for error in record.errors or []]
+    return render_template("tips/import_status.html", record=record, errors=errors, error_count=record.error_count,
+                           reject_url=_data_url(record.reject_csv), stages=STAGES)
 
 
 def _filters(form: HolderFilterForm) -> service.HolderFilters:

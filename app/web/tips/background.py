@@ -1,0 +1,88 @@
+"""Running a web upload's import in the background, so that the request answers at once and the
+page shows the import's progress (docs/architecture.md, "Tip imports run in a thread").
+
+The import runs in a thread of the process that took the upload, with its own app context and
+so its own database session, once the request has committed the import's record. Like a
+request, the thread commits once: the import and its record's outcome together. Progress goes
+to the record on a connection of its own, so other requests (any worker) can show it. On
+SQLite only while the rows are checked: the database has one writer, and from then on it is the
+import's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from app.extensions import db
+from app.models import User
+from app.models.tip import TipImport
+from app.services import DomainError
+from app.services.audit import Actor
+from app.services.tips import importer, imports
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 0.5  # seconds between progress writes within one stage
+
+
+def start_after_commit(session: Session, app: Flask, import_id: int, data: bytes, user_id: int,
+                       address: str | None) -> None:
+    """Start the import once `session` commits the record (never, if it rolls back)."""
+
+    def start(_session: Session) -> None:
+        thread = threading.Thread(target=_run, args=(app, import_id, data, user_id, address),
+                                  name=f"tip-import-{import_id}", daemon=True)
+        app.extensions.setdefault("tip_import_threads", {})[import_id] = thread
+        thread.start()
+
+    event.listen(session, "after_commit", start, once=True)
+
+
+class _Progress:
+    """The importer's progress callback: writes the stage and its counts to the record, at most
+    every PROGRESS_EVERY seconds within a stage."""
+
+    def __init__(self, app: Flask, import_id: int):
+        self.engine = app.extensions["handoff_db"]["engine"]
+        self.import_id = import_id
+        self.single_writer = self.engine.dialect.name == "sqlite"
+        self.stage = None
+        self.written_at = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.single_writer and stage != "validate":
+            return  # the import's transaction holds the only write lock
+        now = time.monotonic()
+        if stage == self.stage and done < total and now - self.written_at < PROGRESS_EVERY:
+            return
+        self.stage, self.written_at = stage, now
+        with self.engine.begin() as connection:
+            imports.record_progress(connection, self.import_id, stage, done, total)
+
+
+def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | None) -> None:
+    with app.app_context():
+        session = db.session
+        record = session.get(TipImport, import_id)
+        actor = Actor(user=session.get(User, user_id), address=address)
+        try:
+            result = importer.import_tip(session, actor, record.operation_id, data, record.file_name,
+                                         skip_invalid=record.skip_invalid, require_extension=True,
+                                         progress=_Progress(app, import_id))
+            imports.record_done(record, result)
+        except importer.TipRejected as refused:
+            session.rollback()
+            imports.record_rejected(session.get(TipImport, import_id), refused)
+        except DomainError as refused:
+            session.rollback()
+            imports.record_failed(session.get(TipImport, import_id), refused)
+        except Exception:
+            log.exception("tip import %s broke off", import_id)
+            session.rollback()
+            imports.record_failed(session.get(TipImport, import_id), None)
+        session.commit()
