@@ -597,40 +597,49 @@ def country_dashboard(session: Session, user, code: str, filters: Filters, now: 
     now = now or utcnow()
     base = scope(user, filters, jurisdiction=code)
 
-    # Status counts per priority: the funnel, the priority mix and the totals in one pass.
+    # One pass counts per priority, status and receiving agency: the funnel, the priority mix,
+    # the totals and the receivers' counts all add up from it.
     status_counts = {s.value: 0 for s in Status if s is not Status.DRAFT}
     per_priority: dict[str, PriorityRow] = {p.value: PriorityRow(p.value) for p in Priority}
     totals = PriorityRow("all")
-    for row in session.execute(
+    per_receiver: dict[int, ReceiverRow] = {}
+    for priority, status, receiver_id, n, overdue, acknowledged in session.execute(
         base.with_only_columns(
-            Referral.priority, Referral.status, func.count().label("referrals"),
-            _count_if(overdue_clause(now)).label("overdue"),
-            func.count(Referral.acknowledged_at).label("acknowledged"),
-        ).group_by(Referral.priority, Referral.status)
+            Referral.priority, Referral.status, Referral.receiver_agency_id, func.count(),
+            _count_if(overdue_clause(now)), func.count(Referral.acknowledged_at),
+        ).group_by(Referral.priority, Referral.status, Referral.receiver_agency_id)
     ):
-        status = Status(row.status)
-        target = per_priority[Priority(row.priority).value]
-        for bucket in (target, totals):
-            bucket.referrals += row.referrals
-            bucket.overdue += row.overdue
-            bucket.acknowledged += row.acknowledged
-            if status in OPEN_STATUSES:
-                bucket.open += row.referrals
-            if status in INVESTIGATION_STATUSES:
-                bucket.investigations += row.referrals
-        status_counts[status.value] += row.referrals
+        status = Status(status)
+        is_open, investigating = status in OPEN_STATUSES, status in INVESTIGATION_STATUSES
+        for bucket in (per_priority[Priority(priority).value], totals):
+            bucket.referrals += n
+            bucket.overdue += overdue
+            bucket.acknowledged += acknowledged
+            bucket.open += n if is_open else 0
+            bucket.investigations += n if investigating else 0
+        status_counts[status.value] += n
+        receiver = per_receiver.setdefault(receiver_id, ReceiverRow(receiver_id, "", None))
+        receiver.referrals += n
+        receiver.overdue += overdue
+        receiver.acknowledged += acknowledged
+        receiver.open += n if is_open else 0
+        receiver.investigations += n if investigating else 0
+        receiver.declined += n if status is Status.DECLINED else 0
+        receiver.transferred += n if status is Status.TRANSFERRED else 0
 
     # The first pass tells which of the later ones can have no rows: those are skipped.
     median_ack = median_accept = None
     if totals.acknowledged:
-        country_medians = medians(session, base, Referral.jurisdiction, {"ack": ACK_SECONDS, "accept": ACCEPT_SECONDS})
-        median_ack = country_medians.get(code, {}).get("ack")
-        median_accept = country_medians.get(code, {}).get("accept")
+        overall, by_receiver = _response_medians(session, base)
+        median_ack, median_accept = overall.get("ack"), overall.get("accept")
+        for receiver_id, values in by_receiver.items():
+            per_receiver[receiver_id].median_ack_seconds = values.get("ack")
+            per_receiver[receiver_id].median_accept_seconds = values.get("accept")
+    receivers = _name_receivers(session, per_receiver)
 
     months = _months(session, base, filters)
     overdue = _overdue(session, base, now, overdue_limit) if totals.overdue else []
     overdue_total = totals.overdue
-    receivers = _receivers(session, base, now) if totals.referrals else []
     outcomes, outcome_totals = _outcomes(session, base, receivers)
     hits = _open_hits(session, user, base)
     return CountryDashboard(
@@ -700,27 +709,46 @@ def _overdue(session: Session, base, now: datetime, limit: int | None) -> list[O
     return rows[:limit] if limit is not None else rows
 
 
-def _receivers(session: Session, base, now: datetime) -> list[ReceiverRow]:
-    # Grouped by the agency id alone, names looked up afterwards: sorting every row by the
-    # agency's name as well costs more than the medians.
-    counted, found = grouped(session, base, [Referral.receiver_agency_id], [
-        func.count().label("referrals"),
-        _count_if(Referral.status.in_(OPEN_STATUSES)).label("open"),
-        _count_if(overdue_clause(now)).label("overdue"),
-        func.count(Referral.acknowledged_at).label("acknowledged"),
-        _count_if(Referral.status.in_(INVESTIGATION_STATUSES)).label("investigations"),
-        _count_if(Referral.status == Status.DECLINED).label("declined"),
-        _count_if(Referral.status == Status.TRANSFERRED).label("transferred"),
-    ], {"ack": ACK_SECONDS, "accept": ACCEPT_SECONDS}, Referral.receiver_agency_id)
-    agencies = {row.id: row for row in session.execute(agency_contacts(r.receiver_agency_id for r in counted))}
-    rows = []
-    for row in counted:
-        agency = agencies[row.receiver_agency_id]
-        medians_of = found.get(row.receiver_agency_id, {})
-        rows.append(ReceiverRow(row.receiver_agency_id, agency.name, agency.country_code, row.referrals, row.open,
-                                row.overdue, row.acknowledged, row.investigations, row.declined, row.transferred,
-                                medians_of.get("ack"), medians_of.get("accept")))
-    return sorted(rows, key=lambda r: (-r.referrals, r.name))
+def _response_medians(session: Session, base) -> tuple[dict[str, float | None], dict[int, dict[str, float | None]]]:
+    """Median times to acknowledge and to accept over all of `base` and per receiving agency,
+    from one pass: PostgreSQL rolls the agencies up into the total (the row whose agency is
+    NULL); on SQLite Python takes both from one read of the durations (see `medians`)."""
+    measures = {"ack": ACK_SECONDS, "accept": ACCEPT_SECONDS}
+    if _on_postgresql(session):
+        query = base.with_only_columns(Referral.receiver_agency_id, *percentile_columns(measures)) \
+            .group_by(func.rollup(Referral.receiver_agency_id))
+        overall, by_receiver = {}, {}
+        for row in session.execute(query):
+            values = {name: _seconds(getattr(row, f"median_{name}")) for name in measures}
+            if row.receiver_agency_id is None:
+                overall = values
+            else:
+                by_receiver[row.receiver_agency_id] = values
+        return overall, by_receiver
+    durations: dict[int, tuple[list[float], list[float]]] = {}
+    query = base.with_only_columns(Referral.receiver_agency_id, ACK_SECONDS, ACCEPT_SECONDS) \
+        .where(or_(Referral.acknowledged_at.is_not(None), Referral.accepted_at.is_not(None)))
+    for receiver_id, ack, accept in session.connection().execute(query).all():
+        acks, accepts = durations.setdefault(receiver_id, ([], []))
+        if ack is not None:
+            acks.append(ack)
+        if accept is not None:
+            accepts.append(accept)
+
+    def middle(values: list[float]) -> float | None:
+        return _seconds(statistics.median(values)) if values else None
+
+    by_receiver = {r: {"ack": middle(acks), "accept": middle(accepts)} for r, (acks, accepts) in durations.items()}
+    overall = {"ack": middle([d for acks, _ in durations.values() for d in acks]),
+               "accept": middle([d for _, accepts in durations.values() for d in accepts])}
+    return overall, by_receiver
+
+
+def _name_receivers(session: Session, per_receiver: dict[int, ReceiverRow]) -> list[ReceiverRow]:
+    for agency in session.execute(agency_contacts(per_receiver)):
+        row = per_receiver[agency.id]
+        row.name, row.country_code = agency.name, agency.country_code
+    return sorted(per_receiver.values(), key=lambda r: (-r.referrals, r.name))
 
 
 def _outcomes(session: Session, base, receivers: list[ReceiverRow]) -> tuple[list[OutcomeRow], OutcomeRow]:

@@ -290,3 +290,19 @@ def test_operation_funnel_starts_from_the_tips_accounts_and_holders(session, wor
                    for p in Priority}
     assert sum(t.holders for t in by_priority.values()) == 4 and by_priority[Priority.P1].holders == 0
     assert sum(t.referrals for t in by_priority.values()) == 1
+
+
+def test_receivers_have_their_own_medians_and_the_country_all_of_them(session, world, data):
+    """AU gets two more referrals, received by c: acknowledged after 12 and 14 hours, one
+    accepted after 40 and one declined. b keeps its medians (5 h, 20 h); c's are 13 h and
+    40 h; the country's are over all six acknowledgements and three acceptances."""
+    _ref(session, world, "accepted", receiver="c", jurisdiction="AU", ack_h=12, accept_h=40)
+    _ref(session, world, "declined", receiver="c", jurisdiction="AU", ack_h=14)
+    d = stats.country_dashboard(session, world.users["a_viewer"], "AU", stats.Filters(), now=NOW)
+    by_name = {r.name: r for r in d.receivers}
+    assert [r.name for r in d.receivers] == ["Bravo Police", "Charlie Customs"]  # most referrals first
+    bravo, charlie = by_name["Bravo Police"], by_name["Charlie Customs"]
+    assert (bravo.median_ack_seconds, bravo.median_accept_seconds) == (5 * H, 20 * H)
+    assert (charlie.referrals, charlie.acknowledged, charlie.investigations, charlie.declined) == (2, 2, 1, 1)
+    assert (charlie.median_ack_seconds, charlie.median_accept_seconds) == (13 * H, 40 * H)
+    assert (d.median_ack_seconds, d.median_accept_seconds) == (7 * H, 30 * H)  # 2,4,6,8,12,14 / 10,30,40
