@@ -450,6 +450,24 @@ def test_match_batch_is_one_statement_whatever_the_batch_size(session, world):
     assert result.counts[keys[0]] == 2 and len(result.holders[keys[0]]) == 2
 
 
+def test_match_batch_shared_only_leaves_out_keys_a_single_referral_holds(session, world):
+    addresses = _seed_holders(session, world, 3)
+    another = make_referral(session, world, "draft", sender="c", receiver="i")
+    add(session, world, another, "c", addresses[1])  # on two of Charlie's referrals
+    keys = [match_key(SECRET, normalise("email", a)) for a in addresses]
+
+    everything = dc.match_batch(session, keys, threshold=20)
+    shared = dc.match_batch(session, keys, threshold=20, shared_only=True)
+    assert set(everything.holders) == set(keys) and everything.counts[keys[2]] == 1
+    assert shared.counts == {keys[0]: 2, keys[1]: 2} and not shared.common
+    for key in keys[:2]:
+        assert sorted(shared.holders[key]) == sorted(everything.holders[key])
+
+    # Common keys stay, whatever the threshold: under 0, even a key of one referral is common.
+    assert dc.match_batch(session, keys, threshold=1, shared_only=True).common == set(keys[:2])
+    assert dc.match_batch(session, keys, threshold=0, shared_only=True).common == set(keys)
+
+
 def test_refresh_issues_a_bounded_number_of_statements(session, world):
     addresses = _seed_holders(session, world, 120)
     counts = []
