@@ -6,9 +6,9 @@ in the same run on the same database: the same rows, unvalidated, written raw in
 
     python -m bench.bench_import --engine sqlite|postgresql|both [--scale 1.0] [--workers N]
 
-Prints the wall time of each stage, the ratio to the baseline, and the peak resident memory
-(ru_maxrss) of this process and of the worker processes. Targets: within 15 s and within 3x
-the baseline, under 1 GB.
+Prints the wall time of each stage, the ratio to the baseline, the peak resident memory
+(ru_maxrss) of this process and of the worker processes, and the machine's load around the run.
+Targets: within 15 s and within 3x the baseline, under 1 GB.
 
 SQLite runs on a temporary file. PostgreSQL runs in a fresh database created on the server
 named by BENCH_DATABASE_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres)
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import random
 import resource
 import sys
@@ -103,6 +104,7 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> Non
     from app.services.tips.importer import import_tip
 
     print(f"\n== {engine_name}: import of the Operation H tip, scale {scale} ({len(data) / 1e6:.1f} MB) ==", flush=True)
+    load_before = os.getloadavg()[0]
     with database(engine_name) as url:
         upgrade_database(url)
         app = create_app({"DATABASE_URL": url}, config_name="testing")
@@ -138,7 +140,10 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> Non
     print(f"  wrote {counts['accounts']:,} accounts, {counts['holders']:,} holders in {countries_placed} countries, "
           f"{counts['identifiers']:,} identifiers, {counts['referrals']:,} draft referrals "
           f"({len(result.routing.created):,} created); {result.common_identifiers} common identifiers; "
-          f"{len(result.hits.created) if result.hits else 0:,} hits", flush=True)
+          f"{len(result.hits.created) if result.hits else 0:,} hits")
+    # Other work on the machine slows the validation workers first: compare runs at like load.
+    print(f"  machine load (1-minute average) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}",
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

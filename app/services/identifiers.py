@@ -40,8 +40,10 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import email_validator
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import DOT_ATOM_TEXT, EMAIL_MAX_LENGTH, LOCAL_PART_MAX_LENGTH
 
 # A tip holds 150,000 addresses on a few hundred domains, and checking a domain (IDNA) is
 # most of email-validator's cost: remember each domain's verdict. The function is pure;
@@ -205,7 +207,16 @@ def match_key(secret: bytes, ident: NormalisedIdentifier) -> str:
         raise ValueError("match key secret must not be empty")
     # U+001F cannot occur in kind or platform, so the fields cannot run together.
     message = f"{ident.kind}\x1f{ident.platform or ''}\x1f{ident.value}".encode("utf-8")
-    return hmac.digest(secret, message, "sha256").hex()  # one-shot: the same HMAC, a third of the cost
+    mac = _keyed_hmac(secret).copy()
+    mac.update(message)
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed_hmac(secret: bytes) -> hmac.HMAC:
+    """An HMAC keyed with the secret, to copy: its key is hashed into the pads once, and a copy
+    costs half of keying a new one (or of hmac.digest) for every identifier."""
+    return hmac.new(secret, digestmod="sha256")
 
 
 # --- helpers ---------------------------------------------------------------
@@ -257,12 +268,44 @@ def _parse_platform(kind: IdentifierKind, platform: str | None) -> str | None:
 
 
 def _canonical_email(text: str) -> str:
+    common = _canonical_common_email(text)
+    if common is not None:
+        return common
     try:
         result = validate_email(_nfkc(text), check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidIdentifier(f"not a valid e-mail address: {exc}") from None
     # Local parts are case-sensitive in theory but not at any real provider.
     return f"{_caseless(result.local_part)}@{result.ascii_domain.lower()}"
+
+
+_ASCII_HOST_CHARACTERS = re.compile(r"[A-Za-z0-9.\-]+")
+
+
+def _canonical_common_email(text: str) -> str | None:
+    """The canonical form of an address of the common shape (an ASCII dot-atom before the @,
+    ASCII host-name characters after it), or None for anything else, and for any address
+    email-validator would refuse (so that its message is the one given).
+
+    For this shape ``validate_email`` only checks the local part against ``DOT_ATOM_TEXT`` and
+    its length, then the domain (its cached check, called alike), then the three lengths of
+    the address; the same checks are made here, without its character-by-character split.
+    The text is ASCII, so NFKC leaves it as it is."""
+    local, at, domain = text.partition("@")
+    if not (at and len(local) <= LOCAL_PART_MAX_LENGTH and DOT_ATOM_TEXT.match(local)
+            and _ASCII_HOST_CHARACTERS.fullmatch(domain)):
+        return None
+    try:
+        checked = _email_validator_internals.validate_email_domain_name(
+            domain, test_environment=email_validator.TEST_ENVIRONMENT,
+            globally_deliverable=email_validator.GLOBALLY_DELIVERABLE)
+    except EmailNotValidError:
+        return None
+    ascii_domain = checked["ascii_domain"]
+    for address in (text, f"{local}@{checked['domain']}", f"{local}@{ascii_domain}"):
+        if len(address.encode("utf-8")) > EMAIL_MAX_LENGTH:
+            return None
+    return f"{local.lower()}@{ascii_domain.lower()}"
 
 
 _POSSIBLE_REASONS = {
@@ -317,9 +360,23 @@ def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber:
     return phonenumbers.parse(text, region)
 
 
+# A dotted quad without leading zeros: exactly the IPv4 text ipaddress accepts and prints back
+# unchanged, so it is its own canonical form.
+_CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                             r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def _canonical_ip(text: str) -> str:
+    if _CANONICAL_IPV4.fullmatch(text):
+        return text
+    common = _canonical_common_ipv6(text)
+    if common is not None:
+        return common
+    text = _nfkc(text)
     try:
-        address = ipaddress.ip_address(_nfkc(text))
+        # What ip_address() does, without its failed IPv4 attempt on every IPv6 address: a
+        # colon is never valid in IPv4 text, and IPv6 text always holds one.
+        address = ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
     except ValueError:
         raise InvalidIdentifier("not a valid IP address (one address, without a /prefix)") from None
     if isinstance(address, ipaddress.IPv6Address):
@@ -329,6 +386,61 @@ def _canonical_ip(text: str) -> str:
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
     return str(address)
+
+
+_IPV6_HEX_TEXT = re.compile(r"[0-9A-Fa-f:]+")
+
+
+def _canonical_common_ipv6(text: str) -> str | None:
+    """What ``str(IPv6Address(text))`` gives (the IPv4 address for an IPv4-mapped one) for IPv6
+    text of hex digits and colons only, without building the address objects; None for other
+    text (dotted IPv4 tails, zones, prefixes, non-ASCII) and for text the library refuses, so
+    that the library reads those. It follows ``IPv6Address._ip_int_from_string`` (one "::" at
+    most, standing for one hextet or more; 1 to 4 hex digits a hextet) and
+    ``_compress_hextets`` (the longest run of two or more zero hextets, the first of equals)."""
+    if not _IPV6_HEX_TEXT.fullmatch(text):
+        return None
+    parts = text.split(":")
+    if not 3 <= len(parts) <= 9:
+        return None
+    gaps = [index for index in range(1, len(parts) - 1) if not parts[index]]
+    if len(gaps) > 1:
+        return None
+    if gaps:
+        head, tail = parts[:gaps[0]], parts[gaps[0] + 1:]
+        if not head[0]:  # a leading colon only as part of a leading "::"
+            if len(head) > 1:
+                return None
+            head = []
+        if not tail[-1]:  # likewise at the end
+            if len(tail) > 1:
+                return None
+            tail = []
+        if len(head) + len(tail) > 7:
+            return None
+        hextets = head + ["0"] * (8 - len(head) - len(tail)) + tail
+    elif len(parts) == 8:
+        hextets = parts
+    else:
+        return None
+    if not all(0 < len(hextet) <= 4 for hextet in hextets):
+        return None
+    values = [int(hextet, 16) for hextet in hextets]
+    if values[:6] == [0, 0, 0, 0, 0, 0xFFFF]:
+        return f"{values[6] >> 8}.{values[6] & 255}.{values[7] >> 8}.{values[7] & 255}"
+    best_start, best_length, start = 0, 0, -1
+    for index, value in enumerate(values):
+        if value:
+            start = -1
+            continue
+        if start < 0:
+            start = index
+        if index - start + 1 > best_length:
+            best_start, best_length = start, index - start + 1
+    texts = [format(value, "x") for value in values]
+    if best_length > 1:
+        return ":".join(texts[:best_start]) + "::" + ":".join(texts[best_start + best_length:])
+    return ":".join(texts)
 
 
 def _canonical_handle(text: str) -> str:

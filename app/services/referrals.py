@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, insert, or_, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,7 @@ from app.services import (
 )
 from app.services.access import get_visible_referral, visible_referrals
 from app.services.audit import Actor
+from app.services.triage import more_urgent
 
 Side = Literal["sender", "receiver"]
 
@@ -145,12 +146,13 @@ def next_references(session: Session, count: int = 1, year: int | None = None) -
 
 
 def _event(referral: Referral, actor: Actor, action: str, from_status: Status | None,
-           to_status: Status | None, note: str = "", at: datetime | None = None) -> None:
+           to_status: Status | None, note: str = "", at: datetime | None = None,
+           agency_id: int | None = None) -> None:
     referral.events.append(
         ReferralEvent(
             at=at or utcnow(), action=action, from_status=from_status and from_status.value,
             to_status=to_status and to_status.value, user_id=actor.user_id,
-            agency_id=actor.agency_id, note=note,
+            agency_id=agency_id or actor.agency_id, note=note,
         )
     )
 
@@ -312,6 +314,34 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
     audit.record(session, actor, "referral.create", "referral", new.id,
                  detail={"reference": new.reference, "transferred_from": referral.reference})
     return new
+
+
+# Referrals the receiver still works on: a raised priority still changes how it handles them.
+ESCALATABLE = frozenset({Status.SENT, Status.ACKNOWLEDGED, Status.ACCEPTED})
+
+
+def escalate_priority(session: Session, actor: Actor, referral_id: int, priority: Priority, reason: str, *,
+                      at: datetime | None = None) -> bool:
+    """Raise a sent referral's priority because what it concerns turned out more urgent (the
+    caller decided that: the triage of a holder on it). Never lowers it, and leaves drafts
+    (their sender edits them) and finished referrals alone. The history, which both agencies
+    read, and the audit trail say from what to what and why. `sent_at` is kept: the
+    acknowledgement clock counts from the sending, with the new priority's window. Returns
+    whether the priority changed."""
+    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
+    referral = session.scalars(locked).unique().one()
+    if referral.status not in ESCALATABLE or not more_urgent(priority, referral.priority):
+        return False
+    previous = referral.priority
+    referral.priority = priority
+    note = f"Priority raised from {previous.value} to {priority.value}: {reason}"[:NOTE_MAX]
+    # The system (an import from the command line) acts for the sender, the operation's lead agency.
+    _event(referral, actor, "escalate", referral.status, referral.status, note, at=at,
+           agency_id=actor.agency_id or referral.sender_agency_id)
+    flush_or_conflict(session, "referral")
+    audit.record(session, actor, "referral.escalate", "referral", referral.id, detail={
+        "reference": referral.reference, "from": previous.value, "to": priority.value, "reason": reason})
+    return True
 
 
 def _past(action: str) -> str:

@@ -9,6 +9,12 @@ P3  any category A or B material, or 50 or more items in all
 P4  everything else
 
 P1 referrals must be acknowledged within 24 hours, the others within 72.
+
+A referral already sent follows its holder up, never down: when investigators' flags (or the
+accounts of a later tip) make a holder more urgent than the sent referral it sits on, the
+referral's priority is raised (`referrals.escalate_priority`); its acknowledgement clock still
+counts from when it was sent, so a P1 escalation more than 24 hours after sending is overdue at
+once.
 """
 
 from __future__ import annotations
@@ -47,3 +53,11 @@ def priority(profile: RiskProfile) -> Priority:
     if profile.grade_a > 0 or profile.grade_b > 0 or profile.grade_a + profile.grade_b + profile.grade_c >= 50:
         return Priority.P3
     return Priority.P4
+
+
+def more_urgent(candidate: Priority, than: Priority) -> bool:
+    """P1 is the most urgent, P4 the least."""
+    return _URGENCY.index(candidate) < _URGENCY.index(than)
+
+
+_URGENCY = (Priority.P1, Priority.P2, Priority.P3, Priority.P4)

@@ -5,9 +5,14 @@ All values are synthetic: example.* domains, documentation IP ranges
 """
 
 import dataclasses
+import ipaddress
+import random
+import unicodedata
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 
+from app.services import identifiers
 from app.services.identifiers import (
     MAX_LENGTH,
     PLATFORMS,
@@ -456,3 +461,104 @@ def test_email_reason_carries_library_message():
 def test_length_limit_is_inclusive():
     raw = "a" * MAX_LENGTH
     assert normalise(USERNAME, raw, platform="other").value == raw
+
+
+# --- the fast paths give the library's answer -------------------------------------------------
+# identifiers takes common e-mail and IP shapes without the library's slow generic code; for
+# every input, valid or not, the answer (canonical value or refusal reason) must be the one the
+# plain library call gives.
+
+
+def _library_email(text):
+    try:
+        result = validate_email(unicodedata.normalize("NFKC", text), check_deliverability=False)
+    except EmailNotValidError as exc:
+        return "refused", f"not a valid e-mail address: {exc}"
+    return "ok", f"{identifiers._caseless(result.local_part)}@{result.ascii_domain.lower()}"
+
+
+def _library_ip(text):
+    try:
+        address = ipaddress.ip_address(unicodedata.normalize("NFKC", text))
+    except ValueError:
+        return "refused", "not a valid IP address (one address, without a /prefix)"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return "refused", "not a valid IP address: remove the %zone suffix"
+        if address.ipv4_mapped is not None:
+            return "ok", str(address.ipv4_mapped)
+    return "ok", str(address)
+
+
+def _ours(function, text):
+    try:
+        return "ok", function(text)
+    except InvalidIdentifier as exc:
+        return "refused", exc.reason
+
+
+_LOCAL_PIECES = ["a", "Z", "holder7", "x.y", ".", "..", "-", "_", "+tag", "!#$%&'*/=?^`{|}~", '"', "\\",
+                 "@", "<", ">", " ", "é", "ß", "İ", "\u0301", "ｆｕｌｌ", "postmaster", "ABUSE", "a" * 64, "b" * 65]
+_DOMAIN_PIECES = ["example.org", "mail3.example.org", "EXAMPLE.COM", "a", ".", "..", "-", "-a", "a-", "xn--bcher-kva",
+                  "bücher.example", "example", "localhost", "test", "invalid", "onion", "local", "arpa", "123",
+                  "co.uk", "[192.0.2.1]", "[", "]", "＠", "．", "_", "l" * 63, "m" * 64, "@", " ", "\u200b", "ex ample"]
+
+
+def _tricky_emails(count, rng):
+    values = ["alice@example.org", "Alice.W+tag@Example.ORG", "a@b.co", '"quoted"@example.org', "a..b@example.org",
+              ".a@example.org", "a.@example.org", "a@example.org.", "a@-example.org", "a@example..org",
+              "postmaster@example.org", "Name <a@example.org>", "a@[192.0.2.1]", "a@example", "a@b@example.org",
+              "a@xn--bcher-kva.example", "a@" + "l" * 63 + ".example.org", "a@" + "m" * 64 + ".example.org",
+              "x" * 64 + "@" + ".".join(["d" * 60] * 3) + ".org", "x" * 64 + "@" + ".".join(["d" * 61] * 3) + ".org"]
+    atext = "abcXYZ0189_!#$%&'*+-/=?^`{|}~"
+    label_characters = "abzABZ0189-"
+    for _ in range(count):
+        if rng.random() < 0.5:  # mostly well-formed: the fast path's shape, near its limits
+            local = ".".join("".join(rng.choice(atext) for _ in range(rng.choice([1, 3, 8, 30])))
+                             for _ in range(rng.randint(1, 3)))
+            labels = ["".join(rng.choice(label_characters) for _ in range(rng.choice([1, 2, 10, 62, 63, 64])))
+                      for _ in range(rng.randint(1, 4))]
+            values.append(local + "@" + ".".join(labels + [rng.choice(["org", "ORG", "c0m", "123", "test", "x"])]))
+        else:
+            local = "".join(rng.choice(_LOCAL_PIECES) for _ in range(rng.randint(0, 4)))
+            domain = ".".join(rng.choice(_DOMAIN_PIECES) for _ in range(rng.randint(0, 4)))
+            values.append(local + rng.choice(["@", "@", "@", "＠", "", "@@"]) + domain)
+    return values
+
+
+def _tricky_ips(count, rng):
+    values = ["192.0.2.1", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5", "1.2.3.4/32",
+              "１９２.0.2.1", "2001:db8:0:0::1", "2001:DB8::1", "::", "::1", "1::", "::ffff:192.0.2.1",
+              "::192.0.2.1", "fe80::1%eth0", "2001:db8::1/64", "2001:db8:::1", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8:9",
+              "1:2:3:4:5:6:7::", ":1:2:3:4:5:6:7", "2001:0db8:0000:0000:0000:0000:0000:0001", "12345::1", " 1.2.3.4"]
+    def octet():
+        if rng.random() < 0.9:
+            return str(rng.choice([rng.randint(0, 255), rng.randint(0, 9), rng.randint(250, 260)]))
+        return rng.choice([f"0{rng.randint(0, 99)}", "", "x", "٣", "+1", " 1"])
+
+    def hextet():
+        if rng.random() < 0.85:
+            return format(rng.choice([0, 0, rng.randint(0, 0xFFFF)]), rng.choice(["x", "X", "04x"]))
+        return rng.choice(["", "00000", "g", "192.0.2.1"])
+
+    for _ in range(count):
+        if rng.random() < 0.4:
+            values.append(".".join(octet() for _ in range(rng.choice([3, 4, 4, 4, 4, 5]))))
+        else:
+            parts = [hextet() for _ in range(rng.choice([3, 5, 7, 8, 8, 8, 9]))]
+            if rng.random() < 0.5:
+                parts[rng.randrange(len(parts))] = ""  # a "::"
+            values.append(":".join(parts) + rng.choice(["", "", "", "%1", "/64"]))
+    return values
+
+
+def test_common_email_shapes_normalise_as_the_library_does():
+    rng = random.Random(20261130)
+    for text in _tricky_emails(20_000, rng):
+        assert _ours(identifiers._canonical_email, text) == _library_email(text), text
+
+
+def test_ip_addresses_normalise_as_the_library_does():
+    rng = random.Random(20261130)
+    for text in _tricky_ips(20_000, rng):
+        assert _ours(identifiers._canonical_ip, text) == _library_ip(text), text

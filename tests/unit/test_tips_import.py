@@ -36,6 +36,7 @@ from app.models import (
 )
 from app.services import NotFound, audit, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_tips
+from app.services.audit import Actor
 from app.services.tips import holders as holder_service
 from app.services.tips import reader, validation
 from app.services.tips.importer import PAUSE_ENV, TipRejected, import_tip
@@ -385,6 +386,90 @@ def test_a_holder_triaged_p1_gets_its_own_referral_with_the_24_hour_clock(sessio
     # A decision after sending changes the holder's triage, not where the referral went.
     later = holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "NZ")
     assert later.stays_sent is not None and later.holder.referral_id == own.id
+
+
+def _sent_package(session, world, at: datetime) -> tuple[Holder, Referral]:
+    """Two P3 holders in one package referral to agency b, sent at `at`."""
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    holder = holder_of(session, world, "acc1")
+    sent = referrals.transition(session, world.actor("c_liaison"), holder.referral_id, "send", None, at=at)
+    assert (sent.status, sent.priority) == (Status.SENT, Priority.P3)
+    return holder, sent
+
+
+def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
+    sent_at = datetime.now(timezone.utc) - timedelta(hours=30)
+    holder, sent = _sent_package(session, world, sent_at)
+    decision = holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id,
+                                             {"risk_plans_to_meet": True})
+    assert decision.holder.priority is Priority.P1 and decision.stays_sent.id == sent.id
+    session.expire_all()
+    # Both agencies see the new priority and, in the history, why it changed.
+    for user in ("c_liaison", "b_liaison"):
+        seen = referrals.view(session, world.actor(user), sent.id)
+        assert (seen.priority, seen.status, seen.sent_at) == (Priority.P1, Status.SENT, sent_at)
+        escalation = seen.events[-1]
+        assert (escalation.action, escalation.from_status, escalation.to_status) == ("escalate", "sent", "sent")
+        assert escalation.note.startswith("Priority raised from P3 to P1: holder H-")
+        assert "plans to meet" in escalation.note and escalation.agency_id == world.agencies["c"].id
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "referral.escalate")).one()
+    assert entry.object_id == str(sent.id)
+    assert json.loads(entry.detail) | {"reason": "-"} == {"reference": sent.reference, "from": "P3", "to": "P1",
+                                                          "reason": "-"}
+    # The clock still counts from the sending, with the P1 window: 30 hours on, it is overdue.
+    seen = session.get(Referral, sent.id)
+    assert seen.acknowledge_due == sent_at + timedelta(hours=24) and seen.is_overdue()
+    overdue = referrals.list_referrals(session, world.users["b_liaison"], referrals.ListFilters(overdue=True))
+    assert sent.id in {r.id for r in overdue.items}
+    assert audit.verify(session).ok
+
+
+def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    actor = world.actor("c_liaison")
+    holder_service.set_risk_flags(session, actor, holder.subject_id, {"risk_position_of_authority": True})
+    assert session.get(Referral, sent.id).priority is Priority.P2
+    holder_service.set_risk_flags(session, actor, holder.subject_id, {})  # back to P3: the referral stays P2
+    session.expire_all()
+    assert session.get(Referral, sent.id).priority is Priority.P2
+    assert [e.action for e in session.get(Referral, sent.id).events].count("escalate") == 1
+    # A draft is not escalated: the holder is routed to a referral of its own instead.
+    run_import(session, world, tip(account(3, email="r@example.org", uploads_a="1")))
+    draft_holder = holder_of(session, world, "acc3")
+    package = session.get(Referral, draft_holder.referral_id)
+    decision = holder_service.set_risk_flags(session, actor, draft_holder.subject_id, {"risk_contact_offending": True})
+    assert decision.holder.referral_id != package.id
+    assert "escalate" not in [e.action for e in package.events]
+
+
+def test_flags_recorded_in_a_batch_escalate_each_sent_referral_once(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    other = holder_of(session, world, "acc2")
+    holder_service.record_risk_flags_batch(session, world.actor("c_liaison"), world.operation.id, {
+        other.id: {"risk_access_to_children": True},  # P2 (no category A material)
+        holder.id: {"risk_contact_offending": True},  # P1: the referral follows the most urgent
+    })
+    session.expire_all()
+    escalated = session.get(Referral, sent.id)
+    assert escalated.priority is Priority.P1
+    events = [e for e in escalated.events if e.action == "escalate"]
+    assert len(events) == 1 and "contact offending" in events[0].note
+
+
+def test_new_accounts_making_a_sent_holder_more_urgent_escalate_its_referral(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    # Imported from the command line (no signed-in user): the escalation is the lead agency's.
+    import_tip(session, Actor(None, "cli"), world.operation.id, tip(
+        account(1, email="p@example.org", uploads_a="1"), account(9, email="p@example.org", uploads_a="12")),
+        "more.csv")
+    session.expire_all()
+    assert session.get(Holder, holder.id).priority is Priority.P2  # 13 category A items
+    escalated = session.get(Referral, sent.id)
+    assert (escalated.priority, escalated.status) == (Priority.P2, Status.SENT)
+    event = escalated.events[-1]
+    assert (event.action, event.agency_id, event.user_id) == ("escalate", world.agencies["c"].id, None)
+    assert "P3 -> P2 with the accounts of tip more.csv" in event.note
 
 
 # --- access ------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import AuditEntry, Holder, Referral, Tip, TipAccount
+from app.models import AuditEntry, Holder, Referral, Tip, TipAccount, User
+from app.services import referrals
+from app.services.audit import Actor
 from app.services.tips import importer, reader
 from tests.conftest import Browser, csrf_token_from
 from tests.unit.test_tips_import import account, tip
@@ -258,3 +260,26 @@ def test_unrouted_page_lists_countries_without_a_focal_point(app, web_world):
     assert "France" in page and "Brazil" in page and "Intl Bureau" in page
     filtered = browser.get("/tips/unrouted?country=FR").get_data(as_text=True)
     assert "H-000001" in filtered and "H-000002" not in filtered
+
+
+def test_flags_after_sending_escalate_the_referral_both_agencies_see_it(app, web_world):
+    browser = _login(app, LEAD)
+    data = tip(account(1, email="e1@example.org", uploads_a="1"), account(2, email="e2@example.org", uploads_b="1"))
+    assert _import(app, browser, web_world.operation.id, data).status_code == 200
+    subject_id = _holder_subject(app, "acc1")
+    with app.app_context():
+        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
+        lead = db.session.scalar(select(User).where(User.email == LEAD))
+        referrals.transition(db.session, Actor(lead, "127.0.0.1"), referral_id, "send", None)
+        db.session.commit()
+    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    response = browser.client.post(f"/tips/holders/{subject_id}/risk", data={
+        "csrf_token": csrf_token_from(page), "risk_plans_to_meet": "y"})
+    assert response.status_code == 303
+    for email in (LEAD, "liaison.b@example.org"):  # the sender and the receiver
+        page = _login(app, email).get(f"/referrals/{referral_id}").get_data(as_text=True)
+        assert "escalate" in page and "Priority raised from P3 to P1: holder H-000001" in page
+        assert "plans to meet" in page
+    with app.app_context():
+        referral = db.session.get(Referral, referral_id)
+        assert (referral.status.value, referral.priority.value) == ("sent", "P1")

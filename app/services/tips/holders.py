@@ -30,7 +30,8 @@ from app.models import (
     TipCommonIdentifier,
     referral_subjects,
 )
-from app.services import DomainError, Forbidden, NotFound, Page, audit, countries, deconfliction, paginate
+from app.models.tip import holder_label
+from app.services import DomainError, Forbidden, NotFound, Page, audit, countries, deconfliction, paginate, referrals
 from app.services.access import (
     get_visible_holder,
     led_holders,
@@ -43,7 +44,7 @@ from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering
 from app.services.tips.routing import HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, state_from_row
-from app.services.triage import RiskProfile, priority
+from app.services.triage import RiskProfile, more_urgent, priority
 
 NOTE_MAX = 1000
 
@@ -320,6 +321,10 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
         "changed": sorted(k for k in RISK_COLUMNS if before[k] != bool(flags.get(k, False))),
         "priority": {"from": previous.value, "to": holder.priority.value},
     })
+    escalate_sent_referrals(session, actor, [
+        (holder.referral_id, previous, holder.priority,
+         _escalation_reason(holder.label, previous, holder.priority, flags)),
+    ], now)
     return decision
 
 
@@ -336,8 +341,9 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     now = now or utcnow()
     ids = sorted(flags_by_holder)
     rows = {row.id: row for row in session.execute(
-        select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id).where(Holder.id.in_(ids)))}
-    states, updates, entries = [], [], []
+        select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id, Holder.number)
+        .where(Holder.id.in_(ids)))}
+    states, updates, entries, raised = [], [], [], []
     for holder_id in ids:
         row = rows.get(holder_id)
         if row is None or row.operation_id != operation_id or row.merged_into_id is not None:
@@ -349,6 +355,8 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         entries.append(("tip.holder_risk", "holder", holder_id, {
             "flags": {name: True for name, on in zip(RISK_COLUMNS, flags) if on},
             "priority": {"from": state.priority.value, "to": level.value}}))
+        raised.append((state, state.priority, level, _escalation_reason(
+            holder_label(row.number), state.priority, level, flags_by_holder[holder_id])))
         state.priority = level
         states.append(state)
     router = Router(session, actor, operation, operation.lead_agency_id, now=now)
@@ -362,6 +370,31 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     router.write_links()
     route = router.finish()
     bulk.audit_many(session, actor, entries)
+    # After routing: a holder sent already stays on its referral, which may have to follow it up.
+    escalate_sent_referrals(session, actor, [(state.referral_id, before, level, reason)
+                                              for state, before, level, reason in raised], now)
     if route.touched:
         deconfliction.refresh_hits(session, actor, route.touched)
     return route.touched
+
+
+def _escalation_reason(label: str, previous: Priority, level: Priority, flags: dict[str, bool]) -> str:
+    found = ", ".join(name.removeprefix("risk_").replace("_", " ") for name in RISK_COLUMNS if flags.get(name))
+    return f"holder {label} triaged {previous.value} -> {level.value} on its risk flags ({found or 'none'})."
+
+
+def escalate_sent_referrals(session: Session, actor: Actor,
+                             holders: list[tuple[int | None, Priority, Priority, str]], now: datetime) -> None:
+    """Holders (referral, priority before, after, why) triaged again, by a decision or an
+    import: a sent referral a holder became more urgent on is raised to that priority
+    (`referrals.escalate_priority`; drafts are routed instead, and nothing is ever lowered).
+    Once per referral, for its most urgent holder."""
+    most_urgent: dict[int, tuple[Priority, str]] = {}
+    for referral_id, previous, level, reason in holders:
+        if referral_id is None or not more_urgent(level, previous):
+            continue
+        current = most_urgent.get(referral_id)
+        if current is None or more_urgent(level, current[0]):
+            most_urgent[referral_id] = (level, reason)
+    for referral_id, (level, reason) in sorted(most_urgent.items()):
+        referrals.escalate_priority(session, actor, referral_id, level, reason, at=now)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 
 from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
@@ -52,7 +53,7 @@ from app.models.tip import holder_label
 from app.services import DomainError, Forbidden, NotFound, deconfliction
 from app.services.access import visible_operations
 from app.services.audit import Actor
-from app.services.tips import bulk, clustering, files, jurisdiction
+from app.services.tips import bulk, clustering, files, holders, jurisdiction
 from app.services.tips.routing import (
     HOLDER_STATE_COLUMNS,
     RISK_COLUMNS,
@@ -200,6 +201,7 @@ class _Writer:
         self.peaks[name] = _peak_mb()
 
     def write(self, tip: Tip, accounts: list[Account], result: ImportResult) -> None:
+        """Everything after validation."""
         session = self.session
         op = self.operation
         if session.get_bind().dialect.name == "postgresql":
@@ -296,7 +298,7 @@ class _Writer:
         absorbed_ids = sorted(merge_into)
         for start in range(0, len(affected_existing) + len(absorbed_ids), 5000):
             part = (affected_existing + absorbed_ids)[start:start + 5000]
-            for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source)
+            for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source, Holder.number)
                                        .where(Holder.id.in_(part))):
                 old_rows[row.id] = row
                 states[row.id] = state_from_row(row)
@@ -339,8 +341,10 @@ class _Writer:
         # --- writes ------------------------------------------------------------------------
         self.progress("write", 0, len(new))
         now_db = bulk.db_value(session, Subject.__table__, "created_at", self.now)
+        # Plain locals: the rows below read them a few hundred thousand times.
+        operation_id, tip_id, user_id = op.id, tip.id, self.actor.user_id
         bulk.insert_rows(session, Subject.__table__, ("id", "agency_id", "label", "created_at", "created_by_id"), [
-            (subject_id, self.agency_id, f"{op.code} {holder_label(first_number + i)}", now_db, self.actor.user_id)
+            (subject_id, self.agency_id, f"{op.code} {holder_label(first_number + i)}", now_db, user_id)
             for i, subject_id in enumerate(subject_ids)
         ])
         holder_table = Holder.__table__
@@ -349,7 +353,7 @@ class _Writer:
             state = states[holder_id]
             placement, count, _manual = placements[holder_id]
             new_holder_rows.append((
-                holder_id, op.id, state.subject_id, first_number + i, count, state.grade_a, state.grade_b,
+                holder_id, operation_id, state.subject_id, first_number + i, count, state.grade_a, state.grade_b,
                 state.grade_c, False, False, False, False, False, state.priority.value, state.jurisdiction,
                 placement.confidence, placement.needs_review, placement.evidence,
                 JurisdictionSource.EVIDENCE.value, None, None, state.routing.value, state.receiver_agency_id,
@@ -394,9 +398,9 @@ class _Writer:
             "operation_id", "tip_id", "holder_id", "line", "platform", "account_id", "account_key", "username",
             "email", "phone", "ip_addresses", "country_hint", "ip_country", "uploads_a", "uploads_b", "uploads_c",
             "first_seen", "last_seen"), [
-            (op.id, tip.id, holder_id, a.line, a.platform, a.account_id, a.account_key, a.username, a.email, a.phone,
-             ";".join(a.ips), a.country_hint, a.ip_country, a.uploads_a, a.uploads_b, a.uploads_c, a.first_seen,
-             a.last_seen)
+            (operation_id, tip_id, holder_id, a.line, a.platform, a.account_id, a.account_key, a.username, a.email,
+             a.phone, ";".join(a.ips), a.country_hint, a.ip_country, a.uploads_a, a.uploads_b, a.uploads_c,
+             a.first_seen, a.last_seen)
             for a, holder_id in zip(new, holder_of_new)
         ], convert=("first_seen", "last_seen"))
         self._lap("write accounts")
@@ -417,7 +421,6 @@ class _Writer:
         columns = ("subject_id", "kind", "platform", "raw", "value", "match_key", "created_at", "created_by_id")
         weight: Counter = Counter()  # subject -> identifiers added (what matching will have to do)
         rows = []
-        user_id = self.actor.user_id
         for account, holder_id in zip(new, holder_of_new):
             subject_id = subject_of[holder_id]
             seen = have[subject_id]
@@ -444,6 +447,14 @@ class _Writer:
         result.common_identifiers = len(common)
         route = router.finish()
         result.routing = route
+        # A holder sent already stays on its referral, which follows it up if the new accounts
+        # made it more urgent.
+        holders.escalate_sent_referrals(session, self.actor, [
+            (states[h].referral_id, old_rows[h].priority, states[h].priority,
+             f"holder {holder_label(old_rows[h].number)} triaged {old_rows[h].priority.value} -> "
+             f"{states[h].priority.value} with the accounts of tip {tip.file_name} (import {tip.id}).")
+            for h in affected_existing
+        ], self.now)
         self._lap("route")
 
         # --- deconfliction: one set-based refresh for every referral that changed ------------
@@ -512,7 +523,7 @@ class _Writer:
             needed.update(session.scalars(select(referral_subjects.c.referral_id).where(
                 referral_subjects.c.referral_id.in_(part), referral_subjects.c.subject_id.in_(on_several))))
         if holding:
-            common = deconfliction.match_batch(session, sorted(holding)).common
+            common = deconfliction.match_batch(session, sorted(holding), shared_only=True).common
             for key, holders in sorted(holding.items()):
                 if key not in common:
                     needed.update(holders)
@@ -529,9 +540,8 @@ class _Writer:
         total.common = sorted(set(total.common) | set(part.common))
 
     def _write_identifiers(self, columns, rows: list, weight: Counter) -> None:
-        for row in rows:
-            weight[row[0]] += 1
-        rows.sort(key=lambda row: row[5])  # by match key: the (match_key, subject_id) index fills in runs
+        weight.update(map(itemgetter(0), rows))  # by subject
+        rows.sort(key=itemgetter(5))  # by match key: the (match_key, subject_id) index fills in runs
         bulk.insert_rows(self.session, Identifier.__table__, columns, rows)
 
     def _copy_identifiers(self, survivor_subject: int, absorbed_subjects: list[int]) -> None:

@@ -160,10 +160,16 @@ def _when(value: str, name: str, line: int, errors: list[RowError]) -> datetime 
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return _utc_datetime(value)
     except ValueError:
         errors.append(RowError(line, name, f"not an ISO 8601 date or time: {value[:40]!r}"))
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_datetime(value: str) -> datetime:
+    """A tip's dates repeat (often to the day): each spelling is parsed once."""
+    parsed = datetime.fromisoformat(value)
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 

@@ -210,9 +210,11 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     offset = first_line - (header.count(b"\n") + 1 if fmt == "csv" else 1)
     result = reader.read(io.BytesIO(header + body), fmt)
     # Plain tuples: they pickle and unpickle far faster than named ones. An identifier several
-    # accounts share (a holder's e-mail) is one tuple, which pickle then carries once.
+    # accounts share (a holder's e-mail) is one tuple, and a value many accounts repeat (the
+    # platform, a country, a day's date) one object, which pickle then carries once.
     shared: dict = {}
-    accounts = [tuple(_compact(account, offset, secret, shared)) for account in result.accounts]
+    repeated: dict = {}
+    accounts = [_compact(account, offset, secret, shared, repeated) for account in result.accounts]
     errors = [(e.line + offset, e.field, e.reason) for e in result.errors]
     bad = {e.line for e in result.errors}
     records: dict[int, dict[str, str]] = {}
@@ -223,7 +225,8 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     return result.rows, accounts, errors, records
 
 
-def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dict) -> Account:
+def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dict, repeated: dict) -> tuple:
+    """The account as a plain tuple in `Account`'s field order."""
     idents = []
     username = email = phone = None
     ips = []
@@ -241,10 +244,12 @@ def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dic
             phone = ident.value
         elif ident.kind is IdentifierKind.IP:
             ips.append(ident.value)
-    return Account(
-        account.line + offset, account.platform, account.account_id, account.identifiers[0].value, username, email,
-        phone, tuple(ips), account.country_hint, account.ip_country, account.uploads_a, account.uploads_b,
-        account.uploads_c, account.first_seen, account.last_seen, tuple(idents),
+    one = repeated.setdefault
+    return (
+        account.line + offset, one(account.platform, account.platform), account.account_id,
+        account.identifiers[0].value, username, email, phone, tuple(ips), account.country_hint,
+        one(account.ip_country, account.ip_country), account.uploads_a, account.uploads_b, account.uploads_c,
+        one(account.first_seen, account.first_seen), one(account.last_seen, account.last_seen), tuple(idents),
     )
 
 
