@@ -13,10 +13,14 @@ def choices() -> list[tuple[str, str]]:
     return sorted(((c.alpha_2, c.name) for c in pycountry.countries), key=lambda pair: pair[1])
 
 
+# Pure look-ups that pages and tip imports make for every row, on a few hundred distinct
+# values: each answered once.
+@lru_cache(maxsize=1024)
 def is_valid(code: str | None) -> bool:
     return bool(code) and len(code) == 2 and pycountry.countries.get(alpha_2=code.upper()) is not None
 
 
+@lru_cache(maxsize=1024)
 def name(code: str | None) -> str:
     if not code:
         return "-"
@@ -24,6 +28,7 @@ def name(code: str | None) -> str:
     return country.name if country else code
 
 
+@lru_cache(maxsize=4096)
 def lookup(text: str) -> str | None:
     """Alpha-2 code for an alpha-2 code or an English country name, else None."""
     text = text.strip()

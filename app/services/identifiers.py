@@ -369,9 +369,6 @@ _CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]
 def _canonical_ip(text: str) -> str:
     if _CANONICAL_IPV4.fullmatch(text):
         return text
-    common = _canonical_common_ipv6(text)
-    if common is not None:
-        return common
     text = _nfkc(text)
     try:
         # What ip_address() does, without its failed IPv4 attempt on every IPv6 address: a
@@ -386,61 +383,6 @@ def _canonical_ip(text: str) -> str:
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
     return str(address)
-
-
-_IPV6_HEX_TEXT = re.compile(r"[0-9A-Fa-f:]+")
-
-
-def _canonical_common_ipv6(text: str) -> str | None:
-    """What ``str(IPv6Address(text))`` gives (the IPv4 address for an IPv4-mapped one) for IPv6
-    text of hex digits and colons only, without building the address objects; None for other
-    text (dotted IPv4 tails, zones, prefixes, non-ASCII) and for text the library refuses, so
-    that the library reads those. It follows ``IPv6Address._ip_int_from_string`` (one "::" at
-    most, standing for one hextet or more; 1 to 4 hex digits a hextet) and
-    ``_compress_hextets`` (the longest run of two or more zero hextets, the first of equals)."""
-    if not _IPV6_HEX_TEXT.fullmatch(text):
-        return None
-    parts = text.split(":")
-    if not 3 <= len(parts) <= 9:
-        return None
-    gaps = [index for index in range(1, len(parts) - 1) if not parts[index]]
-    if len(gaps) > 1:
-        return None
-    if gaps:
-        head, tail = parts[:gaps[0]], parts[gaps[0] + 1:]
-        if not head[0]:  # a leading colon only as part of a leading "::"
-            if len(head) > 1:
-                return None
-            head = []
-        if not tail[-1]:  # likewise at the end
-            if len(tail) > 1:
-                return None
-            tail = []
-        if len(head) + len(tail) > 7:
-            return None
-        hextets = head + ["0"] * (8 - len(head) - len(tail)) + tail
-    elif len(parts) == 8:
-        hextets = parts
-    else:
-        return None
-    if not all(0 < len(hextet) <= 4 for hextet in hextets):
-        return None
-    values = [int(hextet, 16) for hextet in hextets]
-    if values[:6] == [0, 0, 0, 0, 0, 0xFFFF]:
-        return f"{values[6] >> 8}.{values[6] & 255}.{values[7] >> 8}.{values[7] & 255}"
-    best_start, best_length, start = 0, 0, -1
-    for index, value in enumerate(values):
-        if value:
-            start = -1
-            continue
-        if start < 0:
-            start = index
-        if index - start + 1 > best_length:
-            best_start, best_length = start, index - start + 1
-    texts = [format(value, "x") for value in values]
-    if best_length > 1:
-        return ":".join(texts[:best_start]) + "::" + ":".join(texts[best_start + best_length:])
-    return ":".join(texts)
 
 
 def _canonical_handle(text: str) -> str:

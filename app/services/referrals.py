@@ -316,8 +316,9 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
     return new
 
 
-# Referrals the receiver still works on: a raised priority still changes how it handles them.
-ESCALATABLE = frozenset({Status.SENT, Status.ACKNOWLEDGED, Status.ACCEPTED})
+# Sent and not finished: the receiver still works on them (the dashboards' "open"; a raised
+# priority still changes how they are handled).
+OPEN_STATUSES = (Status.SENT, Status.ACKNOWLEDGED, Status.ACCEPTED)
 
 
 def escalate_priority(session: Session, actor: Actor, referral_id: int, priority: Priority, reason: str, *,
@@ -330,7 +331,7 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     whether the priority changed."""
     locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
     referral = session.scalars(locked).unique().one()
-    if referral.status not in ESCALATABLE or not more_urgent(priority, referral.priority):
+    if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
         return False
     previous = referral.priority
     referral.priority = priority

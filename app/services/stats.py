@@ -49,9 +49,8 @@ from app.services.access import (
     visible_referrals,
 )
 from app.services.audit import Actor
-from app.services.referrals import overdue_clause
+from app.services.referrals import OPEN_STATUSES, overdue_clause
 
-OPEN_STATUSES = (Status.SENT, Status.ACKNOWLEDGED, Status.ACCEPTED)
 INVESTIGATION_STATUSES = (Status.ACCEPTED, Status.CLOSED)
 OPEN_HIT_STATUSES = (HitStatus.NEW, HitStatus.ACKNOWLEDGED)
 OVERDUE_LIST_LIMIT = 25  # on the page; the export and the referral list hold them all
@@ -144,20 +143,31 @@ def medians(session: Session, base, group_column, measures: Mapping[str, ColumnE
         for row in session.execute(query):
             result[row.g] = {name: _seconds(getattr(row, f"median_{name}")) for name in measures}
         return result
-    names = list(measures)
+    return {group: _middles(measures, lists) for group, lists in _durations(session, base, group_column, measures).items()}
+
+
+def _durations(session: Session, base, group_column, measures: Mapping[str, ColumnElement]) -> dict[Any, list[list[float]]]:
+    """SQLite: the non-NULL values of each measure per value of `group_column`, from one read
+    of the narrow projection (Core rows: the ORM's row handling would cost as much as the read;
+    pending changes are flushed first, as a session query would)."""
+    session.flush()
     values: dict[Any, list[list[float]]] = {}
     query = base.with_only_columns(group_column, *measures.values()).where(
         or_(*(expr.is_not(None) for expr in measures.values())))
-    for group, *durations in session.execute(query):
+    for group, *durations in session.connection().execute(query).all():
         lists = values.get(group)
         if lists is None:
-            lists = values[group] = [[] for _ in names]
+            lists = values[group] = [[] for _ in measures]
         for target, duration in zip(lists, durations):
             if duration is not None:
                 target.append(duration)
-    for group, lists in values.items():
-        result[group] = {name: _seconds(statistics.median(v)) if v else None for name, v in zip(names, lists)}
-    return result
+    return values
+
+
+def _middles(measures: Mapping[str, ColumnElement], lists: list[list[float]]) -> dict[str, float | None]:
+    """The median of each measure's values: the middle one, or the mean of the middle two, as
+    percentile_cont(0.5) takes it."""
+    return {name: _seconds(statistics.median(v)) if v else None for name, v in zip(measures, lists)}
 
 
 def grouped(session: Session, base, group_columns: list, columns: list, measures: Mapping[str, ColumnElement],
@@ -610,20 +620,10 @@ def country_dashboard(session: Session, user, code: str, filters: Filters, now: 
         ).group_by(Referral.priority, Referral.status, Referral.receiver_agency_id)
     ):
         status = Status(status)
-        is_open, investigating = status in OPEN_STATUSES, status in INVESTIGATION_STATUSES
-        for bucket in (per_priority[Priority(priority).value], totals):
-            bucket.referrals += n
-            bucket.overdue += overdue
-            bucket.acknowledged += acknowledged
-            bucket.open += n if is_open else 0
-            bucket.investigations += n if investigating else 0
-        status_counts[status.value] += n
         receiver = per_receiver.setdefault(receiver_id, ReceiverRow(receiver_id, "", None))
-        receiver.referrals += n
-        receiver.overdue += overdue
-        receiver.acknowledged += acknowledged
-        receiver.open += n if is_open else 0
-        receiver.investigations += n if investigating else 0
+        for bucket in (per_priority[Priority(priority).value], totals, receiver):
+            _count_into(bucket, status, n, overdue, acknowledged)
+        status_counts[status.value] += n
         receiver.declined += n if status is Status.DECLINED else 0
         receiver.transferred += n if status is Status.TRANSFERRED else 0
 
@@ -709,10 +709,19 @@ def _overdue(session: Session, base, now: datetime, limit: int | None) -> list[O
     return rows[:limit] if limit is not None else rows
 
 
+def _count_into(bucket: PriorityRow | ReceiverRow, status: Status, n: int, overdue: int, acknowledged: int) -> None:
+    """Add `n` referrals in `status` (of which `overdue` overdue, `acknowledged` acknowledged)."""
+    bucket.referrals += n
+    bucket.overdue += overdue
+    bucket.acknowledged += acknowledged
+    bucket.open += n if status in OPEN_STATUSES else 0
+    bucket.investigations += n if status in INVESTIGATION_STATUSES else 0
+
+
 def _response_medians(session: Session, base) -> tuple[dict[str, float | None], dict[int, dict[str, float | None]]]:
     """Median times to acknowledge and to accept over all of `base` and per receiving agency,
     from one pass: PostgreSQL rolls the agencies up into the total (the row whose agency is
-    NULL); on SQLite Python takes both from one read of the durations (see `medians`)."""
+    NULL); on SQLite Python takes both from one read of the durations (see `_durations`)."""
     measures = {"ack": ACK_SECONDS, "accept": ACCEPT_SECONDS}
     if _on_postgresql(session):
         query = base.with_only_columns(Referral.receiver_agency_id, *percentile_columns(measures)) \
@@ -725,23 +734,9 @@ def _response_medians(session: Session, base) -> tuple[dict[str, float | None], 
             else:
                 by_receiver[row.receiver_agency_id] = values
         return overall, by_receiver
-    durations: dict[int, tuple[list[float], list[float]]] = {}
-    query = base.with_only_columns(Referral.receiver_agency_id, ACK_SECONDS, ACCEPT_SECONDS) \
-        .where(or_(Referral.acknowledged_at.is_not(None), Referral.accepted_at.is_not(None)))
-    for receiver_id, ack, accept in session.connection().execute(query).all():
-        acks, accepts = durations.setdefault(receiver_id, ([], []))
-        if ack is not None:
-            acks.append(ack)
-        if accept is not None:
-            accepts.append(accept)
-
-    def middle(values: list[float]) -> float | None:
-        return _seconds(statistics.median(values)) if values else None
-
-    by_receiver = {r: {"ack": middle(acks), "accept": middle(accepts)} for r, (acks, accepts) in durations.items()}
-    overall = {"ack": middle([d for acks, _ in durations.values() for d in acks]),
-               "accept": middle([d for _, accepts in durations.values() for d in accepts])}
-    return overall, by_receiver
+    by_receiver = _durations(session, base, Referral.receiver_agency_id, measures)
+    everyone = [[d for lists in by_receiver.values() for d in lists[i]] for i in range(len(measures))]
+    return _middles(measures, everyone), {r: _middles(measures, lists) for r, lists in by_receiver.items()}
 
 
 def _name_receivers(session: Session, per_receiver: dict[int, ReceiverRow]) -> list[ReceiverRow]:

@@ -173,11 +173,6 @@ def _utc_datetime(value: str) -> datetime:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
-# A tip names a few hundred countries in 150,000 rows: each spelling is looked up once.
-_country_code = functools.lru_cache(maxsize=4096)(countries.lookup)
-_is_country_code = functools.lru_cache(maxsize=1024)(countries.is_valid)
-
-
 def _validate(line: int, record: dict[str, str], errors: list[RowError]) -> TipAccount | None:
     for name, value in record.items():
         if len(value) > MAX_FIELD:
@@ -195,13 +190,13 @@ def _validate(line: int, record: dict[str, str], errors: list[RowError]) -> TipA
         errors.append(RowError(line, "account_id", "missing"))
     country_hint = None
     if hint:
-        country_hint = _country_code(hint)
+        country_hint = countries.lookup(hint)
         if country_hint is None:
             errors.append(RowError(line, "country_hint", f"unknown country {hint[:40]!r}"))
     ip_country = None
     if ip_code:
         code = ip_code.upper()
-        if _is_country_code(code):
+        if countries.is_valid(code):
             ip_country = code
         else:
             errors.append(RowError(line, "ip_country", f"unknown country code {ip_code[:10]!r}"))
