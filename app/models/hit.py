@@ -123,6 +123,7 @@ class NotificationKind(enum.StrEnum):
     HIT_UPDATED = "hit_updated"  # new matching identifiers
     HIT_ACKNOWLEDGED = "hit_acknowledged"
     HIT_RESOLVED = "hit_resolved"
+    PRIORITY_RAISED = "priority_raised"  # a sent referral became more urgent: its receiver is told
 
 
 class Notification(Base):
@@ -135,6 +136,7 @@ class Notification(Base):
     agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"))
     kind: Mapped[NotificationKind] = mapped_column(enum_column(NotificationKind, "notification_kind"))
     hit_id: Mapped[int | None] = mapped_column(ForeignKey("hits.id", ondelete="CASCADE"), index=True)
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referrals.id", ondelete="CASCADE"), index=True)
     message: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

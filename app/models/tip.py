@@ -122,6 +122,9 @@ class TipImport(Base):
     reject_csv: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The process running it (host, process id and that process's start), to tell a running
+    # import from one whose process stopped (app/services/tips/imports.py).
+    runner: Mapped[str | None] = mapped_column(String(120))
 
     operation: Mapped[Operation] = relationship(lazy="joined")
 

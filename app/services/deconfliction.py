@@ -823,6 +823,7 @@ class NotificationItem:
     id: int
     kind: NotificationKind
     hit_id: int | None
+    referral_id: int | None
     message: str
     created_at: datetime
     unread: bool
@@ -837,7 +838,8 @@ def list_notifications(session: Session, user: User, page: int = 1, per_page: in
     rows = session.scalars(
         query.order_by(Notification.id.desc()).limit(per_page).offset((max(1, page) - 1) * per_page)
     ).all()
-    items = [NotificationItem(n.id, n.kind, n.hit_id, n.message, n.created_at, n.id > last_seen) for n in rows]
+    items = [NotificationItem(n.id, n.kind, n.hit_id, n.referral_id, n.message, n.created_at, n.id > last_seen)
+             for n in rows]
     if mark_seen and rows and page == 1 and rows[0].id > last_seen:
         statement = _dialect_insert(session, NotificationCursor.__table__)
         statement = statement.on_conflict_do_update(

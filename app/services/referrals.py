@@ -23,6 +23,8 @@ from app.db import utcnow
 from app.models import (
     Agency,
     HandlingCode,
+    Notification,
+    NotificationKind,
     Operation,
     Outcome,
     Priority,
@@ -326,9 +328,9 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     """Raise a sent referral's priority because what it concerns turned out more urgent (the
     caller decided that: the triage of a holder on it). Never lowers it, and leaves drafts
     (their sender edits them) and finished referrals alone. The history, which both agencies
-    read, and the audit trail say from what to what and why. `sent_at` is kept: the
-    acknowledgement clock counts from the sending, with the new priority's window. Returns
-    whether the priority changed."""
+    read, and the audit trail say from what to what and why, and the receiving agency gets a
+    notification. `sent_at` is kept: the acknowledgement clock counts from the sending, with
+    the new priority's window. Returns whether the priority changed."""
     locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
     referral = session.scalars(locked).unique().one()
     if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
@@ -339,6 +341,10 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     # The system (an import from the command line) acts for the sender, the operation's lead agency.
     _event(referral, actor, "escalate", referral.status, referral.status, note, at=at,
            agency_id=actor.agency_id or referral.sender_agency_id)
+    session.add(Notification(
+        agency_id=referral.receiver_agency_id, kind=NotificationKind.PRIORITY_RAISED, referral_id=referral.id,
+        message=f"{referral.reference} from {referral.sender.name}: priority raised from {previous.value} to "
+                f"{priority.value}.", created_at=at or utcnow()))
     flush_or_conflict(session, "referral")
     audit.record(session, actor, "referral.escalate", "referral", referral.id, detail={
         "reference": referral.reference, "from": previous.value, "to": priority.value, "reason": reason})

@@ -24,6 +24,7 @@ from app.models import (
     Holder,
     HolderRouting,
     JurisdictionSource,
+    NotificationKind,
     Operation,
     Priority,
     Referral,
@@ -34,7 +35,7 @@ from app.models import (
     TipAccount,
     referral_subjects,
 )
-from app.services import NotFound, audit, referrals, subjects
+from app.services import NotFound, audit, deconfliction, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_tips
 from app.services.audit import Actor
 from app.services.tips import holders as holder_service
@@ -422,6 +423,12 @@ def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, 
     assert seen.acknowledge_due == sent_at + timedelta(hours=24) and seen.is_overdue()
     overdue = referrals.list_referrals(session, world.users["b_liaison"], referrals.ListFilters(overdue=True))
     assert sent.id in {r.id for r in overdue.items}
+    # The receiving agency is told; the sender, who raised it, is not.
+    notices, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert [(n.kind, n.referral_id, n.unread) for n in notices] == [(NotificationKind.PRIORITY_RAISED, sent.id, True)]
+    assert notices[0].message == f"{sent.reference} from {world.agencies['c'].name}: priority raised from P3 to P1."
+    mine, _total = deconfliction.list_notifications(session, world.users["c_liaison"], mark_seen=False)
+    assert NotificationKind.PRIORITY_RAISED not in {n.kind for n in mine}
     assert audit.verify(session).ok
 
 
@@ -455,6 +462,8 @@ def test_flags_recorded_in_a_batch_escalate_each_sent_referral_once(session, wor
     assert escalated.priority is Priority.P1
     events = [e for e in escalated.events if e.action == "escalate"]
     assert len(events) == 1 and "contact offending" in events[0].note
+    notices, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert [n.referral_id for n in notices if n.kind is NotificationKind.PRIORITY_RAISED] == [sent.id]
 
 
 def test_new_accounts_making_a_sent_holder_more_urgent_escalate_its_referral(session, world):

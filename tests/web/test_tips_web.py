@@ -6,17 +6,24 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import os
 import re
+import socket
+import subprocess
+import sys
 import threading
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from app.db import utcnow
 from app.extensions import db
 from app.models import AuditEntry, Holder, Referral, Tip, TipAccount, User
+from app.models.tip import TipImport, TipImportStatus
 from app.services import referrals
 from app.services.audit import Actor
-from app.services.tips import importer, reader
+from app.services.tips import importer, imports, reader
 from tests.conftest import Browser, csrf_token_from
 from tests.unit.test_tips_import import account, tip
 
@@ -141,6 +148,64 @@ def test_the_import_runs_in_the_background_and_its_page_shows_progress(app, web_
     assert _count(app, Tip) == 1
     # Only the person who started it follows it.
     assert _login(app, "manager.c@example.org").get(location).status_code == 404
+
+
+def _record_running_import(app, web_world, runner: str, started_at=None) -> int:
+    with app.app_context():
+        lead = db.session.scalar(select(User).where(User.email == LEAD))
+        record = TipImport(operation_id=web_world.operation.id, user_id=lead.id, file_name="tip.csv",
+                           status=TipImportStatus.RUNNING, stage="validate", runner=runner,
+                           started_at=started_at or utcnow())
+        db.session.add(record)
+        db.session.commit()
+        return record.id
+
+
+def _ended_process() -> str:
+    """The runner of a process of this machine that has since exited."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runner = f"{socket.gethostname()}|{child.pid}|{imports._process_start(child.pid)}"
+    finally:
+        child.kill()
+        child.wait()
+    return runner
+
+
+@pytest.mark.parametrize("runner", [
+    pytest.param(imports.this_process, id="this process, its thread gone"),
+    pytest.param(_ended_process, id="another process, exited"),
+])
+def test_an_import_whose_process_stopped_shows_as_interrupted_not_running_for_ever(app, web_world, runner):
+    import_id = _record_running_import(app, web_world, runner())
+    page = _login(app, LEAD).get(f"/tips/imports/{import_id}")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "stopped when the server process running it stopped" in text and 'http-equiv="refresh"' not in text
+    assert "Import another file" in text
+    with app.app_context():
+        record = db.session.get(TipImport, import_id)
+        assert record.status is TipImportStatus.FAILED and record.finished_at is not None
+
+
+def test_an_import_on_another_server_counts_as_running_until_it_is_hours_old(app, web_world):
+    browser = _login(app, LEAD)
+    elsewhere = "another-server.example|4242|boot.1"
+    recent = _record_running_import(app, web_world, elsewhere)
+    assert 'http-equiv="refresh"' in browser.get(f"/tips/imports/{recent}").get_data(as_text=True)
+    old = _record_running_import(app, web_world, elsewhere, started_at=utcnow() - timedelta(hours=7))
+    assert "process running it stopped" in browser.get(f"/tips/imports/{old}").get_data(as_text=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times are read from /proc")
+def test_a_process_id_given_again_after_a_restart_is_not_the_old_runner(app, web_world):
+    # The parent process is alive, but started at another moment than the one recorded.
+    reused = f"{socket.gethostname()}|{os.getppid()}|{imports._process_start(os.getppid())}0"
+    alive = f"{socket.gethostname()}|{os.getppid()}|{imports._process_start(os.getppid())}"
+    with app.app_context():
+        for runner, stopped in ((reused, True), (alive, False)):
+            record = db.session.get(TipImport, _record_running_import(app, web_world, runner))
+            assert imports.runner_stopped(record, running_here=False) is stopped
 
 
 def test_an_import_refused_in_the_background_says_why_and_writes_nothing(app, web_world):
@@ -280,6 +345,9 @@ def test_flags_after_sending_escalate_the_referral_both_agencies_see_it(app, web
         page = _login(app, email).get(f"/referrals/{referral_id}").get_data(as_text=True)
         assert "escalate" in page and "Priority raised from P3 to P1: holder H-000001" in page
         assert "plans to meet" in page
+    # The receiver's notifications say so and lead to the referral.
+    notices = _login(app, "liaison.b@example.org").get("/notifications").get_data(as_text=True)
+    assert "priority raised from P3 to P1" in notices and f'href="/referrals/{referral_id}"' in notices
     with app.app_context():
         referral = db.session.get(Referral, referral_id)
         assert (referral.status.value, referral.priority.value) == ("sent", "P1")

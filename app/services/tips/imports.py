@@ -7,6 +7,8 @@ outcome here. Nothing here commits.
 from __future__ import annotations
 
 import os
+import socket
+from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
@@ -21,6 +23,11 @@ from app.services.tips import files
 from app.services.tips.importer import ImportResult, TipRejected, importing_agency
 
 ERRORS_KEPT = 500  # problems kept for the page; the reject file has them all
+# A full tip imports in about a minute. One recorded as running for longer than this, by a
+# process on another server (whose liveness this one cannot see), has stopped.
+OTHER_HOST_GIVE_UP = timedelta(hours=6)
+INTERRUPTED = ("The import stopped when the server process running it stopped, and wrote nothing. "
+               "Upload the file again.")
 
 
 def start(session: Session, actor: Actor, operation_id: int, file_name: str, data: bytes,
@@ -35,7 +42,8 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
     files.check_content(data)
     record = TipImport(operation_id=operation.id, user_id=actor.user_id,
                        file_name=os.path.basename(file_name or "tip")[:255], skip_invalid=skip_invalid,
-                       status=TipImportStatus.RUNNING, stage="queued", started_at=utcnow())
+                       status=TipImportStatus.RUNNING, stage="queued", started_at=utcnow(),
+                       runner=this_process())
     session.add(record)
     session.flush()
     return record
@@ -47,6 +55,53 @@ def get_import(session: Session, user, import_id: int) -> TipImport:
     if record is None or user is None or record.user_id != user.id:
         raise NotFound("No such import.")
     return record
+
+
+def this_process() -> str:
+    """Host, process id and the process's start: a record's `runner`, set by the process that
+    runs the import (the one that takes the upload)."""
+    return f"{socket.gethostname()}|{os.getpid()}|{_process_start(os.getpid())}"
+
+
+def _process_start(pid: int) -> str:
+    """When process `pid` started (the boot, and clock ticks since it), so that an id the
+    system gives again after a restart is not taken for the old process; "" without /proc or
+    without such a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat, open("/proc/sys/kernel/random/boot_id") as boot:
+            # Field 22 (starttime), counted after the command name, which may hold spaces.
+            ticks = stat.read().rsplit(b")", 1)[1].split()[19].decode()
+            return f"{boot.read().strip()}.{ticks}"
+    except (OSError, IndexError):
+        return ""
+
+
+def runner_stopped(record: TipImport, *, running_here: bool) -> bool:
+    """Whether a running import's process is gone (a restart, a crash): its transaction went
+    with it, so nothing was written. `running_here` says whether this process runs it now."""
+    if record.status is not TipImportStatus.RUNNING or not record.runner:
+        return False
+    host, pid_text, started = record.runner.split("|")
+    if host != socket.gethostname():
+        return utcnow() - record.started_at > OTHER_HOST_GIVE_UP
+    pid = int(pid_text)
+    if pid == os.getpid() and started == _process_start(pid):
+        return not running_here
+    if started:
+        return _process_start(pid) != started
+    try:  # no /proc here: whether some process has that id is all there is to know
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def record_interrupted(record: TipImport) -> None:
+    record.status = TipImportStatus.FAILED
+    record.message = INTERRUPTED
+    record.finished_at = utcnow()
 
 
 def record_progress(connection: Connection, import_id: int, stage: str, done: int, total: int) -> None:

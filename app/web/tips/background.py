@@ -37,10 +37,19 @@ def start_after_commit(session: Session, app: Flask, import_id: int, data: bytes
     def start(_session: Session) -> None:
         thread = threading.Thread(target=_run, args=(app, import_id, data, user_id, address),
                                   name=f"tip-import-{import_id}", daemon=True)
-        app.extensions.setdefault("tip_import_threads", {})[import_id] = thread
+        threads = app.extensions.setdefault("tip_import_threads", {})
+        for finished in [key for key, other in threads.items() if not other.is_alive()]:
+            del threads[finished]
+        threads[import_id] = thread
         thread.start()
 
     event.listen(session, "after_commit", start, once=True)
+
+
+def running_here(app: Flask, import_id: int) -> bool:
+    """Whether this process's thread for the import is still at work."""
+    thread = app.extensions.get("tip_import_threads", {}).get(import_id)
+    return thread is not None and thread.is_alive()
 
 
 class _Progress:

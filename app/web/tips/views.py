@@ -89,6 +89,8 @@ def upload():
 @login_required
 def import_status(import_id: int):
     record = imports.get_import(db.session, current_user, import_id)
+    if imports.runner_stopped(record, running_here=background.running_here(current_app, import_id)):
+        imports.record_interrupted(record)
     errors = [RowError(*error) for error in record.errors or []]
     return render_template("tips/import_status.html", record=record, errors=errors, error_count=record.error_count,
                            reject_url=_data_url(record.reject_csv), stages=STAGES)
