@@ -154,16 +154,18 @@ def _normalise(kind, raw, platform: str | None, region: str | None) -> Normalise
         raise InvalidIdentifier(f"{label} too long: {len(raw)} characters (at most {MAX_LENGTH})")
     slug = _parse_platform(kind, platform)
 
+    # Matched by value (a StrEnum member equals it): on Python 3.11 a `case IdentifierKind.X`
+    # pattern pays for an enum attribute look-up on every call.
     match kind:
-        case IdentifierKind.EMAIL:
+        case "email":
             value = _canonical_email(raw)
-        case IdentifierKind.PHONE:
+        case "phone":
             value = _canonical_phone(raw, region)
-        case IdentifierKind.IP:
+        case "ip":
             value = _canonical_ip(raw)
-        case IdentifierKind.USERNAME:
+        case "username":
             value = _canonical_handle(raw)
-        case IdentifierKind.ACCOUNT_ID:
+        case "account_id":
             value = _canonical_account_id(raw)
     if not value:
         raise InvalidIdentifier(f"empty {label}")
@@ -171,7 +173,8 @@ def _normalise(kind, raw, platform: str | None, region: str | None) -> Normalise
     # letters); keep stored values within the same bound as the input.
     if len(value) > MAX_LENGTH:
         raise InvalidIdentifier(f"{label} too long once normalised (at most {MAX_LENGTH} characters)")
-    return NormalisedIdentifier(kind=kind, platform=slug, raw=raw, value=value)
+    # Positional: keyword arguments double the cost of this (generated) constructor.
+    return NormalisedIdentifier(kind, slug, raw, value)
 
 
 def detect_kind(raw: str) -> IdentifierKind | None:

@@ -5,6 +5,7 @@ All values are synthetic: example.* domains, documentation IP ranges
 """
 
 import dataclasses
+import hmac
 import ipaddress
 import random
 import unicodedata
@@ -302,6 +303,17 @@ def test_match_key_is_hex_sha256():
     key = match_key(SECRET, normalise(IP, "192.0.2.1"))
     assert len(key) == 64
     int(key, 16)
+
+
+@pytest.mark.parametrize("secret", [b"k", SECRET, b"k" * 64, b"k" * 65, bytes(range(256))])
+def test_match_key_is_hmac_sha256_of_kind_platform_and_value(secret):
+    # Stored keys must never change: pin them to the standard library's HMAC, for secrets
+    # shorter than, as long as and longer than SHA-256's block.
+    ident = normalise(USERNAME, "@Alice", platform="instagram")
+    expected = hmac.new(secret, b"username\x1finstagram\x1falice", "sha256").hexdigest()
+    assert match_key(secret, ident) == expected
+    ident = normalise(IP, "192.0.2.1")
+    assert match_key(secret, ident) == hmac.new(secret, b"ip\x1f\x1f192.0.2.1", "sha256").hexdigest()
 
 
 def test_match_key_equal_for_equal_identifiers():

@@ -97,13 +97,14 @@ def _records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, str] 
                 continue
             yield number, {k: _as_text(v) for k, v in record.items()}
         return
-    reader = csv.DictReader(text)
+    reader = csv.DictReader(text, restval="")  # a short row's missing fields read as empty
     missing = [f for f in ("platform", "account_id") if f not in (reader.fieldnames or [])]
     if missing:
         yield 1, RowError(1, ",".join(missing), "missing column in the header")
         return
     for record in reader:
-        yield reader.line_num, {k: (v or "") for k, v in record.items() if k is not None}
+        record.pop(None, None)  # the fields of a long row beyond the header
+        yield reader.line_num, record
 
 
 def _as_text(value) -> str:
@@ -173,6 +174,11 @@ def _utc_datetime(value: str) -> datetime:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
+# Plain globals for _validate: on Python 3.11 each `IdentifierKind.X` is a descriptor call.
+_ACCOUNT_ID, _USERNAME, _EMAIL, _PHONE, _IP = (
+    IdentifierKind.ACCOUNT_ID, IdentifierKind.USERNAME, IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.IP)
+
+
 def _validate(line: int, record: dict[str, str], errors: list[RowError]) -> TipAccount | None:
     for name, value in record.items():
         if len(value) > MAX_FIELD:
@@ -213,22 +219,23 @@ def _validate(line: int, record: dict[str, str], errors: list[RowError]) -> TipA
 
     identifiers: list[NormalisedIdentifier] = []
 
-    def add(kind: IdentifierKind, field_name: str, value: str, **kwargs) -> None:
+    def add(kind: IdentifierKind, field_name: str, value: str, platform: str | None = None,
+            region: str | None = None) -> None:
         try:
-            identifiers.append(normalise(kind, value, **kwargs))
+            identifiers.append(normalise(kind, value, platform=platform, region=region))
         except InvalidIdentifier as exc:
             errors.append(RowError(line, field_name, exc.reason))
 
-    add(IdentifierKind.ACCOUNT_ID, "account_id", account_id, platform=platform)
+    add(_ACCOUNT_ID, "account_id", account_id, platform)
     if username:
-        add(IdentifierKind.USERNAME, "username", username, platform=platform)
+        add(_USERNAME, "username", username, platform)
     if email:
-        add(IdentifierKind.EMAIL, "email", email)
+        add(_EMAIL, "email", email)
     if phone:
-        add(IdentifierKind.PHONE, "phone", phone, region=country_hint or ip_country)
-    addresses = [a.strip() for a in ip_addresses.split(";") if a.strip()]
+        add(_PHONE, "phone", phone, region=country_hint or ip_country)
+    addresses = [address for address in map(str.strip, ip_addresses.split(";")) if address]
     for address in addresses:
-        add(IdentifierKind.IP, "ip_addresses", address)
+        add(_IP, "ip_addresses", address)
     if errors:
         return None
     return TipAccount(

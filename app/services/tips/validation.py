@@ -225,25 +225,32 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     return result.rows, accounts, errors, records
 
 
+# Plain globals for the loop below: on Python 3.11 `IdentifierKind.X` and `kind.value` are
+# descriptor calls, and it runs for every identifier.
+_KIND_VALUES = {kind: kind.value for kind in IdentifierKind}
+_USERNAME, _EMAIL, _PHONE, _IP = IdentifierKind.USERNAME, IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.IP
+
+
 def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dict, repeated: dict) -> tuple:
     """The account as a plain tuple in `Account`'s field order."""
     idents = []
     username = email = phone = None
     ips = []
     for ident in account.identifiers:
+        kind, value = ident.kind, ident.value
         compact = shared.get(ident)
         if compact is None:
-            raw = None if ident.raw == ident.value else ident.raw
-            compact = shared[ident] = (ident.kind.value, ident.platform, raw, ident.value, match_key(secret, ident))
+            raw = None if ident.raw == value else ident.raw
+            compact = shared[ident] = (_KIND_VALUES[kind], ident.platform, raw, value, match_key(secret, ident))
         idents.append(compact)
-        if ident.kind is IdentifierKind.USERNAME:
-            username = ident.value
-        elif ident.kind is IdentifierKind.EMAIL:
-            email = ident.value
-        elif ident.kind is IdentifierKind.PHONE:
-            phone = ident.value
-        elif ident.kind is IdentifierKind.IP:
-            ips.append(ident.value)
+        if kind is _IP:
+            ips.append(value)
+        elif kind is _USERNAME:
+            username = value
+        elif kind is _EMAIL:
+            email = value
+        elif kind is _PHONE:
+            phone = value
     one = repeated.setdefault
     return (
         account.line + offset, one(account.platform, account.platform), account.account_id,
