@@ -134,10 +134,11 @@ def _largest_ids(engine) -> dict[str, int]:
     return largest
 
 
-def _written_baseline(engine_name: str, tables) -> float:
+def _written_baseline(engine_name: str, tables) -> tuple[float, dict[str, float]]:
     """The rows the import wrote, written raw (executemany on SQLite, COPY on PostgreSQL) into a
     fresh database of the same schema (indexes, constraints and triggers) holding the same
-    directory, in one transaction, commit included: what the database itself costs."""
+    directory, in one transaction, commit included: what the database itself costs. Returns
+    the total and each table's share."""
     from app import create_app
     from app.cli import upgrade_database
     from app.demo.operation_h import countries
@@ -155,8 +156,10 @@ def _written_baseline(engine_name: str, tables) -> float:
                 if engine_name == "sqlite":
                     driver.execute("PRAGMA cache_size = -131072")  # as the import has
                 started = time.perf_counter()
+                per_table = {}
                 with driver.cursor() if engine_name == "postgresql" else _sqlite_cursor(driver) as cursor:
                     for name, columns, rows in tables:
+                        table_started = time.perf_counter()
                         names = ", ".join(f'"{c}"' for c in columns)
                         if engine_name == "postgresql":
                             with cursor.copy(f"COPY {name} ({names}) FROM STDIN") as copy:
@@ -165,8 +168,11 @@ def _written_baseline(engine_name: str, tables) -> float:
                         else:
                             cursor.executemany(f"INSERT INTO {name} ({names}) VALUES "
                                                f"({', '.join('?' for _ in columns)})", rows)
+                        per_table[name] = time.perf_counter() - table_started
+                committed = time.perf_counter()
                 driver.commit()
-                return time.perf_counter() - started
+                per_table["commit"] = time.perf_counter() - committed
+                return time.perf_counter() - started, per_table
         finally:
             engine.dispose()
 
@@ -216,7 +222,7 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> Non
             written = _new_rows(engine, before)
         finally:
             engine.dispose()
-    written_baseline = _written_baseline(engine_name, written)
+    written_baseline, per_table = _written_baseline(engine_name, written)
     written_rows = sum(len(rows) for _name, _columns, rows in written)
     written_tables = len(written)
     del written
@@ -230,6 +236,8 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> Non
     print(f"  the import's own {written_rows:,} rows in {written_tables} tables, "
           f"written raw into a fresh database of the same schema: {written_baseline:.2f} s; "
           f"import / that: {total / written_baseline:.1f}x")
+    largest = sorted(per_table.items(), key=lambda item: -item[1])[:5]
+    print("    of which " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in largest))
     print("  peak memory after each stage (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in result.peaks.items()))
     print(f"  peak memory (ru_maxrss): the import's process {peak_import:.0f} MB, "
           f"largest worker {_peak_mb(resource.RUSAGE_CHILDREN):.0f} MB (target under 1 GB)")
