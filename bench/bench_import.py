@@ -141,40 +141,48 @@ def _written_baseline(engine_name: str, tables) -> tuple[float, dict[str, float]
     fresh database of the same schema (indexes, constraints and triggers) holding the same
     directory, in one transaction, commit included: what the database itself costs. Returns
     the total and each table's share."""
-    from app import create_app
-    from app.cli import upgrade_database
     from app.demo.operation_h import countries
     from app.extensions import db
+
+    with _migrated(engine_name) as (app, engine):
+        with app.app_context():
+            _seed_directory(db.session, countries(random.Random(SEED)))
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            if engine_name == "sqlite":
+                driver.execute("PRAGMA cache_size = -131072")  # as the import has
+            started = time.perf_counter()
+            per_table = {}
+            with driver.cursor() if engine_name == "postgresql" else _sqlite_cursor(driver) as cursor:
+                for name, columns, rows in tables:
+                    table_started = time.perf_counter()
+                    names = ", ".join(f'"{c}"' for c in columns)
+                    if engine_name == "postgresql":
+                        with cursor.copy(f"COPY {name} ({names}) FROM STDIN") as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                    else:
+                        cursor.executemany(f"INSERT INTO {name} ({names}) VALUES "
+                                           f"({', '.join('?' for _ in columns)})", rows)
+                    per_table[name] = time.perf_counter() - table_started
+            committed = time.perf_counter()
+            driver.commit()
+            per_table["commit"] = time.perf_counter() - committed
+            return time.perf_counter() - started, per_table
+
+
+@contextmanager
+def _migrated(engine_name: str):
+    """(app, engine) over a fresh database at the latest migration, dropped afterwards."""
+    from app import create_app
+    from app.cli import upgrade_database
 
     with database(engine_name) as url:
         upgrade_database(url)
         app = create_app({"DATABASE_URL": url}, config_name="testing")
         engine = app.extensions["handoff_db"]["engine"]
         try:
-            with app.app_context():
-                _seed_directory(db.session, countries(random.Random(SEED)))
-            with engine.connect() as conn:
-                driver = conn.connection.driver_connection
-                if engine_name == "sqlite":
-                    driver.execute("PRAGMA cache_size = -131072")  # as the import has
-                started = time.perf_counter()
-                per_table = {}
-                with driver.cursor() if engine_name == "postgresql" else _sqlite_cursor(driver) as cursor:
-                    for name, columns, rows in tables:
-                        table_started = time.perf_counter()
-                        names = ", ".join(f'"{c}"' for c in columns)
-                        if engine_name == "postgresql":
-                            with cursor.copy(f"COPY {name} ({names}) FROM STDIN") as copy:
-                                for row in rows:
-                                    copy.write_row(row)
-                        else:
-                            cursor.executemany(f"INSERT INTO {name} ({names}) VALUES "
-                                               f"({', '.join('?' for _ in columns)})", rows)
-                        per_table[name] = time.perf_counter() - table_started
-                committed = time.perf_counter()
-                driver.commit()
-                per_table["commit"] = time.perf_counter() - committed
-                return time.perf_counter() - started, per_table
+            yield app, engine
         finally:
             engine.dispose()
 
@@ -189,8 +197,6 @@ def _sqlite_cursor(driver):
 
 
 def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> None:
-    from app import create_app
-    from app.cli import upgrade_database
     from app.demo.operation_h import countries
     from app.extensions import db
     from app.models import Holder, Identifier, Referral, TipAccount
@@ -199,31 +205,25 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> Non
 
     print(f"\n== {engine_name}: import of the Operation H tip, scale {scale} ({len(data) / 1e6:.1f} MB) ==", flush=True)
     load_before = os.getloadavg()[0]
-    with database(engine_name) as url:
-        upgrade_database(url)
-        app = create_app({"DATABASE_URL": url}, config_name="testing")
-        engine = app.extensions["handoff_db"]["engine"]
-        try:
-            with app.app_context():
-                session = db.session
-                user, operation = _seed_directory(session, countries(random.Random(SEED)))
-                before = _largest_ids(engine)
-                started = time.perf_counter()
-                result = import_tip(session, Actor(user, "bench"), operation.id, data, "operation-h.csv",
-                                    workers=workers)
-                committed = time.perf_counter()
-                session.commit()
-                total = time.perf_counter() - started
-                result.timings["commit"] = time.perf_counter() - committed
-                counts = {name: session.scalar(select(func.count()).select_from(model)) for name, model in (
-                    ("accounts", TipAccount), ("holders", Holder), ("identifiers", Identifier),
-                    ("referrals", Referral))}
-                countries_placed = session.scalar(select(func.count(func.distinct(Holder.jurisdiction))))
-            peak_import = _peak_mb(resource.RUSAGE_SELF)
-            baseline, rows = _baseline(engine, data)
-            written = _new_rows(engine, before)
-        finally:
-            engine.dispose()
+    with _migrated(engine_name) as (app, engine):
+        with app.app_context():
+            session = db.session
+            user, operation = _seed_directory(session, countries(random.Random(SEED)))
+            before = _largest_ids(engine)
+            started = time.perf_counter()
+            result = import_tip(session, Actor(user, "bench"), operation.id, data, "operation-h.csv",
+                                workers=workers)
+            committed = time.perf_counter()
+            session.commit()
+            total = time.perf_counter() - started
+            result.timings["commit"] = time.perf_counter() - committed
+            counts = {name: session.scalar(select(func.count()).select_from(model)) for name, model in (
+                ("accounts", TipAccount), ("holders", Holder), ("identifiers", Identifier),
+                ("referrals", Referral))}
+            countries_placed = session.scalar(select(func.count(func.distinct(Holder.jurisdiction))))
+        peak_import = _peak_mb(resource.RUSAGE_SELF)
+        baseline, rows = _baseline(engine, data)
+        written = _new_rows(engine, before)
     written_baseline, per_table = _written_baseline(engine_name, written)
     written_rows = sum(len(rows) for _name, _columns, rows in written)
     written_tables = len(written)
