@@ -45,6 +45,7 @@ class Subject(Base):
     agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id"), index=True)
     label: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who recorded it; null for a tip's account holders (the tip names its importer).
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     agency: Mapped[Agency] = relationship(lazy="joined")
@@ -73,6 +74,7 @@ class Identifier(Base):
     # Hex HMAC-SHA256 of (kind, platform, value) under MATCH_KEY_SECRET.
     match_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who added it; null for identifiers a tip import wrote (the tip names its importer).
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     subject: Mapped[Subject] = relationship(back_populates="identifiers")

@@ -23,6 +23,7 @@ from app.models import (
     Hit,
     Holder,
     HolderRouting,
+    Identifier,
     JurisdictionSource,
     NotificationKind,
     Operation,
@@ -171,6 +172,10 @@ def test_reimporting_the_same_or_an_overlapping_file_adds_only_what_is_new(sessi
     # Case and spacing do not make an account new: the natural key is normalised.
     result = run_import(session, world, tip(account(1, account_id=" ACC1 ", email="p1@example.org")))
     assert result.new_accounts == 0
+    # Who imported is the tip's to say; the rows it wrote name no creator of their own.
+    assert set(session.scalars(select(Tip.imported_by_id))) == {world.users["c_liaison"].id}
+    assert set(session.scalars(select(Identifier.created_by_id))) == {None}
+    assert set(session.scalars(select(Subject.created_by_id))) == {None}
 
 
 def test_a_killed_import_leaves_nothing_and_running_it_again_completes(any_app, session, world, tmp_path):
