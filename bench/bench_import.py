@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--tip-file", path]
             if args.workers:
                 command += ["--workers", str(args.workers)]
-            subprocess.run(command, check=True)
+            subprocess.run(command, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return 0
 
 

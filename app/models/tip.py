@@ -124,7 +124,7 @@ class TipImport(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The process running it (host, process id and that process's start), to tell a running
     # import from one whose process stopped (app/services/tips/imports.py).
-    runner: Mapped[str | None] = mapped_column(String(120))
+    runner: Mapped[str | None] = mapped_column(String(255))
 
     operation: Mapped[Operation] = relationship(lazy="joined")
 

@@ -167,6 +167,8 @@ def _normalise(kind, raw, platform: str | None, region: str | None) -> Normalise
             value = _canonical_handle(raw)
         case "account_id":
             value = _canonical_account_id(raw)
+        case _:
+            raise ValueError(f"unknown identifier kind {kind!r}")
     if not value:
         raise InvalidIdentifier(f"empty {label}")
     # Compatibility decomposition can expand text (one ligature -> several

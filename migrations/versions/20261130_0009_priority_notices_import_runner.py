@@ -38,7 +38,7 @@ def upgrade() -> None:
                                     ['referral_id'], ['id'], ondelete='CASCADE')
         batch_op.create_index(batch_op.f('ix_notifications_referral_id'), ['referral_id'], unique=False)
     with op.batch_alter_table('tip_imports', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('runner', sa.String(length=120), nullable=True))
+        batch_op.add_column(sa.Column('runner', sa.String(length=255), nullable=True))
 
 
 def downgrade() -> None:

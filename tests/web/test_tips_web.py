@@ -24,6 +24,7 @@ from app.models.tip import TipImport, TipImportStatus
 from app.services import referrals
 from app.services.audit import Actor
 from app.services.tips import importer, imports, reader
+from app.web.tips import background
 from tests.conftest import Browser, csrf_token_from
 from tests.unit.test_tips_import import account, tip
 
@@ -165,7 +166,7 @@ def _ended_process() -> str:
     """The runner of a process of this machine that has since exited."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        runner = f"{socket.gethostname()}|{child.pid}|{imports._process_start(child.pid)}"
+        runner = f"{socket.gethostname()}|{imports._pid_namespace()}|{child.pid}|{imports._process_start(child.pid)}"
     finally:
         child.kill()
         child.wait()
@@ -188,20 +189,37 @@ def test_an_import_whose_process_stopped_shows_as_interrupted_not_running_for_ev
         assert record.status is TipImportStatus.FAILED and record.finished_at is not None
 
 
-def test_an_import_on_another_server_counts_as_running_until_it_is_hours_old(app, web_world):
+@pytest.mark.parametrize("runner", [
+    pytest.param("another-server.example|4026531836|4242|boot.1", id="another server"),
+    pytest.param(f"{socket.gethostname()}|1|4242|boot.1", id="another container of the same host name"),
+    pytest.param(None, id="recorded before imports named their runner"),
+])
+def test_an_import_run_where_this_process_cannot_see_is_running_until_it_is_hours_old(app, web_world, runner):
     browser = _login(app, LEAD)
-    elsewhere = "another-server.example|4242|boot.1"
-    recent = _record_running_import(app, web_world, elsewhere)
+    recent = _record_running_import(app, web_world, runner)
     assert 'http-equiv="refresh"' in browser.get(f"/tips/imports/{recent}").get_data(as_text=True)
-    old = _record_running_import(app, web_world, elsewhere, started_at=utcnow() - timedelta(hours=7))
+    old = _record_running_import(app, web_world, runner, started_at=utcnow() - timedelta(hours=7))
     assert "process running it stopped" in browser.get(f"/tips/imports/{old}").get_data(as_text=True)
+
+
+def test_an_outcome_recorded_meanwhile_is_never_overwritten_as_interrupted(app, web_world):
+    import_id = _record_running_import(app, web_world, imports.this_process())
+    with app.app_context():
+        record = db.session.get(TipImport, import_id)
+        assert imports.runner_stopped(record, running_here=False)  # as read: running, no thread
+        record.status, record.summary = TipImportStatus.DONE, {"rows": 1}  # ...then its thread commits
+        db.session.commit()
+    background.record_interrupted(app, import_id)
+    with app.app_context():
+        assert db.session.get(TipImport, import_id).status is TipImportStatus.DONE
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times are read from /proc")
 def test_a_process_id_given_again_after_a_restart_is_not_the_old_runner(app, web_world):
     # The parent process is alive, but started at another moment than the one recorded.
-    reused = f"{socket.gethostname()}|{os.getppid()}|{imports._process_start(os.getppid())}0"
-    alive = f"{socket.gethostname()}|{os.getppid()}|{imports._process_start(os.getppid())}"
+    here = f"{socket.gethostname()}|{imports._pid_namespace()}|{os.getppid()}"
+    reused = f"{here}|{imports._process_start(os.getppid())}0"
+    alive = f"{here}|{imports._process_start(os.getppid())}"
     with app.app_context():
         for runner, stopped in ((reused, True), (alive, False)):
             record = db.session.get(TipImport, _record_running_import(app, web_world, runner))

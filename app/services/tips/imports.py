@@ -24,8 +24,8 @@ from app.services.tips.importer import ImportResult, TipRejected, importing_agen
 
 ERRORS_KEPT = 500  # problems kept for the page; the reject file has them all
 # A full tip imports in about a minute. One recorded as running for longer than this, by a
-# process on another server (whose liveness this one cannot see), has stopped.
-OTHER_HOST_GIVE_UP = timedelta(hours=6)
+# process on another server or container (whose liveness this one cannot see), has stopped.
+UNSEEN_GIVE_UP = timedelta(hours=6)
 INTERRUPTED = ("The import stopped when the server process running it stopped, and wrote nothing. "
                "Upload the file again.")
 
@@ -58,15 +58,23 @@ def get_import(session: Session, user, import_id: int) -> TipImport:
 
 
 def this_process() -> str:
-    """Host, process id and the process's start: a record's `runner`, set by the process that
-    runs the import (the one that takes the upload)."""
-    return f"{socket.gethostname()}|{os.getpid()}|{_process_start(os.getpid())}"
+    """Host, process-id namespace, process id and the process's start: a record's `runner`,
+    set by the process that runs the import (the one that takes the upload)."""
+    return f"{socket.gethostname()}|{_pid_namespace()}|{os.getpid()}|{_process_start(os.getpid())}"
+
+
+def _pid_namespace() -> str:
+    """Containers sharing a host name (host networking) each number their processes apart."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
 
 
 def _process_start(pid: int) -> str:
     """When process `pid` started (the boot, and clock ticks since it), so that an id the
-    system gives again after a restart is not taken for the old process; "" without /proc or
-    without such a process."""
+    system gives again after a restart is not taken for the old process; "" without /proc, or
+    without such a process, or where it is hidden."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat, open("/proc/sys/kernel/random/boot_id") as boot:
             # Field 22 (starttime), counted after the command name, which may hold spaces.
@@ -78,18 +86,22 @@ def _process_start(pid: int) -> str:
 
 def runner_stopped(record: TipImport, *, running_here: bool) -> bool:
     """Whether a running import's process is gone (a restart, a crash): its transaction went
-    with it, so nothing was written. `running_here` says whether this process runs it now."""
-    if record.status is not TipImportStatus.RUNNING or not record.runner:
+    with it, so nothing was written. `running_here` says whether this process runs it now;
+    the caller asks that before reading the record, so that a thread ending in between has
+    committed its outcome by then."""
+    if record.status is not TipImportStatus.RUNNING:
         return False
-    host, pid_text, started = record.runner.split("|")
-    if host != socket.gethostname():
-        return utcnow() - record.started_at > OTHER_HOST_GIVE_UP
-    pid = int(pid_text)
+    fields = (record.runner or "").split("|")
+    if len(fields) != 4 or fields[:2] != [socket.gethostname(), _pid_namespace()]:
+        # Another server or container, whose processes this one cannot see: only age tells.
+        return utcnow() - record.started_at > UNSEEN_GIVE_UP
+    pid, started = int(fields[2]), fields[3]
     if pid == os.getpid() and started == _process_start(pid):
         return not running_here
-    if started:
-        return _process_start(pid) != started
-    try:  # no /proc here: whether some process has that id is all there is to know
+    now_started = _process_start(pid)
+    if started and now_started:
+        return now_started != started
+    try:  # gone, or hidden from this process's /proc, or no /proc: is there a process of that id?
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
@@ -98,10 +110,12 @@ def runner_stopped(record: TipImport, *, running_here: bool) -> bool:
     return False
 
 
-def record_interrupted(record: TipImport) -> None:
-    record.status = TipImportStatus.FAILED
-    record.message = INTERRUPTED
-    record.finished_at = utcnow()
+def record_interrupted(connection: Connection, import_id: int) -> None:
+    """Mark an import whose process stopped as failed, unless its outcome has been recorded
+    meanwhile: one conditional statement, on a connection of its own."""
+    table = TipImport.__table__
+    connection.execute(update(table).where(table.c.id == import_id, table.c.status == TipImportStatus.RUNNING)
+                       .values(status=TipImportStatus.FAILED, message=INTERRUPTED, finished_at=utcnow()))
 
 
 def record_progress(connection: Connection, import_id: int, stage: str, done: int, total: int) -> None:

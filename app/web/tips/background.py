@@ -17,6 +17,7 @@ import time
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.extensions import db
@@ -37,19 +38,35 @@ def start_after_commit(session: Session, app: Flask, import_id: int, data: bytes
     def start(_session: Session) -> None:
         thread = threading.Thread(target=_run, args=(app, import_id, data, user_id, address),
                                   name=f"tip-import-{import_id}", daemon=True)
-        threads = app.extensions.setdefault("tip_import_threads", {})
-        for finished in [key for key, other in threads.items() if not other.is_alive()]:
-            del threads[finished]
-        threads[import_id] = thread
+        with _threads_lock:
+            threads = app.extensions.setdefault("tip_import_threads", {})
+            for ended in [key for key, other in threads.items() if other.ident is not None and not other.is_alive()]:
+                del threads[ended]
+            threads[import_id] = thread
         thread.start()
 
     event.listen(session, "after_commit", start, once=True)
 
 
+_threads_lock = threading.Lock()
+
+
 def running_here(app: Flask, import_id: int) -> bool:
-    """Whether this process's thread for the import is still at work."""
-    thread = app.extensions.get("tip_import_threads", {}).get(import_id)
-    return thread is not None and thread.is_alive()
+    """Whether this process's thread for the import is at work (or about to start)."""
+    with _threads_lock:
+        thread = app.extensions.get("tip_import_threads", {}).get(import_id)
+    return thread is not None and (thread.ident is None or thread.is_alive())
+
+
+def record_interrupted(app: Flask, import_id: int) -> None:
+    """Record that an import's process stopped, on a connection of its own. While another
+    import holds SQLite's write lock this gives up; a later view of the page tries again."""
+    engine = app.extensions["handoff_db"]["engine"]
+    try:
+        with engine.begin() as connection:
+            imports.record_interrupted(connection, import_id)
+    except OperationalError:
+        log.warning("tip import %s: could not record yet that its process stopped", import_id)
 
 
 class _Progress:

@@ -88,9 +88,11 @@ def upload():
 @bp.route("/imports/<int:import_id>")
 @login_required
 def import_status(import_id: int):
+    running_here = background.running_here(current_app, import_id)  # asked first: see runner_stopped
     record = imports.get_import(db.session, current_user, import_id)
-    if imports.runner_stopped(record, running_here=background.running_here(current_app, import_id)):
-        imports.record_interrupted(record)
+    if imports.runner_stopped(record, running_here=running_here):
+        background.record_interrupted(current_app._get_current_object(), import_id)
+        db.session.refresh(record)
     errors = [RowError(*error) for error in record.errors or []]
     return render_template("tips/import_status.html", record=record, errors=errors, error_count=record.error_count,
                            reject_url=_data_url(record.reject_csv), stages=STAGES)
