@@ -330,7 +330,10 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     (their sender edits them) and finished referrals alone. The history, which both agencies
     read, and the audit trail say from what to what and why, and the receiving agency gets a
     notification. `sent_at` is kept: the acknowledgement clock counts from the sending, with
-    the new priority's window. Returns whether the priority changed."""
+    the new priority's window. A referral transferred onward is followed to the referral that
+    carries it now (a transfer's successor holds the same subjects). Returns whether the
+    priority changed."""
+    referral_id = _after_transfers(session, referral_id)
     locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
     referral = session.scalars(locked).unique().one()
     if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
@@ -349,6 +352,16 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     audit.record(session, actor, "referral.escalate", "referral", referral.id, detail={
         "reference": referral.reference, "from": previous.value, "to": priority.value, "reason": reason})
     return True
+
+
+def _after_transfers(session: Session, referral_id: int) -> int:
+    """The referral a chain of transfers starting at `referral_id` has reached (itself when
+    never transferred): each transfer closes one referral and opens exactly one successor."""
+    while True:
+        successor = session.scalar(select(Referral.id).where(Referral.transferred_from_id == referral_id))
+        if successor is None:
+            return referral_id
+        referral_id = successor
 
 
 def _past(action: str) -> str:

@@ -437,6 +437,23 @@ def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, 
     assert audit.verify(session).ok
 
 
+def test_a_referral_transferred_onward_is_escalated_where_it_is_now(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)  # drafts need it
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id, {"risk_plans_to_meet": True})
+    session.expire_all()
+    assert session.get(Referral, onward.id).priority is Priority.P1
+    assert session.get(Referral, sent.id).priority is Priority.P3  # the closed original stays as it was
+    # The agency that has the case now is told; the one that passed it on is not.
+    now_holding, _total = deconfliction.list_notifications(session, world.users["i_liaison"], mark_seen=False)
+    assert [(n.kind, n.referral_id) for n in now_holding] == [(NotificationKind.PRIORITY_RAISED, onward.id)]
+    passed_on, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert NotificationKind.PRIORITY_RAISED not in {n.kind for n in passed_on}
+
+
 def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):
     holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
     actor = world.actor("c_liaison")
