@@ -63,6 +63,23 @@ def large_page_cache(session: Session, kib: int = 131_072):
         connection.exec_driver_sql(f"PRAGMA cache_size = {int(previous)}")
 
 
+@contextmanager
+def prepared_statements(session: Session):
+    """On PostgreSQL, statements prepared on first use for the duration of a bulk write: the
+    engine does not prepare them (app/db.py), so each row of an executemany would be parsed
+    and planned again; the setting of the connection is restored afterwards."""
+    if dialect_name(session) != "postgresql":
+        yield
+        return
+    driver = session.connection().connection.driver_connection
+    previous = driver.prepare_threshold
+    driver.prepare_threshold = 0
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = previous
+
+
 def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
     """Reserve `count` primary keys of `table` for rows this transaction will insert."""
     if count <= 0:
