@@ -516,8 +516,10 @@ class _Writer:
                       .having(func.count() > 1).scalar_subquery())
         holding: dict[str, set[int]] = defaultdict(set)  # shared key -> referrals of ours holding it
         needed: set[int] = set()
-        for start in range(0, len(referral_ids), 5000):
-            part = referral_ids[start:start + 5000]
+        # Each part groups every stored identifier again: parts as large as the parameter limit
+        # allows (SQLite's is 32,766), one part for a full tip's 7,700 drafts.
+        for start in range(0, len(referral_ids), 30_000):
+            part = referral_ids[start:start + 30_000]
             for referral_id, key in session.execute(
                 select(referral_subjects.c.referral_id, Identifier.match_key)
                 .join(Identifier, Identifier.subject_id == referral_subjects.c.subject_id)
