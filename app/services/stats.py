@@ -130,6 +130,11 @@ def percentile_columns(measures: Mapping[str, ColumnElement]) -> list[ColumnElem
     return [func.percentile_cont(0.5).within_group(expr).label(f"median_{name}") for name, expr in measures.items()]
 
 
+def _row_medians(row, measures: Mapping[str, ColumnElement]) -> dict[str, float | None]:
+    """The medians a row of a query with `percentile_columns` holds, in seconds."""
+    return {name: _seconds(getattr(row, f"median_{name}")) for name in measures}
+
+
 def medians(session: Session, base, group_column, measures: Mapping[str, ColumnElement]) -> dict[Any, dict[str, float | None]]:
     """Median of each measure (NULLs ignored) per value of `group_column` over `base` (a
     select from the access scope). PostgreSQL: percentile_cont in one pass. SQLite has no
@@ -141,7 +146,7 @@ def medians(session: Session, base, group_column, measures: Mapping[str, ColumnE
     if _on_postgresql(session):
         query = base.with_only_columns(group_column.label("g"), *percentile_columns(measures)).group_by(group_column)
         for row in session.execute(query):
-            result[row.g] = {name: _seconds(getattr(row, f"median_{name}")) for name in measures}
+            result[row.g] = _row_medians(row, measures)
         return result
     return {group: _middles(measures, lists) for group, lists in _durations(session, base, group_column, measures).items()}
 
@@ -178,8 +183,7 @@ def grouped(session: Session, base, group_columns: list, columns: list, measures
         rows = session.execute(
             base.with_only_columns(*group_columns, *columns, *percentile_columns(measures)).group_by(*group_columns)
         ).all()
-        found = {getattr(row, key.key): {name: _seconds(getattr(row, f"median_{name}")) for name in measures}
-                 for row in rows}
+        found = {getattr(row, key.key): _row_medians(row, measures) for row in rows}
         return rows, found
     rows = session.execute(base.with_only_columns(*group_columns, *columns).group_by(*group_columns)).all()
     return rows, medians(session, base, key, measures)
@@ -728,7 +732,7 @@ def _response_medians(session: Session, base) -> tuple[dict[str, float | None], 
             .group_by(func.rollup(Referral.receiver_agency_id))
         overall, by_receiver = {}, {}
         for row in session.execute(query):
-            values = {name: _seconds(getattr(row, f"median_{name}")) for name in measures}
+            values = _row_medians(row, measures)
             if row.receiver_agency_id is None:
                 overall = values
             else:

@@ -77,6 +77,12 @@ def media_kind(head: bytes) -> str | None:
     return None
 
 
+def stored_name(file_name: str | None) -> str:
+    """The name a tip's file is recorded under: its base name (no client-side folders), at
+    most 255 characters."""
+    return os.path.basename(file_name or "tip")[:255]
+
+
 def check_name(file_name: str) -> None:
     extension = os.path.splitext(file_name or "")[1].lower()
     if extension not in EXTENSIONS:

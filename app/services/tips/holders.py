@@ -323,7 +323,7 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     })
     escalate_sent_referrals(session, actor, [
         (holder.referral_id, previous, holder.priority,
-         _escalation_reason(holder.label, previous, holder.priority, flags)),
+         escalation_reason(holder.label, previous, holder.priority, _flags_named(flags))),
     ], now)
     return decision
 
@@ -355,8 +355,8 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         entries.append(("tip.holder_risk", "holder", holder_id, {
             "flags": {name: True for name, on in zip(RISK_COLUMNS, flags) if on},
             "priority": {"from": state.priority.value, "to": level.value}}))
-        raised.append((state, state.priority, level, _escalation_reason(
-            holder_label(row.number), state.priority, level, flags_by_holder[holder_id])))
+        raised.append((state, state.priority, level, escalation_reason(
+            holder_label(row.number), state.priority, level, _flags_named(flags_by_holder[holder_id]))))
         state.priority = level
         states.append(state)
     router = Router(session, actor, operation, operation.lead_agency_id, now=now)
@@ -378,9 +378,15 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     return route.touched
 
 
-def _escalation_reason(label: str, previous: Priority, level: Priority, flags: dict[str, bool]) -> str:
+def escalation_reason(label: str, previous: Priority, level: Priority, cause: str) -> str:
+    """Why a holder's referral is raised, for its history: the holder, its triage, and what
+    changed it (`cause`)."""
+    return f"holder {label} triaged {previous.value} -> {level.value} {cause}."
+
+
+def _flags_named(flags: dict[str, bool]) -> str:
     found = ", ".join(name.removeprefix("risk_").replace("_", " ") for name in RISK_COLUMNS if flags.get(name))
-    return f"holder {label} triaged {previous.value} -> {level.value} on its risk flags ({found or 'none'})."
+    return f"on its risk flags ({found or 'none'})"
 
 
 def escalate_sent_referrals(session: Session, actor: Actor,

@@ -168,7 +168,7 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     writer = _Writer(session, actor, operation, agency_id, settings.common_threshold, now or utcnow(), progress,
                      timings, peaks)
     tip = Tip(operation_id=operation.id, agency_id=agency_id, imported_by_id=actor.user_id,
-              file_name=os.path.basename(file_name or "tip")[:255], file_sha256=hashlib.sha256(data).hexdigest(),
+              file_name=files.stored_name(file_name), file_sha256=hashlib.sha256(data).hexdigest(),
               file_format=TipFormat(fmt), rows=validation.rows, accepted=len(validation.accounts),
               rejected=len(validation.bad_lines), imported_at=writer.now)
     result = ImportResult(tip=tip, rows=validation.rows, accepted=len(validation.accounts),
@@ -454,9 +454,9 @@ class _Writer:
         # A holder sent already stays on its referral, which follows it up if the new accounts
         # made it more urgent.
         holders.escalate_sent_referrals(session, self.actor, [
-            (states[h].referral_id, old_rows[h].priority, states[h].priority,
-             f"holder {holder_label(old_rows[h].number)} triaged {old_rows[h].priority.value} -> "
-             f"{states[h].priority.value} with the accounts of tip {tip.file_name} (import {tip.id}).")
+            (states[h].referral_id, old_rows[h].priority, states[h].priority, holders.escalation_reason(
+                holder_label(old_rows[h].number), old_rows[h].priority, states[h].priority,
+                f"with the accounts of tip {tip.file_name} (import {tip.id})"))
             for h in affected_existing
         ], self.now)
         self._lap("route")
@@ -530,9 +530,9 @@ class _Writer:
                 referral_subjects.c.referral_id.in_(part), referral_subjects.c.subject_id.in_(on_several))))
         if holding:
             common = deconfliction.match_batch(session, sorted(holding), shared_only=True).common
-            for key, holders in sorted(holding.items()):
+            for key, holding_referrals in sorted(holding.items()):
                 if key not in common:
-                    needed.update(holders)
+                    needed.update(holding_referrals)
             for key in sorted(common & holding.keys()):
                 if not holding[key] & needed:
                     needed.add(min(holding[key], key=lambda r: (identifiers.get(r, 0), r)))

@@ -41,7 +41,7 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
     files.check_name(file_name)
     files.check_content(data)
     record = TipImport(operation_id=operation.id, user_id=actor.user_id,
-                       file_name=os.path.basename(file_name or "tip")[:255], skip_invalid=skip_invalid,
+                       file_name=files.stored_name(file_name), skip_invalid=skip_invalid,
                        status=TipImportStatus.RUNNING, stage="queued", started_at=utcnow(),
                        runner=this_process())
     session.add(record)
@@ -96,9 +96,9 @@ def runner_stopped(record: TipImport, *, running_here: bool) -> bool:
         # Another server or container, whose processes this one cannot see: only age tells.
         return utcnow() - record.started_at > UNSEEN_GIVE_UP
     pid, started = int(fields[2]), fields[3]
-    if pid == os.getpid() and started == _process_start(pid):
-        return not running_here
     now_started = _process_start(pid)
+    if pid == os.getpid() and started == now_started:
+        return not running_here
     if started and now_started:
         return now_started != started
     try:  # gone, or hidden from this process's /proc, or no /proc: is there a process of that id?

@@ -225,10 +225,8 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     return result.rows, accounts, errors, records
 
 
-# Plain globals for the loop below: on Python 3.11 `IdentifierKind.X` and `kind.value` are
-# descriptor calls, and it runs for every identifier.
+# On Python 3.11 `kind.value` is a descriptor call, and the loop below runs for every identifier.
 _KIND_VALUES = {kind: kind.value for kind in IdentifierKind}
-_USERNAME, _EMAIL, _PHONE, _IP = IdentifierKind.USERNAME, IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.IP
 
 
 def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dict, repeated: dict) -> tuple:
@@ -237,19 +235,20 @@ def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dic
     username = email = phone = None
     ips = []
     for ident in account.identifiers:
-        kind, value = ident.kind, ident.value
+        value = ident.value
         compact = shared.get(ident)
         if compact is None:
             raw = None if ident.raw == value else ident.raw
-            compact = shared[ident] = (_KIND_VALUES[kind], ident.platform, raw, value, match_key(secret, ident))
+            compact = shared[ident] = (_KIND_VALUES[ident.kind], ident.platform, raw, value, match_key(secret, ident))
         idents.append(compact)
-        if kind is _IP:
+        kind = compact[I_KIND]  # the kind's value, a plain string
+        if kind == "ip":
             ips.append(value)
-        elif kind is _USERNAME:
+        elif kind == "username":
             username = value
-        elif kind is _EMAIL:
+        elif kind == "email":
             email = value
-        elif kind is _PHONE:
+        elif kind == "phone":
             phone = value
     one = repeated.setdefault
     return (

@@ -209,8 +209,8 @@ def country_view(code: str):
 
 
 def _overdue_list_url(code: str, filters: stats.Filters) -> str:
-    """The referral list showing every overdue referral of the country, the latest first
-    (it has no date filter: the dashboard's date range is not carried over)."""
+    """The referral list showing every overdue referral of the country, the longest overdue
+    first (it has no date filter: the dashboard's date range is not carried over)."""
     args = {"jurisdiction": code, "overdue": "y", "sort": "sent", "order": "asc"}
     if filters.operation_id is not None:
         args["operation"] = filters.operation_id
