@@ -564,6 +564,37 @@ def _tricky_ips(count, rng):
     return values
 
 
+def _plain_ipv6_texts(count, rng):
+    """Hex-and-colon IPv6 text as people write it: zero groups in every place, spelt in full,
+    with leading zeros, in capitals or with "::" anywhere, and some with a group too many or a
+    stray colon."""
+    values = ["::", "::1", "1::", "::ffff:0:1", "::ffff:c000:201", "0:0:0:0:0:ffff:c000:201", "::c000:201",
+              "0:0:0:0:0:0:0:1", "1:0:0:2:0:0:0:3", "1:0:0:0:2:0:0:3", "1:0::2:0:0:3", "fFfF::", "::0:0:1"]
+    for _ in range(count):
+        groups = [rng.choice([0, 0, 0, 1, 0xFFFF, rng.randint(0, 0xFFFF)]) for _ in range(8)]
+        if rng.random() < 0.2:
+            groups[:6] = [0] * 6  # the forms glibc would print with a dotted quad
+            groups[5] = rng.choice([0, 0xFFFF])
+        spelt = [format(group, rng.choice(["x", "X", "04x", "04X"])) for group in groups]
+        text = ":".join(spelt)
+        if rng.random() < 0.6:  # "::" in place of one or more groups, anywhere
+            start = rng.randrange(8)
+            end = rng.randint(start + 1, 8)
+            text = ":".join(spelt[:start]) + "::" + ":".join(spelt[end:])
+        if rng.random() < 0.05:
+            text = rng.choice(["1:", "", "1::"]) + text + rng.choice([":1", ":", ""])  # too many groups, stray colons
+        values.append(text)
+    return values
+
+
+def test_plain_ipv6_normalises_as_the_library_does():
+    rng = random.Random(20261201)
+    texts = _plain_ipv6_texts(30_000, rng)
+    assert sum(_library_ip(text)[0] == "ok" for text in texts) > 20_000  # mostly valid: the fast path
+    for text in texts:
+        assert _ours(identifiers._canonical_ip, text) == _library_ip(text), text
+
+
 def test_common_email_shapes_normalise_as_the_library_does():
     rng = random.Random(20261130)
     for text in _tricky_emails(20_000, rng):
