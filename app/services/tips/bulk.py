@@ -105,23 +105,14 @@ def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
     return list(range(start, start + count))
 
 
-def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]],
-                convert: Sequence[str] = ()) -> int:
-    """Insert rows (tuples in `columns` order). Columns named in `convert` go through their
-    bind processor row by row; the others must be given as the driver expects them (plain
-    str/int/bool/None, enum values as text; see `db_value` for constants)."""
+def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Insert rows (tuples in `columns` order), given as the driver expects them: plain
+    str/int/bool/None, enum values as text; `converter` and `db_value` turn other values into
+    that."""
     session.flush()
-    dialect = session.get_bind().dialect
-    processors = [
-        (columns.index(name), _memoized(processor) if table.c[name].type.hashable else processor)
-        for name in convert
-        if (processor := _bind_processor(table.c[name].type, dialect)) is not None
-    ]
-    if processors:
-        rows = (_converted(row, processors) for row in rows)
     connection = session.connection()
     names = ", ".join(columns)
-    if dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         driver = connection.connection.driver_connection
         count = 0
         with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
@@ -136,10 +127,14 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
     return len(rows)
 
 
-def _memoized(processor, limit: int = 4096):
-    """The processor, remembering its first `limit` results: a tip's dates repeat (day
-    precision), and converting each of 300,000 of them anew costs a second."""
-    results: dict[Any, Any] = {}
+def converter(session: Session, table: Table, column: str, limit: int = 4096):
+    """A function turning a (hashable) value of the column into what the driver receives (None
+    stays None), remembering its first `limit` results: a tip's dates repeat (day precision),
+    and converting each of 300,000 of them anew costs a second."""
+    processor = _bind_processor(table.c[column].type, session.get_bind().dialect)
+    if processor is None:
+        return lambda value: value
+    results: dict[Any, Any] = {None: None}
 
     def convert(value):
         result = results.get(value, _MISSING)
@@ -153,14 +148,6 @@ def _memoized(processor, limit: int = 4096):
 
 
 _MISSING = object()
-
-
-def _converted(row: Sequence[Any], processors) -> tuple[Any, ...]:
-    row = list(row)
-    for index, processor in processors:
-        if row[index] is not None:
-            row[index] = processor(row[index])
-    return tuple(row)
 
 
 def update_rows(session: Session, table: Table, key: str, rows: list[dict[str, Any]]) -> None:

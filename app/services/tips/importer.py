@@ -282,16 +282,23 @@ class _Writer:
 
         # --- placement and triage of every holder that changed ------------------------------
         affected_existing = sorted(joined | {s for s, _ in result.merges})
-        evidence: dict[int, list[tuple]] = defaultdict(list)  # holder id -> (hint, ip country, a, b, c)
+        evidence: dict[int, list[tuple]] = defaultdict(list)  # holder id -> (hint, ip country) of each account
+        grades: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # holder id -> summed grade counts
         affected = set(affected_existing)
         for row in existing:
             holder_id = merge_into.get(row.holder_id, row.holder_id)
             if holder_id in affected:
-                evidence[holder_id].append((row.country_hint, row.ip_country, row.uploads_a, row.uploads_b,
-                                            row.uploads_c))
+                evidence[holder_id].append((row.country_hint, row.ip_country))
+                summed = grades[holder_id]
+                summed[0] += row.uploads_a
+                summed[1] += row.uploads_b
+                summed[2] += row.uploads_c
         for account, holder_id in zip(new, holder_of_new):
-            evidence[holder_id].append((account.country_hint, account.ip_country, account.uploads_a,
-                                        account.uploads_b, account.uploads_c))
+            evidence[holder_id].append((account.country_hint, account.ip_country))
+            summed = grades[holder_id]
+            summed[0] += account.uploads_a
+            summed[1] += account.uploads_b
+            summed[2] += account.uploads_c
 
         states: dict[int, HolderState] = {}
         old_rows = {}
@@ -307,16 +314,24 @@ class _Writer:
             merged = [any(flag) for flag in zip(states[survivor].flags, *(states[a].flags for a in absorbed))]
             states[survivor].flags = tuple(merged)
         placements = {}
+        # Most holders' evidence is one of a few thousand shapes ("NZ" hinted, "NZ" located):
+        # each shape is weighed, and its evidence turned into the column's JSON, once.
+        weighed: dict[tuple, tuple[jurisdiction.Placement, str]] = {}
+        holder_table = Holder.__table__
         for holder_id, items in evidence.items():
-            placement = jurisdiction.place((hint, ip) for hint, ip, *_ in items)
-            a = sum(i[2] for i in items)
-            b = sum(i[3] for i in items)
-            c = sum(i[4] for i in items)
+            shape = tuple(items)
+            known = weighed.get(shape)
+            if known is None:
+                placement = jurisdiction.place(shape)
+                known = weighed[shape] = (placement, bulk.db_value(session, holder_table, "evidence",
+                                                                   placement.evidence))
+            placement, evidence_json = known
+            a, b, c = grades[holder_id]
             state = states.get(holder_id)
             flags = state.flags if state else (False,) * 5
             level = priority(RiskProfile.from_flags(flags, grade_a=a, grade_b=b, grade_c=c))
             manual = holder_id in old_rows and old_rows[holder_id].jurisdiction_source is JurisdictionSource.MANUAL
-            placements[holder_id] = (placement, len(items), manual)
+            placements[holder_id] = (placement, len(items), manual, evidence_json)
             if state is None:
                 state = states[holder_id] = HolderState(  # a new holder; its subject id follows
                     id=holder_id, subject_id=0, priority=level, jurisdiction=placement.country, changed=True)
@@ -351,15 +366,14 @@ class _Writer:
             (subject_id, self.agency_id, f"{op.code} {holder_label(first_number + i)}", now_db)
             for i, subject_id in enumerate(subject_ids)
         ])
-        holder_table = Holder.__table__
         new_holder_rows = []
         for i, holder_id in enumerate(holder_ids):
             state = states[holder_id]
-            placement, count, _manual = placements[holder_id]
+            placement, count, _manual, evidence_json = placements[holder_id]
             new_holder_rows.append((
                 holder_id, operation_id, state.subject_id, first_number + i, count, state.grade_a, state.grade_b,
                 state.grade_c, False, False, False, False, False, state.priority.value, state.jurisdiction,
-                placement.confidence, placement.needs_review, placement.evidence,
+                placement.confidence, placement.needs_review, evidence_json,
                 JurisdictionSource.EVIDENCE.value, None, None, state.routing.value, state.receiver_agency_id,
                 state.referral_id, state.packaged, None, None, now_db, now_db,
             ))
@@ -368,11 +382,11 @@ class _Writer:
             *RISK_COLUMNS, "priority", "jurisdiction", "confidence", "needs_review", "evidence",
             "jurisdiction_source", "jurisdiction_set_by_id", "jurisdiction_set_at", "routing",
             "receiver_agency_id", "referral_id", "packaged", "merged_into_id", "merged_at", "created_at",
-            "updated_at"), new_holder_rows, convert=("evidence",))
+            "updated_at"), new_holder_rows)
         updates = []
         for holder_id in affected_existing:
             state = states[holder_id]
-            placement, count, manual = placements[holder_id]
+            placement, count, manual, _json = placements[holder_id]
             confidence = (round(placement.evidence.get(state.jurisdiction, 0) / max(1, sum(placement.evidence.values())), 3)
                           if manual else placement.confidence)
             updates.append({
@@ -398,15 +412,16 @@ class _Writer:
         self._lap("write holders")
 
         account_table = TipAccount.__table__
+        seen_at = bulk.converter(session, account_table, "first_seen")  # last_seen is of the same type
         bulk.insert_rows(session, account_table, (
             "operation_id", "tip_id", "holder_id", "line", "platform", "account_id", "account_key", "username",
             "email", "phone", "ip_addresses", "country_hint", "ip_country", "uploads_a", "uploads_b", "uploads_c",
             "first_seen", "last_seen"), [
             (operation_id, tip_id, holder_id, a.line, a.platform, a.account_id, a.account_key, a.username, a.email,
              a.phone, ";".join(a.ips), a.country_hint, a.ip_country, a.uploads_a, a.uploads_b, a.uploads_c,
-             a.first_seen, a.last_seen)
+             seen_at(a.first_seen), seen_at(a.last_seen))
             for a, holder_id in zip(new, holder_of_new)
-        ], convert=("first_seen", "last_seen"))
+        ])
         self._lap("write accounts")
         self.progress("write", len(new), len(new))
         _pause_for_tests()
