@@ -8,16 +8,23 @@ from collections.abc import Hashable, Iterable, Sequence
 
 from app.services.identifiers import IdentifierKind
 
-JOINING_KINDS = (IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.USERNAME)
+# Plain globals: on Python 3.11 each `IdentifierKind.X` is a descriptor call, and an import asks
+# for the keys of every account.
+_EMAIL, _PHONE, _USERNAME = IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.USERNAME
 
 
 def joining_keys(platform: str, username: str | None, email: str | None,
                  phone: str | None) -> list[tuple[IdentifierKind, str, str]]:
-    """The keys on which an account joins others: (kind, platform or "", normalised value).
-    A username counts only on its own platform."""
-    values = {IdentifierKind.EMAIL: email, IdentifierKind.PHONE: phone, IdentifierKind.USERNAME: username}
-    return [(kind, platform if kind is IdentifierKind.USERNAME else "", values[kind])
-            for kind in JOINING_KINDS if values[kind]]
+    """The keys on which an account joins others: (kind, platform or "", normalised value), in
+    the order e-mail, phone, username. A username counts only on its own platform."""
+    keys = []
+    if email:
+        keys.append((_EMAIL, "", email))
+    if phone:
+        keys.append((_PHONE, "", phone))
+    if username:
+        keys.append((_USERNAME, platform, username))
+    return keys
 
 
 class UnionFind:

@@ -62,7 +62,7 @@ from app.services.tips.routing import (
     Router,
     state_from_row,
 )
-from app.services.tips.validation import I_KEY, I_KIND, I_PLATFORM, I_VALUE, Account, Validation, ident_raw, validate
+from app.services.tips.validation import Account, Validation, validate
 from app.services.triage import RiskProfile, priority
 
 # Testing hook (documented in docs/tip-format.md): with this variable set to a number of
@@ -443,11 +443,10 @@ class _Writer:
         for account, holder_id in zip(new, holder_of_new):
             subject_id = subject_of[holder_id]
             seen = have[subject_id]
-            for ident in account.identifiers:
-                if ident[I_KEY] not in seen:
-                    seen.add(ident[I_KEY])
-                    rows.append((subject_id, ident[I_KIND], ident[I_PLATFORM], ident_raw(ident), ident[I_VALUE],
-                                 ident[I_KEY], now_db))
+            for kind, platform, raw, value, key in account.identifiers:
+                if key not in seen:
+                    seen.add(key)
+                    rows.append((subject_id, kind, platform, raw, value, key, now_db))
             if len(rows) >= IDENTIFIER_SLICE:
                 self._write_identifiers(columns, rows, weight)
                 rows = []

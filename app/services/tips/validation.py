@@ -33,15 +33,12 @@ PARALLEL_MIN_BYTES = 2_000_000
 CHUNK_BYTES = 1_500_000
 
 
-# An identifier of an account: a plain tuple (kind value, platform, raw, value, match key),
-# raw None when it equals the canonical value. Plain tuples cross process boundaries five
-# times faster than named ones.
-Ident = tuple[str, str | None, str | None, str, str]
+# An identifier of an account: a plain tuple (kind value, platform, raw, value, match key), the
+# columns of an identifier row in their order. Raw is the value itself (the same object, which
+# pickle carries once) when the two are equal. Plain tuples cross process boundaries five times
+# faster than named ones.
+Ident = tuple[str, str | None, str, str, str]
 I_KIND, I_PLATFORM, I_RAW, I_VALUE, I_KEY = range(5)
-
-
-def ident_raw(ident: Ident) -> str:
-    return ident[I_VALUE] if ident[I_RAW] is None else ident[I_RAW]
 
 
 class Account(NamedTuple):
@@ -238,7 +235,7 @@ def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dic
         value = ident.value
         compact = shared.get(ident)
         if compact is None:
-            raw = None if ident.raw == value else ident.raw
+            raw = value if ident.raw == value else ident.raw
             compact = shared[ident] = (_KIND_VALUES[ident.kind], ident.platform, raw, value, match_key(secret, ident))
         idents.append(compact)
         kind = compact[I_KIND]  # the kind's value, a plain string
