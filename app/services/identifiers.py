@@ -37,7 +37,6 @@ import hmac
 import importlib
 import ipaddress
 import re
-import socket
 import unicodedata
 from dataclasses import dataclass
 
@@ -374,25 +373,17 @@ _CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]
 
 # IPv6 text of hex digits and colons only (no embedded IPv4, zone or prefix).
 _PLAIN_IPV6 = re.compile(r"[0-9A-Fa-f:]+")
-# Packed addresses that glibc's inet_ntop prints with an embedded dotted quad ("::1.2.3.4",
-# "::ffff:1.2.3.4") where ipaddress prints hex, or that are IPv4-mapped.
-_DOTTED_BY_INET_NTOP = (bytes(12), bytes(10) + b"\xff\xff")
+_IPV4_MAPPED_HEAD = ["0"] * 5 + ["ffff"]
+_ZERO_RUNS = [(length, "z" * length) for length in range(8, 1, -1)]
 
 
 def _canonical_ip(text: str) -> str:
     if _CANONICAL_IPV4.fullmatch(text):
         return text
     if _PLAIN_IPV6.fullmatch(text):
-        # The C library's parser and printer accept the same plain IPv6 text as ipaddress and
-        # compress it the same way (RFC 5952), at a fifteenth of the cost; anything it refuses
-        # goes to ipaddress below, for the same verdict and message.
-        try:
-            packed = socket.inet_pton(socket.AF_INET6, text)
-        except OSError:
-            pass
-        else:
-            if not packed.startswith(_DOTTED_BY_INET_NTOP):
-                return socket.inet_ntop(socket.AF_INET6, packed)
+        canonical = _canonical_plain_ipv6(text)
+        if canonical is not None:
+            return canonical
     text = _nfkc(text)
     try:
         # What ip_address() does, without its failed IPv4 attempt on every IPv6 address: a
@@ -407,6 +398,40 @@ def _canonical_ip(text: str) -> str:
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
     return str(address)
+
+
+def _canonical_plain_ipv6(text: str) -> str | None:
+    """The compressed form ipaddress gives plain IPv6 text (RFC 5952: lower case, no leading
+    zeros, the first longest run of two or more zero groups as "::"), at half its cost; None
+    for text it would refuse and for IPv4-mapped addresses, which ipaddress itself handles. In
+    Python rather than the C library's inet_ntop, whose output has differed between systems
+    and versions (musl once compressed a single zero group, and weighed a leading run of zeros
+    differently): match keys must not depend on the machine."""
+    if "::" in text:
+        head, _, tail = text.partition("::")
+        left = head.split(":") if head else []
+        right = tail.split(":") if tail else []
+        missing = 8 - len(left) - len(right)
+        if missing < 1:  # more than seven groups beside the "::"
+            return None
+        groups = left + ["0"] * missing + right
+    else:
+        groups = text.split(":")
+        if len(groups) != 8:
+            return None
+    for group in groups:
+        if not 0 < len(group) <= 4:  # empty: a stray colon, or a second "::"
+            return None
+    hextets = ["%x" % int(group, 16) for group in groups]
+    if hextets[:6] == _IPV4_MAPPED_HEAD:
+        return None
+    zeros = "".join(["z" if hextet == "0" else "." for hextet in hextets])
+    if "zz" in zeros:
+        for length, run in _ZERO_RUNS:
+            start = zeros.find(run)
+            if start >= 0:
+                return ":".join(hextets[:start]) + "::" + ":".join(hextets[start + length:])
+    return ":".join(hextets)
 
 
 def _canonical_handle(text: str) -> str:

@@ -573,7 +573,7 @@ def _plain_ipv6_texts(count, rng):
     for _ in range(count):
         groups = [rng.choice([0, 0, 0, 1, 0xFFFF, rng.randint(0, 0xFFFF)]) for _ in range(8)]
         if rng.random() < 0.2:
-            groups[:6] = [0] * 6  # the forms glibc would print with a dotted quad
+            groups[:6] = [0] * 6  # IPv4-compatible and IPv4-mapped forms
             groups[5] = rng.choice([0, 0xFFFF])
         spelt = [format(group, rng.choice(["x", "X", "04x", "04X"])) for group in groups]
         text = ":".join(spelt)
