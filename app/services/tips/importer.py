@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import sys
 import time
@@ -315,16 +316,15 @@ class _Writer:
             states[survivor].flags = tuple(merged)
         placements = {}
         # Most holders' evidence is one of a few thousand shapes ("NZ" hinted, "NZ" located):
-        # each shape is weighed, and its evidence turned into the column's JSON, once.
+        # each shape is weighed, and its evidence written as the JSON column's text, once (as
+        # text, because psycopg would serialise a JSON value again for every row it copies).
         weighed: dict[tuple, tuple[jurisdiction.Placement, str]] = {}
-        holder_table = Holder.__table__
         for holder_id, items in evidence.items():
             shape = tuple(items)
             known = weighed.get(shape)
             if known is None:
                 placement = jurisdiction.place(shape)
-                known = weighed[shape] = (placement, bulk.db_value(session, holder_table, "evidence",
-                                                                   placement.evidence))
+                known = weighed[shape] = (placement, json.dumps(placement.evidence))
             placement, evidence_json = known
             a, b, c = grades[holder_id]
             state = states.get(holder_id)
@@ -366,6 +366,7 @@ class _Writer:
             (subject_id, self.agency_id, f"{op.code} {holder_label(first_number + i)}", now_db)
             for i, subject_id in enumerate(subject_ids)
         ])
+        holder_table = Holder.__table__
         new_holder_rows = []
         for i, holder_id in enumerate(holder_ids):
             state = states[holder_id]
