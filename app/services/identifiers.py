@@ -129,18 +129,6 @@ def normalise(
     read phone numbers written without a country code. Raises
     :class:`InvalidIdentifier`.
     """
-    if isinstance(raw, str):
-        # The same identifier recurs across a holder's accounts and across imports.
-        return _normalise_cached(kind, raw, platform, region)
-    return _normalise(kind, raw, platform, region)
-
-
-@functools.lru_cache(maxsize=262_144)
-def _normalise_cached(kind, raw: str, platform: str | None, region: str | None) -> NormalisedIdentifier:
-    return _normalise(kind, raw, platform, region)
-
-
-def _normalise(kind, raw, platform: str | None, region: str | None) -> NormalisedIdentifier:
     kind = _parse_kind(kind)
     label = _LABELS[kind]
     if not isinstance(raw, str):

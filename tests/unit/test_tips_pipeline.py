@@ -13,6 +13,7 @@ from app.services.tips import clustering, jurisdiction, reader
 from app.services.triage import RiskProfile, priority
 
 HEADER = ",".join(reader.FIELDS)
+SECRET = b"test match-key secret"
 
 
 def _csv(*rows: str, bom: bool = False, crlf: bool = False) -> io.BytesIO:
@@ -27,13 +28,14 @@ GOOD = "instagram,1001,alice.w,alice@example.org,+64 21 555 0101,192.0.2.1;2001:
 @pytest.mark.parametrize("bom", [False, True])
 @pytest.mark.parametrize("crlf", [False, True])
 def test_reads_csv_with_or_without_bom_and_crlf(bom, crlf):
-    result = reader.read(_csv(GOOD, bom=bom, crlf=crlf), "csv")
+    result = reader.read(_csv(GOOD, bom=bom, crlf=crlf), "csv", SECRET)
     assert result.errors == [] and len(result.accounts) == 1
     account = result.accounts[0]
     assert account.platform == "instagram" and account.country_hint == "NZ"
     assert (account.uploads_a, account.uploads_b, account.uploads_c) == (1, 2, 3)
-    assert [i.kind.value for i in account.identifiers] == ["account_id", "username", "email", "phone", "ip", "ip"]
-    assert account.identifiers[3].value == "+64215550101"
+    assert [i[reader.I_KIND] for i in account.identifiers] == ["account_id", "username", "email", "phone", "ip", "ip"]
+    assert account.phone == account.identifiers[3][reader.I_VALUE] == "+64215550101"
+    assert account.identifiers[3][reader.I_RAW] == "+64 21 555 0101"
     assert account.last_seen.isoformat() == "2020-03-01T10:00:00+00:00"
 
 
@@ -41,8 +43,8 @@ def test_reads_json_lines_with_the_same_fields():
     record = dict(zip(reader.FIELDS, GOOD.split(",")))
     record["ip_addresses"] = ["192.0.2.1", "2001:db8::1"]
     record["uploads_a"] = 1
-    result = reader.read(io.BytesIO((json.dumps(record) + "\n\n").encode()), "jsonl")
-    assert result.errors == [] and result.accounts[0].ip_addresses == ["192.0.2.1", "2001:db8::1"]
+    result = reader.read(io.BytesIO((json.dumps(record) + "\n\n").encode()), "jsonl", SECRET)
+    assert result.errors == [] and result.accounts[0].ips == ("192.0.2.1", "2001:db8::1")
 
 
 @pytest.mark.parametrize("row, field, reason", [
@@ -60,26 +62,26 @@ def test_reads_json_lines_with_the_same_fields():
     ("instagram,1002,,,,,,,,,,2021-01-01,2020-01-01", "last_seen", "earlier"),
 ])
 def test_every_bad_row_names_line_field_and_reason(row, field, reason):
-    result = reader.read(_csv(GOOD, row), "csv")
+    result = reader.read(_csv(GOOD, row), "csv", SECRET)
     assert len(result.accounts) == 1
     assert [(e.line, e.field) for e in result.errors] == [(3, field)]
     assert reason.lower() in result.errors[0].reason.lower()
 
 
 def test_duplicate_account_in_the_file_is_reported():
-    result = reader.read(_csv(GOOD, GOOD.replace("1001", " 1001 ")), "csv")
+    result = reader.read(_csv(GOOD, GOOD.replace("1001", " 1001 ")), "csv", SECRET)
     assert [(e.line, e.field) for e in result.errors] == [(3, "account_id")]
     assert "line 2" in result.errors[0].reason
 
 
 def test_missing_header_column_is_reported():
-    result = reader.read(io.BytesIO(b"username,email\nx,y@example.org\n"), "csv")
+    result = reader.read(io.BytesIO(b"username,email\nx,y@example.org\n"), "csv", SECRET)
     assert result.errors[0].field == "platform,account_id" and result.accounts == []
 
 
 def test_bad_json_line_is_reported_and_the_rest_read():
     good = json.dumps(dict(zip(reader.FIELDS, GOOD.split(","))))
-    result = reader.read(io.BytesIO(f"{good}\n{{broken\n[1,2]\n".encode()), "jsonl")
+    result = reader.read(io.BytesIO(f"{good}\n{{broken\n[1,2]\n".encode()), "jsonl", SECRET)
     assert len(result.accounts) == 1 and [e.line for e in result.errors] == [2, 3]
 
 

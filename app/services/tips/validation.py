@@ -1,11 +1,11 @@
 """Validating a whole tip file, in parallel when it is large.
 
-`reader.read` does the checking (docs/tip-format.md); normalising identifiers is pure Python
-(email-validator, phonenumbers, ipaddress) and costs about 0.2 ms a row, so a 153,000-row
-tip is cut into chunks at record boundaries and the chunks are read by worker processes.
-Each worker also computes the match keys of its accounts' identifiers. The result is the
-same as one `reader.read` of the whole file: the same accounts in the same order, the same
-errors with the same line numbers, duplicates across chunks included.
+`reader.read` does the checking (docs/tip-format.md) and computes each identifier's match key;
+normalising identifiers is pure Python (email-validator, phonenumbers, ipaddress) and costs
+about 50 µs a row, so a 153,000-row tip is cut into chunks at record boundaries and the chunks
+are read by worker processes. The result is the same as one `reader.read` of the whole file:
+the same accounts in the same order, the same errors with the same line numbers, duplicates
+across chunks included.
 
 What crosses back from a worker is compact (`Account` tuples), and the raw record of a bad
 row only, for the reject file.
@@ -19,49 +19,16 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers.phonemetadata import PhoneMetadata
 
-from app.services.identifiers import IdentifierKind, match_key
 from app.services.tips import reader
+from app.services.tips.reader import Account
 
 # Below this size a file is read in the calling process (a pool costs more than it saves).
 PARALLEL_MIN_BYTES = 2_000_000
 CHUNK_BYTES = 1_500_000
-
-
-# An identifier of an account: a plain tuple (kind value, platform, raw, value, match key), the
-# columns of an identifier row in their order. Raw is the value itself (the same object, which
-# pickle carries once) when the two are equal. Plain tuples cross process boundaries five times
-# faster than named ones.
-Ident = tuple[str, str | None, str, str, str]
-I_KIND, I_PLATFORM, I_RAW, I_VALUE, I_KEY = range(5)
-
-
-class Account(NamedTuple):
-    line: int
-    platform: str
-    account_id: str  # as given
-    account_key: str  # canonical
-    username: str | None  # canonical forms
-    email: str | None
-    phone: str | None
-    ips: tuple[str, ...]
-    country_hint: str | None
-    ip_country: str | None
-    uploads_a: int
-    uploads_b: int
-    uploads_c: int
-    first_seen: datetime | None
-    last_seen: datetime | None
-    identifiers: tuple[Ident, ...]  # the account id first, as the reader orders them
-
-    @property
-    def natural_key(self) -> tuple[str, str]:
-        return self.platform, self.account_key
 
 
 @dataclass
@@ -91,7 +58,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     header, body, body_first_line = _split_header(data, fmt)
     if fmt == "csv":
         result.columns = _header_columns(header)
-        check = reader.read(io.BytesIO(header), fmt)
+        check = reader.read(io.BytesIO(header), fmt, secret)
         if check.errors:  # a column is missing: no row can be read
             result.errors = check.errors
             result.header_error = True
@@ -205,55 +172,17 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     fmt, header, body, first_line, secret = task
     # Lines of the chunk count from the header (line 1) or, for JSON Lines, from 1.
     offset = first_line - (header.count(b"\n") + 1 if fmt == "csv" else 1)
-    result = reader.read(io.BytesIO(header + body), fmt)
-    # Plain tuples: they pickle and unpickle far faster than named ones. An identifier several
-    # accounts share (a holder's e-mail) is one tuple, and a value many accounts repeat (the
-    # platform, a country, a day's date) one object, which pickle then carries once.
-    shared: dict = {}
-    repeated: dict = {}
-    accounts = [_compact(account, offset, secret, shared, repeated) for account in result.accounts]
-    errors = [(e.line + offset, e.field, e.reason) for e in result.errors]
+    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=offset)
+    # Accounts as plain tuples: they pickle and unpickle far faster than named ones.
+    accounts = [tuple(account) for account in result.accounts]
+    errors = [(e.line, e.field, e.reason) for e in result.errors]
     bad = {e.line for e in result.errors}
     records: dict[int, dict[str, str]] = {}
     if bad:
         for number, record in reader._records(io.BytesIO(header + body), fmt):
-            if number in bad and isinstance(record, dict):
+            if number + offset in bad and isinstance(record, dict):
                 records[number + offset] = record
     return result.rows, accounts, errors, records
-
-
-# On Python 3.11 `kind.value` is a descriptor call, and the loop below runs for every identifier.
-_KIND_VALUES = {kind: kind.value for kind in IdentifierKind}
-
-
-def _compact(account: reader.TipAccount, offset: int, secret: bytes, shared: dict, repeated: dict) -> tuple:
-    """The account as a plain tuple in `Account`'s field order."""
-    idents = []
-    username = email = phone = None
-    ips = []
-    for ident in account.identifiers:
-        value = ident.value
-        compact = shared.get(ident)
-        if compact is None:
-            raw = value if ident.raw == value else ident.raw
-            compact = shared[ident] = (_KIND_VALUES[ident.kind], ident.platform, raw, value, match_key(secret, ident))
-        idents.append(compact)
-        kind = compact[I_KIND]  # the kind's value, a plain string
-        if kind == "ip":
-            ips.append(value)
-        elif kind == "username":
-            username = value
-        elif kind == "email":
-            email = value
-        elif kind == "phone":
-            phone = value
-    one = repeated.setdefault
-    return (
-        account.line + offset, one(account.platform, account.platform), account.account_id,
-        account.identifiers[0].value, username, email, phone, tuple(ips), account.country_hint,
-        one(account.ip_country, account.ip_country), account.uploads_a, account.uploads_b, account.uploads_c,
-        one(account.first_seen, account.first_seen), one(account.last_seen, account.last_seen), tuple(idents),
-    )
 
 
 def _merge(result: Validation, part, task) -> None:
