@@ -182,8 +182,9 @@ def _utc_datetime(value: str) -> datetime:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
-# The kinds' values as plain strings: on Python 3.11 each `IdentifierKind.X` and `.value` is a
-# descriptor call, and the checker asks for them for every identifier of every row.
+# The kinds as plain globals and their values as plain strings: on Python 3.11 each
+# `IdentifierKind.X` and `.value` is a descriptor call, and the checker needs them for every
+# identifier of every row.
 _ACCOUNT_ID, _USERNAME, _EMAIL, _PHONE, _IP = (
     IdentifierKind.ACCOUNT_ID, IdentifierKind.USERNAME, IdentifierKind.EMAIL, IdentifierKind.PHONE, IdentifierKind.IP)
 _KIND_VALUES = {kind: kind.value for kind in IdentifierKind}
