@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import Integer, bindparam, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -257,28 +257,31 @@ class Router:
         drafts = self.new_drafts
         if not drafts:
             return []
-        ids = bulk.allocate_ids(self.session, Referral.__table__, len(drafts))
-        references = next_references(self.session, len(drafts), year=self.now.year)
+        session = self.session
+        table = Referral.__table__
+        ids = bulk.allocate_ids(session, table, len(drafts))
+        references = next_references(session, len(drafts), year=self.now.year)
+        now = bulk.db_value(session, table, "created_at", self.now)
         rows = []
         for draft, referral_id, reference in zip(drafts, ids, references):
             draft.id = referral_id
             for state in draft.holders:
                 state.referral_id = referral_id
                 state.changed = True
-            rows.append({
-                "id": referral_id, "reference": reference, "version": 1, "operation_id": self.operation.id,
-                "sender_agency_id": self.importer_id, "receiver_agency_id": draft.receiver_agency_id,
-                "jurisdiction": draft.jurisdiction, "priority": draft.priority, "status": Status.DRAFT,
-                **{c: any(s.flags[i] for s in draft.holders) for i, c in enumerate(RISK_COLUMNS)},
-                "grade_a": sum(s.grade_a for s in draft.holders), "grade_b": sum(s.grade_b for s in draft.holders),
-                "grade_c": sum(s.grade_c for s in draft.holders), "material_description": PLACEHOLDER_MATERIAL,
-                "tlp": TLP.RED, "handling_code": HandlingCode.CONSENT_REQUIRED, "transfer_consent_at": None,
-                "summary": _summary(self.operation.code, draft.jurisdiction, draft.priority, len(draft.holders),
-                                    draft.packaged),
-                "transferred_from_id": None, "created_by_id": self.actor.user_id, "created_at": self.now,
-                "updated_at": self.now,
-            })
-        self.session.execute(insert(Referral.__table__), rows)
+            rows.append((
+                referral_id, reference, 1, self.operation.id, self.importer_id, draft.receiver_agency_id,
+                draft.jurisdiction, draft.priority.value, Status.DRAFT.value,
+                *(any(s.flags[i] for s in draft.holders) for i in range(len(RISK_COLUMNS))),
+                sum(s.grade_a for s in draft.holders), sum(s.grade_b for s in draft.holders),
+                sum(s.grade_c for s in draft.holders), PLACEHOLDER_MATERIAL, TLP.RED.value,
+                HandlingCode.CONSENT_REQUIRED.value,
+                _summary(self.operation.code, draft.jurisdiction, draft.priority, len(draft.holders), draft.packaged),
+                self.actor.user_id, now, now,
+            ))
+        bulk.insert_rows(session, table, (
+            "id", "reference", "version", "operation_id", "sender_agency_id", "receiver_agency_id", "jurisdiction",
+            "priority", "status", *RISK_COLUMNS, "grade_a", "grade_b", "grade_c", "material_description", "tlp",
+            "handling_code", "summary", "created_by_id", "created_at", "updated_at"), rows)
         return ids
 
     def write_links(self) -> None:
@@ -369,25 +372,23 @@ class Router:
         if result.created:
             references = dict(self.session.execute(
                 select(Referral.id, Referral.reference).where(Referral.id.in_(result.created))).all())
-        agency_id = self.importer_id
+        agency_id, user_id = self.importer_id, self.actor.user_id
+        at = bulk.db_value(self.session, ReferralEvent.__table__, "at", self.now)
+        draft = Status.DRAFT.value
         for referral_id in result.created:
-            events.append({"referral_id": referral_id, "at": self.now, "action": "create", "from_status": None,
-                           "to_status": Status.DRAFT.value, "user_id": self.actor.user_id, "agency_id": agency_id,
-                           "note": ""})
+            events.append((referral_id, at, "create", None, draft, user_id, agency_id, ""))
             entries.append(("referral.create", "referral", referral_id,
                             {"reference": references[referral_id], "source": "tip", "operation": self.operation.code}))
         for referral_id in result.changed:
-            events.append({"referral_id": referral_id, "at": self.now, "action": "edit",
-                           "from_status": Status.DRAFT.value, "to_status": Status.DRAFT.value,
-                           "user_id": self.actor.user_id, "agency_id": agency_id,
-                           "note": "Account holders updated by the tip pipeline."})
+            events.append((referral_id, at, "edit", draft, draft, user_id, agency_id,
+                           "Account holders updated by the tip pipeline."))
             entries.append(("referral.edit", "referral", referral_id, {"changed": ["holders"], "source": "tip"}))
         for referral_id in result.discarded:
             entries.append(("referral.discard", "referral", referral_id,
                             {"reference": self._discarded_references[referral_id],
                              "reason": "no account holders left on the draft", "source": "tip"}))
-        if events:
-            self.session.execute(insert(ReferralEvent.__table__), events)
+        bulk.insert_rows(self.session, ReferralEvent.__table__, (
+            "referral_id", "at", "action", "from_status", "to_status", "user_id", "agency_id", "note"), events)
         bulk.audit_many(self.session, self.actor, entries)
 
 
