@@ -7,8 +7,8 @@ safe), rows go in with the driver's `executemany` on SQLite and `COPY ... FROM S
 PostgreSQL, and audit entries are chained in Python and inserted in one statement.
 
 Values are converted with each column's own SQLAlchemy bind processor (`UTCDateTime`,
-non-native enums, JSON), so what lands in the database is exactly what the ORM would have
-written. Nothing here commits.
+non-native enums; JSON is `json.dumps` text, as SQLAlchemy's JSON type writes it), so what
+lands in the database is exactly what the ORM would have written. Nothing here commits.
 """
 
 from __future__ import annotations
