@@ -215,6 +215,7 @@ def test_parallel_validation_gives_what_one_reader_gives(monkeypatch):
                     ip_addresses="2001:db8::1;192.0.2.7") for n in range(1, 400)]
     rows[50]["email"] = "broken"
     rows[300] = dict(rows[10])  # a duplicate in another chunk
+    rows[351] = dict(rows[350])  # a duplicate within a later chunk: its reason names the first line in the file
     rows[301]["username"] = 'multi\nline "quoted"'  # a record spanning two lines
     data = tip(*rows)
     monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
@@ -223,6 +224,9 @@ def test_parallel_validation_gives_what_one_reader_gives(monkeypatch):
     assert [tuple(a) for a in parallel.accounts] == [tuple(a) for a in single.accounts]  # identifiers, keys and all
     assert [(e.line, e.field, e.reason) for e in parallel.errors] == [(e.line, e.field, e.reason) for e in single.errors]
     assert parallel.bad_records[302]["account_id"] == "acc11"  # the cross-chunk duplicate, read back for the reject file
+    first = next(a.line for a in single.accounts if a.account_id == "acc351")
+    assert [(e.line, e.reason) for e in parallel.errors if e.line == first + 1] == [
+        (first + 1, f"duplicate of line {first} (same platform and account id)")]
 
 
 # --- clustering through the importer -----------------------------------------------------------

@@ -6,9 +6,11 @@ the time on bookkeeping, so the big tables are written here: ids are reserved in
 safe), rows go in with the driver's `executemany` on SQLite and `COPY ... FROM STDIN` on
 PostgreSQL, and audit entries are chained in Python and inserted in one statement.
 
-Values are converted with each column's own SQLAlchemy bind processor (`UTCDateTime`,
-non-native enums; JSON is `json.dumps` text, as SQLAlchemy's JSON type writes it), so what
-lands in the database is exactly what the ORM would have written. Nothing here commits.
+Callers give values as the driver receives them: enum values as text, JSON as `json.dumps`
+text (what SQLAlchemy's JSON type writes), other types through the column's own SQLAlchemy
+bind processor (`converter` for a column's values, `db_value` for a constant, e.g.
+`UTCDateTime`), so what lands in the database is exactly what the ORM would have written.
+Nothing here commits.
 """
 
 from __future__ import annotations
