@@ -36,6 +36,7 @@ from datetime import date
 
 from sqlalchemy import func, select
 
+from app.services.tips.bulk import write_raw
 from bench.bench_matching import _server_reachable, database
 
 SEED = 2019
@@ -83,18 +84,9 @@ def _baseline(engine, data: bytes) -> tuple[float, int]:
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE TABLE bench_raw_tip ({key}, {columns})")
     started = time.perf_counter()
-    rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))[1:]
+    rows = [tuple(row) for row in csv.reader(io.StringIO(data.decode("utf-8")))][1:]
     with engine.begin() as conn:
-        names = ", ".join(FIELDS)
-        if engine.dialect.name == "postgresql":
-            driver = conn.connection.driver_connection
-            with driver.cursor() as cursor, cursor.copy(f"COPY bench_raw_tip ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            placeholders = ", ".join("?" for _ in FIELDS)
-            conn.exec_driver_sql(f"INSERT INTO bench_raw_tip ({names}) VALUES ({placeholders})",
-                                 [tuple(row) for row in rows])
+        write_raw(conn, "bench_raw_tip", FIELDS, rows)
     elapsed = time.perf_counter() - started
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE bench_raw_tip")
@@ -148,25 +140,18 @@ def _written_baseline(engine_name: str, tables) -> tuple[float, dict[str, float]
         with app.app_context():
             _seed_directory(db.session, countries(random.Random(SEED)))
         with engine.connect() as conn:
-            driver = conn.connection.driver_connection
             if engine_name == "sqlite":
-                driver.execute("PRAGMA cache_size = -131072")  # as the import has
+                conn.exec_driver_sql("PRAGMA cache_size = -131072")  # as the import has
+                conn.commit()
             started = time.perf_counter()
+            transaction = conn.begin()
             per_table = {}
-            with driver.cursor() if engine_name == "postgresql" else _sqlite_cursor(driver) as cursor:
-                for name, columns, rows in tables:
-                    table_started = time.perf_counter()
-                    names = ", ".join(f'"{c}"' for c in columns)
-                    if engine_name == "postgresql":
-                        with cursor.copy(f"COPY {name} ({names}) FROM STDIN") as copy:
-                            for row in rows:
-                                copy.write_row(row)
-                    else:
-                        cursor.executemany(f"INSERT INTO {name} ({names}) VALUES "
-                                           f"({', '.join('?' for _ in columns)})", rows)
-                    per_table[name] = time.perf_counter() - table_started
+            for name, columns, rows in tables:
+                table_started = time.perf_counter()
+                write_raw(conn, name, columns, rows)
+                per_table[name] = time.perf_counter() - table_started
             committed = time.perf_counter()
-            driver.commit()
+            transaction.commit()
             per_table["commit"] = time.perf_counter() - committed
             return time.perf_counter() - started, per_table
 
@@ -185,15 +170,6 @@ def _migrated(engine_name: str):
             yield app, engine
         finally:
             engine.dispose()
-
-
-@contextmanager
-def _sqlite_cursor(driver):
-    cursor = driver.cursor()
-    try:
-        yield cursor
-    finally:
-        cursor.close()
 
 
 def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> None:

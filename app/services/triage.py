@@ -19,6 +19,7 @@ once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -58,6 +59,13 @@ def priority(profile: RiskProfile) -> Priority:
     if profile.grade_a > 0 or profile.grade_b > 0 or profile.grade_a + profile.grade_b + profile.grade_c >= 50:
         return Priority.P3
     return Priority.P4
+
+
+@functools.lru_cache(maxsize=65_536)
+def priority_from_flags(flags: tuple[bool, ...], grade_a: int, grade_b: int, grade_c: int) -> Priority:
+    """`priority` of a suspect with these flags (in the order of RISK_FLAGS) and grade counts,
+    remembered: the 90,000 holders of a full tip share a few thousand combinations."""
+    return priority(RiskProfile.from_flags(flags, grade_a=grade_a, grade_b=grade_b, grade_c=grade_c))
 
 
 def more_urgent(candidate: Priority, than: Priority) -> bool:

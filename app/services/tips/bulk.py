@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Connection, Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -112,12 +112,17 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
     str/int/bool/None, enum values as text; `converter` and `db_value` turn other values into
     that."""
     session.flush()
-    connection = session.connection()
-    names = ", ".join(columns)
-    if dialect_name(session) == "postgresql":
-        driver = connection.connection.driver_connection
+    return write_raw(session.connection(), table.name, columns, rows)
+
+
+def write_raw(connection: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Rows straight through the driver in the connection's transaction: `executemany` on
+    SQLite, `COPY ... FROM STDIN` on PostgreSQL (also the benchmarks' baseline)."""
+    names = ", ".join(f'"{name}"' for name in columns)
+    if connection.dialect.name == "postgresql":
         count = 0
-        with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        with connection.connection.driver_connection.cursor() as cursor, \
+                cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
                 count += 1
@@ -125,7 +130,7 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
     rows = rows if isinstance(rows, list) else list(rows)
     if rows:
         placeholders = ", ".join("?" for _ in columns)
-        connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({placeholders})", rows)
+        connection.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({placeholders})", rows)
     return len(rows)
 
 

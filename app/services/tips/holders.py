@@ -44,7 +44,7 @@ from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering
 from app.services.tips.routing import HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, state_from_row
-from app.services.triage import RiskProfile, more_urgent, priority
+from app.services.triage import more_urgent, priority_from_flags
 
 NOTE_MAX = 1000
 
@@ -311,9 +311,8 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     for name in RISK_COLUMNS:
         setattr(holder, name, bool(flags.get(name, False)))
     previous = holder.priority
-    holder.priority = priority(RiskProfile.from_flags((getattr(holder, name) for name in RISK_COLUMNS),
-                                                      grade_a=holder.grade_a, grade_b=holder.grade_b,
-                                                      grade_c=holder.grade_c))
+    holder.priority = priority_from_flags(tuple(getattr(holder, name) for name in RISK_COLUMNS), holder.grade_a,
+                                          holder.grade_b, holder.grade_c)
     holder.updated_at = now
     decision = _reroute(session, actor, holder, now)
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
@@ -351,7 +350,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         flags = tuple(bool(flags_by_holder[holder_id].get(name, False)) for name in RISK_COLUMNS)
         state = state_from_row(row)
         state.flags = flags
-        level = priority(RiskProfile.from_flags(flags, grade_a=row.grade_a, grade_b=row.grade_b, grade_c=row.grade_c))
+        level = priority_from_flags(flags, row.grade_a, row.grade_b, row.grade_c)
         entries.append(("tip.holder_risk", "holder", holder_id, {
             "flags": {name: True for name, on in zip(RISK_COLUMNS, flags) if on},
             "priority": {"from": state.priority.value, "to": level.value}}))

@@ -21,7 +21,6 @@ liaison officer or manager of it; the CLI without --as imports for it as the sys
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import json
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from operator import itemgetter
 
 from sqlalchemy import bindparam, delete, func, insert, literal, select, update
@@ -44,7 +44,6 @@ from app.models import (
     Identifier,
     JurisdictionSource,
     Operation,
-    Priority,
     Subject,
     Tip,
     TipAccount,
@@ -66,7 +65,7 @@ from app.services.tips.routing import (
     state_from_row,
 )
 from app.services.tips.validation import Account, Validation, validate
-from app.services.triage import RiskProfile, priority
+from app.services.triage import priority_from_flags
 
 # Testing hook (documented in docs/tip-format.md): with this variable set to a number of
 # seconds, the import pauses that long right after writing the accounts, inside its
@@ -288,15 +287,11 @@ class _Writer:
         evidence: dict[int, list[tuple]] = defaultdict(list)  # holder id -> (hint, ip country) of each account
         grades: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # holder id -> summed grade counts
         affected = set(affected_existing)
-        for row in existing:
-            holder_id = merge_into.get(row.holder_id, row.holder_id)
-            if holder_id in affected:
-                evidence[holder_id].append((row.country_hint, row.ip_country))
-                summed = grades[holder_id]
-                summed[0] += row.uploads_a
-                summed[1] += row.uploads_b
-                summed[2] += row.uploads_c
-        for account, holder_id in zip(new, holder_of_new):
+        # The stored accounts of the holders that changed (survivors of a merge take their
+        # absorbed holders' accounts), then the new accounts: both have the same fields.
+        stored = ((merge_into.get(row.holder_id, row.holder_id), row) for row in existing)
+        for holder_id, account in chain(((h, row) for h, row in stored if h in affected),
+                                        zip(holder_of_new, new)):
             evidence[holder_id].append((account.country_hint, account.ip_country))
             summed = grades[holder_id]
             summed[0] += account.uploads_a
@@ -331,7 +326,7 @@ class _Writer:
             a, b, c = grades[holder_id]
             state = states.get(holder_id)
             flags = state.flags if state else (False,) * 5
-            level = _triaged(flags, a, b, c)
+            level = priority_from_flags(flags, a, b, c)
             manual = holder_id in old_rows and old_rows[holder_id].jurisdiction_source is JurisdictionSource.MANUAL
             placements[holder_id] = (placement, len(items), manual, evidence_json)
             if state is None:
@@ -614,13 +609,6 @@ class _Writer:
         }))
         bulk.audit_many(self.session, self.actor, entries)
         self._lap("finish")
-
-
-@functools.lru_cache(maxsize=65_536)
-def _triaged(flags: tuple[bool, ...], grade_a: int, grade_b: int, grade_c: int) -> Priority:
-    """The triage rule's priority for a holder, remembered: the 90,000 holders of a full tip
-    share a few thousand combinations of flags and grade counts."""
-    return priority(RiskProfile.from_flags(flags, grade_a=grade_a, grade_b=grade_b, grade_c=grade_c))
 
 
 @contextmanager

@@ -169,20 +169,29 @@ def _header_columns(header: bytes) -> list[str]:
 # --- the worker -----------------------------------------------------------------------------
 
 def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], dict[int, dict[str, str]]]:
-    fmt, header, body, first_line, secret = task
-    # Lines of the chunk count from the header (line 1) or, for JSON Lines, from 1.
-    offset = first_line - (header.count(b"\n") + 1 if fmt == "csv" else 1)
-    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=offset)
+    fmt, header, body, _first_line, secret = task
+    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=_line_offset(task))
     # Accounts as plain tuples: they pickle and unpickle far faster than named ones.
     accounts = [tuple(account) for account in result.accounts]
     errors = [(e.line, e.field, e.reason) for e in result.errors]
     bad = {e.line for e in result.errors}
-    records: dict[int, dict[str, str]] = {}
-    if bad:
-        for number, record in reader._records(io.BytesIO(header + body), fmt):
-            if number + offset in bad and isinstance(record, dict):
-                records[number + offset] = record
-    return result.rows, accounts, errors, records
+    return result.rows, accounts, errors, _records_at(task, bad) if bad else {}
+
+
+def _line_offset(task) -> int:
+    """What to add to a line number within the chunk (counted from the header, line 1, or for
+    JSON Lines from 1) to make it the file's."""
+    fmt, header, _body, first_line, _secret = task
+    return first_line - (header.count(b"\n") + 1 if fmt == "csv" else 1)
+
+
+def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
+    """The chunk's records at these lines of the file, as read (column -> text), for the
+    reject file."""
+    fmt, header, body, _first_line, _secret = task
+    offset = _line_offset(task)
+    return {number + offset: record for number, record in reader._records(io.BytesIO(header + body), fmt)
+            if number + offset in lines and isinstance(record, dict)}
 
 
 def _merge(result: Validation, part, task) -> None:
@@ -206,10 +215,5 @@ def _merge(result: Validation, part, task) -> None:
             duplicates.append(account.line)
     if duplicates:
         # The raw record of a row that only turned bad here, read again from its chunk.
-        fmt, header, body, first_line, _secret = task
-        offset = first_line - (header.count(b"\n") + 1 if fmt == "csv" else 1)
-        wanted = set(duplicates)
-        for number, record in reader._records(io.BytesIO(header + body), fmt):
-            if number + offset in wanted and isinstance(record, dict):
-                result.bad_records[number + offset] = record
+        result.bad_records.update(_records_at(task, set(duplicates)))
         result.errors.sort(key=lambda e: e.line)
