@@ -13,6 +13,7 @@ row only, for the reject file.
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import multiprocessing
@@ -194,11 +195,16 @@ def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
             if number + offset in lines and isinstance(record, dict)}
 
 
+# A worker's plain tuple as an Account, without `Account._make`'s classmethod call (a third of
+# the cost, for 153,000 accounts).
+_as_account = functools.partial(tuple.__new__, Account)
+
+
 def _merge(result: Validation, part, task) -> None:
     """Add a chunk's result in file order; a duplicate of an account of an earlier chunk is
     an error, as it is within one chunk."""
     rows, accounts, errors, records = part
-    accounts = map(Account._make, accounts)
+    accounts = map(_as_account, accounts)
     result.rows += rows
     result.errors.extend(reader.RowError(*e) for e in errors)
     result.bad_records.update(records)
