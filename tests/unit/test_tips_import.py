@@ -610,3 +610,24 @@ def test_demo_command_loads_the_operation_h_scenario(app):
     assert result.exit_code == 0, result.output
     assert "Operation H scenario loaded (scale 0.01, seed 3)" in result.output
     assert "1,530 accounts" in result.output and "liaison.nz@handoff.example" in result.output
+
+
+def test_bulk_constants_are_stored_as_the_same_values_bound_in_every_row(session):
+    """The import writes a column that holds one value in every row once, as a literal on
+    SQLite: what lands must be exactly what binding it in each row stores."""
+    from sqlalchemy import text
+
+    from app.services.tips import bulk
+
+    session.execute(text("CREATE TEMPORARY TABLE bulk_probe (n INTEGER, label TEXT, flag BOOLEAN, share FLOAT, "
+                         "count INTEGER, note TEXT)"))
+    values = ("O'Brien's \"desk\" -- ; DROP", True, 0.125, -7, None)
+    connection = session.connection()
+    bulk.write_raw(connection, "bulk_probe", ("n", "label", "flag", "share", "count", "note"), [(1, *values)])
+    bulk.write_raw(connection, "bulk_probe", ("n",), [(2,), (3,)],
+                   constants=dict(zip(("label", "flag", "share", "count", "note"), values)))
+    stored = session.execute(text("SELECT n, label, flag, share, count, note FROM bulk_probe ORDER BY n")).all()
+    assert [row[0] for row in stored] == [1, 2, 3]
+    assert stored[1][1:] == stored[2][1:] == stored[0][1:]
+    assert stored[0][1] == values[0] and stored[0][4] == -7 and stored[0][5] is None
+    session.rollback()

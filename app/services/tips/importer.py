@@ -353,34 +353,33 @@ class _Writer:
         # --- writes ------------------------------------------------------------------------
         self.progress("write", 0, len(new))
         now_db = bulk.db_value(session, Subject.__table__, "created_at", self.now)
-        # Plain locals: the rows below read them a few hundred thousand times.
-        operation_id, tip_id = op.id, tip.id
         # The subjects and identifiers an import writes name no creator (created_by_id stays
         # null, as for every import from the command line): the tip names its importer and the
         # audit trail the import. A foreign key checked on 700,000 rows that all hold the same
         # user cost PostgreSQL about 5 s of a full tip.
-        bulk.insert_rows(session, Subject.__table__, ("id", "agency_id", "label", "created_at"), [
-            (subject_id, self.agency_id, f"{op.code} {holder_label(first_number + i)}", now_db)
-            for i, subject_id in enumerate(subject_ids)
-        ])
+        bulk.insert_rows(session, Subject.__table__, ("id", "label"), [
+            (subject_id, f"{op.code} {holder_label(first_number + i)}") for i, subject_id in enumerate(subject_ids)
+        ], constants={"agency_id": self.agency_id, "created_at": now_db})
         holder_table = Holder.__table__
         new_holder_rows = []
         for i, holder_id in enumerate(holder_ids):
             state = states[holder_id]
             placement, count, _manual, evidence_json = placements[holder_id]
             new_holder_rows.append((
-                holder_id, operation_id, state.subject_id, first_number + i, count, state.grade_a, state.grade_b,
-                state.grade_c, False, False, False, False, False, state.priority.value, state.jurisdiction,
-                placement.confidence, placement.needs_review, evidence_json,
-                JurisdictionSource.EVIDENCE.value, None, None, state.routing.value, state.receiver_agency_id,
-                state.referral_id, state.packaged, None, None, now_db, now_db,
+                holder_id, state.subject_id, first_number + i, count, state.grade_a, state.grade_b,
+                state.grade_c, state.priority.value, state.jurisdiction, placement.confidence,
+                placement.needs_review, evidence_json, state.routing.value, state.receiver_agency_id,
+                state.referral_id, state.packaged,
             ))
         bulk.insert_rows(session, holder_table, (
-            "id", "operation_id", "subject_id", "number", "accounts", "grade_a", "grade_b", "grade_c",
-            *RISK_COLUMNS, "priority", "jurisdiction", "confidence", "needs_review", "evidence",
-            "jurisdiction_source", "jurisdiction_set_by_id", "jurisdiction_set_at", "routing",
-            "receiver_agency_id", "referral_id", "packaged", "merged_into_id", "merged_at", "created_at",
-            "updated_at"), new_holder_rows)
+            "id", "subject_id", "number", "accounts", "grade_a", "grade_b", "grade_c", "priority", "jurisdiction",
+            "confidence", "needs_review", "evidence", "routing", "receiver_agency_id", "referral_id", "packaged",
+        ), new_holder_rows, constants={
+            "operation_id": op.id, **dict.fromkeys(RISK_COLUMNS, False),
+            "jurisdiction_source": JurisdictionSource.EVIDENCE.value, "jurisdiction_set_by_id": None,
+            "jurisdiction_set_at": None, "merged_into_id": None, "merged_at": None, "created_at": now_db,
+            "updated_at": now_db,
+        })
         updates = []
         for holder_id in affected_existing:
             state = states[holder_id]
@@ -412,14 +411,14 @@ class _Writer:
         account_table = TipAccount.__table__
         seen_at = bulk.converter(session, account_table, "first_seen")  # last_seen is of the same type
         bulk.insert_rows(session, account_table, (
-            "operation_id", "tip_id", "holder_id", "line", "platform", "account_id", "account_key", "username",
-            "email", "phone", "ip_addresses", "country_hint", "ip_country", "uploads_a", "uploads_b", "uploads_c",
-            "first_seen", "last_seen"), [
-            (operation_id, tip_id, holder_id, a.line, a.platform, a.account_id, a.account_key, a.username, a.email,
-             a.phone, ";".join(a.ips), a.country_hint, a.ip_country, a.uploads_a, a.uploads_b, a.uploads_c,
+            "holder_id", "line", "platform", "account_id", "account_key", "username", "email", "phone",
+            "ip_addresses", "country_hint", "ip_country", "uploads_a", "uploads_b", "uploads_c", "first_seen",
+            "last_seen"), [
+            (holder_id, a.line, a.platform, a.account_id, a.account_key, a.username, a.email, a.phone,
+             ";".join(a.ips), a.country_hint, a.ip_country, a.uploads_a, a.uploads_b, a.uploads_c,
              seen_at(a.first_seen), seen_at(a.last_seen))
             for a, holder_id in zip(new, holder_of_new)
-        ])
+        ], constants={"operation_id": op.id, "tip_id": tip.id})
         self._lap("write accounts")
         self.progress("write", len(new), len(new))
         _pause_for_tests()
@@ -435,7 +434,8 @@ class _Writer:
             ):
                 have[subject_id].add(key)
         # Written in slices as they are built, so that they never all sit in memory at once.
-        columns = ("subject_id", "kind", "platform", "raw", "value", "match_key", "created_at")
+        columns = ("subject_id", "kind", "platform", "raw", "value", "match_key")
+        created = {"created_at": now_db}
         weight: Counter = Counter()  # subject -> identifiers added (what matching will have to do)
         rows = []
         for account, holder_id in zip(new, holder_of_new):
@@ -444,11 +444,11 @@ class _Writer:
             for kind, platform, raw, value, key in account.identifiers:
                 if key not in seen:
                     seen.add(key)
-                    rows.append((subject_id, kind, platform, raw, value, key, now_db))
+                    rows.append((subject_id, kind, platform, raw, value, key))
             if len(rows) >= IDENTIFIER_SLICE:
-                self._write_identifiers(columns, rows, weight)
+                self._write_identifiers(columns, rows, created, weight)
                 rows = []
-        self._write_identifiers(columns, rows, weight)
+        self._write_identifiers(columns, rows, created, weight)
         for survivor, absorbed in result.merges:
             self._copy_identifiers(subject_of[survivor], [subject_of[a] for a in absorbed])
         self._lap("write identifiers")
@@ -557,10 +557,10 @@ class _Writer:
         total.updated.extend(h for h in part.updated if h not in created)
         total.common = sorted(set(total.common) | set(part.common))
 
-    def _write_identifiers(self, columns, rows: list, weight: Counter) -> None:
+    def _write_identifiers(self, columns, rows: list, constants: dict, weight: Counter) -> None:
         weight.update(map(itemgetter(0), rows))  # by subject
         rows.sort(key=itemgetter(5))  # by match key: the (match_key, subject_id) index fills in runs
-        bulk.insert_rows(self.session, Identifier.__table__, columns, rows)
+        bulk.insert_rows(self.session, Identifier.__table__, columns, rows, constants=constants)
 
     def _copy_identifiers(self, survivor_subject: int, absorbed_subjects: list[int]) -> None:
         """The absorbed holders' identifiers, added to the survivor's subject (one INSERT ... SELECT)."""

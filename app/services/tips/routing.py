@@ -294,10 +294,9 @@ class Router:
             )
         if self.links:
             added_at = bulk.db_value(self.session, referral_subjects, "added_at", self.now)
-            bulk.insert_rows(self.session, referral_subjects, ("referral_id", "subject_id", "added_at"), [
-                (draft.id if isinstance(draft, _Draft) else draft, state.subject_id, added_at)
-                for draft, state in self.links
-            ])
+            bulk.insert_rows(self.session, referral_subjects, ("referral_id", "subject_id"), [
+                (draft.id if isinstance(draft, _Draft) else draft, state.subject_id) for draft, state in self.links
+            ], constants={"added_at": added_at})
 
     def finish(self) -> RouteResult:
         """Recompute the changed drafts' figures from their holders, discard drafts left with
