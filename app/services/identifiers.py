@@ -395,7 +395,8 @@ def _canonical_ip(text: str) -> str:
 def _canonical_plain_ipv6(text: str) -> str | None:
     """The compressed form ipaddress gives plain IPv6 text (RFC 5952: lower case, no leading
     zeros, the first longest run of two or more zero groups as "::"), at half its cost; None
-    for text it would refuse and for IPv4-mapped addresses, which ipaddress itself handles. In
+    for text it would refuse and for IPv4-mapped addresses, which ipaddress itself handles (the
+    caller has checked that the text is hex digits and colons only: _PLAIN_IPV6). In
     Python rather than the C library's inet_ntop, whose output has differed between systems
     and versions (musl once compressed a single zero group, and weighed a leading run of zeros
     differently): match keys must not depend on the machine."""

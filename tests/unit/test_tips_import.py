@@ -619,15 +619,15 @@ def test_bulk_constants_are_stored_as_the_same_values_bound_in_every_row(session
 
     from app.services.tips import bulk
 
-    session.execute(text("CREATE TEMPORARY TABLE bulk_probe (n INTEGER, label TEXT, flag BOOLEAN, share FLOAT, "
-                         "count INTEGER, note TEXT)"))
-    values = ("O'Brien's \"desk\" -- ; DROP", True, 0.125, -7, None)
+    session.execute(text("CREATE TEMPORARY TABLE bulk_probe (n INTEGER, label TEXT, flag BOOLEAN, count BIGINT, "
+                         "note TEXT)"))
+    values = ("O'Brien's \"desk\" -- ; DROP", True, -2**63, None)
     connection = session.connection()
-    bulk.write_raw(connection, "bulk_probe", ("n", "label", "flag", "share", "count", "note"), [(1, *values)])
+    bulk.write_raw(connection, "bulk_probe", ("n", "label", "flag", "count", "note"), [(1, *values)])
     bulk.write_raw(connection, "bulk_probe", ("n",), [(2,), (3,)],
-                   constants=dict(zip(("label", "flag", "share", "count", "note"), values)))
-    stored = session.execute(text("SELECT n, label, flag, share, count, note FROM bulk_probe ORDER BY n")).all()
+                   constants=dict(zip(("label", "flag", "count", "note"), values)))
+    stored = session.execute(text("SELECT n, label, flag, count, note FROM bulk_probe ORDER BY n")).all()
     assert [row[0] for row in stored] == [1, 2, 3]
     assert stored[1][1:] == stored[2][1:] == stored[0][1:]
-    assert stored[0][1] == values[0] and stored[0][4] == -7 and stored[0][5] is None
+    assert stored[0][1] == values[0] and stored[0][3] == -2**63 and stored[0][4] is None
     session.rollback()
