@@ -35,7 +35,7 @@ from datetime import datetime
 from itertools import chain
 from operator import itemgetter
 
-from sqlalchemy import bindparam, delete, func, insert, literal, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
