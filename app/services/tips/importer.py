@@ -434,8 +434,6 @@ class _Writer:
             ):
                 have[subject_id].add(key)
         # Written in slices as they are built, so that they never all sit in memory at once.
-        columns = ("subject_id", "kind", "platform", "raw", "value", "match_key")
-        created = {"created_at": now_db}
         weight: Counter = Counter()  # subject -> identifiers added (what matching will have to do)
         rows = []
         for account, holder_id in zip(new, holder_of_new):
@@ -446,9 +444,9 @@ class _Writer:
                     seen.add(key)
                     rows.append((subject_id, kind, platform, raw, value, key))
             if len(rows) >= IDENTIFIER_SLICE:
-                self._write_identifiers(columns, rows, created, weight)
+                self._write_identifiers(rows, now_db, weight)
                 rows = []
-        self._write_identifiers(columns, rows, created, weight)
+        self._write_identifiers(rows, now_db, weight)
         for survivor, absorbed in result.merges:
             self._copy_identifiers(subject_of[survivor], [subject_of[a] for a in absorbed])
         self._lap("write identifiers")
@@ -557,10 +555,13 @@ class _Writer:
         total.updated.extend(h for h in part.updated if h not in created)
         total.common = sorted(set(total.common) | set(part.common))
 
-    def _write_identifiers(self, columns, rows: list, constants: dict, weight: Counter) -> None:
+    def _write_identifiers(self, rows: list, created_at, weight: Counter) -> None:
+        """Rows (subject id, kind, platform, raw, value, match key), all created at `created_at`
+        (as the driver receives it)."""
         weight.update(map(itemgetter(0), rows))  # by subject
         rows.sort(key=itemgetter(5))  # by match key: the (match_key, subject_id) index fills in runs
-        bulk.insert_rows(self.session, Identifier.__table__, columns, rows, constants=constants)
+        bulk.insert_rows(self.session, Identifier.__table__, ("subject_id", "kind", "platform", "raw", "value",
+                                                              "match_key"), rows, constants={"created_at": created_at})
 
     def _copy_identifiers(self, survivor_subject: int, absorbed_subjects: list[int]) -> None:
         """The absorbed holders' identifiers, added to the survivor's subject (one INSERT ... SELECT)."""

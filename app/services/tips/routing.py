@@ -269,19 +269,20 @@ class Router:
                 state.referral_id = referral_id
                 state.changed = True
             rows.append((
-                referral_id, reference, 1, self.operation.id, self.importer_id, draft.receiver_agency_id,
-                draft.jurisdiction, draft.priority.value, Status.DRAFT.value,
+                referral_id, reference, draft.receiver_agency_id, draft.jurisdiction, draft.priority.value,
                 *(any(s.flags[i] for s in draft.holders) for i in range(len(RISK_COLUMNS))),
                 sum(s.grade_a for s in draft.holders), sum(s.grade_b for s in draft.holders),
-                sum(s.grade_c for s in draft.holders), PLACEHOLDER_MATERIAL, TLP.RED.value,
-                HandlingCode.CONSENT_REQUIRED.value,
+                sum(s.grade_c for s in draft.holders),
                 _summary(self.operation.code, draft.jurisdiction, draft.priority, len(draft.holders), draft.packaged),
-                self.actor.user_id, now, now,
             ))
         bulk.insert_rows(session, table, (
-            "id", "reference", "version", "operation_id", "sender_agency_id", "receiver_agency_id", "jurisdiction",
-            "priority", "status", *RISK_COLUMNS, "grade_a", "grade_b", "grade_c", "material_description", "tlp",
-            "handling_code", "summary", "created_by_id", "created_at", "updated_at"), rows)
+            "id", "reference", "receiver_agency_id", "jurisdiction", "priority", *RISK_COLUMNS, "grade_a", "grade_b",
+            "grade_c", "summary"), rows, constants={
+            "version": 1, "operation_id": self.operation.id, "sender_agency_id": self.importer_id,
+            "status": Status.DRAFT.value, "material_description": PLACEHOLDER_MATERIAL, "tlp": TLP.RED.value,
+            "handling_code": HandlingCode.CONSENT_REQUIRED.value, "created_by_id": self.actor.user_id,
+            "created_at": now, "updated_at": now,
+        })
         return ids
 
     def write_links(self) -> None:
@@ -371,23 +372,23 @@ class Router:
         if result.created:
             references = dict(self.session.execute(
                 select(Referral.id, Referral.reference).where(Referral.id.in_(result.created))).all())
-        agency_id, user_id = self.importer_id, self.actor.user_id
-        at = bulk.db_value(self.session, ReferralEvent.__table__, "at", self.now)
         draft = Status.DRAFT.value
         for referral_id in result.created:
-            events.append((referral_id, at, "create", None, draft, user_id, agency_id, ""))
+            events.append((referral_id, "create", None, draft, ""))
             entries.append(("referral.create", "referral", referral_id,
                             {"reference": references[referral_id], "source": "tip", "operation": self.operation.code}))
         for referral_id in result.changed:
-            events.append((referral_id, at, "edit", draft, draft, user_id, agency_id,
-                           "Account holders updated by the tip pipeline."))
+            events.append((referral_id, "edit", draft, draft, "Account holders updated by the tip pipeline."))
             entries.append(("referral.edit", "referral", referral_id, {"changed": ["holders"], "source": "tip"}))
         for referral_id in result.discarded:
             entries.append(("referral.discard", "referral", referral_id,
                             {"reference": self._discarded_references[referral_id],
                              "reason": "no account holders left on the draft", "source": "tip"}))
-        bulk.insert_rows(self.session, ReferralEvent.__table__, (
-            "referral_id", "at", "action", "from_status", "to_status", "user_id", "agency_id", "note"), events)
+        bulk.insert_rows(self.session, ReferralEvent.__table__, ("referral_id", "action", "from_status", "to_status",
+                                                                 "note"), events, constants={
+            "at": bulk.db_value(self.session, ReferralEvent.__table__, "at", self.now),
+            "user_id": self.actor.user_id, "agency_id": self.importer_id,
+        })
         bulk.audit_many(self.session, self.actor, entries)
 
 

@@ -2,7 +2,7 @@
 
 `reader.read` does the checking (docs/tip-format.md) and computes each identifier's match key;
 normalising identifiers is pure Python (email-validator, phonenumbers, ipaddress) and costs
-about 45 µs a row, so a 153,000-row tip is cut into chunks at record boundaries and the chunks
+about 50 µs a row, so a 153,000-row tip is cut into chunks at record boundaries and the chunks
 are read by worker processes. The result is the same as one `reader.read` of the whole file:
 the same accounts in the same order, the same errors with the same line numbers, duplicates
 across chunks included.
