@@ -1,0 +1,120 @@
+"""Bulk writes on PostgreSQL check foreign keys once per distinct value instead of once per
+row: a missing parent is still refused, referenced rows are still locked until the commit,
+and a role that may not turn triggers off, or a table with a trigger of its own, gets the
+database's own per-row checks."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from app.services.tips import bulk
+
+
+@pytest.fixture
+def probe(pg_app):
+    """(engine, parent table, child table): two real tables (other connections must see them)
+    with parents 1 to 3 committed, dropped afterwards."""
+    engine = pg_app.extensions["handoff_db"]["engine"]
+    suffix = uuid.uuid4().hex[:8]
+    metadata = MetaData()
+    parent = Table(f"bulk_parent_{suffix}", metadata, Column("id", Integer, primary_key=True))
+    child = Table(f"bulk_child_{suffix}", metadata, Column("id", Integer, primary_key=True),
+                  Column("parent_id", ForeignKey(parent.c.id)), Column("label", String(40)))
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(parent.insert(), [{"id": 1}, {"id": 2}, {"id": 3}])
+    try:
+        yield engine, parent, child
+    finally:
+        metadata.drop_all(engine)
+
+
+def _children(engine, child) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(child.select().order_by(child.c.id))]
+
+
+def test_rows_naming_existing_parents_are_written_and_a_missing_parent_is_refused(probe):
+    engine, parent, child = probe
+    with engine.begin() as conn:
+        written = bulk.write_checked(conn, child, ("id", "parent_id"), [(1, 1), (2, 3), (3, 3), (4, None)],
+                                     constants={"label": "first"})
+    assert written == 4
+    assert _children(engine, child) == [(1, 1, "first"), (2, 3, "first"), (3, 3, "first"), (4, None, "first")]
+
+    with engine.connect() as conn, pytest.raises(bulk.MissingReference) as refused:
+        with conn.begin():
+            bulk.write_checked(conn, child, ("id", "parent_id", "label"), [(5, 2, "x"), (6, 9, "y"), (7, 8, "z")])
+    assert f"{child.name}.parent_id" in str(refused.value) and "8, 9" in str(refused.value)
+    with engine.connect() as conn, pytest.raises(bulk.MissingReference, match=f"no row of {parent.name} has id 7"):
+        with conn.begin():
+            bulk.write_checked(conn, child, ("id", "label"), [(8, "x")], constants={"parent_id": 7})
+    assert [row[0] for row in _children(engine, child)] == [1, 2, 3, 4]  # nothing of the refused writes
+
+
+def test_foreign_keys_are_checked_per_row_again_after_a_bulk_write(probe):
+    engine, parent, child = probe
+    with engine.connect() as conn:
+        with conn.begin():
+            bulk.write_checked(conn, child, ("id", "parent_id"), [(1, 1)])
+            assert conn.exec_driver_sql("SHOW session_replication_role").scalar() == "origin"
+        with pytest.raises(IntegrityError, match="foreign key"), conn.begin():
+            conn.execute(child.insert().values(id=2, parent_id=99))
+
+
+def test_a_referenced_parent_cannot_be_deleted_before_the_bulk_write_commits(probe):
+    engine, parent, child = probe
+    with engine.connect() as writer, engine.connect() as other:
+        transaction = writer.begin()
+        bulk.write_checked(writer, child, ("id", "parent_id"), [(1, 2)])
+        with pytest.raises(OperationalError, match="lock timeout"), other.begin():
+            other.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+            other.execute(parent.delete().where(parent.c.id == 2))
+        with other.begin():  # a parent no row names goes at once
+            other.execute(parent.delete().where(parent.c.id == 1))
+        transaction.commit()
+    assert _children(engine, child) == [(1, 2, None)]
+
+
+def test_a_role_that_may_not_turn_triggers_off_has_every_row_checked_by_the_database(probe):
+    engine, parent, child = probe
+    role = f"bulk_probe_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} NOLOGIN")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {parent.name}, {child.name} TO {role}")
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
+                assert bulk.write_checked(conn, child, ("id", "parent_id"), [(1, 3), (2, 3)]) == 2
+            with pytest.raises(IntegrityError, match="foreign key"), conn.begin():
+                conn.exec_driver_sql(f"SET LOCAL ROLE {role}")
+                bulk.write_checked(conn, child, ("id", "parent_id"), [(3, 1), (4, 9)])
+        assert _children(engine, child) == [(1, 3, None), (2, 3, None)]
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def test_a_table_with_a_trigger_of_its_own_keeps_its_triggers(probe):
+    engine, parent, child = probe
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE FUNCTION {child.name}_label() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$ BEGIN NEW.label := 'set by trigger'; RETURN NEW; END $$"))
+        conn.execute(text(f"CREATE TRIGGER label_rows BEFORE INSERT ON {child.name} "
+                          f"FOR EACH ROW EXECUTE FUNCTION {child.name}_label()"))
+    try:
+        with engine.begin() as conn:
+            bulk.write_checked(conn, child, ("id", "parent_id"), [(1, 1)])
+        assert _children(engine, child) == [(1, 1, "set by trigger")]
+        with engine.connect() as conn, pytest.raises(IntegrityError, match="foreign key"), conn.begin():
+            bulk.write_checked(conn, child, ("id", "parent_id"), [(2, 9)])
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TRIGGER label_rows ON {child.name}"))
+            conn.execute(text(f"DROP FUNCTION {child.name}_label()"))
