@@ -8,7 +8,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, text
+from sqlalchemy import Column, ForeignKey, ForeignKeyConstraint, Integer, MetaData, String, Table, Text, \
+    UniqueConstraint, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.services.tips import bulk
@@ -21,12 +22,14 @@ def probe(pg_app):
     engine = pg_app.extensions["handoff_db"]["engine"]
     suffix = uuid.uuid4().hex[:8]
     metadata = MetaData()
-    parent = Table(f"bulk_parent_{suffix}", metadata, Column("id", Integer, primary_key=True))
+    parent = Table(f"bulk_parent_{suffix}", metadata, Column("id", Integer, primary_key=True),
+                   Column("code", String(4), unique=True))
     child = Table(f"bulk_child_{suffix}", metadata, Column("id", Integer, primary_key=True),
-                  Column("parent_id", ForeignKey(parent.c.id)), Column("label", String(40)))
+                  Column("parent_id", ForeignKey(parent.c.id)), Column("label", String(40)),
+                  Column("code", Text, ForeignKey(parent.c.code)), Column("previous_id", ForeignKey(f"bulk_child_{suffix}.id")))
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(parent.insert(), [{"id": 1}, {"id": 2}, {"id": 3}])
+        conn.execute(parent.insert(), [{"id": 1, "code": "abcd"}, {"id": 2, "code": "efgh"}, {"id": 3, "code": None}])
     try:
         yield engine, parent, child
     finally:
@@ -34,8 +37,10 @@ def probe(pg_app):
 
 
 def _children(engine, child) -> list[tuple]:
+    """(id, parent_id, label) of every stored child row."""
     with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(child.select().order_by(child.c.id))]
+        return [tuple(row) for row in conn.execute(
+            select(child.c.id, child.c.parent_id, child.c.label).order_by(child.c.id))]
 
 
 def test_rows_naming_existing_parents_are_written_and_a_missing_parent_is_refused(probe):
@@ -54,6 +59,33 @@ def test_rows_naming_existing_parents_are_written_and_a_missing_parent_is_refuse
         with conn.begin():
             bulk.write_checked(conn, child, ("id", "label"), [(8, "x")], constants={"parent_id": 7})
     assert [row[0] for row in _children(engine, child)] == [1, 2, 3, 4]  # nothing of the refused writes
+
+
+def test_every_foreign_key_of_the_rows_is_checked_as_the_database_would(probe):
+    engine, parent, child = probe
+    with engine.begin() as conn:  # rows naming rows of the same write, and a parent by its code
+        bulk.write_checked(conn, child, ("id", "previous_id", "code"), [(1, None, "abcd"), (2, 1, "efgh"), (3, 2, None)])
+    assert [row[0] for row in _children(engine, child)] == [1, 2, 3]
+    with engine.connect() as conn, pytest.raises(bulk.MissingReference, match=rf"{child.name}.previous_id: .* 9$"):
+        with conn.begin():
+            bulk.write_checked(conn, child, ("id", "parent_id", "previous_id"), [(4, 1, 3), (5, 2, 9)])
+    # "abcdXYZ" is no code of a parent, though cut to the parent column's four characters it is.
+    with engine.connect() as conn, pytest.raises(bulk.MissingReference, match="has code abcdXYZ"):
+        with conn.begin():
+            bulk.write_checked(conn, child, ("id", "code"), [(6, "abcdXYZ")])
+    assert [row[0] for row in _children(engine, child)] == [1, 2, 3]
+
+
+def test_a_refused_bulk_write_leaves_nothing_even_when_the_caller_commits(probe):
+    engine, parent, child = probe
+    with engine.connect() as conn:
+        with conn.begin():
+            bulk.write_checked(conn, child, ("id", "parent_id"), [(1, 1)])
+            with pytest.raises(bulk.MissingReference):
+                bulk.write_checked(conn, child, ("id", "parent_id"), [(2, 2), (3, 99)])
+            assert conn.exec_driver_sql("SHOW session_replication_role").scalar() == "origin"
+            bulk.write_checked(conn, child, ("id", "parent_id"), [(4, 3)])  # the transaction goes on
+    assert _children(engine, child) == [(1, 1, None), (4, 3, None)]
 
 
 def test_foreign_keys_are_checked_per_row_again_after_a_bulk_write(probe):
@@ -118,3 +150,42 @@ def test_a_table_with_a_trigger_of_its_own_keeps_its_triggers(probe):
         with engine.begin() as conn:
             conn.execute(text(f"DROP TRIGGER label_rows ON {child.name}"))
             conn.execute(text(f"DROP FUNCTION {child.name}_label()"))
+
+
+def test_an_import_turns_jit_off_only_while_it_writes(pg_app):
+    from app.extensions import db
+
+    with pg_app.app_context():
+        session = db.session
+        before = session.execute(text("SHOW jit")).scalar()
+        with bulk.without_jit(session):
+            assert session.execute(text("SHOW jit")).scalar() == "off"
+        assert session.execute(text("SHOW jit")).scalar() == before
+        session.rollback()
+
+
+def test_keys_of_several_columns_and_deferred_unique_checks_are_left_to_the_database(pg_app):
+    engine = pg_app.extensions["handoff_db"]["engine"]
+    suffix = uuid.uuid4().hex[:8]
+    metadata = MetaData()
+    pair = Table(f"bulk_pair_{suffix}", metadata, Column("a", Integer, primary_key=True),
+                 Column("b", Integer, primary_key=True))
+    by_pair = Table(f"bulk_by_pair_{suffix}", metadata, Column("id", Integer, primary_key=True),
+                    Column("a", Integer), Column("b", Integer),
+                    ForeignKeyConstraint(["a", "b"], [pair.c.a, pair.c.b]))
+    deferred = Table(f"bulk_deferred_{suffix}", metadata, Column("id", Integer, primary_key=True),
+                     Column("pair_a", Integer), UniqueConstraint("pair_a", deferrable=True, initially="DEFERRED"))
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(pair.insert().values(a=1, b=1))
+        with engine.connect() as conn, pytest.raises(IntegrityError, match="foreign key"), conn.begin():
+            bulk.write_checked(conn, by_pair, ("id", "a", "b"), [(1, 1, 1), (2, 1, 2)])
+        # A deferrable unique constraint is checked by a trigger at the commit: it must fire.
+        with engine.connect() as conn, pytest.raises(IntegrityError, match="duplicate key"), conn.begin():
+            bulk.write_checked(conn, deferred, ("id", "pair_a"), [(1, 5), (2, 5)])
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(by_pair)).scalar() == 0
+            assert conn.execute(select(func.count()).select_from(deferred)).scalar() == 0
+    finally:
+        metadata.drop_all(engine)

@@ -16,6 +16,7 @@ Nothing here commits.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
@@ -84,6 +85,23 @@ def prepared_statements(session: Session):
         driver.prepare_threshold = previous
 
 
+@contextmanager
+def without_jit(session: Session):
+    """On PostgreSQL, no JIT compilation of plans for the duration of an import: its reads run
+    on tables whose statistics predate the rows it has just written, so the planner expects
+    millions of rows where there are a hundred and compiles the plan for them (a quarter of a
+    second for the deconfliction query of a full tip, to run it in a tenth). The setting is
+    put back afterwards; after an error the transaction's rollback puts it back."""
+    if dialect_name(session) != "postgresql":
+        yield
+        return
+    connection = session.connection()
+    previous = connection.exec_driver_sql("SELECT current_setting('jit')").scalar()
+    connection.exec_driver_sql("SELECT set_config('jit', 'off', true)")
+    yield
+    connection.execute(text("SELECT set_config('jit', :previous, true)"), {"previous": previous})
+
+
 def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
     """Reserve `count` primary keys of `table` for rows this transaction will insert."""
     if count <= 0:
@@ -130,27 +148,36 @@ def write_checked(connection: Connection, table: Table, columns: Sequence[str], 
     PostgreSQL checks a foreign key with a trigger that runs a query for every row written:
     1.5 million of them for a full tip, about 10 s, as long as writing the rows themselves.
     When the role may set `session_replication_role` (a superuser, or PostgreSQL 15's
-    `GRANT SET ON PARAMETER`) and the table has no triggers or rules of its own, the COPY runs
-    with triggers off (as pg_restore's --disable-triggers does, for this statement only), and
-    then each foreign key's distinct values are looked up in one statement that takes the
-    trigger's lock (FOR KEY SHARE), so no referenced row can be deleted before the commit. A
-    value with no row raises MissingReference; like any failed statement, it leaves a
-    transaction to roll back. Otherwise, and on SQLite, the database checks every row itself."""
+    `GRANT SET ON PARAMETER`) and the table's only triggers are its foreign keys', the COPY
+    runs with triggers off (as pg_restore's --disable-triggers does, for this statement only),
+    and then each foreign key's distinct values are looked up in one statement that takes the
+    trigger's lock (FOR KEY SHARE), so no referenced row can be deleted before the commit.
+    All of it runs in a savepoint: a value with no row raises MissingReference and leaves
+    nothing of the write behind, whatever the caller does next. Otherwise, and on SQLite, the
+    database checks every row itself."""
     constants = dict(constants or {})
     references = _references(table, columns, constants)
-    if references is None or not _may_skip_triggers(connection, table.name):
-        return write_raw(connection, table.name, columns, rows, constants=constants)
+    name = _qualified(connection, table)
+    if references is None or not _may_skip_triggers(connection, table, name, references):
+        return write_raw(connection, name, columns, rows, constants=constants)
     rows = rows if isinstance(rows, list) else list(rows)
-    previous = connection.exec_driver_sql("SELECT current_setting('session_replication_role')").scalar()
-    connection.exec_driver_sql("SELECT set_config('session_replication_role', 'replica', true)")
-    count = write_raw(connection, table.name, columns, rows, constants=constants)
-    connection.execute(text("SELECT set_config('session_replication_role', :previous, true)"), {"previous": previous})
-    for child, parent, position in references:
-        values = {constants[child.name]} if position is None else set(map(itemgetter(position), rows))
-        values.discard(None)
-        if values:
-            _lock_referenced(connection, table, child, parent, values)
+    with connection.begin_nested():
+        previous = connection.exec_driver_sql("SELECT current_setting('session_replication_role')").scalar()
+        connection.exec_driver_sql("SELECT set_config('session_replication_role', 'replica', true)")
+        count = write_raw(connection, name, columns, rows, constants=constants)
+        connection.execute(text("SELECT set_config('session_replication_role', :previous, true)"),
+                           {"previous": previous})
+        for child, parent, position in references:
+            values = {constants[child.name]} if position is None else set(map(itemgetter(position), rows))
+            values.discard(None)
+            if values:
+                _lock_referenced(connection, table, child, parent, values)
     return count
+
+
+def _qualified(connection: Connection, table: Table) -> str:
+    """The table's name as SQL: quoted where it must be, with its schema if it has one."""
+    return connection.dialect.identifier_preparer.format_table(table)
 
 
 def _references(table: Table, columns: Sequence[str], constants: Mapping[str, Any]) -> list[tuple] | None:
@@ -172,29 +199,43 @@ def _references(table: Table, columns: Sequence[str], constants: Mapping[str, An
     return references
 
 
-def _may_skip_triggers(connection: Connection, table: str) -> bool:
-    """PostgreSQL only: this role may turn triggers off, and the table's only triggers are its
-    foreign keys' (a trigger or rule of its own must not be skipped)."""
+def _may_skip_triggers(connection: Connection, table: Table, name: str, references: list[tuple]) -> bool:
+    """PostgreSQL only: this role may turn triggers off; the table is a plain one whose every
+    trigger belongs to one of its foreign keys (not a trigger of its own, nor a deferrable
+    unique constraint's recheck), and whose foreign keys in the database are the ones the
+    models declare; the tables they reference are plain ones too. The table is locked as the
+    COPY would lock it first, so no trigger or key can be added before the commit."""
     if connection.dialect.name != "postgresql":
         return False
     if connection.dialect.server_version_info >= (15,):
         privileged = "has_parameter_privilege('session_replication_role', 'SET')"
     else:
         privileged = "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+    if not connection.exec_driver_sql(f"SELECT {privileged}").scalar():
+        return False
+    connection.exec_driver_sql(f"LOCK TABLE {name} IN ROW EXCLUSIVE MODE")
+    parents = sorted({_qualified(connection, parent.table) for _child, parent, _position in references})
     return bool(connection.execute(text(
-        f"SELECT {privileged}"
-        " AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal)"
-        " AND NOT EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = CAST(:table AS regclass))"
-    ), {"table": table}).scalar())
+        "SELECT (SELECT relkind = 'r' AND NOT relhassubclass FROM pg_class WHERE oid = CAST(:table AS regclass))"
+        " AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = CAST(:table AS regclass) AND NOT"
+        "  (tgisinternal AND tgconstraint IN (SELECT oid FROM pg_constraint WHERE contype = 'f')))"
+        " AND (SELECT count(*) FROM pg_constraint WHERE conrelid = CAST(:table AS regclass) AND contype = 'f')"
+        "  = :declared"
+        " AND NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = ANY(CAST(:parents AS regclass[]))"
+        "  AND (relkind <> 'r' OR relhassubclass))"
+    ), {"table": name, "declared": len(table.foreign_key_constraints), "parents": parents}).scalar())
 
 
 def _lock_referenced(connection: Connection, table: Table, child, parent, values: set) -> None:
     """The referenced rows of these values, locked as a foreign-key trigger locks them; raises
-    MissingReference when some value has none."""
-    array_type = parent.type.compile(dialect=connection.dialect)
+    MissingReference when some value has none. The values are compared as the child column's
+    type without its length or precision, as the trigger compares them (a cast to the parent's
+    type could cut a value down to one that exists)."""
+    value_type = re.sub(r"\(.*\)", "", child.type.compile(dialect=connection.dialect))
+    column = connection.dialect.identifier_preparer.quote(parent.name)
     found = connection.execute(text(
-        f'SELECT "{parent.name}" FROM "{parent.table.name}" WHERE "{parent.name}" = ANY(CAST(:values AS {array_type}[]))'
-        " FOR KEY SHARE"
+        f"SELECT {column} FROM ONLY {_qualified(connection, parent.table)}"
+        f" WHERE {column} = ANY(CAST(:values AS {value_type}[])) FOR KEY SHARE"
     ), {"values": sorted(values)}).scalars().all()
     if len(found) < len(values):
         present = {str(value) for value in found}

@@ -176,7 +176,8 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     result = ImportResult(tip=tip, rows=validation.rows, accepted=len(validation.accounts),
                           rejected=len(validation.bad_lines), errors=validation.errors, reject_csv=reject,
                           timings=timings, peaks=peaks)
-    with bulk.large_page_cache(session), bulk.prepared_statements(session), _no_cyclic_gc():
+    with bulk.large_page_cache(session), bulk.prepared_statements(session), bulk.without_jit(session), \
+            _no_cyclic_gc():
         writer.write(tip, validation.accounts, result)
     timings["total"] = time.perf_counter() - started
     return result
