@@ -90,16 +90,22 @@ def without_jit(session: Session):
     """On PostgreSQL, no JIT compilation of plans for the duration of an import: its reads run
     on tables whose statistics predate the rows it has just written, so the planner expects
     millions of rows where there are a hundred and compiles the plan for them (a quarter of a
-    second for the deconfliction query of a full tip, to run it in a tenth). The setting is
-    put back afterwards; after an error the transaction's rollback puts it back."""
+    second for the deconfliction query of a full tip, to run it in a tenth)."""
     if dialect_name(session) != "postgresql":
         yield
         return
-    connection = session.connection()
-    previous = connection.exec_driver_sql("SELECT current_setting('jit')").scalar()
-    connection.exec_driver_sql("SELECT set_config('jit', 'off', true)")
+    with _local_setting(session.connection(), "jit", "off"):
+        yield
+
+
+@contextmanager
+def _local_setting(connection: Connection, name: str, value: str):
+    """A PostgreSQL setting changed for this transaction only, and put back afterwards. Not
+    after an error: the failed transaction, or savepoint, is rolled back, and that puts it back."""
+    previous = connection.execute(text("SELECT current_setting(:name)"), {"name": name}).scalar()
+    connection.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
     yield
-    connection.execute(text("SELECT set_config('jit', :previous, true)"), {"previous": previous})
+    connection.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": previous})
 
 
 def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
@@ -162,11 +168,8 @@ def write_checked(connection: Connection, table: Table, columns: Sequence[str], 
         return write_raw(connection, name, columns, rows, constants=constants)
     rows = rows if isinstance(rows, list) else list(rows)
     with connection.begin_nested():
-        previous = connection.exec_driver_sql("SELECT current_setting('session_replication_role')").scalar()
-        connection.exec_driver_sql("SELECT set_config('session_replication_role', 'replica', true)")
-        count = write_raw(connection, name, columns, rows, constants=constants)
-        connection.execute(text("SELECT set_config('session_replication_role', :previous, true)"),
-                           {"previous": previous})
+        with _local_setting(connection, "session_replication_role", "replica"):
+            count = write_raw(connection, name, columns, rows, constants=constants)
         for child, parent, position in references:
             values = {constants[child.name]} if position is None else set(map(itemgetter(position), rows))
             values.discard(None)
