@@ -1,6 +1,7 @@
 """The one access scope. Every query that shows referrals (and what derives from them) to a
-person starts here. Need-to-know: an agency sees the referrals it sent or received, and the
-lead agency of an operation sees that operation's referrals."""
+person starts here. Need-to-know: an agency sees the referrals it sent or received (a draft
+only its sender sees: it has not been sent to anyone yet), and the lead agency of an
+operation sees that operation's referrals."""
 
 from __future__ import annotations
 
@@ -10,18 +11,19 @@ from sqlalchemy import Select, and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import (
-    Agency, AuditEntry, Hit, HitMatch, HitSide, Identifier, Notification, Operation, Referral, Role, User,
+    Agency, AuditEntry, Hit, HitMatch, HitSide, Identifier, Notification, Operation, Referral, Role, Status, User,
 )
 from app.models import Holder, Tip, referral_subjects
 from app.services import NotFound
 
 
 def visibility_clause(agency_id: int):
-    """SQL condition: referrals an agency may see."""
+    """SQL condition: referrals an agency may see. A draft names its future receiver, which
+    sees nothing of it until it is sent (an import drafts hundreds, some never sent)."""
     led_operations = select(Operation.id).where(Operation.lead_agency_id == agency_id)
     return or_(
         Referral.sender_agency_id == agency_id,
-        Referral.receiver_agency_id == agency_id,
+        and_(Referral.receiver_agency_id == agency_id, Referral.status != Status.DRAFT),
         Referral.operation_id.in_(led_operations.scalar_subquery()),
     )
 

@@ -72,7 +72,7 @@ def test_every_action_by_every_role_and_agency(session, world, action, agency, r
         referral.transfer_consent_at = referral.sent_at
         session.flush()
     key = f"{agency}_{role}"
-    if not VISIBILITY[agency]:
+    if not VISIBILITY[agency] or (status == "draft" and agency == "b"):  # a draft is not b's yet
         expected = NotFound
     elif agency != side or role not in ("liaison", "manager"):
         expected = Forbidden
@@ -85,6 +85,21 @@ def test_every_action_by_every_role_and_agency(session, world, action, agency, r
             _attempt(session, world, key, referral, action)
         session.refresh(referral)
         assert referral.status.value == status
+
+
+def test_a_draft_is_hidden_from_its_receiver_until_sent(session, world):
+    """An import drafts referrals to many agencies; none of them may see a draft (its
+    subjects, identifiers or holders) before the sender sends it."""
+    draft = make_referral(session, world, "draft", operation_id=world.operation.id)
+    receiver = world.users["b_manager"]
+    assert service.list_referrals(session, receiver, service.ListFilters()).total == 0
+    with pytest.raises(NotFound):
+        get_visible_referral(session, receiver, draft.id)
+    assert [o.code for o in session.scalars(visible_operations(receiver))] == []
+    for key in ("a_viewer", "c_viewer"):  # the sender and the operation's lead see it
+        assert get_visible_referral(session, world.users[key], draft.id).id == draft.id
+    service.transition(session, world.actor("a_liaison"), draft.id, "send", draft.version, None)
+    assert get_visible_referral(session, receiver, draft.id).id == draft.id
 
 
 def test_creating_needs_a_working_role(session, world):

@@ -282,6 +282,13 @@ def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world)
     assert "w1@example.org" in page and "+61412000002" in page and "What joined the accounts" in page
     assert "Set the jurisdiction" not in page  # a viewer reads, does not decide
     receiver = _login(app, "manager.b@example.org")
+    assert receiver.get(f"/tips/holders/{subject_id}").status_code == 404  # a draft is not Bravo's yet
+    assert "H-00000" not in receiver.get("/tips/holders").get_data(as_text=True)
+    with app.app_context():
+        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
+        sender = db.session.scalar(select(User).where(User.email == LEAD))
+        referrals.transition(db.session, Actor(sender, "127.0.0.1"), referral_id, "send", None)
+        db.session.commit()
     assert receiver.get(f"/tips/holders/{subject_id}").status_code == 200
     outsider = _login(app, "manager.a@example.org")
     assert outsider.get(f"/tips/holders/{subject_id}").status_code == 404
