@@ -58,6 +58,7 @@ def test_reads_json_lines_with_the_same_fields():
     ("instagram,1002,,,,999.1.1.1,,,,,,,", "ip_addresses", ""),
     ("instagram,1002,,,,,,,-1,,,,", "uploads_a", "negative"),
     ("instagram,1002,,,,,,,,two,,,", "uploads_b", "whole number"),
+    ("instagram,1002,,,,,,,,,99999999999999999999,,", "uploads_c", "more than 1,000,000"),
     ("instagram,1002,,,,,,,,,,yesterday,", "first_seen", "ISO 8601"),
     ("instagram,1002,,,,,,,,,,2021-01-01,2020-01-01", "last_seen", "earlier"),
 ])
@@ -83,6 +84,44 @@ def test_bad_json_line_is_reported_and_the_rest_read():
     good = json.dumps(dict(zip(reader.FIELDS, GOOD.split(","))))
     result = reader.read(io.BytesIO(f"{good}\n{{broken\n[1,2]\n".encode()), "jsonl", SECRET)
     assert len(result.accounts) == 1 and [e.line for e in result.errors] == [2, 3]
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("account_id", True, "a text, a number or null"),
+    ("username", ["a", "b"], "a text, a number or null"),
+    ("email", {"nested": {"x": 1}}, "a text, a number or null"),
+    ("ip_addresses", ["192.0.2.1", 7], "a list of texts"),
+])
+def test_json_values_no_field_takes_are_reported_not_turned_into_text(field, value, reason):
+    record = dict(zip(reader.FIELDS, GOOD.split(",")))
+    record[field] = value
+    result = reader.read(io.BytesIO(json.dumps(record).encode()), "jsonl", SECRET)
+    assert result.accounts == []
+    assert [(e.line, e.field) for e in result.errors] == [(1, field)]
+    assert reason in result.errors[0].reason
+
+
+def test_json_numbers_are_read_as_their_text():
+    record = dict(zip(reader.FIELDS, GOOD.split(",")), account_id=2002, uploads_a=2.0, uploads_b=None)
+    result = reader.read(io.BytesIO(json.dumps(record).encode()), "jsonl", SECRET)
+    assert result.errors == []
+    account = result.accounts[0]
+    assert (account.account_id, account.uploads_a, account.uploads_b) == ("2002", 2, 0)
+
+
+def test_column_names_are_matched_without_case_or_surrounding_spaces_and_unknown_ones_ignored():
+    header = " Platform,ACCOUNT_ID, Email ,notes"
+    data = f"{header}\ninstagram,1001,alice@example.org,{'x' * 3000}\n".encode()
+    result = reader.read(io.BytesIO(data), "csv", SECRET)
+    assert result.errors == []
+    assert (result.accounts[0].account_key, result.accounts[0].email) == ("1001", "alice@example.org")
+
+
+def test_a_record_spanning_lines_is_numbered_by_its_first_line():
+    data = _csv('"instagram",1002,"two\nlines",,,,,,,,,,', GOOD, "instagram,1003,,,,,,,-1,,,,")
+    result = reader.read(data, "csv", SECRET)
+    assert [account.line for account in result.accounts] == [4]
+    assert [(e.line, e.field) for e in result.errors] == [(2, "username"), (5, "uploads_a")]
 
 
 # --- clustering --------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[
     for line in sorted(by_line):
         record = records.get(line, {})
         problems = by_line[line]
-        writer.writerow([record.get(name, "") for name in columns] + [
+        writer.writerow([record.get(reader.column_key(name), "") for name in columns] + [
             line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
         ])
     return buffer.getvalue()

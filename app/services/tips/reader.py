@@ -23,6 +23,9 @@ from app.services.identifiers import PLATFORMS, IdentifierKind, InvalidIdentifie
 FIELDS = ("platform", "account_id", "username", "email", "phone", "ip_addresses", "country_hint",
           "ip_country", "uploads_a", "uploads_b", "uploads_c", "first_seen", "last_seen")
 MAX_FIELD = 2000
+# A count above this is a mistake in the file; it also keeps a holder's and a package's sums
+# of counts well inside the database's 32-bit integers.
+MAX_COUNT = 1_000_000
 
 # An identifier of an account: a plain tuple (kind value, platform, raw, value, match key), the
 # columns of an identifier row in their order. Raw is the value itself (the same object, which
@@ -84,7 +87,11 @@ def detect_format(name: str, head: bytes) -> str:
     return "jsonl" if stripped.startswith(b"{") else "csv"
 
 
-def _records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, str] | RowError]]:
+def _records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, str], RowError | None]]:
+    """(line, record, problem) for each record of the file: the record's fields as text, under
+    their column's name as `column_key` spells it, and what makes it unreadable, if anything
+    (then the record holds what could be read of it, for the reject file). A CSV record is
+    numbered by the line it starts on (a quoted field may hold line breaks)."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     if fmt == "jsonl":
         for number, line in enumerate(text, start=1):
@@ -93,29 +100,59 @@ def _records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, str] 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, RowError(number, "-", f"not valid JSON ({exc.msg})")
+                yield number, {}, RowError(number, "-", f"not valid JSON ({exc.msg})")
                 continue
             if not isinstance(record, dict):
-                yield number, RowError(number, "-", "each line must be a JSON object")
+                yield number, {}, RowError(number, "-", "each line must be a JSON object")
                 continue
-            yield number, {k: _as_text(v) for k, v in record.items()}
+            fields: dict[str, str] = {}
+            problem = None
+            for name, value in record.items():
+                name = column_key(name)
+                text_value = _json_text(name, value)
+                if text_value is None:
+                    text_value = json.dumps(value)
+                    problem = problem or RowError(number, name, (
+                        "must be a list of texts, a text or null" if name == "ip_addresses"
+                        else "must be a text, a number or null"))
+                fields[name] = text_value
+            yield number, fields, problem
         return
     reader = csv.DictReader(text, restval="")  # a short row's missing fields read as empty
+    if reader.fieldnames:
+        reader.fieldnames = [column_key(name) for name in reader.fieldnames]
     missing = [f for f in ("platform", "account_id") if f not in (reader.fieldnames or [])]
     if missing:
-        yield 1, RowError(1, ",".join(missing), "missing column in the header")
+        yield 1, {}, RowError(1, ",".join(missing), "missing column in the header")
         return
+    start = reader.line_num + 1
     for record in reader:
         record.pop(None, None)  # the fields of a long row beyond the header
-        yield reader.line_num, record
+        yield start, record, None
+        start = reader.line_num + 1
 
 
-def _as_text(value) -> str:
+def column_key(name: str) -> str:
+    """A column's name as the reader matches it: ` Account_ID` is `account_id`."""
+    return name.strip().lower()
+
+
+def _json_text(name: str, value) -> str | None:
+    """A JSON value as the text a CSV cell would hold; None for a value no field takes (true,
+    an object, a list other than of addresses)."""
     if value is None:
         return ""
-    if isinstance(value, list):
-        return ";".join(str(v) for v in value)
-    return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, list) and name == "ip_addresses" and all(isinstance(item, str) for item in value):
+        return ";".join(value)
+    return None
 
 
 def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0) -> ReadResult:
@@ -127,12 +164,12 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0) ->
     seen: dict[tuple[str, str], int] = {}
     rows = 0
     checker = _RowChecker(secret)
-    for number, record in _records(stream, fmt):
+    for number, record, problem in _records(stream, fmt):
         rows += 1
         number += line_offset
-        if isinstance(record, RowError):
-            record.line = number
-            errors.append(record)
+        if problem is not None:
+            problem.line = number
+            errors.append(problem)
             continue
         row_errors: list[RowError] = []
         account = checker.account(number, record, row_errors)
@@ -161,6 +198,9 @@ def _count(value: str, name: str, line: int, errors: list[RowError]) -> int:
         return 0
     if number < 0:
         errors.append(RowError(line, name, "cannot be negative"))
+    elif number > MAX_COUNT:
+        errors.append(RowError(line, name, f"more than {MAX_COUNT:,}"))
+        return 0
     return number
 
 
@@ -217,8 +257,8 @@ class _RowChecker:
         return ident
 
     def account(self, line: int, record: dict[str, str], errors: list[RowError]) -> Account | None:
-        for name, value in record.items():
-            if len(value) > MAX_FIELD:
+        for name in FIELDS:  # unknown columns are not read, whatever they hold
+            if len(record.get(name, "")) > MAX_FIELD:
                 errors.append(RowError(line, name, f"longer than {MAX_FIELD} characters"))
                 return None
         # Each field stripped once; absent columns read as empty.

@@ -191,8 +191,8 @@ def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
     reject file."""
     fmt, header, body, _first_line, _secret = task
     offset = _line_offset(task)
-    return {number + offset: record for number, record in reader._records(io.BytesIO(header + body), fmt)
-            if number + offset in lines and isinstance(record, dict)}
+    return {number + offset: record for number, record, _problem in reader._records(io.BytesIO(header + body), fmt)
+            if number + offset in lines}
 
 
 # A worker's plain tuple as an Account, without `Account._make`'s classmethod call (a third of
