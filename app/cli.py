@@ -196,6 +196,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     from app.services.audit import Actor
     from app.services.tips import importer
 
+    if reject_file:
+        folder = os.path.dirname(os.path.abspath(reject_file))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"cannot write a file in {folder}.", param_hint="--reject-file")
     session = db.session
     operation = session.scalar(select(Operation).where(Operation.code == operation_code.strip().upper()))
     if operation is None:
@@ -249,6 +253,13 @@ def _print_row_errors(errors, limit: int = 50) -> None:
 
 
 def _write_reject_file(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    """Checked before the import, the path can still fail (a full disk): say so and go on, as
+    the import's outcome stands either way."""
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+    except OSError as exc:
+        click.echo(f"The reject file could not be written ({exc.strerror}: {path}); the rows above are the "
+                   f"rejected ones.", err=True)
+        return
     click.echo(f"Reject file written: {path}")

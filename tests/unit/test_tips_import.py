@@ -39,6 +39,7 @@ from app.models import (
 from app.services import NotFound, audit, deconfliction, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_tips
 from app.services.audit import Actor
+from app.services.identifiers import IdentifierKind
 from app.services.tips import holders as holder_service
 from app.services.tips import reader, validation
 from app.services.tips.importer import PAUSE_ENV, TipRejected, import_tip
@@ -284,6 +285,23 @@ def test_a_new_account_bridging_two_holders_merges_them_into_the_older(session, 
     assert [h.id for h in live_holders(session, world)] == [left.id]
 
 
+def test_a_merge_of_holders_holding_one_key_in_two_spellings_keeps_one_identifier(session, world):
+    """An address written two ways joins nobody (addresses never join), so two holders can
+    hold its one match key; the survivor of their merge gets it once."""
+    run_import(session, world, tip(account(1, email="left@example.org"),
+                                   account(2, username="righty", ip_addresses="2001:DB8::1"),
+                                   account(3, phone="+61 412 000 001", ip_addresses="2001:db8:0:0::1")))
+    holders = {holder_of(session, world, f"acc{n}").id for n in (1, 2, 3)}
+    assert len(holders) == 3
+    result = run_import(session, world, tip(account(4, email="left@example.org", username="righty",
+                                                    phone="+61412000001")))
+    survivor = holder_of(session, world, "acc1")
+    assert result.merges == [(survivor.id, sorted(holders - {survivor.id}))]
+    addresses = session.scalars(select(Identifier.value).where(Identifier.subject_id == survivor.subject_id,
+                                                               Identifier.kind == IdentifierKind.IP)).all()
+    assert addresses == ["2001:db8::1"]
+
+
 # --- jurisdiction, routing, triage ----------------------------------------------------------------
 
 def test_conflicting_evidence_goes_to_review_and_a_person_decides(session, world):
@@ -513,6 +531,10 @@ def test_only_the_lead_agency_and_the_receivers_see_holders_and_tips(session, wo
     run_import(session, world, tip(account(1, email="seen@example.org")))
     holder = holder_of(session, world, "acc1")  # AU: a draft to agency b
     assert get_visible_holder(session, world.users["c_viewer"], holder.subject_id).id == holder.id
+    with pytest.raises(NotFound):  # b sees nothing of a draft until it is sent
+        get_visible_holder(session, world.users["b_viewer"], holder.subject_id)
+    draft = session.get(Referral, holder.referral_id)
+    referrals.transition(session, world.actor("c_liaison"), draft.id, "send", draft.version, None)
     assert get_visible_holder(session, world.users["b_viewer"], holder.subject_id).id == holder.id
     with pytest.raises(NotFound):
         get_visible_holder(session, world.users["a_manager"], holder.subject_id)
@@ -588,6 +610,13 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
     refused = runner.invoke(args=["import-tip", str(path), "--operation", "lantern"])
     assert refused.exit_code != 0
     assert "line 3: email: not a valid e-mail address" in refused.output and "Nothing was imported" in refused.output
+    nowhere = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid",
+                                  "--reject-file", str(tmp_path / "no-such-folder" / "rejects.csv")])
+    assert nowhere.exit_code != 0 and "--reject-file" in nowhere.output and "cannot write a file" in nowhere.output
+    with app.app_context():  # refused before anything was written
+        from app.extensions import db
+
+        assert db.session.scalar(select(func.count()).select_from(TipAccount)) == 0
     rejects = tmp_path / "rejects.csv"
     done = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid",
                                "--reject-file", str(rejects), "--as", "liaison.c@example.org"])

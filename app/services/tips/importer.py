@@ -566,20 +566,24 @@ class _Writer:
                                                               "match_key"), rows, constants={"created_at": created_at})
 
     def _copy_identifiers(self, survivor_subject: int, absorbed_subjects: list[int]) -> None:
-        """The absorbed holders' identifiers, added to the survivor's subject (one INSERT ... SELECT)."""
+        """The absorbed holders' identifiers, added to the survivor's subject (one INSERT ... SELECT):
+        one per match key the survivor lacks. Two absorbed holders may hold the same key written
+        two ways (an address in two spellings, a common phone that joined neither of them)."""
         source = Identifier.__table__.alias("source")
+        chosen = Identifier.__table__.alias("chosen")
         target = Identifier.__table__
         already = select(target.c.id).where(target.c.subject_id == survivor_subject,
                                             target.c.match_key == source.c.match_key)
-        rows = (
-            select(source.c.kind, source.c.platform, source.c.raw, source.c.value, source.c.match_key)
+        first_of_each_key = (
+            select(func.min(source.c.id))
             .where(source.c.subject_id.in_(absorbed_subjects), ~already.exists())
-            .distinct()
-        ).subquery()
+            .group_by(source.c.match_key)
+        )
         self.session.execute(insert(target).from_select(
             ["subject_id", "kind", "platform", "raw", "value", "match_key", "created_at"],
-            select(literal(survivor_subject), rows.c.kind, rows.c.platform, rows.c.raw, rows.c.value,
-                   rows.c.match_key, literal(self.now, target.c.created_at.type)),
+            select(literal(survivor_subject), chosen.c.kind, chosen.c.platform, chosen.c.raw, chosen.c.value,
+                   chosen.c.match_key, literal(self.now, target.c.created_at.type))
+            .where(chosen.c.id.in_(first_of_each_key)),
         ))
 
     def _write_common(self, counts: Counter, common: set) -> None:
