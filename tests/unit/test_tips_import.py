@@ -230,6 +230,34 @@ def test_parallel_validation_gives_what_one_reader_gives(monkeypatch):
         (first + 1, f"duplicate of line {first} (same platform and account id)")]
 
 
+@pytest.mark.parametrize("chunk_bytes", [10, 25, 40, 60, 90, 150])
+def test_parallel_validation_follows_the_csv_reader_around_stray_quotes(monkeypatch, chunk_bytes):
+    """A quote inside an unquoted field is a plain character to the csv module; chunks must
+    not be cut inside a quoted field that follows one. Duplicates name the same first line."""
+    header = ",".join(reader.FIELDS)
+    rows = ['instagram,1,o"brien,,,,NZ,,,,,,', 'instagram,2,,"a@b.org\nx",,,NZ,,,,,,']
+    rows += [f"instagram,{n},,,,,NZ,,,,,," for n in (3, 4, 3, 3, 5)]
+    rows += ['instagram,6,"quoted ""name""",,,,NZ,,,,,,'] + [f"instagram,{n},,v{n}@example.org,,,NZ,,,,,," for n in range(7, 30)]
+    data = ("\n".join([header, *rows]) + "\n").encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=chunk_bytes)
+    single = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [tuple(a) for a in parallel.accounts] == [tuple(a) for a in single.accounts]
+    assert [(e.line, e.field, e.reason) for e in parallel.errors] == [(e.line, e.field, e.reason) for e in single.errors]
+    assert [(e.line, e.reason) for e in single.errors if e.field == "account_id"] == [
+        (7, "duplicate of line 5 (same platform and account id)"),
+        (8, "duplicate of line 5 (same platform and account id)")]
+
+
+def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():
+    """Cutting chunks used to count quotes from the chunk's start at every newline: a stray
+    quote made that quadratic (minutes for a full tip)."""
+    body = b'instagram,0,o"brien,,,,NZ,,,,,,\n' + b"instagram,1,,,,,NZ,,,,,,\n" * 200_000
+    chunks = validation._chunks(body, "csv", 1_000_000)
+    assert len(chunks) > 3 and chunks[0][0] == 0 and chunks[-1][1] == len(body)
+    assert all(body[end - 1:end] == b"\n" and end == start_next for (_s, end), (start_next, _e) in zip(chunks, chunks[1:]))
+
+
 # --- clustering through the importer -----------------------------------------------------------
 
 def test_chains_join_and_ips_or_other_platforms_do_not(session, world):

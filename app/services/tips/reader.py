@@ -155,10 +155,11 @@ def _json_text(name: str, value) -> str | None:
     return None
 
 
-def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0) -> ReadResult:
+def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, duplicates: bool = True) -> ReadResult:
     """Parse and validate every row, computing match keys under `secret`; lines are reported
-    `line_offset` further on (the stream being a chunk of a larger file). Raises
-    UnicodeDecodeError for a file that is not UTF-8."""
+    `line_offset` further on (the stream being a chunk of a larger file). A good row whose
+    account came earlier is an error, unless `duplicates` is off (a chunk's caller checks
+    across chunks). Raises UnicodeDecodeError for a file that is not UTF-8."""
     accounts: list[Account] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -173,7 +174,7 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0) ->
             continue
         row_errors: list[RowError] = []
         account = checker.account(number, record, row_errors)
-        if account is not None and not row_errors:
+        if duplicates and account is not None and not row_errors:
             key = account.natural_key
             if key in seen:
                 row_errors.append(RowError(number, "account_id",

@@ -13,6 +13,7 @@ row only, for the reject file.
 
 from __future__ import annotations
 
+import csv
 import functools
 import gc
 import io
@@ -136,32 +137,46 @@ def _record_end(data: bytes, start: int) -> int:
 
 
 def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) of chunks of about `chunk_bytes`, each cut where a record ends."""
+    if fmt == "csv" and b'"' in body:
+        return _quoted_csv_chunks(body, chunk_bytes)
+    # Without quotes every newline ends a record (as in JSON Lines).
     chunks = []
     start = 0
-    # Quote parity from the body's start tells whether a newline ends a record.
     while start < len(body):
-        target = start + chunk_bytes
-        if target >= len(body):
-            chunks.append((start, len(body)))
-            break
-        newline = body.find(b"\n", target)
-        if newline < 0:
-            chunks.append((start, len(body)))
-            break
-        if fmt == "csv":
-            while newline >= 0 and body.count(b'"', start, newline) % 2:
-                newline = body.find(b"\n", newline + 1)
-            if newline < 0:
-                chunks.append((start, len(body)))
-                break
-        chunks.append((start, newline + 1))
-        start = newline + 1
+        newline = body.find(b"\n", start + chunk_bytes)
+        end = len(body) if newline < 0 else newline + 1
+        chunks.append((start, end))
+        start = end
+    return chunks
+
+
+def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Chunks cut where the csv module itself ends a record, reading the file line by line as
+    each chunk's reader will: a quote opens a quoted field only at the start of a field, so
+    counting quotes would cut inside a field after a stray one (`o"brien`)."""
+    chunks = []
+    start = end = 0
+
+    def lines():
+        nonlocal end
+        for line in io.BytesIO(body):
+            end += len(line)
+            yield line.decode("utf-8", errors="replace")
+
+    try:
+        for _record in csv.reader(lines()):
+            if end - start >= chunk_bytes and end < len(body):
+                chunks.append((start, end))
+                start = end
+    except csv.Error:
+        pass  # the rest is one chunk, whose reader reports the problem
+    if start < len(body):
+        chunks.append((start, len(body)))
     return chunks
 
 
 def _header_columns(header: bytes) -> list[str]:
-    import csv
-
     text = header.decode("utf-8", errors="replace")
     rows = list(csv.reader(io.StringIO(text, newline="")))
     return [c for c in rows[0]] if rows else []
@@ -171,7 +186,9 @@ def _header_columns(header: bytes) -> list[str]:
 
 def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], dict[int, dict[str, str]]]:
     fmt, header, body, _first_line, secret = task
-    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=_line_offset(task))
+    # Duplicates are found as the chunks are merged in file order, so that each names the
+    # same first line as one reader of the whole file would.
+    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=_line_offset(task), duplicates=False)
     # Accounts as plain tuples: they pickle and unpickle far faster than named ones.
     accounts = [tuple(account) for account in result.accounts]
     errors = [(e.line, e.field, e.reason) for e in result.errors]
@@ -201,8 +218,8 @@ _as_account = functools.partial(tuple.__new__, Account)
 
 
 def _merge(result: Validation, part, task) -> None:
-    """Add a chunk's result in file order; a duplicate of an account of an earlier chunk is
-    an error, as it is within one chunk."""
+    """Add a chunk's result in file order; an account that came earlier, in this chunk or
+    an earlier one, is an error."""
     rows, accounts, errors, records = part
     accounts = map(_as_account, accounts)
     result.rows += rows
