@@ -330,6 +330,20 @@ def test_a_merge_of_holders_holding_one_key_in_two_spellings_keeps_one_identifie
     assert addresses == ["2001:db8::1"]
 
 
+def test_a_merge_keeps_the_jurisdiction_a_person_set_on_an_absorbed_holder(session, world):
+    run_import(session, world, tip(account(1, email="left@example.org"),
+                                   account(2, username="righty", country_hint="AU", ip_country="NZ")))
+    left, right = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), right.subject_id, "NZ")
+    session.flush()
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")))
+    session.expire_all()
+    survivor = session.get(Holder, left.id)
+    assert (survivor.jurisdiction, survivor.jurisdiction_source) == ("NZ", JurisdictionSource.MANUAL)
+    assert survivor.jurisdiction_set_by_id == world.users["c_liaison"].id and not survivor.needs_review
+    assert session.get(Referral, survivor.referral_id).jurisdiction == "NZ"
+
+
 # --- jurisdiction, routing, triage ----------------------------------------------------------------
 
 def test_conflicting_evidence_goes_to_review_and_a_person_decides(session, world):
@@ -452,6 +466,42 @@ def _sent_package(session, world, at: datetime) -> tuple[Holder, Referral]:
     sent = referrals.transition(session, world.actor("c_liaison"), holder.referral_id, "send", None, at=at)
     assert (sent.status, sent.priority) == (Status.SENT, Priority.P3)
     return holder, sent
+
+
+def test_a_merge_with_a_holder_on_a_sent_referral_stays_on_it_and_raises_it(session, world):
+    """The older holder (the survivor) is on a draft, the one it absorbs on a sent referral:
+    the merged holder follows the sent referral, which is raised; no second draft is made."""
+    run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
+    left_draft = left.referral_id
+    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    drafts_before = count(session, Referral)
+    result = run_import(session, world, tip(account(9, username="lefty", email="p@example.org", uploads_a="12")))
+    assert result.merges == [(left.id, [right.id])]
+    session.expire_all()
+    merged = session.get(Holder, left.id)
+    assert (merged.referral_id, merged.priority) == (sent.id, Priority.P2)
+    raised = session.get(Referral, sent.id)
+    assert (raised.priority, raised.status, raised.events[-1].action) == (Priority.P2, Status.SENT, "escalate")
+    assert session.scalar(select(func.count()).select_from(referral_subjects).where(
+        referral_subjects.c.referral_id == sent.id, referral_subjects.c.subject_id == merged.subject_id)) == 1
+    assert session.get(Referral, left_draft) is None  # its only holder left it
+    assert count(session, Referral) == drafts_before - 1 and result.routing.created == []
+
+
+def test_a_holder_on_a_declined_referral_is_routed_again(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "decline", None, "Not our jurisdiction.")
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "NZ")
+    session.flush()
+    session.expire_all()
+    moved = session.get(Holder, holder.id)
+    draft = session.get(Referral, moved.referral_id)
+    assert (draft.status, draft.jurisdiction, draft.receiver_agency_id) == (Status.DRAFT, "NZ", world.agencies["a"].id)
+    assert session.scalar(select(func.count()).select_from(referral_subjects).where(  # its history stays
+        referral_subjects.c.referral_id == sent.id, referral_subjects.c.subject_id == holder.subject_id)) == 1
 
 
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):

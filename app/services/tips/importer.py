@@ -44,6 +44,7 @@ from app.models import (
     Identifier,
     JurisdictionSource,
     Operation,
+    Priority,
     Subject,
     Tip,
     TipAccount,
@@ -304,14 +305,22 @@ class _Writer:
         absorbed_ids = sorted(merge_into)
         for start in range(0, len(affected_existing) + len(absorbed_ids), 5000):
             part = (affected_existing + absorbed_ids)[start:start + 5000]
-            for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source, Holder.number)
-                                       .where(Holder.id.in_(part))):
+            for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source,
+                                              Holder.jurisdiction_set_by_id, Holder.jurisdiction_set_at,
+                                              Holder.number).where(Holder.id.in_(part))):
                 old_rows[row.id] = row
                 states[row.id] = state_from_row(row)
-        # A merged holder carries the risk flags investigators set on any of its parts.
+        # A merged holder carries the risk flags investigators set on any of its parts, and the
+        # jurisdiction a person set on one of them (the survivor's own, else the oldest part's).
+        decided = {h: row for h, row in old_rows.items() if row.jurisdiction_source is JurisdictionSource.MANUAL}
         for survivor, absorbed in result.merges:
             merged = [any(flag) for flag in zip(states[survivor].flags, *(states[a].flags for a in absorbed))]
             states[survivor].flags = tuple(merged)
+            if survivor not in decided:
+                part = next((decided[a] for a in absorbed if a in decided), None)
+                if part is not None:
+                    decided[survivor] = part
+                    states[survivor].jurisdiction, states[survivor].changed = part.jurisdiction, True
         placements = {}
         # Most holders' evidence is one of a few thousand shapes ("NZ" hinted, "NZ" located):
         # each shape is weighed, and its evidence written as the JSON column's text, once (as
@@ -328,7 +337,7 @@ class _Writer:
             state = states.get(holder_id)
             flags = state.flags if state else (False,) * 5
             level = priority_from_flags(flags, a, b, c)
-            manual = holder_id in old_rows and old_rows[holder_id].jurisdiction_source is JurisdictionSource.MANUAL
+            manual = holder_id in decided
             placements[holder_id] = (placement, len(items), manual, evidence_json)
             if state is None:
                 state = states[holder_id] = HolderState(  # a new holder; its subject id follows
@@ -345,6 +354,13 @@ class _Writer:
         # --- routing (planned before writing: new holders point at their drafts) ----------
         self.progress("route", 0, len(placements))
         router = Router(session, self.actor, op, self.agency_id, now=self.now)
+        # A merged holder stays on the sent referral of one of its parts; the import raises that
+        # referral if the holder is now more urgent than it.
+        sent_priority: dict[int, Priority] = {}
+        for survivor, absorbed in result.merges:
+            previous = router.follow_sent(states[survivor], [states[a] for a in absorbed])
+            if previous is not None:
+                sent_priority[survivor] = previous
         for holder_id in absorbed_ids:
             router.detach(states[holder_id])
         router.plan([states[h] for h in sorted(placements)])
@@ -388,10 +404,14 @@ class _Writer:
             placement, count, manual, _json = placements[holder_id]
             confidence = (round(placement.evidence.get(state.jurisdiction, 0) / max(1, sum(placement.evidence.values())), 3)
                           if manual else placement.confidence)
+            source = decided.get(holder_id)
             updates.append({
                 "id": holder_id, "accounts": count, "grade_a": state.grade_a, "grade_b": state.grade_b,
                 "grade_c": state.grade_c, **dict(zip(RISK_COLUMNS, state.flags)), "priority": state.priority,
                 "jurisdiction": state.jurisdiction,
+                "jurisdiction_source": JurisdictionSource.MANUAL if source else JurisdictionSource.EVIDENCE,
+                "jurisdiction_set_by_id": source.jurisdiction_set_by_id if source else None,
+                "jurisdiction_set_at": source.jurisdiction_set_at if source else None,
                 "confidence": confidence, "needs_review": False if manual else placement.needs_review,
                 "evidence": placement.evidence, "routing": state.routing,
                 "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
@@ -466,9 +486,9 @@ class _Writer:
         # A holder sent already stays on its referral, which follows it up if the new accounts
         # made it more urgent.
         holders.escalate_sent_referrals(session, self.actor, [
-            (states[h].referral_id, old_rows[h].priority, states[h].priority, holders.escalation_reason(
-                holder_label(old_rows[h].number), old_rows[h].priority, states[h].priority,
-                f"with the accounts of tip {tip.file_name} (import {tip.id})"))
+            (states[h].referral_id, sent_priority.get(h, old_rows[h].priority), states[h].priority,
+             holders.escalation_reason(holder_label(old_rows[h].number), sent_priority.get(h, old_rows[h].priority),
+                                       states[h].priority, f"with the accounts of tip {tip.file_name} (import {tip.id})"))
             for h in affected_existing
         ], self.now)
         self._lap("route")

@@ -190,14 +190,40 @@ class Router:
             ):
                 self._referrals[row.id] = row
 
+    def _stays(self, referral_id: int | None) -> bool:
+        """Whether a holder on this referral stays on it: it was sent, and not declined or
+        withdrawn (a holder on one of those is routed again, like a holder on none)."""
+        current = self._referrals.get(referral_id) if referral_id else None
+        return current is not None and current.status not in (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN)
+
+    def follow_sent(self, survivor: HolderState, parts: list[HolderState]) -> Priority | None:
+        """A merged holder stays on a sent referral one of its parts is on: its own, else the
+        oldest part's, which it then joins (off its own draft). Returns that referral's
+        priority when the survivor joined it (the import raises it if the holder is now more
+        urgent), None otherwise."""
+        self._load_referrals([survivor, *parts])
+        if self._stays(survivor.referral_id):
+            return None
+        part = next((p for p in parts if self._stays(p.referral_id)), None)
+        if part is None:
+            return None
+        self.detach(survivor)
+        current = self._referrals[part.referral_id]
+        survivor.referral_id, survivor.packaged, survivor.routing = part.referral_id, part.packaged, part.routing
+        survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
+        self.links.append((part.referral_id, survivor))
+        return current.priority
+
     def plan(self, states: list[HolderState]) -> None:
         self._load_referrals(states)
         packages = self._load_packages()
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
+            if self._stays(state.referral_id):
+                continue  # sent already: it stays where it went
             current = self._referrals.get(state.referral_id) if state.referral_id else None
             if current is not None and current.status is not Status.DRAFT:
-                continue  # sent already: it stays where it went
+                current = None  # declined or withdrawn: it keeps its history, the holder moves on
             packaged = state.priority not in SINGLE
             if current is not None:
                 fits = (receiver == current.receiver_agency_id and state.jurisdiction == current.jurisdiction
