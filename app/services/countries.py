@@ -28,12 +28,28 @@ def name(code: str | None) -> str:
     return country.name if country else code
 
 
+# Names and codes in common use that ISO 3166-1 spells otherwise (providers write what their
+# users and geolocation databases write). Kosovo's XK is no ISO code and stays unknown.
+ALIASES = {
+    "uk": "GB", "great britain": "GB", "britain": "GB", "england": "GB", "scotland": "GB", "wales": "GB",
+    "northern ireland": "GB", "russia": "RU", "turkey": "TR", "turkiye": "TR", "ivory coast": "CI",
+    "burma": "MM", "swaziland": "SZ", "macedonia": "MK", "cape verde": "CV", "east timor": "TL",
+    "holland": "NL", "america": "US", "uae": "AE", "palestine": "PS", "vatican": "VA", "vatican city": "VA",
+    "brunei": "BN", "dr congo": "CD", "drc": "CD", "democratic republic of the congo": "CD",
+    "micronesia": "FM", "the gambia": "GM", "the bahamas": "BS", "the netherlands": "NL",
+}
+
+
 @lru_cache(maxsize=4096)
 def lookup(text: str) -> str | None:
-    """Alpha-2 code for an alpha-2 code or an English country name, else None."""
+    """Alpha-2 code for an alpha-2 code or an English country name (or a common alias of
+    either, such as UK or Russia), else None."""
     text = text.strip()
     if not text:
         return None
+    alias = ALIASES.get(" ".join(text.lower().split()))
+    if alias:
+        return alias
     if len(text) == 2:
         country = pycountry.countries.get(alpha_2=text.upper())
         return country.alpha_2 if country else None
@@ -41,3 +57,13 @@ def lookup(text: str) -> str | None:
         return pycountry.countries.lookup(text).alpha_2
     except LookupError:
         return None
+
+
+@lru_cache(maxsize=1024)
+def code(text: str) -> str | None:
+    """Alpha-2 code for an alpha-2 code, `UK` read as GB (as some geolocation data write it),
+    else None."""
+    text = text.strip().upper()
+    if text == "UK":
+        text = "GB"
+    return text if is_valid(text) else None

@@ -86,6 +86,17 @@ def test_bad_json_line_is_reported_and_the_rest_read():
     assert len(result.accounts) == 1 and [e.line for e in result.errors] == [2, 3]
 
 
+@pytest.mark.parametrize("hint, ip_code, expected", [
+    ("UK", "uk", ("GB", "GB")), ("Russia", "RU", ("RU", "RU")), ("turkey", "tr", ("TR", "TR")),
+    ("Ivory  Coast", "", ("CI", None)), ("New Zealand", " nz ", ("NZ", "NZ")), ("Burma", "", ("MM", None)),
+])
+def test_countries_are_read_by_code_name_or_common_alias(hint, ip_code, expected):
+    row = f"instagram,1002,,,,,{hint},{ip_code},,,,,"
+    result = reader.read(_csv(row), "csv", SECRET)
+    assert result.errors == []
+    assert (result.accounts[0].country_hint, result.accounts[0].ip_country) == expected
+
+
 @pytest.mark.parametrize("field, value, reason", [
     ("account_id", True, "a text, a number or null"),
     ("username", ["a", "b"], "a text, a number or null"),

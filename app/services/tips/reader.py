@@ -280,8 +280,8 @@ class _RowChecker:
                 errors.append(RowError(line, "country_hint", f"unknown country {hint[:40]!r}"))
         ip_country = None
         if ip_code:
-            code = ip_code.upper()
-            if countries.is_valid(code):
+            code = countries.code(ip_code)
+            if code:
                 ip_country = one(code, code)
             else:
                 errors.append(RowError(line, "ip_country", f"unknown country code {ip_code[:10]!r}"))
