@@ -14,6 +14,15 @@ def register_error_handlers(app: Flask) -> None:
     def not_found_domain(exc: NotFound):
         return render_template("error.html", code=404, message="Not found."), 404
 
+    @app.errorhandler(413)
+    def too_large(exc):
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0  # a 413 means there is one
+        size = f"{limit / 2**20:,.0f} MB" if limit >= 2**20 else f"{limit / 1024:,.0f} KB"
+        message = (f"That was too large to accept. Send less at once (a blind check takes at most "
+                   f"{app.config.get('BLIND_CHECK_LIMIT', 0):,} identifiers; a request, a tip file included, "
+                   f"at most {size}).")
+        return render_template("error.html", code=413, message=message, path=request.path), 413
+
     @app.errorhandler(Forbidden)
     def forbidden_domain(exc: Forbidden):
         return render_template("error.html", code=403, message=exc.message), 403
@@ -27,8 +36,6 @@ def register_error_handlers(app: Flask) -> None:
         (403, "You may not do that."),
         (404, "Not found."),
         (405, "That method is not allowed here."),
-        (413, "That was too large to accept. Send less at once (a blind check takes at most "
-              "10,000 identifiers; a tip file at most 128 MB)."),
         (429, "Too many attempts from your address. Wait a few minutes and try again."),
         (500, "Something went wrong on our side. Nothing was saved."),
     ):
