@@ -69,6 +69,12 @@ def test_every_bad_row_names_line_field_and_reason(row, field, reason):
     assert reason.lower() in result.errors[0].reason.lower()
 
 
+def test_every_problem_of_a_row_is_reported_at_once():
+    result = reader.read(_csv("instagram,1002,,bad@@x,,999.1.1.1,Atlantis,,-1,,,2020-99-01,"), "csv", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [
+        (2, "country_hint"), (2, "uploads_a"), (2, "first_seen"), (2, "email"), (2, "ip_addresses")]
+
+
 def test_duplicate_account_in_the_file_is_reported():
     result = reader.read(_csv(GOOD, GOOD.replace("1001", " 1001 ")), "csv", SECRET)
     assert [(e.line, e.field) for e in result.errors] == [(3, "account_id")]

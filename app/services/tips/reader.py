@@ -293,12 +293,15 @@ class _RowChecker:
         last_seen = _when(last, "last_seen", line, errors)
         if first_seen and last_seen and first_seen > last_seen:
             errors.append(RowError(line, "last_seen", "earlier than first_seen"))
-        if errors:
-            return None
 
+        # The identifiers are checked on a bad row too, so that all its problems are reported
+        # at once (those read on the platform only when it is a known one).
         identifier = self.identifier
-        account_ident = identifier(_ACCOUNT_ID, "account_id", account_id, platform, None, line, errors)
-        username_ident = identifier(_USERNAME, "username", username, platform, None, line, errors) if username else None
+        known_platform = platform in PLATFORMS
+        account_ident = (identifier(_ACCOUNT_ID, "account_id", account_id, platform, None, line, errors)
+                         if known_platform and account_id else None)
+        username_ident = (identifier(_USERNAME, "username", username, platform, None, line, errors)
+                          if known_platform and username else None)
         email_ident = identifier(_EMAIL, "email", email, None, None, line, errors) if email else None
         phone_ident = (identifier(_PHONE, "phone", phone, None, country_hint or ip_country, line, errors)
                        if phone else None)
