@@ -234,6 +234,8 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
             _write_reject_file(reject_file, result.reject_csv)
         else:
             click.echo(f"{result.rejected:,} invalid rows were skipped; --reject-file PATH would have kept them.")
+    if result.ignored_columns:
+        click.echo(f"Columns not read, as they are no tip field: {', '.join(result.ignored_columns)}.", err=True)
     merged = sum(len(absorbed) for _, absorbed in result.merges)
     click.echo(
         f"Imported in {time.perf_counter() - started:.1f} s: {result.rows:,} rows, {result.rejected:,} rejected; "

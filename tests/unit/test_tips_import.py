@@ -710,6 +710,10 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
 
         entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).one()
         assert entry.user_id == web_world.users["c_liaison"].id
+    extra = tmp_path / "extra.csv"
+    extra.write_bytes(b"platform,account_id,E-mail\ninstagram,77,x@example.org\n")
+    warned = runner.invoke(args=["import-tip", str(extra), "--operation", "LANTERN"])
+    assert warned.exit_code == 0 and "Columns not read, as they are no tip field: E-mail." in warned.output
 
 
 def test_demo_command_loads_the_operation_h_scenario(app):

@@ -81,6 +81,13 @@ def test_duplicate_account_in_the_file_is_reported():
     assert "line 2" in result.errors[0].reason
 
 
+def test_a_column_named_twice_is_reported():
+    result = reader.read(io.BytesIO(b"platform,account_id,Email,email\ninstagram,1,a@example.org,b@example.org\n"),
+                         "csv", SECRET)
+    assert [(e.line, e.field, e.reason) for e in result.errors] == [(1, "email", "column named twice in the header")]
+    assert result.accounts == []
+
+
 def test_missing_header_column_is_reported():
     result = reader.read(io.BytesIO(b"username,email\nx,y@example.org\n"), "csv", SECRET)
     assert result.errors[0].field == "platform,account_id" and result.accounts == []

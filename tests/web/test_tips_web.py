@@ -256,6 +256,15 @@ def test_bad_rows_are_listed_with_line_field_and_reason_and_nothing_is_written(a
                                                                    ("4", "uploads_a", "")]
 
 
+def test_columns_that_are_no_tip_field_are_named_after_the_import(app, web_world):
+    data = b"Platform, Account_ID ,E-mail,notes\ninstagram,1001,a@example.org,x\n"
+    page = _import(app, _login(app, LEAD), web_world.operation.id, data).get_data(as_text=True)
+    assert "Imported into LANTERN" in page
+    assert "Columns not read, as they are no tip field:\n        E-mail, notes." in page
+    with app.app_context():
+        assert db.session.scalar(select(TipAccount.email).where(TipAccount.account_key == "1001")) is None
+
+
 def test_a_file_over_the_size_limit_gets_a_friendly_413(app, web_world):
     app.config["MAX_CONTENT_LENGTH"] = 4096
     browser = _login(app, LEAD)

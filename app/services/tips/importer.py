@@ -111,6 +111,7 @@ class ImportResult:
     routing: RouteResult = field(default_factory=RouteResult)
     hits: deconfliction.RefreshResult | None = None
     common_identifiers: int = 0
+    ignored_columns: list[str] = field(default_factory=list)  # of the header, no tip field
     timings: dict[str, float] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)  # stage -> peak resident memory so far (MB)
 
@@ -176,7 +177,7 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
               rejected=len(validation.bad_lines), imported_at=writer.now)
     result = ImportResult(tip=tip, rows=validation.rows, accepted=len(validation.accounts),
                           rejected=len(validation.bad_lines), errors=validation.errors, reject_csv=reject,
-                          timings=timings, peaks=peaks)
+                          ignored_columns=validation.ignored_columns, timings=timings, peaks=peaks)
     with bulk.large_page_cache(session), bulk.prepared_statements(session), bulk.without_jit(session), \
             _no_cyclic_gc():
         writer.write(tip, validation.accounts, result)

@@ -137,6 +137,7 @@ def record_done(record: TipImport, result: ImportResult) -> None:
         "common_identifiers": result.common_identifiers, "drafts_created": len(result.routing.created),
         "drafts_changed": len(result.routing.changed),
         "hits": len(result.hits.created) if result.hits else 0,
+        "ignored_columns": result.ignored_columns,
     }
     _keep_problems(record, result.errors, result.reject_csv)
     record.finished_at = utcnow()

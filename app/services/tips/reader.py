@@ -125,6 +125,10 @@ def _records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, str],
     if missing:
         yield 1, {}, RowError(1, ",".join(missing), "missing column in the header")
         return
+    twice = sorted({name for name in reader.fieldnames if name in FIELDS and reader.fieldnames.count(name) > 1})
+    if twice:
+        yield 1, {}, RowError(1, ",".join(twice), "column named twice in the header")
+        return
     start = reader.line_num + 1
     for record in reader:
         record.pop(None, None)  # the fields of a long row beyond the header

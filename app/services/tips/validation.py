@@ -46,6 +46,11 @@ class Validation:
     seen: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # natural key -> line
 
     @property
+    def ignored_columns(self) -> list[str]:
+        """Columns of the header that are no tip field (an `E-mail` column is not `email`)."""
+        return [name for name in self.columns if name.strip() and reader.column_key(name) not in reader.FIELDS]
+
+    @property
     def bad_lines(self) -> list[int]:
         return sorted({e.line for e in self.errors})
 
