@@ -149,7 +149,11 @@ def test_files_that_are_not_utf8_text_are_refused(session, world):
 
     for data, message in ((b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "PNG image"),
                           (tip(account(1, username="caf\u00e9")).replace(b"caf\xc3\xa9", b"caf\xe9"), "not UTF-8"),
-                          (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40, "video")):
+                          (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40, "video"),
+                          (b"BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00" + b"\x00" * 40, "BMP image"),
+                          (b'<?xml version="1.0"?>\n<!-- drawn -->\n<svg xmlns="http://www.w3.org/2000/svg"/>\n',
+                           "SVG image"),
+                          (b"\xef\xbb\xbf\r\n", "empty")):
         with pytest.raises(DomainError) as refused:
             run_import(session, world, data)
         assert message in refused.value.message

@@ -331,6 +331,8 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
     with app.app_context():
         holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject_id))
         assert holder.jurisdiction == "NZ" and holder.receiver_agency_id == web_world.agencies["a"].id
+    decided = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    assert "Evidence for it</dt><dd>33% (a person decided)" in decided and "Confidence</dt>" not in decided
     bad = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction", data={"csrf_token": token, "country": "XX"})
     assert bad.status_code == 422
 
@@ -376,6 +378,8 @@ def test_flags_after_sending_escalate_the_referral_both_agencies_see_it(app, web
     response = browser.client.post(f"/tips/holders/{subject_id}/risk", data={
         "csrf_token": csrf_token_from(page), "risk_plans_to_meet": "y"})
     assert response.status_code == 303
+    told = browser.get(response.headers["Location"]).get_data(as_text=True)
+    assert "was sent already and stays with Bravo Police, at priority P1." in told
     for email in (LEAD, "liaison.b@example.org"):  # the sender and the receiver
         page = _login(app, email).get(f"/referrals/{referral_id}").get_data(as_text=True)
         assert "escalate" in page and "Priority raised from P3 to P1: holder H-000001" in page

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 
 from app.services import DomainError
 from app.services.tips import reader
@@ -55,6 +56,10 @@ _RIFF = {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV audio
 # ISO base media (MP4, MOV, HEIC, AVIF, 3GP): "ftyp" at offset 4.
 _FTYP_IMAGES = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
 
+# SVG is text: an XML declaration, comments or a doctype, then an <svg> element.
+_SVG = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]",
+                  re.IGNORECASE | re.DOTALL)
+
 # Control characters a text tip never holds (tab, LF, CR and form feed are fine).
 _BINARY_BYTES = bytes(sorted(set(range(32)) - {9, 10, 12, 13})) + b"\x7f"
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
@@ -65,6 +70,8 @@ def media_kind(head: bytes) -> str | None:
     for offset, signature, what in _SIGNATURES:
         if head[offset:offset + len(signature)] == signature:
             return what
+    if head[:2] == b"BM" and head[6:10] == b"\0\0\0\0":  # "BM", the file's size, four reserved zero bytes
+        return "a BMP image"
     if head[:4] == b"RIFF" and head[8:12] in _RIFF:
         return _RIFF[head[8:12]]
     if head[4:8] == b"ftyp":
@@ -74,6 +81,8 @@ def media_kind(head: bytes) -> str | None:
         return "UTF-16 or UTF-32 text (save it as UTF-8)"
     if head[:SNIFF_BYTES].translate(None, _OTHER_BYTES):  # anything left is a binary control byte
         return "a binary file"
+    if _SVG.match(head):
+        return "an SVG image"
     return None
 
 
@@ -93,7 +102,7 @@ def check_name(file_name: str) -> None:
 
 def check_content(data: bytes) -> None:
     """Refuse media and binary files, and text that is not UTF-8."""
-    if not data.strip():
+    if not data.removeprefix(b"\xef\xbb\xbf").strip():
         raise DomainError("The file is empty.", field="file")
     what = media_kind(data[:SNIFF_BYTES])
     if what is not None:

@@ -163,8 +163,9 @@ def holder(subject_id: int):
 
 def _decided(decision: service.Decision, what: str) -> None:
     if decision.stays_sent is not None:
-        flash(f"{what} Its referral {decision.stays_sent.reference} was sent already and stays with "
-              f"{decision.stays_sent.receiver.name}.")
+        sent = decision.stays_sent  # raised already if the holder became more urgent than it
+        flash(f"{what} Its referral {sent.reference} was sent already and stays with {sent.receiver.name}, "
+              f"at priority {sent.priority.value}.")
     elif decision.moved:
         flash(f"{what} The holder was routed again.")
     else:
