@@ -241,6 +241,7 @@ def test_parallel_validation_follows_the_csv_reader_around_stray_quotes(monkeypa
     header = ",".join(reader.FIELDS)
     rows = ['instagram,1,o"brien,,,,NZ,,,,,,', 'instagram,2,,"a@b.org\nx",,,NZ,,,,,,']
     rows += [f"instagram,{n},,,,,NZ,,,,,," for n in (3, 4, 3, 3, 5)]
+    rows += ["instagram,40,,bad-email,,,NZ,,,,,,", "instagram,41,,,,,NZ,,,,,,", "instagram,40,,,,,NZ,,,,,,"]
     rows += ['instagram,6,"quoted ""name""",,,,NZ,,,,,,'] + [f"instagram,{n},,v{n}@example.org,,,NZ,,,,,," for n in range(7, 30)]
     data = ("\n".join([header, *rows]) + "\n").encode()
     monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
@@ -250,7 +251,8 @@ def test_parallel_validation_follows_the_csv_reader_around_stray_quotes(monkeypa
     assert [(e.line, e.field, e.reason) for e in parallel.errors] == [(e.line, e.field, e.reason) for e in single.errors]
     assert [(e.line, e.reason) for e in single.errors if e.field == "account_id"] == [
         (7, "duplicate of line 5 (same platform and account id)"),
-        (8, "duplicate of line 5 (same platform and account id)")]
+        (8, "duplicate of line 5 (same platform and account id)"),
+        (12, "duplicate of line 10 (same platform and account id)")]  # line 10 is bad itself
 
 
 def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():

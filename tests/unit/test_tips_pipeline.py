@@ -88,6 +88,15 @@ def test_a_column_named_twice_is_reported():
     assert result.accounts == []
 
 
+def test_a_row_repeating_the_account_of_a_bad_row_is_a_duplicate_too():
+    """Else --skip-invalid would import the second copy, and the first, corrected from the
+    reject file, would then be skipped as known."""
+    result = reader.read(_csv("instagram,X1,,bad-email,,,,,,,,,", "instagram,x1,,good@example.org,,,,,,,,,"),
+                         "csv", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [(2, "email"), (3, "account_id")]
+    assert "duplicate of line 2" in result.errors[1].reason and result.accounts == []
+
+
 def test_missing_header_column_is_reported():
     result = reader.read(io.BytesIO(b"username,email\nx,y@example.org\n"), "csv", SECRET)
     assert result.errors[0].field == "platform,account_id" and result.accounts == []

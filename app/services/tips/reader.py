@@ -75,6 +75,9 @@ class ReadResult:
     accounts: list[Account]
     errors: list[RowError]
     rows: int
+    # (line, natural key) of each bad row whose platform and account id are good: a later row
+    # of the same account is a duplicate all the same.
+    bad_keys: list[tuple[int, tuple[str, str]]]
 
 
 def detect_format(name: str, head: bytes) -> str:
@@ -166,6 +169,7 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
     across chunks). Raises UnicodeDecodeError for a file that is not UTF-8."""
     accounts: list[Account] = []
     errors: list[RowError] = []
+    bad_keys: list[tuple[int, tuple[str, str]]] = []
     seen: dict[tuple[str, str], int] = {}
     rows = 0
     checker = _RowChecker(secret)
@@ -178,18 +182,23 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
             continue
         row_errors: list[RowError] = []
         account = checker.account(number, record, row_errors)
-        if duplicates and account is not None and not row_errors:
-            key = account.natural_key
+        key = checker.key
+        if duplicates and key is not None:
             if key in seen:
-                row_errors.append(RowError(number, "account_id",
-                                           f"duplicate of line {seen[key]} (same platform and account id)"))
+                row_errors.append(duplicate(number, seen[key]))
             else:
                 seen[key] = number
         if row_errors:
             errors.extend(row_errors)
+            if key is not None:
+                bad_keys.append((number, key))
         elif account is not None:
             accounts.append(account)
-    return ReadResult(accounts, errors, rows)
+    return ReadResult(accounts, errors, rows, bad_keys)
+
+
+def duplicate(line: int, first: int) -> RowError:
+    return RowError(line, "account_id", f"duplicate of line {first} (same platform and account id)")
 
 
 def _count(value: str, name: str, line: int, errors: list[RowError]) -> int:
@@ -244,6 +253,7 @@ class _RowChecker:
         self.secret = secret
         self.identifiers: dict[tuple, Ident] = {}  # (kind, text, platform, region) -> identifier
         self.repeated: dict[str, str] = {}
+        self.key: tuple[str, str] | None = None  # the last row's natural key, if it has one
 
     def identifier(self, kind: IdentifierKind, field_name: str, text: str, platform: str | None,
                    region: str | None, line: int, errors: list[RowError]) -> Ident | None:
@@ -262,6 +272,7 @@ class _RowChecker:
         return ident
 
     def account(self, line: int, record: dict[str, str], errors: list[RowError]) -> Account | None:
+        self.key = None
         for name in FIELDS:  # unknown columns are not read, whatever they hold
             if len(record.get(name, "")) > MAX_FIELD:
                 errors.append(RowError(line, name, f"longer than {MAX_FIELD} characters"))
@@ -306,6 +317,8 @@ class _RowChecker:
                          if known_platform and account_id else None)
         username_ident = (identifier(_USERNAME, "username", username, platform, None, line, errors)
                           if known_platform and username else None)
+        if account_ident is not None:
+            self.key = (platform, account_ident[I_VALUE])
         email_ident = identifier(_EMAIL, "email", email, None, None, line, errors) if email else None
         phone_ident = (identifier(_PHONE, "phone", phone, None, country_hint or ip_country, line, errors)
                        if phone else None)

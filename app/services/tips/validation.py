@@ -17,10 +17,12 @@ import csv
 import functools
 import gc
 import io
+import math
 import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 
 import phonenumbers
 from phonenumbers.phonemetadata import PhoneMetadata
@@ -198,7 +200,7 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     accounts = [tuple(account) for account in result.accounts]
     errors = [(e.line, e.field, e.reason) for e in result.errors]
     bad = {e.line for e in result.errors}
-    return result.rows, accounts, errors, _records_at(task, bad) if bad else {}
+    return result.rows, accounts, errors, _records_at(task, bad) if bad else {}, result.bad_keys
 
 
 def _line_offset(task) -> int:
@@ -224,24 +226,34 @@ _as_account = functools.partial(tuple.__new__, Account)
 
 def _merge(result: Validation, part, task) -> None:
     """Add a chunk's result in file order; an account that came earlier, in this chunk or
-    an earlier one, is an error."""
-    rows, accounts, errors, records = part
-    accounts = map(_as_account, accounts)
+    an earlier one, is an error (a bad row's account too: it came first all the same)."""
+    rows, accounts, errors, records, bad_keys = part
     result.rows += rows
     result.errors.extend(reader.RowError(*e) for e in errors)
     result.bad_records.update(records)
     seen = result.seen
     duplicates = []
-    for account in accounts:
+    pending = iter(bad_keys)  # (line, natural key) of the chunk's bad rows, met in line order
+    bad = next(pending, None)
+    for account in chain(map(_as_account, accounts), [None]):
+        line = account.line if account is not None else math.inf
+        while bad is not None and bad[0] < line:
+            bad_line, key = bad
+            if key in seen:
+                result.errors.append(reader.duplicate(bad_line, seen[key]))
+            else:
+                seen[key] = bad_line
+            bad = next(pending, None)
+        if account is None:
+            break
         first = seen.get(account.natural_key)
         if first is None:
-            seen[account.natural_key] = account.line
+            seen[account.natural_key] = line
             result.accounts.append(account)
         else:
-            result.errors.append(reader.RowError(account.line, "account_id",
-                                                 f"duplicate of line {first} (same platform and account id)"))
-            duplicates.append(account.line)
+            result.errors.append(reader.duplicate(line, first))
+            duplicates.append(line)
     if duplicates:
         # The raw record of a row that only turned bad here, read again from its chunk.
         result.bad_records.update(_records_at(task, set(duplicates)))
-        result.errors.sort(key=lambda e: e.line)
+    result.errors.sort(key=lambda e: e.line)
