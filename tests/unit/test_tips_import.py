@@ -255,6 +255,18 @@ def test_parallel_validation_follows_the_csv_reader_around_stray_quotes(monkeypa
         (12, "duplicate of line 10 (same platform and account id)")]  # line 10 is bad itself
 
 
+def test_parallel_validation_counts_a_lone_cr_as_the_reader_does(monkeypatch):
+    rows = [f"instagram,{n},,,,,NZ,,,,,," for n in range(1, 12)]
+    rows[2] = 'instagram,3,"two\rlines",,,,NZ,,,,,,'  # a CR inside a quoted field: a line of its own
+    rows[8] = "instagram,9,,,,,NZ,,,,,-1,"
+    data = ("\r\n".join([",".join(reader.FIELDS), *rows]) + "\r\n").encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=60)
+    single = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [(e.line, e.field) for e in parallel.errors] == [(e.line, e.field) for e in single.errors]
+    assert [a.line for a in parallel.accounts] == [a.line for a in single.accounts]
+
+
 def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():
     """Cutting chunks used to count quotes from the chunk's start at every newline: a stray
     quote made that quadratic (minutes for a full tip)."""

@@ -80,7 +80,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     line = body_first_line
     for start, end in chunks:
         tasks.append((fmt, header, body[start:end], line, secret))
-        line += body.count(b"\n", start, end)
+        line += _line_ends(body, start, end)
     parallel = workers > 1 and len(tasks) > 1 and len(data) >= PARALLEL_MIN_BYTES
     done = 0
     if progress:
@@ -125,7 +125,13 @@ def _split_header(data: bytes, fmt: str) -> tuple[bytes, bytes, int]:
         return b"", data, 1
     end = _record_end(data, 0)
     header = data[:end]
-    return header, data[end:], header.count(b"\n") + 1
+    return header, data[end:], _line_ends(header) + 1
+
+
+def _line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Line ends as the reader counts them: LF, CRLF, and a lone CR."""
+    end = len(data) if end is None else end
+    return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
 
 
 def _record_end(data: bytes, start: int) -> int:
@@ -207,7 +213,7 @@ def _line_offset(task) -> int:
     """What to add to a line number within the chunk (counted from the header, line 1, or for
     JSON Lines from 1) to make it the file's."""
     fmt, header, _body, first_line, _secret = task
-    return first_line - (header.count(b"\n") + 1 if fmt == "csv" else 1)
+    return first_line - (_line_ends(header) + 1 if fmt == "csv" else 1)
 
 
 def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
