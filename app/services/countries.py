@@ -61,9 +61,8 @@ def lookup(text: str) -> str | None:
 
 @lru_cache(maxsize=1024)
 def code(text: str) -> str | None:
-    """Alpha-2 code for an alpha-2 code, `UK` read as GB (as some geolocation data write it),
-    else None."""
-    text = text.strip().upper()
-    if text == "UK":
-        text = "GB"
+    """Alpha-2 code for an alpha-2 code or a two-letter alias (`UK`, as some geolocation data
+    write GB), else None."""
+    text = text.strip()
+    text = ALIASES.get(text.lower(), text.upper()) if len(text) == 2 else text.upper()
     return text if is_valid(text) else None

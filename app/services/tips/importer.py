@@ -44,7 +44,6 @@ from app.models import (
     Identifier,
     JurisdictionSource,
     Operation,
-    Priority,
     Subject,
     Tip,
     TipAccount,
@@ -357,11 +356,8 @@ class _Writer:
         router = Router(session, self.actor, op, self.agency_id, now=self.now)
         # A merged holder stays on the sent referral of one of its parts; the import raises that
         # referral if the holder is now more urgent than it.
-        sent_priority: dict[int, Priority] = {}
-        for survivor, absorbed in result.merges:
-            previous = router.follow_sent(states[survivor], [states[a] for a in absorbed])
-            if previous is not None:
-                sent_priority[survivor] = previous
+        sent_priority = router.follow_sent([(states[survivor], [states[a] for a in absorbed])
+                                            for survivor, absorbed in result.merges])
         for holder_id in absorbed_ids:
             router.detach(states[holder_id])
         router.plan([states[h] for h in sorted(placements)])
@@ -486,10 +482,11 @@ class _Writer:
         result.routing = route
         # A holder sent already stays on its referral, which follows it up if the new accounts
         # made it more urgent.
+        previous = {h: sent_priority.get(h, old_rows[h].priority) for h in affected_existing}
         holders.escalate_sent_referrals(session, self.actor, [
-            (states[h].referral_id, sent_priority.get(h, old_rows[h].priority), states[h].priority,
-             holders.escalation_reason(holder_label(old_rows[h].number), sent_priority.get(h, old_rows[h].priority),
-                                       states[h].priority, f"with the accounts of tip {tip.file_name} (import {tip.id})"))
+            (states[h].referral_id, previous[h], states[h].priority, holders.escalation_reason(
+                holder_label(old_rows[h].number), previous[h], states[h].priority,
+                f"with the accounts of tip {tip.file_name} (import {tip.id})"))
             for h in affected_existing
         ], self.now)
         self._lap("route")

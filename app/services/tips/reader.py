@@ -184,10 +184,9 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
         account = checker.account(number, record, row_errors)
         key = checker.key
         if duplicates and key is not None:
-            if key in seen:
-                row_errors.append(duplicate(number, seen[key]))
-            else:
-                seen[key] = number
+            first = first_line(seen, key, number)
+            if first is not None:
+                row_errors.append(duplicate(number, first))
         if row_errors:
             errors.extend(row_errors)
             if key is not None:
@@ -195,6 +194,12 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
         elif account is not None:
             accounts.append(account)
     return ReadResult(accounts, errors, rows, bad_keys)
+
+
+def first_line(seen: dict[tuple[str, str], int], key: tuple[str, str], line: int) -> int | None:
+    """The line an account came on first, if it came before; else `line` is remembered as it."""
+    first = seen.setdefault(key, line)
+    return first if first != line else None
 
 
 def duplicate(line: int, first: int) -> RowError:

@@ -196,23 +196,26 @@ class Router:
         current = self._referrals.get(referral_id) if referral_id else None
         return current is not None and current.status not in (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN)
 
-    def follow_sent(self, survivor: HolderState, parts: list[HolderState]) -> Priority | None:
-        """A merged holder stays on a sent referral one of its parts is on: its own, else the
-        oldest part's, which it then joins (off its own draft). Returns that referral's
-        priority when the survivor joined it (the import raises it if the holder is now more
-        urgent), None otherwise."""
-        self._load_referrals([survivor, *parts])
-        if self._stays(survivor.referral_id):
-            return None
-        part = next((p for p in parts if self._stays(p.referral_id)), None)
-        if part is None:
-            return None
-        self.detach(survivor)
-        current = self._referrals[part.referral_id]
-        survivor.referral_id, survivor.packaged, survivor.routing = part.referral_id, part.packaged, part.routing
-        survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
-        self.links.append((part.referral_id, survivor))
-        return current.priority
+    def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, Priority]:
+        """Each merged holder (survivor, absorbed parts) stays on a sent referral one of its
+        parts is on: its own, else the oldest part's, which it then joins (off its own draft).
+        Returns, by survivor id, the priority of each referral a survivor joined (the import
+        raises it if the holder is now more urgent)."""
+        self._load_referrals([state for survivor, parts in merges for state in (survivor, *parts)])
+        joined: dict[int, Priority] = {}
+        for survivor, parts in merges:
+            if self._stays(survivor.referral_id):
+                continue
+            part = next((p for p in parts if self._stays(p.referral_id)), None)
+            if part is None:
+                continue
+            self.detach(survivor)
+            current = self._referrals[part.referral_id]
+            survivor.referral_id, survivor.packaged, survivor.routing = part.referral_id, part.packaged, part.routing
+            survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
+            self.links.append((part.referral_id, survivor))
+            joined[survivor.id] = current.priority
+        return joined
 
     def plan(self, states: list[HolderState]) -> None:
         self._load_referrals(states)

@@ -245,16 +245,14 @@ def _merge(result: Validation, part, task) -> None:
         line = account.line if account is not None else math.inf
         while bad is not None and bad[0] < line:
             bad_line, key = bad
-            if key in seen:
-                result.errors.append(reader.duplicate(bad_line, seen[key]))
-            else:
-                seen[key] = bad_line
+            first = reader.first_line(seen, key, bad_line)
+            if first is not None:
+                result.errors.append(reader.duplicate(bad_line, first))
             bad = next(pending, None)
         if account is None:
             break
-        first = seen.get(account.natural_key)
+        first = reader.first_line(seen, account.natural_key, line)
         if first is None:
-            seen[account.natural_key] = line
             result.accounts.append(account)
         else:
             result.errors.append(reader.duplicate(line, first))
