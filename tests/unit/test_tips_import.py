@@ -144,6 +144,25 @@ def test_skip_invalid_writes_the_good_rows_and_a_reject_file(session, world):
     assert (tip_row.accepted, tip_row.rejected, tip_row.new_accounts) == (2, 12, 2)
 
 
+def test_the_reject_file_gives_back_columns_whose_names_differ_only_in_case(session, world):
+    data = b"platform,account_id,Note,note,note\ndiscord,acc1,upper,lower,again\ndiscord,,U2,l2,a2\n"
+    result = run_import(session, world, data, skip_invalid=True)
+    assert result.ignored_columns == ["Note", "note"]
+    rows = list(csv.reader(io.StringIO(result.reject_csv)))
+    assert rows[0] == ["platform", "account_id", "Note", "note", "note", "line", "field", "reason"]
+    assert rows[1] == ["discord", "", "U2", "l2", "a2", "3", "account_id", "missing"]
+
+
+def test_json_keys_no_field_takes_are_named_once_however_the_file_is_cut(monkeypatch):
+    lines = [json.dumps({"platform": "discord", "account_id": f"acc{n}", "Verified": n % 2 == 0, "meta": {"n": n}})
+             for n in range(200)]
+    data = ("\n".join(lines) + "\n").encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    result = validation.validate(data, "jsonl", b"k", workers=2, chunk_bytes=500)
+    assert result.errors == [] and len(result.accounts) == 200
+    assert result.ignored_columns == ["Verified", "meta"]
+
+
 def test_files_that_are_not_utf8_text_are_refused(session, world):
     from app.services import DomainError
 
@@ -265,6 +284,30 @@ def test_parallel_validation_counts_a_lone_cr_as_the_reader_does(monkeypatch):
     single = reader.read(io.BytesIO(data), "csv", b"k")
     assert [(e.line, e.field) for e in parallel.errors] == [(e.line, e.field) for e in single.errors]
     assert [a.line for a in parallel.accounts] == [a.line for a in single.accounts]
+
+
+@pytest.mark.parametrize("chunk_bytes", [30, 70, 200])
+def test_parallel_validation_agrees_with_the_reader_around_blank_lines_lone_crs_and_unreadable_rows(
+        monkeypatch, chunk_bytes):
+    rows = [f"instagram,{n},,,,,NZ,,,,,," for n in range(1, 16)]
+    rows[1] = 'instagram,2,o"brien,,,,NZ,,,,,,'  # a quote: the file is cut by the csv module
+    rows[3] = "instagram,4,two\rlines,,,,NZ,,,,,,"  # a lone CR in an unquoted field ends a line
+    rows[5] = ""
+    rows[6] = "instagram,7,,,,,NZ,,,,,-1,"
+    rows[9] = f'instagram,10,"{"x" * 200_000}",,,,NZ,,,,,,'  # beyond the csv module's field limit
+    rows[12] = "instagram,7,,,,,NZ,,,,,,"
+    data = ("\n".join([",".join(reader.FIELDS), *rows, "", "instagram,16,,,,,NZ,,,,,,-2"]) + "\n").encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    assert len(validation._chunks(data, "csv", chunk_bytes)) > 2
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=chunk_bytes)
+    single = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [(e.line, e.field, e.reason) for e in parallel.errors] == [(e.line, e.field, e.reason) for e in single.errors]
+    assert [tuple(a) for a in parallel.accounts] == [tuple(a) for a in single.accounts]
+    # The lone CR's second line is a row of its own (a bad one); the blank lines are no rows.
+    assert sorted({(e.line, e.field) for e in single.errors}) == [
+        (6, "account_id"), (6, "phone"), (6, "platform"), (9, "first_seen"), (12, "-"), (15, "account_id"),
+        (19, "last_seen")]
+    assert "duplicate of line 9" in next(e.reason for e in single.errors if e.line == 15)
 
 
 def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():

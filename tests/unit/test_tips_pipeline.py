@@ -157,6 +157,66 @@ def test_a_record_spanning_lines_is_numbered_by_its_first_line():
     assert [(e.line, e.field) for e in result.errors] == [(2, "username"), (5, "uploads_a")]
 
 
+def test_a_record_after_blank_lines_is_numbered_by_its_own_line():
+    data = _csv(GOOD, "", "", "instagram,1003,,,,,,,-1,,,,", "", GOOD.replace("1001", "1004"))
+    result = reader.read(data, "csv", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [(5, "uploads_a")]
+    assert [account.line for account in result.accounts] == [2, 7]
+
+
+def test_a_row_the_csv_module_cannot_read_is_reported_and_the_rest_read():
+    huge = "x" * 200_000  # beyond the csv module's field limit
+    data = _csv(GOOD, f'instagram,1002,"{huge}",,,,,,,,,,', GOOD.replace("1001", "1003"))
+    result = reader.read(data, "csv", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [(3, "-")]
+    assert "not readable as CSV" in result.errors[0].reason
+    assert [account.account_id for account in result.accounts] == ["1001", "1003"]
+
+
+def test_an_over_long_field_is_reported_and_the_row_keeps_its_account():
+    """A later copy of the account is a duplicate: else --skip-invalid would import it, and the
+    first row, corrected from the reject file, would be skipped as known."""
+    long_name = "n" * 3000
+    data = _csv(f"instagram,1002,{long_name},,,,,,,,,,", "instagram,1002,,,,,,,,,,,", "instagram,,,,,,,,,,,,")
+    result = reader.read(data, "csv", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [(2, "username"), (3, "account_id"), (4, "account_id")]
+    assert "longer than 2000" in result.errors[0].reason and "duplicate of line 2" in result.errors[1].reason
+    long_id = reader.read(_csv(f"instagram,{'9' * 3000},,,,,,,,,,,"), "csv", SECRET)
+    assert [(e.field, e.reason) for e in long_id.errors] == [("account_id", "longer than 2000 characters")]
+
+
+def test_a_national_phone_number_is_not_blamed_for_a_bad_country():
+    result = reader.read(_csv("instagram,1002,,,021 555 0101,,Atlantis,,,,,,"), "csv", SECRET)
+    assert [e.field for e in result.errors] == ["country_hint"]
+    fixed = reader.read(_csv("instagram,1002,,,021 555 0101,,New Zealand,,,,,,"), "csv", SECRET)
+    assert fixed.errors == [] and fixed.accounts[0].phone == "+64215550101"
+    no_country = reader.read(_csv("instagram,1002,,,021 555 0101,,,,,,,,"), "csv", SECRET)
+    assert [e.field for e in no_country.errors] == ["phone"]
+
+
+def test_json_keys_that_are_no_field_are_ignored_whatever_they_hold_and_named():
+    record = dict(zip(reader.FIELDS, GOOD.split(",")))
+    record.update({"verified": True, "Meta": {"source": "x"}, "tags": ["a", 1]})
+    result = reader.read(io.BytesIO(json.dumps(record).encode()), "jsonl", SECRET)
+    assert result.errors == [] and len(result.accounts) == 1
+    assert result.ignored_columns == ["verified", "Meta", "tags"]
+
+
+def test_a_json_row_with_a_wrong_kind_value_reports_all_its_problems_and_keeps_its_account():
+    record = dict(zip(reader.FIELDS, GOOD.split(",")), username=True, uploads_a=-1)
+    again = dict(zip(reader.FIELDS, GOOD.split(",")))
+    data = "\n".join(json.dumps(r) for r in (record, again)).encode()
+    result = reader.read(io.BytesIO(data), "jsonl", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [(1, "username"), (1, "uploads_a"), (2, "account_id")]
+    assert "duplicate of line 1" in result.errors[2].reason and result.accounts == []
+
+
+def test_a_json_field_named_twice_in_a_record_is_refused():
+    data = b'{"platform": "instagram", "account_id": "1", "Email": "a@example.org", "email": "b@example.org"}'
+    result = reader.read(io.BytesIO(data), "jsonl", SECRET)
+    assert [(e.field, e.reason) for e in result.errors] == [("email", "named twice in this record")]
+
+
 # --- clustering --------------------------------------------------------------------------
 
 def test_chains_of_shared_identifiers_make_one_holder():

@@ -128,9 +128,10 @@ REJECT_COLUMNS = ("line", "field", "reason")
 def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[int, dict[str, str]]) -> str:
     """CSV of the bad rows: the original columns, then line, field and reason. One row per bad
     line; several problems on a line are joined with " | ". Values are kept as they were, so
-    the file can be corrected and imported again (the reader ignores the three extra
-    columns)."""
+    the file can be corrected and imported again (the reader does not read the three extra
+    columns; it names them among the columns not read)."""
     columns = list(columns) or list(reader.FIELDS)
+    keys = reader.record_keys(columns)
     extra = [f"reject_{name}" if name in columns else name for name in REJECT_COLUMNS]
     by_line: dict[int, list[reader.RowError]] = {}
     for error in errors:
@@ -141,7 +142,7 @@ def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[
     for line in sorted(by_line):
         record = records.get(line, {})
         problems = by_line[line]
-        writer.writerow([record.get(reader.column_key(name), "") for name in columns] + [
+        writer.writerow([record.get(key, "") for key in keys] + [
             line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
         ])
     return buffer.getvalue()

@@ -78,6 +78,13 @@ class ReadResult:
     # (line, natural key) of each bad row whose platform and account id are good: a later row
     # of the same account is a duplicate all the same.
     bad_keys: list[tuple[int, tuple[str, str]]]
+    # Columns (JSON keys) of the file that are no tip field, as written, in the order first met.
+    ignored_columns: list[str]
+
+
+# The field of a problem that makes a whole record unreadable.
+WHOLE_RECORD = "-"
+_NO_PROBLEMS: tuple[RowError, ...] = ()
 
 
 def detect_format(name: str, head: bytes) -> str:
@@ -90,58 +97,102 @@ def detect_format(name: str, head: bytes) -> str:
     return "jsonl" if stripped.startswith(b"{") else "csv"
 
 
-def _records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, dict[str, str], RowError | None]]:
-    """(line, record, problem) for each record of the file: the record's fields as text, under
-    their column's name as `column_key` spells it, and what makes it unreadable, if anything
-    (then the record holds what could be read of it, for the reject file). A CSV record is
-    numbered by the line it starts on (a quoted field may hold line breaks)."""
+Records = Iterator[tuple[int, dict[str, str], "list[RowError] | tuple[RowError, ...]"]]
+
+
+def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None) -> Records:
+    """(line, record, problems) for each record of the file: the record's fields as text, keyed
+    as `record_keys` says, and what makes the record (field `WHOLE_RECORD`) or some of its fields
+    unreadable; the record then holds what could be read, for the reject file. A record is
+    numbered by the line it starts on (a quoted CSV field may hold line breaks). Columns that
+    are no tip field are added to `ignored`."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     if fmt == "jsonl":
-        for number, line in enumerate(text, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, {}, RowError(number, "-", f"not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(record, dict):
-                yield number, {}, RowError(number, "-", "each line must be a JSON object")
-                continue
-            fields: dict[str, str] = {}
-            problem = None
-            for name, value in record.items():
-                name = column_key(name)
-                text_value = _json_text(name, value)
-                if text_value is None:
-                    text_value = json.dumps(value)
-                    problem = problem or RowError(number, name, (
-                        "must be a list of texts, a text or null" if name == "ip_addresses"
-                        else "must be a text, a number or null"))
-                fields[name] = text_value
-            yield number, fields, problem
+        yield from _json_records(text, {} if ignored is None else ignored)
         return
-    reader = csv.DictReader(text, restval="")  # a short row's missing fields read as empty
-    if reader.fieldnames:
-        reader.fieldnames = [column_key(name) for name in reader.fieldnames]
-    missing = [f for f in ("platform", "account_id") if f not in (reader.fieldnames or [])]
+    rows = csv.reader(text)
+    try:
+        header = next(rows, [])
+    except csv.Error as exc:
+        yield 1, {}, [RowError(1, WHOLE_RECORD, f"the header is not readable as CSV ({exc})")]
+        return
+    keys = record_keys(header)
+    missing = [f for f in ("platform", "account_id") if f not in keys]
     if missing:
-        yield 1, {}, RowError(1, ",".join(missing), "missing column in the header")
+        yield 1, {}, [RowError(1, ",".join(missing), "missing column in the header")]
         return
-    twice = sorted({name for name in reader.fieldnames if name in FIELDS and reader.fieldnames.count(name) > 1})
+    twice = sorted({key for key in keys if key in FIELDS and keys.count(key) > 1})
     if twice:
-        yield 1, {}, RowError(1, ",".join(twice), "column named twice in the header")
+        yield 1, {}, [RowError(1, ",".join(twice), "column named twice in the header")]
         return
-    start = reader.line_num + 1
-    for record in reader:
-        record.pop(None, None)  # the fields of a long row beyond the header
-        yield start, record, None
-        start = reader.line_num + 1
+    if ignored is not None:
+        ignored.update((name, None) for name, key in zip(header, keys) if key not in FIELDS and name.strip())
+    width = len(keys)
+    start = rows.line_num + 1
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the csv module goes on with the next line
+            yield start, {}, [RowError(start, WHOLE_RECORD, f"not readable as CSV ({exc})")]
+            start = rows.line_num + 1
+            continue
+        if row:  # a blank line is no record
+            if len(row) < width:
+                row += [""] * (width - len(row))  # a short row's missing fields read as empty
+            yield start, dict(zip(keys, row)), _NO_PROBLEMS  # a long row's extra fields dropped
+        start = rows.line_num + 1
+
+
+def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
+    for number, line in enumerate(text, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, {}, [RowError(number, WHOLE_RECORD, f"not valid JSON ({exc.msg})")]
+            continue
+        if not isinstance(record, dict):
+            yield number, {}, [RowError(number, WHOLE_RECORD, "each line must be a JSON object")]
+            continue
+        fields: dict[str, str] = {}
+        problems: list[RowError] = []
+        for name, value in record.items():
+            key = column_key(name)
+            if key not in FIELDS:
+                ignored.setdefault(name)  # whatever it holds
+                continue
+            if key in fields:
+                problems.append(RowError(number, key, "named twice in this record"))
+                continue
+            text_value = _json_text(key, value)
+            if text_value is None:
+                text_value = json.dumps(value)
+                problems.append(RowError(number, key, (
+                    "must be a list of texts, a text or null" if key == "ip_addresses"
+                    else "must be a text, a number or null")))
+            fields[key] = text_value
+        yield number, fields, problems or _NO_PROBLEMS
 
 
 def column_key(name: str) -> str:
     """A column's name as the reader matches it: ` Account_ID` is `account_id`."""
     return name.strip().lower()
+
+
+def record_keys(columns: list[str]) -> list[str]:
+    """The key of each CSV column in a record: a tip field's `column_key`; any other column's
+    name as written, made unique by its position when repeated, so that the reject file gives
+    every column back as it was."""
+    keys: list[str] = []
+    for position, name in enumerate(columns):
+        key = column_key(name)
+        if key not in FIELDS:
+            key = name if name not in keys else f"{name}\x00{position}"
+        keys.append(key)
+    return keys
 
 
 def _json_text(name: str, value) -> str | None:
@@ -170,18 +221,21 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
     accounts: list[Account] = []
     errors: list[RowError] = []
     bad_keys: list[tuple[int, tuple[str, str]]] = []
+    ignored: dict[str, None] = {}
     seen: dict[tuple[str, str], int] = {}
     rows = 0
     checker = _RowChecker(secret)
-    for number, record, problem in _records(stream, fmt):
+    for number, record, problems in _records(stream, fmt, ignored):
         rows += 1
         number += line_offset
-        if problem is not None:
+        for problem in problems:
             problem.line = number
-            errors.append(problem)
+        if problems and not record:  # nothing of it could be read (or the header is bad)
+            errors.extend(problems)
             continue
-        row_errors: list[RowError] = []
-        account = checker.account(number, record, row_errors)
+        row_errors = list(problems)
+        # A field that could not be read is checked as if empty: its own problem is reported.
+        account = checker.account(number, record, row_errors, unread={p.field for p in problems})
         key = checker.key
         if duplicates and key is not None:
             first = first_line(seen, key, number)
@@ -193,7 +247,7 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
                 bad_keys.append((number, key))
         elif account is not None:
             accounts.append(account)
-    return ReadResult(accounts, errors, rows, bad_keys)
+    return ReadResult(accounts, errors, rows, bad_keys, list(ignored))
 
 
 def first_line(seen: dict[tuple[str, str], int], key: tuple[str, str], line: int) -> int | None:
@@ -276,22 +330,29 @@ class _RowChecker:
                                               match_key(self.secret, normalised))
         return ident
 
-    def account(self, line: int, record: dict[str, str], errors: list[RowError]) -> Account | None:
+    def account(self, line: int, record: dict[str, str], errors: list[RowError],
+                unread: set[str] | frozenset[str] = frozenset()) -> Account | None:
+        """The row as an Account, or None with its problems added to `errors`. The fields in
+        `unread` could not be read (their problem is reported already) and are checked as if
+        empty, as is a field too long to check."""
         self.key = None
-        for name in FIELDS:  # unknown columns are not read, whatever they hold
-            if len(record.get(name, "")) > MAX_FIELD:
-                errors.append(RowError(line, name, f"longer than {MAX_FIELD} characters"))
-                return None
+        too_long = [name for name in FIELDS if len(record.get(name, "")) > MAX_FIELD]  # unknown columns are not read
+        if too_long:
+            errors.extend(RowError(line, name, f"longer than {MAX_FIELD} characters") for name in too_long)
+            unread = {*unread, *too_long}
+        if unread:
+            record = {**record, **dict.fromkeys(unread, "")}
         # Each field stripped once; absent columns read as empty.
         platform, account_id, username, email, phone, ip_addresses, hint, ip_code, *rest = (
             record.get(name, "").strip() for name in FIELDS)
         one = self.repeated.setdefault
         platform = one(platform.lower(), platform.lower())
         if not platform:
-            errors.append(RowError(line, "platform", "missing"))
+            if "platform" not in unread:
+                errors.append(RowError(line, "platform", "missing"))
         elif platform not in PLATFORMS:
             errors.append(RowError(line, "platform", f"unknown platform {platform[:40]!r}"))
-        if not account_id:
+        if not account_id and "account_id" not in unread:
             errors.append(RowError(line, "account_id", "missing"))
         country_hint = None
         if hint:
@@ -325,8 +386,13 @@ class _RowChecker:
         if account_ident is not None:
             self.key = (platform, account_ident[I_VALUE])
         email_ident = identifier(_EMAIL, "email", email, None, None, line, errors) if email else None
-        phone_ident = (identifier(_PHONE, "phone", phone, None, country_hint or ip_country, line, errors)
-                       if phone else None)
+        phone_ident = None
+        if phone:
+            region = country_hint or ip_country
+            # Without a country, a national number cannot be judged: if the row's country is
+            # wrong, that is its problem, reported already.
+            country_rejected = region is None and (hint or ip_code)
+            phone_ident = identifier(_PHONE, "phone", phone, None, region, line, [] if country_rejected else errors)
         ip_idents = [identifier(_IP, "ip_addresses", address, None, None, line, errors)
                      for address in map(str.strip, ip_addresses.split(";")) if address]
         if errors:

@@ -20,6 +20,7 @@ import io
 import math
 import multiprocessing
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -46,11 +47,13 @@ class Validation:
     columns: list[str] = field(default_factory=list)  # the file's columns (CSV header), for the reject file
     header_error: bool = False
     seen: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # natural key -> line
+    # Columns or JSON keys that are no tip field (an `E-mail` column is not `email`), as keys of
+    # a dict: in the order first met, each once.
+    ignored: dict[str, None] = field(default_factory=dict, repr=False)
 
     @property
     def ignored_columns(self) -> list[str]:
-        """Columns of the header that are no tip field (an `E-mail` column is not `email`)."""
-        return [name for name in self.columns if name.strip() and reader.column_key(name) not in reader.FIELDS]
+        return list(self.ignored)
 
     @property
     def bad_lines(self) -> list[int]:
@@ -68,6 +71,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     if fmt == "csv":
         result.columns = _header_columns(header)
         check = reader.read(io.BytesIO(header), fmt, secret)
+        result.ignored.update(dict.fromkeys(check.ignored_columns))
         if check.errors:  # a column is missing: no row can be read
             result.errors = check.errors
             result.header_error = True
@@ -164,6 +168,9 @@ def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> list[tuple[int, int]]:
     return chunks
 
 
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
 def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
     """Chunks cut where the csv module itself ends a record, reading the file line by line as
     each chunk's reader will: a quote opens a quoted field only at the start of a field, so
@@ -174,16 +181,22 @@ def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
     def lines():
         nonlocal end
         for line in io.BytesIO(body):
-            end += len(line)
-            yield line.decode("utf-8", errors="replace")
+            # A lone CR ends a line too, as in the reader's text stream.
+            for part in filter(None, _LONE_CR.split(line)) if b"\r" in line[:-2] else (line,):
+                end += len(part)
+                yield part.decode("utf-8", errors="replace")
 
-    try:
-        for _record in csv.reader(lines()):
-            if end - start >= chunk_bytes and end < len(body):
-                chunks.append((start, end))
-                start = end
-    except csv.Error:
-        pass  # the rest is one chunk, whose reader reports the problem
+    records = csv.reader(lines())
+    while True:
+        try:
+            next(records)
+        except StopIteration:
+            break
+        except csv.Error:
+            pass  # the chunk's reader meets it on the same line, reports it and goes on, as here
+        if end - start >= chunk_bytes and end < len(body):
+            chunks.append((start, end))
+            start = end
     if start < len(body):
         chunks.append((start, len(body)))
     return chunks
@@ -197,7 +210,7 @@ def _header_columns(header: bytes) -> list[str]:
 
 # --- the worker -----------------------------------------------------------------------------
 
-def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], dict[int, dict[str, str]]]:
+def _read_chunk(task):
     fmt, header, body, _first_line, secret = task
     # Duplicates are found as the chunks are merged in file order, so that each names the
     # same first line as one reader of the whole file would.
@@ -206,7 +219,8 @@ def _read_chunk(task) -> tuple[int, list[Account], list[tuple[int, str, str]], d
     accounts = [tuple(account) for account in result.accounts]
     errors = [(e.line, e.field, e.reason) for e in result.errors]
     bad = {e.line for e in result.errors}
-    return result.rows, accounts, errors, _records_at(task, bad) if bad else {}, result.bad_keys
+    return (result.rows, accounts, errors, _records_at(task, bad) if bad else {}, result.bad_keys,
+            result.ignored_columns)
 
 
 def _line_offset(task) -> int:
@@ -221,7 +235,7 @@ def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
     reject file."""
     fmt, header, body, _first_line, _secret = task
     offset = _line_offset(task)
-    return {number + offset: record for number, record, _problem in reader._records(io.BytesIO(header + body), fmt)
+    return {number + offset: record for number, record, _problems in reader._records(io.BytesIO(header + body), fmt)
             if number + offset in lines}
 
 
@@ -233,8 +247,9 @@ _as_account = functools.partial(tuple.__new__, Account)
 def _merge(result: Validation, part, task) -> None:
     """Add a chunk's result in file order; an account that came earlier, in this chunk or
     an earlier one, is an error (a bad row's account too: it came first all the same)."""
-    rows, accounts, errors, records, bad_keys = part
+    rows, accounts, errors, records, bad_keys, ignored = part
     result.rows += rows
+    result.ignored.update(dict.fromkeys(ignored))
     result.errors.extend(reader.RowError(*e) for e in errors)
     result.bad_records.update(records)
     seen = result.seen
