@@ -124,6 +124,7 @@ class NotificationKind(enum.StrEnum):
     HIT_ACKNOWLEDGED = "hit_acknowledged"
     HIT_RESOLVED = "hit_resolved"
     PRIORITY_RAISED = "priority_raised"  # a sent referral became more urgent: its receiver is told
+    REFERRAL_UPDATED = "referral_updated"  # an import added to what a sent referral concerns
 
 
 class Notification(Base):

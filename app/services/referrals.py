@@ -23,6 +23,7 @@ from app.db import utcnow
 from app.models import (
     Agency,
     HandlingCode,
+    Holder,
     Notification,
     NotificationKind,
     Operation,
@@ -280,6 +281,11 @@ def transition(
     _event(referral, actor, action, previous, rule.target, note, at=when)
     flush_or_conflict(session, "referral")
     audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
+    if action == "decline":
+        # A tip's holders on it wait on the operation's review list: a person decides where
+        # they go now (the tip pipeline does not send them back to the agency that declined).
+        session.execute(update(Holder.__table__).where(Holder.__table__.c.referral_id == referral.id)
+                        .values(needs_review=True, updated_at=when))
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
         deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id)
@@ -333,10 +339,8 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     the new priority's window. A referral transferred onward is followed to the referral that
     carries it now (a transfer's successor holds the same subjects). Returns whether the
     priority changed."""
-    referral_id = _after_transfers(session, referral_id)
-    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
-    referral = session.scalars(locked).unique().one()
-    if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
+    referral = _open_after_transfers(session, referral_id)
+    if referral is None or not more_urgent(priority, referral.priority):
         return False
     previous = referral.priority
     referral.priority = priority
@@ -354,7 +358,34 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     return True
 
 
-def _after_transfers(session: Session, referral_id: int) -> int:
+def record_tip_update(session: Session, actor: Actor, referral_id: int, note: str, *,
+                      at: datetime | None = None) -> bool:
+    """Tell a sent referral's receiver that an import added to what it concerns (accounts of a
+    holder on it, or a holder that joined it by a merge): a history entry both agencies read,
+    a notification and an audit entry. Followed through transfers, as `escalate_priority`;
+    drafts and finished referrals are left alone. Returns whether it was recorded."""
+    referral = _open_after_transfers(session, referral_id)
+    if referral is None:
+        return False
+    note = note[:NOTE_MAX]
+    _event(referral, actor, "update", referral.status, referral.status, note, at=at,
+           agency_id=actor.agency_id or referral.sender_agency_id)
+    session.add(Notification(
+        agency_id=referral.receiver_agency_id, kind=NotificationKind.REFERRAL_UPDATED, referral_id=referral.id,
+        message=f"{referral.reference} from {referral.sender.name}: {note}"[:500], created_at=at or utcnow()))
+    audit.record(session, actor, "referral.update", "referral", referral.id,
+                 detail={"reference": referral.reference, "note": note, "source": "tip"})
+    return True
+
+
+def _open_after_transfers(session: Session, referral_id: int) -> Referral | None:
+    """The referral a sent one has reached through transfers, locked, if it is still open."""
+    locked = select(Referral).where(Referral.id == after_transfers(session, referral_id)).with_for_update(of=Referral)
+    referral = session.scalars(locked).unique().one()
+    return referral if referral.status in OPEN_STATUSES else None
+
+
+def after_transfers(session: Session, referral_id: int) -> int:
     """The referral a chain of transfers starting at `referral_id` has reached (itself when
     never transferred): each transfer closes one referral and opens exactly one successor."""
     while True:

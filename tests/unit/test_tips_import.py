@@ -64,8 +64,8 @@ def account(n: int, **fields) -> dict:
     return row
 
 
-def run_import(session, world, data: bytes, **kwargs):
-    result = import_tip(session, world.actor("c_liaison"), world.operation.id, data, "tip.csv", **kwargs)
+def run_import(session, world, data: bytes, file_name: str = "tip.csv", **kwargs):
+    result = import_tip(session, world.actor("c_liaison"), world.operation.id, data, file_name, **kwargs)
     session.flush()
     return result
 
@@ -544,7 +544,13 @@ def test_a_merge_with_a_holder_on_a_sent_referral_stays_on_it_and_raises_it(sess
     merged = session.get(Holder, left.id)
     assert (merged.referral_id, merged.priority) == (sent.id, Priority.P2)
     raised = session.get(Referral, sent.id)
-    assert (raised.priority, raised.status, raised.events[-1].action) == (Priority.P2, Status.SENT, "escalate")
+    assert (raised.priority, raised.status) == (Priority.P2, Status.SENT)
+    assert [e.action for e in raised.events[-2:]] == ["escalate", "update"]
+    assert (f"holder {merged.label} joined this referral by a merge with holder {right.label}, which is on it"
+            in raised.events[-1].note)
+    told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert {(n.kind, n.referral_id) for n in told} == {(NotificationKind.PRIORITY_RAISED, sent.id),
+                                                       (NotificationKind.REFERRAL_UPDATED, sent.id)}
     assert session.scalar(select(func.count()).select_from(referral_subjects).where(
         referral_subjects.c.referral_id == sent.id, referral_subjects.c.subject_id == merged.subject_id)) == 1
     assert session.get(Referral, left_draft) is None  # its only holder left it
@@ -563,6 +569,28 @@ def test_a_holder_on_a_declined_referral_is_routed_again(session, world):
     assert (draft.status, draft.jurisdiction, draft.receiver_agency_id) == (Status.DRAFT, "NZ", world.agencies["a"].id)
     assert session.scalar(select(func.count()).select_from(referral_subjects).where(  # its history stays
         referral_subjects.c.referral_id == sent.id, referral_subjects.c.subject_id == holder.subject_id)) == 1
+
+
+def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_decliner(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "decline", None, "Not our case.")
+    session.expire_all()
+    assert session.get(Holder, holder.id).needs_review  # on the review list at once
+    drafts_before = count(session, Referral)
+    # New accounts of the holder, still pointing to the country that declined it: no new draft.
+    run_import(session, world, tip(account(7, email="p@example.org", uploads_a="1")))
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id, {"risk_previous_convictions": True})
+    session.expire_all()
+    waiting = session.get(Holder, holder.id)
+    assert (waiting.referral_id, waiting.needs_review, count(session, Referral)) == (sent.id, True, drafts_before)
+    # A person decides the same country after all: then it goes there again, as a new draft.
+    decision = holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "AU")
+    session.flush()
+    session.expire_all()
+    routed = session.get(Holder, decision.holder.id)
+    draft = session.get(Referral, routed.referral_id)
+    assert (draft.status, draft.receiver_agency_id, routed.needs_review) == (Status.DRAFT, sent.receiver_agency_id, False)
 
 
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
@@ -615,6 +643,46 @@ def test_a_referral_transferred_onward_is_escalated_where_it_is_now(session, wor
     assert NotificationKind.PRIORITY_RAISED not in {n.kind for n in passed_on}
 
 
+def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiver_told(session, world):
+    """Even when its priority stays as it was."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="p@example.org")),
+               file_name="later.csv")
+    session.expire_all()
+    referral = session.get(Referral, sent.id)
+    assert referral.priority is Priority.P3
+    event = referral.events[-1]
+    assert (event.action, event.from_status, event.to_status) == ("update", "sent", "sent")
+    assert f"Tip later.csv (import " in event.note and f"2 new accounts of holder {holder.label}" in event.note
+    told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert [(n.kind, n.referral_id) for n in told] == [(NotificationKind.REFERRAL_UPDATED, sent.id)]
+    assert referral.reference in told[0].message
+    # Importing the same file again adds nothing, and says nothing.
+    run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="p@example.org")))
+    session.expire_all()
+    assert session.get(Referral, sent.id).events[-1].id == event.id
+
+
+def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):
+    run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="12")))
+    left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
+    assert left.referral_id != right.referral_id  # a package, and a P2 holder's own referral
+    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")))
+    session.expire_all()
+    merged = session.get(Holder, left.id)
+    assert (merged.referral_id, merged.receiver_agency_id) == (onward.id, world.agencies["i"].id)
+    assert session.scalar(select(func.count()).select_from(referral_subjects).where(
+        referral_subjects.c.referral_id == onward.id, referral_subjects.c.subject_id == merged.subject_id)) == 1
+    assert session.get(Referral, onward.id).events[-1].action == "update"
+    told, _total = deconfliction.list_notifications(session, world.users["i_liaison"], mark_seen=False)
+    assert (NotificationKind.REFERRAL_UPDATED, onward.id) in {(n.kind, n.referral_id) for n in told}
+
+
 def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):
     holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
     actor = world.actor("c_liaison")
@@ -659,9 +727,11 @@ def test_new_accounts_making_a_sent_holder_more_urgent_escalate_its_referral(ses
     assert session.get(Holder, holder.id).priority is Priority.P2  # 13 category A items
     escalated = session.get(Referral, sent.id)
     assert (escalated.priority, escalated.status) == (Priority.P2, Status.SENT)
-    event = escalated.events[-1]
+    event, update = escalated.events[-2:]
     assert (event.action, event.agency_id, event.user_id) == ("escalate", world.agencies["c"].id, None)
     assert "P3 -> P2 with the accounts of tip more.csv" in event.note
+    assert (update.action, update.agency_id) == ("update", world.agencies["c"].id)
+    assert "1 new account of holder" in update.note
 
 
 # --- access ------------------------------------------------------------------------------------

@@ -244,18 +244,19 @@ def _decidable(session: Session, actor: Actor, subject_id: int) -> Holder:
     return holder
 
 
-def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime) -> Decision:
-    """Route one holder again after a decision, exactly as an import would."""
+def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, decided: bool = False) -> Decision:
+    """Route one holder again after a decision, exactly as an import would; `decided` when
+    the decision was its jurisdiction (then it may go back to an agency that declined it)."""
     session.flush()
     row = session.execute(select(*HOLDER_STATE_COLUMNS).where(Holder.id == holder.id)).one()
     state = state_from_row(row)
     before = state.referral_id
     router = Router(session, actor, holder.operation, holder.operation.lead_agency_id, now=now)
-    router.plan([state])
+    router.plan([state], decided=frozenset({holder.id}) if decided else frozenset())
     router.create_drafts()
     session.execute(update(Holder.__table__).where(Holder.__table__.c.id == holder.id).values(
         routing=state.routing, receiver_agency_id=state.receiver_agency_id, referral_id=state.referral_id,
-        packaged=state.packaged, updated_at=now))
+        packaged=state.packaged, updated_at=now, **({"needs_review": True} if state.held_back else {})))
     router.write_links()
     route = router.finish()
     if route.touched:
@@ -289,7 +290,7 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
     holder.needs_review = False
     holder.confidence = round(weights.get(code, 0) / sum(weights.values()), 3) if weights else 0.0
     holder.updated_at = now
-    decision = _reroute(session, actor, holder, now)
+    decision = _reroute(session, actor, holder, now, decided=True)
     audit.record(session, actor, "tip.holder_jurisdiction", "holder", holder.id, detail={
         "label": holder.label, "from": previous, "to": code, "note": note,
         "referral": decision.holder.referral_id,

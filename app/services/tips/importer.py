@@ -52,7 +52,7 @@ from app.models import (
     referral_subjects,
 )
 from app.models.tip import holder_label
-from app.services import DomainError, Forbidden, NotFound, deconfliction
+from app.services import DomainError, Forbidden, NotFound, deconfliction, referrals
 from app.services.access import visible_operations
 from app.services.audit import Actor
 from app.services.tips import bulk, clustering, files, holders, jurisdiction
@@ -263,12 +263,14 @@ class _Writer:
         # Each new account's holder: an existing one (the survivor), or a new one in file order.
         holder_of_new: list[int | None] = [None] * len(new)
         joined: set[int] = set()
+        new_accounts_of: Counter = Counter()  # existing holder id -> new accounts it gains
         new_groups: list[list[int]] = []
         for label, members in sorted(new_of.items(), key=lambda item: item[1][0]):
             existing_ids = holders_of.get(label)
             if existing_ids:
                 holder_id = min(existing_ids)
                 joined.add(holder_id)
+                new_accounts_of[holder_id] += len(members)
                 for m in members:
                     holder_of_new[m] = holder_id
             else:
@@ -409,7 +411,8 @@ class _Writer:
                 "jurisdiction_source": JurisdictionSource.MANUAL if source else JurisdictionSource.EVIDENCE,
                 "jurisdiction_set_by_id": source.jurisdiction_set_by_id if source else None,
                 "jurisdiction_set_at": source.jurisdiction_set_at if source else None,
-                "confidence": confidence, "needs_review": False if manual else placement.needs_review,
+                "confidence": confidence,
+                "needs_review": state.held_back or (False if manual else placement.needs_review),
                 "evidence": placement.evidence, "routing": state.routing,
                 "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
                 "packaged": state.packaged, "updated_at": self.now,
@@ -482,13 +485,15 @@ class _Writer:
         result.routing = route
         # A holder sent already stays on its referral, which follows it up if the new accounts
         # made it more urgent.
-        previous = {h: sent_priority.get(h, old_rows[h].priority) for h in affected_existing}
+        previous = {h: sent_priority[h][0] if h in sent_priority else old_rows[h].priority for h in affected_existing}
         holders.escalate_sent_referrals(session, self.actor, [
             (states[h].referral_id, previous[h], states[h].priority, holders.escalation_reason(
                 holder_label(old_rows[h].number), previous[h], states[h].priority,
                 f"with the accounts of tip {tip.file_name} (import {tip.id})"))
             for h in affected_existing
         ], self.now)
+        self._record_sent_news(router, tip, affected_existing, states, old_rows, new_accounts_of,
+                               dict(result.merges), sent_priority)
         self._lap("route")
 
         # --- deconfliction: one set-based refresh for every referral that changed ------------
@@ -510,6 +515,31 @@ class _Writer:
         result.new_holders = len(holder_ids)
         result.joined_holders = len(joined)
         self._finish(tip, result, result.merges)
+
+    def _record_sent_news(self, router: Router, tip: Tip, affected: list[int], states: dict[int, HolderState],
+                          old_rows: dict, new_accounts_of: Counter, merged_from: dict[int, list[int]],
+                          followed: dict[int, tuple[Priority, int]]) -> None:
+        """A sent referral whose holders gained accounts, by new rows or a merge, or that a
+        merged holder joined, says so in its history and tells its receiver: once per referral
+        and import, whether or not its priority rose."""
+        news: dict[int, list[str]] = defaultdict(list)
+        for h in affected:
+            referral_id = states[h].referral_id
+            if not router.stays(referral_id):
+                continue  # on no referral, or on a draft (routed above)
+            label = holder_label(old_rows[h].number)
+            if h in followed:
+                news[referral_id].append(f"holder {label} joined this referral by a merge with holder "
+                                         f"{holder_label(old_rows[followed[h][1]].number)}, which is on it")
+            elif h in merged_from:
+                parts = ", ".join(holder_label(old_rows[a].number) for a in merged_from[h])
+                news[referral_id].append(f"holder {label} took in the accounts of holder {parts} by a merge")
+            if new_accounts_of[h]:
+                count = new_accounts_of[h]
+                news[referral_id].append(f"{count} new account{'s' if count != 1 else ''} of holder {label}")
+        for referral_id, items in sorted(news.items()):
+            referrals.record_tip_update(self.session, self.actor, referral_id,
+                                        f"Tip {tip.file_name} (import {tip.id}): {'; '.join(items)}.", at=self.now)
 
     def _match(self, referral_ids: list[int], identifiers: Counter) -> deconfliction.RefreshResult | None:
         """`deconfliction.refresh_hits` for the referrals the import created or changed: set-based,

@@ -41,9 +41,8 @@ from app.models import (
     Status,
     referral_subjects,
 )
-from app.services import countries
+from app.services import countries, referrals
 from app.services.audit import Actor
-from app.services.referrals import next_references
 from app.services.tips import bulk
 
 PLACEHOLDER_MATERIAL = "Graded material, description held by sending agency."
@@ -106,6 +105,7 @@ class HolderState:
     routing: HolderRouting = HolderRouting.UNPLACED
     receiver_agency_id: int | None = None
     changed: bool = False
+    held_back: bool = False  # its referral was declined by the agency it would go to again
 
 
 HOLDER_STATE_COLUMNS = (Holder.id, Holder.subject_id, Holder.priority, Holder.jurisdiction, Holder.grade_a,
@@ -181,8 +181,8 @@ class Router:
                 self._packages.setdefault((receiver, jurisdiction, priority), referral_id)
         return self._packages
 
-    def _load_referrals(self, states: list[HolderState]) -> None:
-        wanted = sorted({s.referral_id for s in states if s.referral_id} - set(self._referrals))
+    def _load_referrals(self, referral_ids) -> None:
+        wanted = sorted({r for r in referral_ids if r} - set(self._referrals))
         for start in range(0, len(wanted), 5000):
             for row in self.session.execute(
                 select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
@@ -190,42 +190,54 @@ class Router:
             ):
                 self._referrals[row.id] = row
 
-    def _stays(self, referral_id: int | None) -> bool:
+    def stays(self, referral_id: int | None) -> bool:
         """Whether a holder on this referral stays on it: it was sent, and not declined or
         withdrawn (a holder on one of those is routed again, like a holder on none)."""
         current = self._referrals.get(referral_id) if referral_id else None
         return current is not None and current.status not in (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN)
 
-    def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, Priority]:
+    def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, tuple[Priority, int]]:
         """Each merged holder (survivor, absorbed parts) stays on a sent referral one of its
-        parts is on: its own, else the oldest part's, which it then joins (off its own draft).
-        Returns, by survivor id, the priority of each referral a survivor joined (the import
-        raises it if the holder is now more urgent)."""
-        self._load_referrals([state for survivor, parts in merges for state in (survivor, *parts)])
-        joined: dict[int, Priority] = {}
+        parts is on: its own, else the oldest part's, which it then joins (off its own draft),
+        where that referral is now if it was transferred onward. Returns, by survivor id, the
+        priority of the referral it joined (the import raises it if the holder is now more
+        urgent) and the part that was on it."""
+        self._load_referrals(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
+        joined: dict[int, tuple[Priority, int]] = {}
         for survivor, parts in merges:
-            if self._stays(survivor.referral_id):
+            if self.stays(survivor.referral_id):
                 continue
-            part = next((p for p in parts if self._stays(p.referral_id)), None)
+            part = next((p for p in parts if self.stays(p.referral_id)), None)
             if part is None:
                 continue
+            referral_id = referrals.after_transfers(self.session, part.referral_id)
+            self._load_referrals([referral_id])
+            if not self.stays(referral_id):
+                continue  # transferred to an agency that declined it: routed as any other holder
             self.detach(survivor)
-            current = self._referrals[part.referral_id]
-            survivor.referral_id, survivor.packaged, survivor.routing = part.referral_id, part.packaged, part.routing
+            current = self._referrals[referral_id]
+            survivor.referral_id, survivor.packaged, survivor.routing = referral_id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
-            self.links.append((part.referral_id, survivor))
-            joined[survivor.id] = current.priority
+            self.links.append((referral_id, survivor))
+            joined[survivor.id] = (current.priority, part.id)
         return joined
 
-    def plan(self, states: list[HolderState]) -> None:
-        self._load_referrals(states)
+    def plan(self, states: list[HolderState], *, decided: frozenset[int] = frozenset()) -> None:
+        """Route these holders. Those in `decided` had their jurisdiction set by a person just
+        now: they may go back to an agency that declined them; any other holder that would is
+        held back (it stays on the declined referral, on the review list)."""
+        self._load_referrals(state.referral_id for state in states)
         packages = self._load_packages()
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
-            if self._stays(state.referral_id):
+            if self.stays(state.referral_id):
                 continue  # sent already: it stays where it went
             current = self._referrals.get(state.referral_id) if state.referral_id else None
             if current is not None and current.status is not Status.DRAFT:
+                if (current.status is Status.DECLINED and receiver == current.receiver_agency_id
+                        and state.id not in decided):
+                    state.held_back = True
+                    continue
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
             packaged = state.priority not in SINGLE
             if current is not None:
@@ -257,7 +269,7 @@ class Router:
         """Take a holder off its draft (a sent referral keeps it)."""
         if not state.referral_id:
             return
-        self._load_referrals([state])
+        self._load_referrals([state.referral_id])
         current = self._referrals.get(state.referral_id)
         if current is None or current.status is not Status.DRAFT:
             return
@@ -289,7 +301,7 @@ class Router:
         session = self.session
         table = Referral.__table__
         ids = bulk.allocate_ids(session, table, len(drafts))
-        references = next_references(session, len(drafts), year=self.now.year)
+        references = referrals.next_references(session, len(drafts), year=self.now.year)
         now = bulk.db_value(session, table, "created_at", self.now)
         rows = []
         for draft, referral_id, reference in zip(drafts, ids, references):
