@@ -5,9 +5,13 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
-from sqlalchemy import Enum
+from sqlalchemy import BigInteger, Enum, Integer
 
 E = TypeVar("E", bound=enum.Enum)
+
+# A grade count summed over many accounts (a holder's, a package referral's): a tip's counts
+# can pass 2^31 summed, so 64-bit on PostgreSQL; SQLite's INTEGER is 64-bit already.
+SUMMED_COUNT = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def enum_column(enum_cls: type[E], name: str) -> Enum:

@@ -7,7 +7,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
-from app.models._types import enum_column
+from app.models._types import SUMMED_COUNT, enum_column
 from app.models.agency import Agency
 from app.models.operation import Operation
 from app.models.user import User
@@ -97,9 +97,9 @@ class Referral(Base):
     risk_contact_offending: Mapped[bool] = mapped_column(default=False)
 
     # Material is only ever described: grade counts and a short text, never files.
-    grade_a: Mapped[int] = mapped_column(default=0)
-    grade_b: Mapped[int] = mapped_column(default=0)
-    grade_c: Mapped[int] = mapped_column(default=0)
+    grade_a: Mapped[int] = mapped_column(SUMMED_COUNT, default=0)
+    grade_b: Mapped[int] = mapped_column(SUMMED_COUNT, default=0)
+    grade_c: Mapped[int] = mapped_column(SUMMED_COUNT, default=0)
     material_description: Mapped[str] = mapped_column(String(500), default="")
 
     tlp: Mapped[TLP] = mapped_column(enum_column(TLP, "referral_tlp"), default=TLP.RED)

@@ -18,7 +18,7 @@ from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, 
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
-from app.models._types import enum_column
+from app.models._types import SUMMED_COUNT, enum_column
 from app.models.agency import Agency
 from app.models.operation import Operation
 from app.models.referral import Priority, Referral
@@ -154,9 +154,9 @@ class Holder(Base):
     accounts: Mapped[int] = mapped_column(default=0)
 
     # Triage: grade sums over the accounts, risk flags set by investigators, the result.
-    grade_a: Mapped[int] = mapped_column(default=0)
-    grade_b: Mapped[int] = mapped_column(default=0)
-    grade_c: Mapped[int] = mapped_column(default=0)
+    grade_a: Mapped[int] = mapped_column(SUMMED_COUNT, default=0)
+    grade_b: Mapped[int] = mapped_column(SUMMED_COUNT, default=0)
+    grade_c: Mapped[int] = mapped_column(SUMMED_COUNT, default=0)
     risk_access_to_children: Mapped[bool] = mapped_column(default=False)
     risk_position_of_authority: Mapped[bool] = mapped_column(default=False)
     risk_previous_convictions: Mapped[bool] = mapped_column(default=False)

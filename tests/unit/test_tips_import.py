@@ -391,6 +391,26 @@ def test_a_merge_of_holders_holding_one_key_in_two_spellings_keeps_one_identifie
     assert addresses == ["2001:db8::1"]
 
 
+def test_counts_summed_past_32_bits_are_stored_whole(session, world):
+    # One holder of 2,200 accounts, joined in a chain (each identifier held by two: none common).
+    rows = [account(n, email=f"e{n // 2}@example.org", username=f"u{(n + 1) // 2}", uploads_c=str(reader.MAX_COUNT))
+            for n in range(1, 2201)]
+    rows.append(account(9000, email="other@example.org", uploads_c=str(reader.MAX_COUNT)))  # same package
+    run_import(session, world, tip(*rows))
+    session.expire_all()
+    holder = holder_of(session, world, "acc1")
+    assert (holder.accounts, holder.grade_c) == (2200, 2_200_000_000)
+    package = session.get(Referral, holder.referral_id)
+    assert package.grade_c == 2_201_000_000
+    # The other holder, flagged, leaves for a P2 referral of its own; the package's figures,
+    # recomputed by the database, keep the sum whole.
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), holder_of(session, world, "acc9000").subject_id,
+                                  {"risk_previous_convictions": True})
+    session.expire_all()
+    assert holder_of(session, world, "acc9000").referral_id != package.id
+    assert session.get(Referral, package.id).grade_c == 2_200_000_000
+
+
 def test_a_merge_keeps_the_jurisdiction_a_person_set_on_an_absorbed_holder(session, world):
     run_import(session, world, tip(account(1, email="left@example.org"),
                                    account(2, username="righty", country_hint="AU", ip_country="NZ")))

@@ -23,8 +23,8 @@ from app.services.identifiers import PLATFORMS, IdentifierKind, InvalidIdentifie
 FIELDS = ("platform", "account_id", "username", "email", "phone", "ip_addresses", "country_hint",
           "ip_country", "uploads_a", "uploads_b", "uploads_c", "first_seen", "last_seen")
 MAX_FIELD = 2000
-# A count above this is a mistake in the file; it also keeps a holder's and a package's sums
-# of counts well inside the database's 32-bit integers.
+# A count above this is a mistake in the file. (A holder's or a package's sums of counts are
+# 64-bit columns: 2,148 accounts at this count pass 2^31.)
 MAX_COUNT = 1_000_000
 
 # An identifier of an account: a plain tuple (kind value, platform, raw, value, match key), the

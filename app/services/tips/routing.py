@@ -384,7 +384,7 @@ class Router:
             row = figures.get(referral_id)
             if row is None:
                 continue  # subjects added by hand only: the pipeline leaves it alone
-            count, a, b, c = row[1], row[2] or 0, row[3] or 0, row[4] or 0
+            count, a, b, c = row[1], int(row[2] or 0), int(row[3] or 0), int(row[4] or 0)  # PostgreSQL sums are numeric
             flags = [bool(v) for v in row[5:10]]
             packaged = bool(row[10])
             # A package keeps its bucket's priority; a holder's own referral follows the holder.
