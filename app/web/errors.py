@@ -16,11 +16,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(413)
     def too_large(exc):
-        limit = app.config.get("MAX_CONTENT_LENGTH") or 0  # a 413 means there is one
-        size = f"{limit / 2**20:,.0f} MB" if limit >= 2**20 else f"{limit / 1024:,.0f} KB"
+        # Which limit was passed: the whole request's, or Werkzeug's on one text field of a
+        # multipart form (as the upload form); a file counts only towards the first.
+        whole = app.config.get("MAX_CONTENT_LENGTH")
+        length = request.content_length
+        if whole and (length is None or length > whole):
+            limit = f"a request, a tip file included, at most {_size(whole)}"
+        else:
+            limit = f"the text of one form field at most {_size(app.config.get('MAX_FORM_MEMORY_SIZE') or 0)}"
         message = (f"That was too large to accept. Send less at once (a blind check takes at most "
-                   f"{app.config.get('BLIND_CHECK_LIMIT', 0):,} identifiers; a request, a tip file included, "
-                   f"at most {size}).")
+                   f"{app.config.get('BLIND_CHECK_LIMIT', 0):,} identifiers; {limit}).")
         return render_template("error.html", code=413, message=message, path=request.path), 413
 
     @app.errorhandler(Forbidden)
@@ -40,6 +45,10 @@ def register_error_handlers(app: Flask) -> None:
         (500, "Something went wrong on our side. Nothing was saved."),
     ):
         app.register_error_handler(code, _page(code, message))
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 2**20:,.0f} MB" if limit >= 2**20 else f"{limit / 1024:,.0f} KB"
 
 
 def _page(code: int, message: str):

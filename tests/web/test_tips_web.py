@@ -275,6 +275,21 @@ def test_a_file_over_the_size_limit_gets_a_friendly_413(app, web_world):
     assert _count(app, Tip) == 0
 
 
+def test_a_form_text_over_its_limit_gets_a_413_naming_that_limit(app, web_world):
+    """A text part of a multipart form (not the file) over MAX_FORM_MEMORY_SIZE: the page names
+    that limit, not the upload's."""
+    app.config["MAX_FORM_MEMORY_SIZE"] = 2048
+    browser = _login(app, LEAD)
+    token = csrf_token_from(browser.get("/tips/import").get_data(as_text=True))
+    response = browser.client.post("/tips/import", content_type="multipart/form-data", data={
+        "csrf_token": token, "operation": str(web_world.operation.id), "note": "x" * 5000,
+        "file": (io.BytesIO(GOOD), "tip.csv", "text/csv")})
+    assert response.status_code == 413
+    page = response.get_data(as_text=True)
+    assert "the text of one form field at most 2 KB" in page and "a tip file included" not in page
+    assert _count(app, Tip) == 0
+
+
 def test_viewers_and_other_agencies_cannot_import(app, web_world):
     assert _login(app, "viewer.c@example.org").get("/tips/import").status_code == 403
     other = _login(app, "liaison.a@example.org")
