@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.demo import phones
 from app.models import AgencyKind, Operation, Priority, Role, User
 from app.services import directory, referrals, subjects
 from app.services.audit import SYSTEM, Actor
@@ -145,11 +146,11 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
 
 
 # A few account holders turn up in referrals of several agencies: the demo's hits.
-SHARED_IDENTIFIERS = ["harbour.lights@example.org", "+64 21 555 0142", "tide.watcher@example.net", "2001:db8::42"]
+SHARED_IDENTIFIERS = ["harbour.lights@example.org", phones.unassigned("NZ", 990_142), "tide.watcher@example.net", "2001:db8::42"]
 
 
 def _demo_subject(session, rng, actor, referral_id) -> None:
-    lines = [f"holder{referral_id:03d}@example.org", f"+61 4{rng.randrange(10**8):08d}"]
+    lines = [f"holder{referral_id:03d}@example.org", phones.unassigned("AU", rng.randrange(10**8))]
     if rng.random() < 0.3:
         lines.append(rng.choice(SHARED_IDENTIFIERS))
     subjects.add_subject(session, actor, referral_id, "Account holder", "\n".join(lines))

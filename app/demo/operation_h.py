@@ -2,9 +2,9 @@
 
 153,000 accounts held by about 90,000 people in 130 countries, 125 of the accounts (71
 holders) in New Zealand, the lead country. Every value is invented: e-mail addresses on
-example domains, IPv6 addresses in the documentation range, phone numbers built from each
-country's example mobile number. Deterministic for a given seed; `scale` shrinks or grows
-every count.
+example domains, IPv6 addresses in the documentation range, phone numbers in ranges no
+country assigns (`app/demo/phones.py`). Deterministic for a given seed; `scale` shrinks or
+grows every count.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pycountry
 from phonenumbers import PhoneNumberType
 from sqlalchemy import func
 
+from app.demo import phones
 from app.services.identifiers import PLATFORMS
 
 ACCOUNTS = 153_000
@@ -28,8 +29,9 @@ LEAD_COUNTRY = "NZ"
 LEAD_ACCOUNTS = 125
 LEAD_HOLDERS = 71
 # A handful of numbers every provider sees on unrelated accounts (test numbers, a shared
-# family phone): they must become common identifiers and join nobody.
-SHARED_NUMBERS = ("+64 4 555 0199", "+44 20 7946 0999")
+# family phone): they must become common identifiers and join nobody. One of a range the UK
+# reserves for drama, and one of New Zealand's unassigned range past every holder's serial.
+SHARED_NUMBERS = ("+44 20 7946 0999", phones.unassigned("NZ", 999_999))
 SHARED_NUMBER_USES = 40
 
 TIP_START = datetime(2019, 1, 1, tzinfo=timezone.utc)
@@ -44,15 +46,6 @@ def countries(rng: random.Random) -> list[str]:
         and phonenumbers.example_number_for_type(c.alpha_2, PhoneNumberType.MOBILE) is not None
     )
     return [LEAD_COUNTRY, *rng.sample(candidates, COUNTRIES - 1)]
-
-
-def _phone(country: str, serial: int) -> str:
-    """The country's example mobile number with its last digits replaced: possible by
-    construction, unique per holder within a country."""
-    example = phonenumbers.format_number(
-        phonenumbers.example_number_for_type(country, PhoneNumberType.MOBILE), phonenumbers.PhoneNumberFormat.E164)
-    digits = min(6, len(example) - 5)
-    return example[:-digits] + f"{serial % 10 ** digits:0{digits}d}"
 
 
 def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
@@ -87,7 +80,7 @@ def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
     shared_left = {number: SHARED_NUMBER_USES if scale >= 0.05 else 0 for number in SHARED_NUMBERS}
     for holder, country in enumerate(holder_country):
         email = f"holder{holder}.{rng.randrange(10 ** 6):06d}@mail{holder % 97}.example.org"
-        phone = _phone(country, holder)
+        phone = phones.unassigned(country, holder)
         other_country = rng.choice(places)
         active_from = TIP_START + timedelta(days=rng.randrange(500))
         for k in range(per_holder[holder]):
@@ -183,7 +176,7 @@ INVESTIGATIONS = 836
 CHILDREN_SAFEGUARDED = 146
 WITHOUT_FOCAL_POINT = 0.12  # share of the tip's countries with no focal point in the directory
 FLAGGED = 0.004  # share of holders investigators flag (access to children, ...)
-INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", "+33 4 55 50 02 00")
+INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", phones.unassigned("FR", 200))
 PLACEHOLDER_NOTE = "Synthetic demo note."
 
 
@@ -293,8 +286,7 @@ def _directory(session, passwords, rng: random.Random, places: list[str]) -> int
     for code in sorted(open_places[uncovered:]):
         country = pycountry.countries.get(alpha_2=code)
         name = getattr(country, "common_name", None) or country.name
-        example = phonenumbers.example_number(code)
-        phone = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL) if example else "+1 555 0100"
+        phone = phones.unassigned(code, 100)  # every place has a mobile numbering plan
         created.append(directory.create_agency(session, SYSTEM, directory.AgencyData(
             name=f"{name} Online Child Protection Desk"[:200], kind=rng.choice(kinds), country_code=code,
             desk_email=f"focal.{code.lower()}@partners.example.org", desk_phone=phone, timezone="UTC",

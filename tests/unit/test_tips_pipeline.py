@@ -217,6 +217,23 @@ def test_a_json_field_named_twice_in_a_record_is_refused():
     assert [(e.field, e.reason) for e in result.errors] == [("email", "named twice in this record")]
 
 
+def test_synthetic_phone_numbers_are_in_ranges_nobody_holds_and_the_reader_takes_them():
+    import phonenumbers
+
+    from app.demo import SHARED_IDENTIFIERS, operation_h
+
+    data = operation_h.tip_csv(0.01, 5)
+    result = reader.read(io.BytesIO(data), "csv", SECRET)
+    assert result.errors == [] and len(result.accounts) == 1530
+    drama = "+44 20 7946 0999"  # the UK's range for fiction, assignable otherwise
+    numbers = {account.phone for account in result.accounts if account.phone} - {"+442079460999"}
+    numbers |= {SHARED_IDENTIFIERS[1], operation_h.INTERNATIONAL_BODY[2]}
+    assert len(numbers) > 500 and drama in operation_h.SHARED_NUMBERS
+    for number in numbers:
+        parsed = phonenumbers.parse(number)
+        assert phonenumbers.is_possible_number(parsed) and not phonenumbers.is_valid_number(parsed), number
+
+
 # --- clustering --------------------------------------------------------------------------
 
 def test_chains_of_shared_identifiers_make_one_holder():
