@@ -683,6 +683,20 @@ def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiv
     assert session.get(Referral, sent.id).events[-1].id == event.id
 
 
+def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(session, world):
+    nz = {"country_hint": "NZ", "ip_country": "NZ"}
+    run_import(session, world, tip(account(5, username="lefty", **nz), account(6, username="lefty", **nz),
+                                   account(1, email="p@example.org", uploads_a="12")))
+    left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
+    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    assert (sent.jurisdiction, left.jurisdiction) == ("AU", "NZ")
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org", **nz)))
+    session.expire_all()
+    merged = session.get(Holder, left.id)
+    assert (merged.referral_id, merged.jurisdiction, merged.needs_review) == (sent.id, "NZ", True)
+    assert "its evidence now points to New Zealand" in session.get(Referral, sent.id).events[-1].note
+
+
 def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):
     run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="12")))
     left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")

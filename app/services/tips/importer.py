@@ -52,7 +52,7 @@ from app.models import (
     referral_subjects,
 )
 from app.models.tip import holder_label
-from app.services import DomainError, Forbidden, NotFound, deconfliction, referrals
+from app.services import DomainError, Forbidden, NotFound, countries, deconfliction, referrals
 from app.services.access import visible_operations
 from app.services.audit import Actor
 from app.services.tips import bulk, clustering, files, holders, jurisdiction
@@ -412,7 +412,7 @@ class _Writer:
                 "jurisdiction_set_by_id": source.jurisdiction_set_by_id if source else None,
                 "jurisdiction_set_at": source.jurisdiction_set_at if source else None,
                 "confidence": confidence,
-                "needs_review": state.held_back or (False if manual else placement.needs_review),
+                "needs_review": state.for_review or (False if manual else placement.needs_review),
                 "evidence": placement.evidence, "routing": state.routing,
                 "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
                 "packaged": state.packaged, "updated_at": self.now,
@@ -529,8 +529,10 @@ class _Writer:
                 continue  # on no referral, or on a draft (routed above)
             label = holder_label(old_rows[h].number)
             if h in followed:
+                elsewhere = (f" (its evidence now points to {countries.name(states[h].jurisdiction)}: the sending "
+                             "agency reviews it)" if states[h].for_review and states[h].jurisdiction else "")
                 news[referral_id].append(f"holder {label} joined this referral by a merge with holder "
-                                         f"{holder_label(old_rows[followed[h][1]].number)}, which is on it")
+                                         f"{holder_label(old_rows[followed[h][1]].number)}, which is on it{elsewhere}")
             elif h in merged_from:
                 parts = ", ".join(holder_label(old_rows[a].number) for a in merged_from[h])
                 news[referral_id].append(f"holder {label} took in the accounts of holder {parts} by a merge")

@@ -105,7 +105,9 @@ class HolderState:
     routing: HolderRouting = HolderRouting.UNPLACED
     receiver_agency_id: int | None = None
     changed: bool = False
-    held_back: bool = False  # its referral was declined by the agency it would go to again
+    # Routing wants a person to look: the agency it would go to declined it, or it joined a
+    # sent referral of another jurisdiction than its own (a merge).
+    for_review: bool = False
 
 
 HOLDER_STATE_COLUMNS = (Holder.id, Holder.subject_id, Holder.priority, Holder.jurisdiction, Holder.grade_a,
@@ -199,7 +201,8 @@ class Router:
     def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, tuple[Priority, int]]:
         """Each merged holder (survivor, absorbed parts) stays on a sent referral one of its
         parts is on: its own, else the oldest part's, which it then joins (off its own draft),
-        where that referral is now if it was transferred onward. Returns, by survivor id, the
+        where that referral is now if it was transferred onward; if its evidence now points
+        elsewhere than that referral's jurisdiction, a person is to look. Returns, by survivor id, the
         priority of the referral it joined (the import raises it if the holder is now more
         urgent) and the part that was on it."""
         self._load_referrals(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
@@ -219,6 +222,7 @@ class Router:
             survivor.referral_id, survivor.packaged, survivor.routing = referral_id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
             self.links.append((referral_id, survivor))
+            survivor.for_review = survivor.jurisdiction != current.jurisdiction
             joined[survivor.id] = (current.priority, part.id)
         return joined
 
@@ -236,7 +240,7 @@ class Router:
             if current is not None and current.status is not Status.DRAFT:
                 if (current.status is Status.DECLINED and receiver == current.receiver_agency_id
                         and state.id not in decided):
-                    state.held_back = True
+                    state.for_review = True
                     continue
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
             packaged = state.priority not in SINGLE
