@@ -310,6 +310,22 @@ def test_parallel_validation_agrees_with_the_reader_around_blank_lines_lone_crs_
     assert "duplicate of line 9" in next(e.reason for e in single.errors if e.line == 15)
 
 
+@pytest.mark.parametrize("header_end, row_end", [("\r", "\r"), ("\r", "\n"), ("\r\n", "\r")])
+@pytest.mark.parametrize("extra_column", ["notes", 'o"x'])
+def test_parallel_validation_finds_the_header_where_the_csv_module_ends_it(monkeypatch, header_end, row_end,
+                                                                          extra_column):
+    rows = [f"instagram,{n},,,,,NZ,,,,,,,x" for n in range(1, 30)]
+    rows[4] = "instagram,5,,,,,NZ,,,,,-1,,x"
+    data = (",".join([*reader.FIELDS, extra_column]) + header_end + row_end.join(rows) + row_end).encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=80)
+    single = reader.read(io.BytesIO(data), "csv", b"k")
+    assert (parallel.rows, len(parallel.accounts)) == (single.rows, len(single.accounts)) == (29, 28)
+    assert [(e.line, e.field) for e in parallel.errors] == [(e.line, e.field) for e in single.errors] == [
+        (6, "first_seen")]
+    assert parallel.ignored_columns == [extra_column]
+
+
 def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():
     """Cutting chunks used to count quotes from the chunk's start at every newline: a stray
     quote made that quadratic (minutes for a full tip)."""

@@ -21,7 +21,7 @@ import math
 import multiprocessing
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -53,6 +53,7 @@ class Validation:
 
     @property
     def ignored_columns(self) -> list[str]:
+        """Columns or JSON keys that are no tip field, in the order first met."""
         return list(self.ignored)
 
     @property
@@ -123,11 +124,12 @@ def default_workers() -> int:
 # --- splitting ------------------------------------------------------------------------------
 
 def _split_header(data: bytes, fmt: str) -> tuple[bytes, bytes, int]:
-    """(header, body, number of the body's first line). JSON Lines has no header."""
+    """(header, body, number of the body's first line). JSON Lines has no header; a CSV's is
+    its first record, as the csv module reads it."""
     data = data.removeprefix(b"\xef\xbb\xbf")
     if fmt != "csv":
         return b"", data, 1
-    end = _record_end(data, 0)
+    end = next(_record_ends(data), len(data))
     header = data[:end]
     return header, data[end:], _line_ends(header) + 1
 
@@ -136,21 +138,6 @@ def _line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
     """Line ends as the reader counts them: LF, CRLF, and a lone CR."""
     end = len(data) if end is None else end
     return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
-
-
-def _record_end(data: bytes, start: int) -> int:
-    """Index just after the newline ending the CSV record that starts at `start` (quotes may
-    hold newlines; a doubled quote keeps the parity)."""
-    position = start
-    quotes = 0
-    while True:
-        newline = data.find(b"\n", position)
-        if newline < 0:
-            return len(data)
-        quotes += data.count(b'"', position, newline)
-        if quotes % 2 == 0:
-            return newline + 1
-        position = newline + 1
 
 
 def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -168,20 +155,34 @@ def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> list[tuple[int, int]]:
     return chunks
 
 
+def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Chunks cut where the csv module itself ends a record: a quote opens a quoted field only
+    at the start of a field, so counting quotes would cut inside a field after a stray one
+    (`o"brien`)."""
+    chunks = []
+    start = 0
+    for end in _record_ends(body):
+        if end - start >= chunk_bytes and end < len(body):
+            chunks.append((start, end))
+            start = end
+    if start < len(body):
+        chunks.append((start, len(body)))
+    return chunks
+
+
+# Where a line ends within a line of bytes.readline(): after a CR that no LF follows.
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
-def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
-    """Chunks cut where the csv module itself ends a record, reading the file line by line as
-    each chunk's reader will: a quote opens a quoted field only at the start of a field, so
-    counting quotes would cut inside a field after a stray one (`o"brien`)."""
-    chunks = []
-    start = end = 0
+def _record_ends(data: bytes) -> Iterator[int]:
+    """The offset just after each CSV record of `data`, reading it line by line as a chunk's
+    reader will (a lone CR ends a line, as in the reader's text stream). A record the csv
+    module cannot read ends where it gave up, as in the reader, which reports it and goes on."""
+    end = 0
 
     def lines():
         nonlocal end
-        for line in io.BytesIO(body):
-            # A lone CR ends a line too, as in the reader's text stream.
+        for line in io.BytesIO(data):
             for part in filter(None, _LONE_CR.split(line)) if b"\r" in line[:-2] else (line,):
                 end += len(part)
                 yield part.decode("utf-8", errors="replace")
@@ -191,15 +192,10 @@ def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
         try:
             next(records)
         except StopIteration:
-            break
+            return
         except csv.Error:
-            pass  # the chunk's reader meets it on the same line, reports it and goes on, as here
-        if end - start >= chunk_bytes and end < len(body):
-            chunks.append((start, end))
-            start = end
-    if start < len(body):
-        chunks.append((start, len(body)))
-    return chunks
+            pass
+        yield end
 
 
 def _header_columns(header: bytes) -> list[str]:
@@ -210,7 +206,10 @@ def _header_columns(header: bytes) -> list[str]:
 
 # --- the worker -----------------------------------------------------------------------------
 
-def _read_chunk(task):
+def _read_chunk(task) -> tuple[int, list[tuple], list[tuple[int, str, str]], dict[int, dict[str, str]],
+                             list[tuple[int, tuple[str, str]]], list[str]]:
+    """(rows, accounts as plain tuples, errors, bad rows' records, bad rows' keys, ignored
+    columns) of one chunk."""
     fmt, header, body, _first_line, secret = task
     # Duplicates are found as the chunks are merged in file order, so that each names the
     # same first line as one reader of the whole file would.
