@@ -75,6 +75,7 @@ TRANSITIONS: dict[str, Transition] = {
 }
 
 NOTE_MAX = 1000
+NOTIFICATION_MAX = Notification.__table__.c.message.type.length
 
 
 @dataclass
@@ -282,10 +283,11 @@ def transition(
     flush_or_conflict(session, "referral")
     audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
     if action == "decline":
-        # A tip's holders on it wait on the operation's review list: a person decides where
-        # they go now (the tip pipeline does not send them back to the agency that declined).
-        session.execute(update(Holder.__table__).where(Holder.__table__.c.referral_id == referral.id)
-                        .values(needs_review=True, updated_at=when))
+        # A tip's holders on it (or on a referral transferred on to it) wait on the operation's
+        # review list: a person decides where they go now (the tip pipeline does not send them
+        # back to the agency that declined).
+        session.execute(update(Holder.__table__).where(Holder.__table__.c.referral_id.in_(_before_transfers(
+            session, referral))).values(needs_review=True, updated_at=when))
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
         deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id)
@@ -344,17 +346,10 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
         return False
     previous = referral.priority
     referral.priority = priority
-    note = f"Priority raised from {previous.value} to {priority.value}: {reason}"[:NOTE_MAX]
-    # The system (an import from the command line) acts for the sender, the operation's lead agency.
-    _event(referral, actor, "escalate", referral.status, referral.status, note, at=at,
-           agency_id=actor.agency_id or referral.sender_agency_id)
-    session.add(Notification(
-        agency_id=referral.receiver_agency_id, kind=NotificationKind.PRIORITY_RAISED, referral_id=referral.id,
-        message=f"{referral.reference} from {referral.sender.name}: priority raised from {previous.value} to "
-                f"{priority.value}.", created_at=at or utcnow()))
-    flush_or_conflict(session, "referral")
-    audit.record(session, actor, "referral.escalate", "referral", referral.id, detail={
-        "reference": referral.reference, "from": previous.value, "to": priority.value, "reason": reason})
+    note = f"Priority raised from {previous.value} to {priority.value}: {reason}"
+    _tell_receiver(session, actor, referral, "escalate", note, NotificationKind.PRIORITY_RAISED,
+                   f"priority raised from {previous.value} to {priority.value}.",
+                   {"from": previous.value, "to": priority.value, "reason": reason}, at)
     return True
 
 
@@ -367,25 +362,45 @@ def record_tip_update(session: Session, actor: Actor, referral_id: int, note: st
     referral = _open_after_transfers(session, referral_id)
     if referral is None:
         return False
-    note = note[:NOTE_MAX]
-    _event(referral, actor, "update", referral.status, referral.status, note, at=at,
+    _tell_receiver(session, actor, referral, "update", note, NotificationKind.REFERRAL_UPDATED, note,
+                   {"note": note[:NOTE_MAX], "source": "tip"}, at)
+    return True
+
+
+def _tell_receiver(session: Session, actor: Actor, referral: Referral, action: str, note: str,
+                   kind: NotificationKind, message: str, detail: dict, at: datetime | None) -> None:
+    """A step of a sent referral that changes no status, in its history, as a notification to
+    its receiver and in the audit trail. The system (an import from the command line) acts for
+    the sender, the operation's lead agency."""
+    _event(referral, actor, action, referral.status, referral.status, note[:NOTE_MAX], at=at,
            agency_id=actor.agency_id or referral.sender_agency_id)
     session.add(Notification(
-        agency_id=referral.receiver_agency_id, kind=NotificationKind.REFERRAL_UPDATED, referral_id=referral.id,
-        message=f"{referral.reference} from {referral.sender.name}: {note}"[:500], created_at=at or utcnow()))
-    audit.record(session, actor, "referral.update", "referral", referral.id,
-                 detail={"reference": referral.reference, "note": note, "source": "tip"})
-    return True
+        agency_id=referral.receiver_agency_id, kind=kind, referral_id=referral.id,
+        message=f"{referral.reference} from {referral.sender.name}: {message}"[:NOTIFICATION_MAX],
+        created_at=at or utcnow()))
+    flush_or_conflict(session, "referral")
+    audit.record(session, actor, f"referral.{action}", "referral", referral.id,
+                 detail={"reference": referral.reference, **detail})
 
 
 def _open_after_transfers(session: Session, referral_id: int) -> Referral | None:
     """The referral a sent one has reached through transfers, locked, if it is still open."""
-    locked = select(Referral).where(Referral.id == after_transfers(session, referral_id)).with_for_update(of=Referral)
+    locked = select(Referral).where(Referral.id == _after_transfers(session, referral_id)).with_for_update(of=Referral)
     referral = session.scalars(locked).unique().one()
     return referral if referral.status in OPEN_STATUSES else None
 
 
-def after_transfers(session: Session, referral_id: int) -> int:
+def _before_transfers(session: Session, referral: Referral) -> list[int]:
+    """The referral's id and those of the referrals whose transfers led to it."""
+    chain = [referral.id]
+    previous = referral.transferred_from_id
+    while previous is not None:
+        chain.append(previous)
+        previous = session.scalar(select(Referral.transferred_from_id).where(Referral.id == previous))
+    return chain
+
+
+def _after_transfers(session: Session, referral_id: int) -> int:
     """The referral a chain of transfers starting at `referral_id` has reached (itself when
     never transferred): each transfer closes one referral and opens exactly one successor."""
     while True:

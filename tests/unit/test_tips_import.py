@@ -629,6 +629,23 @@ def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_declin
     assert (draft.status, draft.receiver_agency_id, routed.needs_review) == (Status.DRAFT, sent.receiver_agency_id, False)
 
 
+def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_stranded(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    referrals.transition(session, world.actor("i_liaison"), onward.id, "acknowledge", None)
+    referrals.transition(session, world.actor("i_liaison"), onward.id, "decline", None, "Not ours either.")
+    session.expire_all()
+    assert session.get(Holder, holder.id).needs_review
+    run_import(session, world, tip(account(7, email="p@example.org", uploads_a="1")))
+    session.expire_all()
+    moved = session.get(Holder, holder.id)
+    draft = session.get(Referral, moved.referral_id)
+    assert (draft.status, draft.receiver_agency_id) == (Status.DRAFT, world.agencies["b"].id)  # not the decliner
+
+
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
     sent_at = datetime.now(timezone.utc) - timedelta(hours=30)
     holder, sent = _sent_package(session, world, sent_at)

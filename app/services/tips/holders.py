@@ -256,7 +256,7 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
     router.create_drafts()
     session.execute(update(Holder.__table__).where(Holder.__table__.c.id == holder.id).values(
         routing=state.routing, receiver_agency_id=state.receiver_agency_id, referral_id=state.referral_id,
-        packaged=state.packaged, updated_at=now, **({"needs_review": True} if state.for_review else {})))
+        packaged=state.packaged, updated_at=now))
     router.write_links()
     route = router.finish()
     if route.touched:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, cast, delete, func, select, update
+from sqlalchemy import Integer, bindparam, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -164,6 +164,7 @@ class Router:
         self.changed: set[int] = set()
         self._packages: dict[tuple[int, str, Priority], _Draft | int] | None = None
         self._referrals: dict[int, tuple] = {}
+        self._successor: dict[int, int] = {}  # transferred referral -> the one its transfer made
         self._discarded_references: dict[int, str] = {}
 
     # --- planning -------------------------------------------------------------------------
@@ -184,18 +185,35 @@ class Router:
         return self._packages
 
     def _load_referrals(self, referral_ids) -> None:
+        """Read these referrals, and the referrals that transfers of them led to."""
         wanted = sorted({r for r in referral_ids if r} - set(self._referrals))
-        for start in range(0, len(wanted), 5000):
-            for row in self.session.execute(
-                select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
-                       Referral.priority).where(Referral.id.in_(wanted[start:start + 5000]))
-            ):
-                self._referrals[row.id] = row
+        while wanted:
+            successors = []
+            for start in range(0, len(wanted), 5000):
+                part = wanted[start:start + 5000]
+                for row in self.session.execute(
+                    select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
+                           Referral.priority, Referral.transferred_from_id)
+                    .where(or_(Referral.id.in_(part), Referral.transferred_from_id.in_(part)))
+                ):
+                    self._referrals[row.id] = row
+                    if row.transferred_from_id is not None:
+                        self._successor[row.transferred_from_id] = row.id
+                        successors.append(row.id)
+            wanted = sorted(set(successors) - set(wanted))
+
+    def where_now(self, referral_id: int | None):
+        """The referral (id, status, receiver, jurisdiction, priority) that carries this one's
+        case now: itself, or where transfers took it. None for no referral."""
+        while referral_id in self._successor:
+            referral_id = self._successor[referral_id]
+        return self._referrals.get(referral_id) if referral_id else None
 
     def stays(self, referral_id: int | None) -> bool:
-        """Whether a holder on this referral stays on it: it was sent, and not declined or
-        withdrawn (a holder on one of those is routed again, like a holder on none)."""
-        current = self._referrals.get(referral_id) if referral_id else None
+        """Whether a holder on this referral stays on it: it was sent, and neither it nor a
+        referral it was transferred on to was declined or withdrawn (a holder on one of those is
+        routed again, like a holder on none)."""
+        current = self.where_now(referral_id)
         return current is not None and current.status not in (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN)
 
     def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, tuple[Priority, int]]:
@@ -213,15 +231,11 @@ class Router:
             part = next((p for p in parts if self.stays(p.referral_id)), None)
             if part is None:
                 continue
-            referral_id = referrals.after_transfers(self.session, part.referral_id)
-            self._load_referrals([referral_id])
-            if not self.stays(referral_id):
-                continue  # transferred to an agency that declined it: routed as any other holder
+            current = self.where_now(part.referral_id)
             self.detach(survivor)
-            current = self._referrals[referral_id]
-            survivor.referral_id, survivor.packaged, survivor.routing = referral_id, part.packaged, part.routing
+            survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
-            self.links.append((referral_id, survivor))
+            self.links.append((current.id, survivor))
             survivor.for_review = survivor.jurisdiction != current.jurisdiction
             joined[survivor.id] = (current.priority, part.id)
         return joined
@@ -236,7 +250,7 @@ class Router:
             routing, receiver = target(self.directory, state.jurisdiction)
             if self.stays(state.referral_id):
                 continue  # sent already: it stays where it went
-            current = self._referrals.get(state.referral_id) if state.referral_id else None
+            current = self.where_now(state.referral_id)
             if current is not None and current.status is not Status.DRAFT:
                 if (current.status is Status.DECLINED and receiver == current.receiver_agency_id
                         and state.id not in decided):
