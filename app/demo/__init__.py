@@ -150,7 +150,7 @@ SHARED_IDENTIFIERS = ["harbour.lights@example.org", phones.unassigned("NZ", 990_
 
 
 def _demo_subject(session, rng, actor, referral_id) -> None:
-    lines = [f"holder{referral_id:03d}@example.org", phones.unassigned("AU", rng.randrange(10**8))]
+    lines = [f"holder{referral_id:03d}@example.org", phones.unassigned("AU", rng.randrange(10**8) % phones.capacity("AU"))]
     if rng.random() < 0.3:
         lines.append(rng.choice(SHARED_IDENTIFIERS))
     subjects.add_subject(session, actor, referral_id, "Account holder", "\n".join(lines))

@@ -10,6 +10,7 @@ grows every count.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -30,7 +31,7 @@ LEAD_ACCOUNTS = 125
 LEAD_HOLDERS = 71
 # A handful of numbers every provider sees on unrelated accounts (test numbers, a shared
 # family phone): they must become common identifiers and join nobody. One of a range the UK
-# reserves for drama, and one of New Zealand's unassigned range past every holder's serial.
+# reserves for drama, and the last of New Zealand's unassigned range (its holders take the first).
 SHARED_NUMBERS = ("+44 20 7946 0999", phones.unassigned("NZ", 999_999))
 SHARED_NUMBER_USES = 40
 
@@ -78,9 +79,12 @@ def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
 
     serial = 0
     shared_left = {number: SHARED_NUMBER_USES if scale >= 0.05 else 0 for number in SHARED_NUMBERS}
+    phones_given: Counter = Counter()  # country -> numbers of its free range given out
     for holder, country in enumerate(holder_country):
         email = f"holder{holder}.{rng.randrange(10 ** 6):06d}@mail{holder % 97}.example.org"
-        phone = phones.unassigned(country, holder)
+        number = phones_given[country]
+        phones_given[country] += 1
+        phone = phones.unassigned(country, number) if number < phones.capacity(country) else ""
         other_country = rng.choice(places)
         active_from = TIP_START + timedelta(days=rng.randrange(500))
         for k in range(per_holder[holder]):

@@ -15,7 +15,8 @@ import phonenumbers
 from phonenumbers import PhoneNumberType, ValidationResult
 
 # How many suffixes of a candidate range are checked, spread over it (its first and last
-# included): numbering plans assign by leading digits, so these cover every pattern.
+# included). Numbering plans assign by leading digits, and these take every value of the
+# suffix's first three; every number the demo writes is checked by the tests besides.
 SAMPLES = 1000
 
 
@@ -27,15 +28,23 @@ def free_range(country: str) -> tuple[int, str, int]:
     if example is None:
         raise LookupError(f"no numbering plan for {country}")
     length = len(phonenumbers.national_significant_number(example))
-    free = min(6, length - 2)
-    size = 10 ** free
-    step = max(1, size // SAMPLES)
-    suffixes = sorted({*range(0, size, step), size - 1})
-    # A national number does not start with 0 (a trunk prefix in most plans).
-    for lead in range(10 ** (length - free - 1), 10 ** (length - free)):
-        prefix = str(lead)
-        if all(_nobodys(example.country_code, f"{prefix}{suffix:0{free}d}") for suffix in suffixes):
-            return example.country_code, prefix, free
+    # Countries sharing a calling code (+1, +7, +44) share its free ranges: each takes its own,
+    # by its place in the code's list of regions.
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(example.country_code, (country,))
+    skip = regions.index(country) if country in regions else 0
+    # The largest range first (up to a million numbers; a small plan, as Tokelau's 4 digits,
+    # still gets 1,000), then smaller ones behind longer prefixes.
+    for free in range(min(6, length - 1), 0, -1):
+        size = 10 ** free
+        step = max(1, size // SAMPLES)
+        suffixes = sorted({*range(0, size, step), size - 1})
+        # A national number does not start with 0 (a trunk prefix in most plans).
+        for lead in range(10 ** (length - free - 1), 10 ** (length - free)):
+            prefix = str(lead)
+            if all(_nobodys(example.country_code, f"{prefix}{suffix:0{free}d}") for suffix in suffixes):
+                if not skip:
+                    return example.country_code, prefix, free
+                skip -= 1
     raise LookupError(f"no unassigned range of {length} digits for {country}")
 
 
@@ -45,7 +54,14 @@ def _nobodys(country_code: int, national: str) -> bool:
             and not phonenumbers.is_valid_number(number))
 
 
+def capacity(country: str) -> int:
+    """How many numbers the country's free range holds."""
+    return 10 ** free_range(country)[2]
+
+
 def unassigned(country: str, serial: int) -> str:
-    """A number of the country's free range in E.164, one per serial (modulo the range)."""
+    """The `serial`th number of the country's free range, in E.164."""
     code, prefix, free = free_range(country)
-    return f"+{code}{prefix}{serial % 10 ** free:0{free}d}"
+    if not 0 <= serial < 10 ** free:
+        raise ValueError(f"{country}'s free range holds {10 ** free:,} numbers")
+    return f"+{code}{prefix}{serial:0{free}d}"

@@ -234,6 +234,31 @@ def test_synthetic_phone_numbers_are_in_ranges_nobody_holds_and_the_reader_takes
         assert phonenumbers.is_possible_number(parsed) and not phonenumbers.is_valid_number(parsed), number
 
 
+def test_each_country_has_a_free_range_of_its_own():
+    import phonenumbers
+    from phonenumbers import PhoneNumberType
+
+    from app.demo import phones
+
+    planned = [region for region in sorted(phonenumbers.SUPPORTED_REGIONS)
+               if phonenumbers.example_number_for_type(region, PhoneNumberType.MOBILE) is not None]
+    firsts = {region: phones.unassigned(region, 0) for region in planned}
+    assert len(set(firsts.values())) == len(planned)  # +1, +7, +44 ... share a code, not a range
+    assert min(phones.capacity(region) for region in planned) >= 1000
+    with pytest.raises(ValueError):
+        phones.unassigned("TK", phones.capacity("TK"))
+
+
+def test_no_two_synthetic_holders_share_a_phone_number():
+    from app.demo import operation_h
+
+    holders_of: dict[str, set[str]] = {}
+    for row in operation_h.generate(0.01, 5):
+        if row["phone"] and row["phone"] not in operation_h.SHARED_NUMBERS and row["email"]:
+            holders_of.setdefault(row["phone"], set()).add(row["email"].split(".")[0])
+    assert holders_of and all(len(holders) == 1 for holders in holders_of.values())
+
+
 # --- clustering --------------------------------------------------------------------------
 
 def test_chains_of_shared_identifiers_make_one_holder():
