@@ -211,10 +211,18 @@ def test_a_json_row_with_a_wrong_kind_value_reports_all_its_problems_and_keeps_i
     assert "duplicate of line 1" in result.errors[2].reason and result.accounts == []
 
 
-def test_a_json_field_named_twice_in_a_record_is_refused():
-    data = b'{"platform": "instagram", "account_id": "1", "Email": "a@example.org", "email": "b@example.org"}'
-    result = reader.read(io.BytesIO(data), "jsonl", SECRET)
+@pytest.mark.parametrize("second", ["Email", "email"])
+def test_a_json_field_named_twice_in_a_record_is_refused(second):
+    data = f'{{"platform": "instagram", "account_id": "1", "email": "a@example.org", "{second}": "b@example.org"}}'
+    result = reader.read(io.BytesIO(data.encode()), "jsonl", SECRET)
     assert [(e.field, e.reason) for e in result.errors] == [("email", "named twice in this record")]
+
+
+@pytest.mark.parametrize("line", [b'{"platform": "instagram", "account_id": ' + b"9" * 5000 + b"}", b"[" * 100_000])
+def test_a_json_line_too_large_to_read_is_a_bad_row_and_the_rest_is_read(line):
+    good = json.dumps(dict(zip(reader.FIELDS, GOOD.split(",")))).encode()
+    result = reader.read(io.BytesIO(line + b"\n" + good + b"\n"), "jsonl", SECRET)
+    assert [(e.line, e.field) for e in result.errors] == [(1, "-")] and len(result.accounts) == 1
 
 
 def test_synthetic_phone_numbers_are_in_ranges_nobody_holds_and_the_reader_takes_them():

@@ -150,22 +150,26 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_JSONObject.of)
         except json.JSONDecodeError as exc:
             yield number, {}, [RowError(number, WHOLE_RECORD, f"not valid JSON ({exc.msg})")]
+            continue
+        except (ValueError, RecursionError):  # a number of over 4,300 digits; nesting too deep
+            yield number, {}, [RowError(number, WHOLE_RECORD, "not valid JSON (a value too large, or nested too deeply, to read)")]
             continue
         if not isinstance(record, dict):
             yield number, {}, [RowError(number, WHOLE_RECORD, "each line must be a JSON object")]
             continue
         fields: dict[str, str] = {}
         problems: list[RowError] = []
-        for name, value in record.items():
+        for name, value in record.pairs:
             key = column_key(name)
             if key not in FIELDS:
                 ignored.setdefault(name)  # whatever it holds
                 continue
             if key in fields:
-                problems.append(RowError(number, key, "named twice in this record"))
+                if not any(p.field == key for p in problems):
+                    problems.append(RowError(number, key, "named twice in this record"))
                 continue
             text_value = _json_text(key, value)
             if text_value is None:
@@ -175,6 +179,19 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
                     else "must be a text, a number or null")))
             fields[key] = text_value
         yield number, fields, problems or _NO_PROBLEMS
+
+
+class _JSONObject(dict):
+    """A JSON object that keeps its pairs as written: a key given twice is the file's mistake,
+    not the last value's win."""
+
+    pairs: list[tuple[str, object]]
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, object]]) -> _JSONObject:
+        obj = cls(pairs)
+        obj.pairs = pairs
+        return obj
 
 
 def column_key(name: str) -> str:
