@@ -290,6 +290,18 @@ def test_a_form_text_over_its_limit_gets_a_413_naming_that_limit(app, web_world)
     assert _count(app, Tip) == 0
 
 
+def test_a_form_of_too_many_fields_gets_a_413_naming_that_limit(app, web_world):
+    app.config["MAX_FORM_PARTS"] = 50
+    browser = _login(app, LEAD)
+    token = csrf_token_from(browser.get("/tips/import").get_data(as_text=True))
+    response = browser.client.post("/tips/import", content_type="multipart/form-data", data={
+        "csrf_token": token, "operation": str(web_world.operation.id), **{f"extra{n}": "x" for n in range(60)},
+        "file": (io.BytesIO(GOOD), "tip.csv", "text/csv")})
+    assert response.status_code == 413
+    page = response.get_data(as_text=True)
+    assert "a form at most 50 fields" in page and "form field at most" not in page
+
+
 def test_viewers_and_other_agencies_cannot_import(app, web_world):
     assert _login(app, "viewer.c@example.org").get("/tips/import").status_code == 403
     other = _login(app, "liaison.a@example.org")
