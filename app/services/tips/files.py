@@ -129,7 +129,8 @@ def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[
     """CSV of the bad rows: the original columns, then line, field and reason. One row per bad
     line; several problems on a line are joined with " | ". Values are kept as they were, so
     the file can be corrected and imported again (the reader does not read the three extra
-    columns; it names them among the columns not read)."""
+    columns; it names them among the columns not read). A row that could not be read at all
+    (not JSON, or beyond the csv module) has only its line, field and reason."""
     columns = list(columns) or list(reader.FIELDS)
     keys = reader.record_keys(columns)
     extra = [f"reject_{name}" if name in columns else name for name in REJECT_COLUMNS]
