@@ -613,6 +613,10 @@ def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_declin
     referrals.transition(session, world.actor("b_liaison"), sent.id, "decline", None, "Not our case.")
     session.expire_all()
     assert session.get(Holder, holder.id).needs_review  # on the review list at once
+    lead = world.users["c_liaison"]
+    listed = holder_service.review_list(session, lead, holder_service.HolderFilters()).items
+    assert holder_service.review_reasons(session, lead, listed)[holder.id] == (
+        f"{sent.reference} was declined by {world.agencies['b'].name}")
     drafts_before = count(session, Referral)
     # New accounts of the holder, still pointing to the country that declined it: no new draft.
     run_import(session, world, tip(account(7, email="p@example.org", uploads_a="1")))
@@ -727,6 +731,9 @@ def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(se
     session.expire_all()
     merged = session.get(Holder, left.id)
     assert (merged.referral_id, merged.jurisdiction, merged.needs_review) == (sent.id, "NZ", True)
+    lead = world.users["c_liaison"]
+    assert holder_service.review_reasons(session, lead, [merged])[merged.id] == (
+        f"on {sent.reference}, sent for Australia; its accounts point elsewhere")
     assert "its evidence now points to New Zealand" in session.get(Referral, sent.id).events[-1].note
 
 

@@ -350,6 +350,7 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
     subject_id = _holder_subject(app, "acc3")  # AU hint, NZ address: a tie
     page = browser.get("/tips/review").get_data(as_text=True)
     assert f"/tips/holders/{subject_id}" in page and "AU 2, NZ 1" in page  # the weighed evidence
+    assert "its accounts point to more than one country" in page
     token = csrf_token_from(page)
     response = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction",
                                    data={"csrf_token": token, "country": "NZ", "back": "review"})

@@ -88,11 +88,36 @@ def list_holders(session: Session, user, filters: HolderFilters, per_page: int =
 
 
 def review_list(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
-    """Holders whose evidence names more than one country (or none), for the lead agency;
-    least certain first."""
+    """Holders waiting for a person to decide their jurisdiction, for the lead agency: their
+    evidence names more than one country (or none), or their referral went wrong
+    (`review_reasons`); least certain first."""
     filters.review = True
     query = _filtered(led_holders(user), filters)
     return paginate(session, query, filters.page, per_page, Holder.confidence, Holder.operation_id, Holder.number)
+
+
+def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, str]:
+    """Why each of these holders waits for a person: the referral it is on (declined,
+    transferred onward, or sent for another country than its evidence's), as the person
+    deciding sees that referral, else its evidence."""
+    ids = sorted({h.referral_id for h in holders if h.referral_id})
+    shown = {r.id: r for r in session.scalars(visible_referrals(user).where(Referral.id.in_(ids))).unique()}
+    reasons = {}
+    for holder in holders:
+        referral = shown.get(holder.referral_id)
+        if referral is not None and referral.status is Status.DECLINED:
+            reasons[holder.id] = f"{referral.reference} was declined by {referral.receiver.name}"
+        elif referral is not None and referral.status is Status.TRANSFERRED:
+            reasons[holder.id] = f"{referral.reference} was transferred onward by {referral.receiver.name}"
+        elif (referral is not None and referral.status is not Status.DRAFT
+              and referral.jurisdiction != holder.jurisdiction):
+            reasons[holder.id] = (f"on {referral.reference}, sent for {countries.name(referral.jurisdiction)}; "
+                                  "its accounts point elsewhere")
+        elif holder.evidence:
+            reasons[holder.id] = "its accounts point to more than one country"
+        else:
+            reasons[holder.id] = "its accounts name no country"
+    return reasons
 
 
 @dataclass

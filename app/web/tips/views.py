@@ -133,7 +133,8 @@ def review():
     form = HolderFilterForm(formdata=request.args)
     form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
     page = service.review_list(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
-    return render_template("tips/review.html", form=form, page=page, args=_args())
+    reasons = service.review_reasons(db.session, current_user, page.items)
+    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=_args())
 
 
 @bp.route("/unrouted")
