@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -324,6 +325,26 @@ def test_parallel_validation_finds_the_header_where_the_csv_module_ends_it(monke
     assert [(e.line, e.field) for e in parallel.errors] == [(e.line, e.field) for e in single.errors] == [
         (6, "first_seen")]
     assert parallel.ignored_columns == [extra_column]
+
+
+def test_chunked_validation_agrees_with_one_reader_on_random_files(monkeypatch):
+    """Random small files mixing the three line ends, blank lines, quoted line breaks, stray
+    quotes, bad rows and duplicates, cut into random chunks (a deterministic sample)."""
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    rng = random.Random(20261201)
+    ends = ["\n", "\r\n", "\r"]
+    for _case in range(300):
+        rows = ["platform,account_id,username" + rng.choice(["", ',o"x', ",notes"])]
+        for n in range(rng.randint(0, 12)):
+            rows.append(rng.choice(["", f'instagram,{n},"two{rng.choice(ends)}lines"', f"nope,{n},x",
+                                    f'instagram,{n},o"b', f"instagram,{rng.randint(0, 5)},u{n}"]))
+        text = "".join(row + rng.choice(ends) for row in rows)
+        data = (text.rstrip("\r\n") if rng.random() < 0.3 else text).encode()
+        single = reader.read(io.BytesIO(data), "csv", b"k")
+        chunked = validation.validate(data, "csv", b"k", workers=1, chunk_bytes=rng.randint(1, 40))
+        assert [(e.line, e.field, e.reason) for e in chunked.errors] == [
+            (e.line, e.field, e.reason) for e in single.errors], data
+        assert [tuple(a) for a in chunked.accounts] == [tuple(a) for a in single.accounts], data
 
 
 def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():

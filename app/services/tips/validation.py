@@ -83,8 +83,11 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
         workers = default_workers()
     tasks = []
     line = body_first_line
+    # Each chunk is read after the header: a header ending in a lone CR would make a CRLF of a
+    # chunk's leading LF (one line end instead of two).
+    chunk_header = header[:-1] + b"\n" if header.endswith(b"\r") else header
     for start, end in chunks:
-        tasks.append((fmt, header, body[start:end], line, secret))
+        tasks.append((fmt, chunk_header, body[start:end], line, secret))
         line += _line_ends(body, start, end)
     parallel = workers > 1 and len(tasks) > 1 and len(data) >= PARALLEL_MIN_BYTES
     done = 0
@@ -170,7 +173,8 @@ def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
     return chunks
 
 
-# Where a line ends within a line of bytes.readline(): after a CR that no LF follows.
+# Where a line ends within a line of bytes.readline(): after a CR that no LF follows (the
+# split leaves an empty piece after a CR that ends the data).
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
@@ -183,7 +187,7 @@ def _record_ends(data: bytes) -> Iterator[int]:
     def lines():
         nonlocal end
         for line in io.BytesIO(data):
-            for part in filter(None, _LONE_CR.split(line)) if b"\r" in line[:-2] else (line,):
+            for part in filter(None, _LONE_CR.split(line)) if b"\r" in line else (line,):
                 end += len(part)
                 yield part.decode("utf-8", errors="replace")
 
