@@ -218,6 +218,24 @@ def test_a_json_field_named_twice_in_a_record_is_refused(second):
     assert [(e.field, e.reason) for e in result.errors] == [("email", "named twice in this record")]
 
 
+@pytest.mark.parametrize("field, value", [("account_id", '"\\ud800"'), ("username", '"a\\udfff"'),
+                                          ("ip_addresses", '["\\ud800"]')])
+def test_a_json_text_that_is_not_unicode_is_a_bad_value_not_a_crash(field, value):
+    members = {"platform": '"instagram"', "account_id": '"1"', field: value, "n\\ud800": "1"}
+    data = ("{" + ", ".join(f'"{name}": {text}' for name, text in members.items()) + "}").encode()
+    result = reader.read(io.BytesIO(data), "jsonl", SECRET)
+    assert [(e.field, e.reason) for e in result.errors] == [
+        (field, "not valid Unicode (a lone surrogate escape such as \\ud800)")]
+    assert result.ignored_columns == ["n\\ud800"]
+
+
+def test_a_json_field_given_twice_is_reported_whatever_the_first_holds():
+    data = b'{"platform": true, "platform": "instagram", "account_id": "1"}'
+    result = reader.read(io.BytesIO(data), "jsonl", SECRET)
+    assert [(e.field, e.reason) for e in result.errors] == [
+        ("platform", "must be a text, a number or null"), ("platform", "named twice in this record")]
+
+
 @pytest.mark.parametrize("line", [b'{"platform": "instagram", "account_id": ' + b"9" * 5000 + b"}", b"[" * 100_000])
 def test_a_json_line_too_large_to_read_is_a_bad_row_and_the_rest_is_read(line):
     good = json.dumps(dict(zip(reader.FIELDS, GOOD.split(",")))).encode()

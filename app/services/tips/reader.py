@@ -162,21 +162,21 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
             continue
         fields: dict[str, str] = {}
         problems: list[RowError] = []
+        twice: set[str] = set()
         for name, value in record.pairs:
             key = column_key(name)
             if key not in FIELDS:
-                ignored.setdefault(name)  # whatever it holds
+                ignored.setdefault(name if _is_unicode(name) else name.encode("utf-8", "backslashreplace").decode())
                 continue
             if key in fields:
-                if not any(p.field == key for p in problems):
+                if key not in twice:
+                    twice.add(key)
                     problems.append(RowError(number, key, "named twice in this record"))
                 continue
             text_value = _json_text(key, value)
             if text_value is None:
-                text_value = json.dumps(value)
-                problems.append(RowError(number, key, (
-                    "must be a list of texts, a text or null" if key == "ip_addresses"
-                    else "must be a text, a number or null")))
+                text_value = json.dumps(value)  # for the reject file (surrogates escaped)
+                problems.append(RowError(number, key, _json_problem(key, value)))
             fields[key] = text_value
         yield number, fields, problems or _NO_PROBLEMS
 
@@ -214,20 +214,41 @@ def record_keys(columns: list[str]) -> list[str]:
 
 def _json_text(name: str, value) -> str | None:
     """A JSON value as the text a CSV cell would hold; None for a value no field takes (true,
-    an object, a list other than of addresses)."""
+    an object, a list other than of addresses, a text that is not Unicode: `_json_problem`)."""
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return value if _is_unicode(value) else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else str(value)
-    if isinstance(value, list) and name == "ip_addresses" and all(isinstance(item, str) for item in value):
+    if (isinstance(value, list) and name == "ip_addresses"
+            and all(isinstance(item, str) and _is_unicode(item) for item in value)):
         return ";".join(value)
     return None
+
+
+def _json_problem(name: str, value) -> str:
+    """Why `_json_text` took no text from the value."""
+    texts = name == "ip_addresses" and isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if isinstance(value, str) or texts:
+        return "not valid Unicode (a lone surrogate escape such as \\ud800)"
+    return "must be a list of texts, a text or null" if name == "ip_addresses" else "must be a text, a number or null"
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a text holding a lone surrogate, which JSON's \\uXXXX escapes can make and
+    no UTF-8 file, database or page can hold."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, duplicates: bool = True) -> ReadResult:
