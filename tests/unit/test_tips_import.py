@@ -664,11 +664,19 @@ def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_strand
     referrals.transition(session, world.actor("i_liaison"), onward.id, "decline", None, "Not ours either.")
     session.expire_all()
     assert session.get(Holder, holder.id).needs_review
+    lead = world.users["c_liaison"]
+    assert holder_service.review_reasons(session, lead, [session.get(Holder, holder.id)])[holder.id] == (
+        f"{onward.reference} (transferred from {sent.reference}) was declined by {world.agencies['i'].name}")
+    # Routing would send it back to the agency that passed it on: it waits for a person instead.
+    drafts_before = count(session, Referral)
     run_import(session, world, tip(account(7, email="p@example.org", uploads_a="1")))
     session.expire_all()
-    moved = session.get(Holder, holder.id)
-    draft = session.get(Referral, moved.referral_id)
-    assert (draft.status, draft.receiver_agency_id) == (Status.DRAFT, world.agencies["b"].id)  # not the decliner
+    waiting = session.get(Holder, holder.id)
+    assert (waiting.referral_id, waiting.needs_review, count(session, Referral)) == (sent.id, True, drafts_before)
+    decision = holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "AU")
+    session.flush()
+    draft = session.get(Referral, decision.holder.referral_id)
+    assert (draft.status, draft.receiver_agency_id) == (Status.DRAFT, world.agencies["b"].id)
 
 
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
@@ -739,6 +747,27 @@ def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiv
     run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="p@example.org")))
     session.expire_all()
     assert session.get(Referral, sent.id).events[-1].id == event.id
+
+
+def test_a_transferred_referral_reached_two_ways_in_one_import_gets_one_update(session, world):
+    run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    package = holder_of(session, world, "acc1").referral_id
+    referrals.transition(session, world.actor("c_liaison"), package, "send", None)
+    referrals.transition(session, world.actor("b_liaison"), package, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), package, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), package, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    # acc7 joins a holder on the package (transferred since); acc9 merges the draft holder of
+    # acc5 with the package's other holder, and the merged holder joins where the package is now.
+    run_import(session, world, tip(account(7, email="p@example.org"),
+                                   account(9, username="lefty", email="q@example.org")))
+    session.expire_all()
+    updates = [e for e in session.get(Referral, onward.id).events if e.action == "update"]
+    assert len(updates) == 1
+    assert "joined this referral by a merge" in updates[0].note and "1 new account of holder" in updates[0].note
+    told, _total = deconfliction.list_notifications(session, world.users["i_liaison"], mark_seen=False)
+    assert [n.kind for n in told].count(NotificationKind.REFERRAL_UPDATED) == 1
 
 
 def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(session, world):

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -97,16 +97,26 @@ def review_list(session: Session, user, filters: HolderFilters, per_page: int = 
 
 
 def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, str]:
-    """Why each of these holders waits for a person: the referral it is on (declined,
-    transferred onward, or sent for another country than its evidence's), as the person
-    deciding sees that referral, else its evidence."""
-    ids = sorted({h.referral_id for h in holders if h.referral_id})
-    shown = {r.id: r for r in session.scalars(visible_referrals(user).where(Referral.id.in_(ids))).unique()}
+    """Why each of these holders waits for a person: the referral it is on (declined, also
+    after transfers, transferred onward, or sent for another country than its evidence's), as
+    the person deciding sees those referrals, else its evidence."""
+    shown: dict[int, Referral] = {}
+    successor: dict[int, int] = {}
+    wanted = sorted({h.referral_id for h in holders if h.referral_id})
+    while wanted:  # the holders' referrals, then the referrals their transfers made
+        found = session.scalars(visible_referrals(user).where(
+            or_(Referral.id.in_(wanted), Referral.transferred_from_id.in_(wanted)))).unique().all()
+        shown.update((r.id, r) for r in found)
+        successor.update((r.transferred_from_id, r.id) for r in found if r.transferred_from_id in wanted)
+        wanted = sorted({r.id for r in found if r.transferred_from_id in wanted} - set(wanted))
     reasons = {}
     for holder in holders:
-        referral = shown.get(holder.referral_id)
-        if referral is not None and referral.status is Status.DECLINED:
-            reasons[holder.id] = f"{referral.reference} was declined by {referral.receiver.name}"
+        referral = now = shown.get(holder.referral_id)
+        while now is not None and now.id in successor:
+            now = shown[successor[now.id]]
+        if now is not None and now.status is Status.DECLINED:
+            transfer = f" (transferred from {referral.reference})" if now is not referral else ""
+            reasons[holder.id] = f"{now.reference}{transfer} was declined by {now.receiver.name}"
         elif referral is not None and referral.status is Status.TRANSFERRED:
             reasons[holder.id] = f"{referral.reference} was transferred onward by {referral.receiver.name}"
         elif (referral is not None and referral.status is not Status.DRAFT

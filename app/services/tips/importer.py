@@ -486,8 +486,8 @@ class _Writer:
         # A holder sent already stays on its referral, which follows it up if the new accounts
         # made it more urgent.
         previous = {h: sent_priority[h][0] if h in sent_priority else old_rows[h].priority for h in affected_existing}
-        holders.escalate_sent_referrals(session, self.actor, [
-            (states[h].referral_id, previous[h], states[h].priority, holders.escalation_reason(
+        holders.escalate_sent_referrals(session, self.actor, [  # once per referral, where it is now
+            (router.current_id(states[h].referral_id), previous[h], states[h].priority, holders.escalation_reason(
                 holder_label(old_rows[h].number), previous[h], states[h].priority,
                 f"with the accounts of tip {tip.file_name} (import {tip.id})"))
             for h in affected_existing
@@ -524,9 +524,9 @@ class _Writer:
         and import, whether or not its priority rose."""
         news: dict[int, list[str]] = defaultdict(list)
         for h in affected:
-            referral_id = states[h].referral_id
-            if not router.stays(referral_id):
+            if not router.stays(states[h].referral_id):
                 continue  # on no referral, or on a draft (routed above)
+            referral_id = router.current_id(states[h].referral_id)  # two holders may reach it two ways
             label = holder_label(old_rows[h].number)
             if h in followed:
                 elsewhere = (f" (its evidence now points to {countries.name(states[h].jurisdiction)}: the sending "

@@ -202,12 +202,25 @@ class Router:
                         successors.append(row.id)
             wanted = sorted(set(successors) - set(wanted))
 
+    def _chain(self, referral_id: int | None) -> list:
+        """The referral (id, status, receiver, jurisdiction, priority) and those its transfers
+        made, in order; empty for no referral."""
+        chain = []
+        while referral_id in self._referrals:
+            chain.append(self._referrals[referral_id])
+            referral_id = self._successor.get(referral_id)
+        return chain
+
     def where_now(self, referral_id: int | None):
-        """The referral (id, status, receiver, jurisdiction, priority) that carries this one's
-        case now: itself, or where transfers took it. None for no referral."""
-        while referral_id in self._successor:
-            referral_id = self._successor[referral_id]
-        return self._referrals.get(referral_id) if referral_id else None
+        """The referral that carries this one's case now: itself, or where transfers took it."""
+        chain = self._chain(referral_id)
+        return chain[-1] if chain else None
+
+    def current_id(self, referral_id: int | None) -> int | None:
+        """The id of the referral that carries this one's case now (itself if it was never
+        transferred, or was not read: a draft made just now)."""
+        now = self.where_now(referral_id)
+        return now.id if now is not None else referral_id
 
     def stays(self, referral_id: int | None) -> bool:
         """Whether a holder on this referral stays on it: it was sent, and neither it nor a
@@ -242,18 +255,21 @@ class Router:
 
     def plan(self, states: list[HolderState], *, decided: frozenset[int] = frozenset()) -> None:
         """Route these holders. Those in `decided` had their jurisdiction set by a person just
-        now: they may go back to an agency that declined them; any other holder that would is
-        held back (it stays on the declined referral, on the review list)."""
+        now: they may go back to an agency that declined them, or passed them on to one that
+        declined; any other holder that would is held back (it stays on the declined referral,
+        on the review list)."""
         self._load_referrals(state.referral_id for state in states)
         packages = self._load_packages()
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
             if self.stays(state.referral_id):
                 continue  # sent already: it stays where it went
-            current = self.where_now(state.referral_id)
+            chain = self._chain(state.referral_id)
+            current = chain[-1] if chain else None
             if current is not None and current.status is not Status.DRAFT:
-                if (current.status is Status.DECLINED and receiver == current.receiver_agency_id
-                        and state.id not in decided):
+                # Declined, by the agency it would go to or after that agency passed it on.
+                if (current.status is Status.DECLINED and state.id not in decided
+                        and receiver in {r.receiver_agency_id for r in chain}):
                     state.for_review = True
                     continue
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
