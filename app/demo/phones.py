@@ -16,7 +16,7 @@ from phonenumbers import PhoneNumberType, ValidationResult
 
 # How many suffixes of a candidate range are checked, spread over it (its first and last
 # included). Numbering plans assign by leading digits, and these take every value of the
-# suffix's first three; every number the demo writes is checked by the tests besides.
+# suffix's first three; the tests check every number of a small scenario besides.
 SAMPLES = 1000
 
 

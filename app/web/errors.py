@@ -17,17 +17,19 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(413)
     def too_large(exc):
         # Which limit was passed: the whole request's, or one of Werkzeug's on a multipart form
-        # (as the upload form): the text of one field (a file counts only towards the first),
-        # or the number of fields.
+        # (as the upload form): on the text of one field (a file counts only towards the
+        # request's) or on the number of fields.
         whole = app.config.get("MAX_CONTENT_LENGTH")
         field_text = app.config.get("MAX_FORM_MEMORY_SIZE")
         length = request.content_length
         if whole and (length is None or length > whole):
             limit = f"a request, a tip file included, at most {_size(whole)}"
-        elif field_text and length is not None and length > field_text:
-            limit = f"the text of one form field at most {_size(field_text)}"
         else:
+            # Werkzeug raises the same error for both: only a form smaller than the text limit
+            # cannot have passed it.
             limit = f"a form at most {app.config.get('MAX_FORM_PARTS') or 1000:,} fields"
+            if field_text and length is not None and length > field_text:
+                limit = f"the text of one form field at most {_size(field_text)}, and {limit}"
         message = (f"That was too large to accept. Send less at once (a blind check takes at most "
                    f"{app.config.get('BLIND_CHECK_LIMIT', 0):,} identifiers; {limit}).")
         return render_template("error.html", code=413, message=message, path=request.path), 413

@@ -286,7 +286,8 @@ def test_a_form_text_over_its_limit_gets_a_413_naming_that_limit(app, web_world)
         "file": (io.BytesIO(GOOD), "tip.csv", "text/csv")})
     assert response.status_code == 413
     page = response.get_data(as_text=True)
-    assert "the text of one form field at most 2 KB" in page and "a tip file included" not in page
+    assert "the text of one form field at most 2 KB, and a form at most 1,000 fields" in page
+    assert "a tip file included" not in page
     assert _count(app, Tip) == 0
 
 
