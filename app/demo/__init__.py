@@ -146,11 +146,13 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
 
 
 # A few account holders turn up in referrals of several agencies: the demo's hits.
-SHARED_IDENTIFIERS = ["harbour.lights@example.org", phones.unassigned("NZ", 990_142), "tide.watcher@example.net", "2001:db8::42"]
+SHARED_IDENTIFIERS = ["harbour.lights@example.org", phones.unassigned("NZ", 990_142), "tide.watcher@example.net",
+                      "2001:db8::42"]
 
 
 def _demo_subject(session, rng, actor, referral_id) -> None:
-    lines = [f"holder{referral_id:03d}@example.org", phones.unassigned("AU", rng.randrange(10**8) % phones.capacity("AU"))]
+    phone = phones.unassigned("AU", rng.randrange(10**8) % phones.capacity("AU"))
+    lines = [f"holder{referral_id:03d}@example.org", phone]
     if rng.random() < 0.3:
         lines.append(rng.choice(SHARED_IDENTIFIERS))
     subjects.add_subject(session, actor, referral_id, "Account holder", "\n".join(lines))

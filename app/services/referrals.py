@@ -11,11 +11,12 @@ stamps its date, appends to the referral's history and to the audit trail.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -341,53 +342,25 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     the new priority's window. A referral transferred onward is followed to the referral that
     carries it now (a transfer's successor holds the same subjects). Returns whether the
     priority changed."""
-    referral = _open_after_transfers(session, referral_id)
-    if referral is None or not more_urgent(priority, referral.priority):
+    referral_id = _after_transfers(session, referral_id)
+    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
+    referral = session.scalars(locked).unique().one()
+    if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
         return False
     previous = referral.priority
     referral.priority = priority
-    note = f"Priority raised from {previous.value} to {priority.value}: {reason}"
-    _tell_receiver(session, actor, referral, "escalate", note, NotificationKind.PRIORITY_RAISED,
-                   f"priority raised from {previous.value} to {priority.value}.",
-                   {"from": previous.value, "to": priority.value, "reason": reason}, at)
-    return True
-
-
-def record_tip_update(session: Session, actor: Actor, referral_id: int, note: str, *,
-                      at: datetime | None = None) -> bool:
-    """Tell a sent referral's receiver that an import added to what it concerns (accounts of a
-    holder on it, or a holder that joined it by a merge): a history entry both agencies read,
-    a notification and an audit entry. Followed through transfers, as `escalate_priority`;
-    drafts and finished referrals are left alone. Returns whether it was recorded."""
-    referral = _open_after_transfers(session, referral_id)
-    if referral is None:
-        return False
-    _tell_receiver(session, actor, referral, "update", note, NotificationKind.REFERRAL_UPDATED, note,
-                   {"note": note[:NOTE_MAX], "source": "tip"}, at)
-    return True
-
-
-def _tell_receiver(session: Session, actor: Actor, referral: Referral, action: str, note: str,
-                   kind: NotificationKind, message: str, detail: dict, at: datetime | None) -> None:
-    """A step of a sent referral that changes no status, in its history, as a notification to
-    its receiver and in the audit trail. The system (an import from the command line) acts for
-    the sender, the operation's lead agency."""
-    _event(referral, actor, action, referral.status, referral.status, note[:NOTE_MAX], at=at,
+    note = f"Priority raised from {previous.value} to {priority.value}: {reason}"[:NOTE_MAX]
+    # The system (an import from the command line) acts for the sender, the operation's lead agency.
+    _event(referral, actor, "escalate", referral.status, referral.status, note, at=at,
            agency_id=actor.agency_id or referral.sender_agency_id)
     session.add(Notification(
-        agency_id=referral.receiver_agency_id, kind=kind, referral_id=referral.id,
-        message=f"{referral.reference} from {referral.sender.name}: {message}"[:NOTIFICATION_MAX],
-        created_at=at or utcnow()))
+        agency_id=referral.receiver_agency_id, kind=NotificationKind.PRIORITY_RAISED, referral_id=referral.id,
+        message=f"{referral.reference} from {referral.sender.name}: priority raised from {previous.value} to "
+                f"{priority.value}.", created_at=at or utcnow()))
     flush_or_conflict(session, "referral")
-    audit.record(session, actor, f"referral.{action}", "referral", referral.id,
-                 detail={"reference": referral.reference, **detail})
-
-
-def _open_after_transfers(session: Session, referral_id: int) -> Referral | None:
-    """The referral a sent one has reached through transfers, locked, if it is still open."""
-    locked = select(Referral).where(Referral.id == _after_transfers(session, referral_id)).with_for_update(of=Referral)
-    referral = session.scalars(locked).unique().one()
-    return referral if referral.status in OPEN_STATUSES else None
+    audit.record(session, actor, "referral.escalate", "referral", referral.id, detail={
+        "reference": referral.reference, "from": previous.value, "to": priority.value, "reason": reason})
+    return True
 
 
 def _before_transfers(session: Session, referral: Referral) -> list[int]:
@@ -398,6 +371,45 @@ def _before_transfers(session: Session, referral: Referral) -> list[int]:
         chain.append(previous)
         previous = session.scalar(select(Referral.transferred_from_id).where(Referral.id == previous))
     return chain
+
+
+class TransferChains:
+    """Referrals read with the referrals their transfers made, in one set-based query per step
+    of the longest chain, however many referrals. `fetch` runs one query for a condition on
+    Referral and returns its rows (or referrals), each with `id` and `transferred_from_id`:
+    the caller chooses the columns and the scope."""
+
+    def __init__(self, fetch: Callable[[ColumnElement[bool]], Iterable]):
+        self._fetch = fetch
+        self.rows: dict[int, Any] = {}
+        self._successor: dict[int, int] = {}  # transferred referral -> the one its transfer made
+
+    def load(self, referral_ids: Iterable[int | None]) -> None:
+        wanted = sorted({r for r in referral_ids if r} - set(self.rows))
+        while wanted:
+            successors = []
+            for start in range(0, len(wanted), 5000):
+                part = wanted[start:start + 5000]
+                for row in self._fetch(or_(Referral.id.in_(part), Referral.transferred_from_id.in_(part))):
+                    self.rows[row.id] = row
+                    if row.transferred_from_id is not None:
+                        self._successor[row.transferred_from_id] = row.id
+                        successors.append(row.id)
+            wanted = sorted(set(successors) - set(wanted))
+
+    def chain(self, referral_id: int | None) -> list:
+        """The referral and those its transfers made, in order, as far as they were read; empty
+        for no referral."""
+        chain = []
+        while referral_id in self.rows:
+            chain.append(self.rows[referral_id])
+            referral_id = self._successor.get(referral_id)
+        return chain
+
+    def where_now(self, referral_id: int | None):
+        """The referral that carries this one's case now: itself, or where transfers took it."""
+        chain = self.chain(referral_id)
+        return chain[-1] if chain else None
 
 
 def _after_transfers(session: Session, referral_id: int) -> int:

@@ -739,7 +739,7 @@ def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiv
     assert referral.priority is Priority.P3
     event = referral.events[-1]
     assert (event.action, event.from_status, event.to_status) == ("update", "sent", "sent")
-    assert f"Tip later.csv (import " in event.note and f"2 new accounts of holder {holder.label}" in event.note
+    assert "Tip later.csv (import " in event.note and f"2 new accounts of holder {holder.label}" in event.note
     told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
     assert [(n.kind, n.referral_id) for n in told] == [(NotificationKind.REFERRAL_UPDATED, sent.id)]
     assert referral.reference in told[0].message

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -100,20 +100,13 @@ def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, s
     """Why each of these holders waits for a person: the referral it is on (declined, also
     after transfers, transferred onward, or sent for another country than its evidence's), as
     the person deciding sees those referrals, else its evidence."""
-    shown: dict[int, Referral] = {}
-    successor: dict[int, int] = {}
-    wanted = sorted({h.referral_id for h in holders if h.referral_id})
-    while wanted:  # the holders' referrals, then the referrals their transfers made
-        found = session.scalars(visible_referrals(user).where(
-            or_(Referral.id.in_(wanted), Referral.transferred_from_id.in_(wanted)))).unique().all()
-        shown.update((r.id, r) for r in found)
-        successor.update((r.transferred_from_id, r.id) for r in found if r.transferred_from_id in wanted)
-        wanted = sorted({r.id for r in found if r.transferred_from_id in wanted} - set(wanted))
+    chains = referrals.TransferChains(
+        lambda condition: session.scalars(visible_referrals(user).where(condition)).unique())
+    chains.load(h.referral_id for h in holders)
     reasons = {}
     for holder in holders:
-        referral = now = shown.get(holder.referral_id)
-        while now is not None and now.id in successor:
-            now = shown[successor[now.id]]
+        chain = chains.chain(holder.referral_id)
+        referral, now = (chain[0], chain[-1]) if chain else (None, None)
         if now is not None and now.status is Status.DECLINED:
             transfer = f" (transferred from {referral.reference})" if now is not referral else ""
             reasons[holder.id] = f"{now.reference}{transfer} was declined by {now.receiver.name}"

@@ -44,6 +44,7 @@ from app.models import (
     Identifier,
     JurisdictionSource,
     Operation,
+    Priority,
     Subject,
     Tip,
     TipAccount,
@@ -52,7 +53,7 @@ from app.models import (
     referral_subjects,
 )
 from app.models.tip import holder_label
-from app.services import DomainError, Forbidden, NotFound, countries, deconfliction, referrals
+from app.services import DomainError, Forbidden, NotFound, countries, deconfliction
 from app.services.access import visible_operations
 from app.services.audit import Actor
 from app.services.tips import bulk, clustering, files, holders, jurisdiction
@@ -539,9 +540,8 @@ class _Writer:
             if new_accounts_of[h]:
                 count = new_accounts_of[h]
                 news[referral_id].append(f"{count} new account{'s' if count != 1 else ''} of holder {label}")
-        for referral_id, items in sorted(news.items()):
-            referrals.record_tip_update(self.session, self.actor, referral_id,
-                                        f"Tip {tip.file_name} (import {tip.id}): {'; '.join(items)}.", at=self.now)
+        router.record_updates({referral_id: f"Tip {tip.file_name} (import {tip.id}): {'; '.join(items)}."
+                               for referral_id, items in news.items()})
 
     def _match(self, referral_ids: list[int], identifiers: Counter) -> deconfliction.RefreshResult | None:
         """`deconfliction.refresh_hits` for the referrals the import created or changed: set-based,

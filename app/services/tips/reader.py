@@ -155,7 +155,8 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
             yield number, {}, [RowError(number, WHOLE_RECORD, f"not valid JSON ({exc.msg})")]
             continue
         except (ValueError, RecursionError):  # a number of over 4,300 digits; nesting too deep
-            yield number, {}, [RowError(number, WHOLE_RECORD, "not valid JSON (a value too large, or nested too deeply, to read)")]
+            yield number, {}, [RowError(number, WHOLE_RECORD,
+                                        "not valid JSON (a value too large, or nested too deeply, to read)")]
             continue
         if not isinstance(record, dict):
             yield number, {}, [RowError(number, WHOLE_RECORD, "each line must be a JSON object")]
@@ -173,11 +174,9 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
                     twice.add(key)
                     problems.append(RowError(number, key, "named twice in this record"))
                 continue
-            text_value = _json_text(key, value)
-            if text_value is None:
-                text_value = json.dumps(value)  # for the reject file (surrogates escaped)
-                problems.append(RowError(number, key, _json_problem(key, value)))
-            fields[key] = text_value
+            fields[key], problem = _json_text(key, value)
+            if problem:
+                problems.append(RowError(number, key, problem))
         yield number, fields, problems or _NO_PROBLEMS
 
 
@@ -212,31 +211,25 @@ def record_keys(columns: list[str]) -> list[str]:
     return keys
 
 
-def _json_text(name: str, value) -> str | None:
-    """A JSON value as the text a CSV cell would hold; None for a value no field takes (true,
-    an object, a list other than of addresses, a text that is not Unicode: `_json_problem`)."""
+NOT_UNICODE = "not valid Unicode (a lone surrogate escape such as \\ud800)"
+
+
+def _json_text(name: str, value) -> tuple[str, str | None]:
+    """A JSON value as the text a CSV cell would hold, and why no field takes it, if none does:
+    true, an object, a list other than of addresses, a text that is not Unicode (the text is
+    then the value's JSON, for the reject file)."""
     if value is None:
-        return ""
+        return "", None
     if isinstance(value, str):
-        return value if _is_unicode(value) else None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
+        return (value, None) if _is_unicode(value) else (json.dumps(value), NOT_UNICODE)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), None
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else str(value)
-    if (isinstance(value, list) and name == "ip_addresses"
-            and all(isinstance(item, str) and _is_unicode(item) for item in value)):
-        return ";".join(value)
-    return None
-
-
-def _json_problem(name: str, value) -> str:
-    """Why `_json_text` took no text from the value."""
-    texts = name == "ip_addresses" and isinstance(value, list) and all(isinstance(item, str) for item in value)
-    if isinstance(value, str) or texts:
-        return "not valid Unicode (a lone surrogate escape such as \\ud800)"
-    return "must be a list of texts, a text or null" if name == "ip_addresses" else "must be a text, a number or null"
+        return (str(int(value)) if value.is_integer() else str(value)), None
+    if name == "ip_addresses" and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return (";".join(value), None) if all(map(_is_unicode, value)) else (json.dumps(value), NOT_UNICODE)
+    return json.dumps(value), ("must be a list of texts, a text or null" if name == "ip_addresses"
+                               else "must be a text, a number or null")
 
 
 def _is_unicode(text: str) -> bool:

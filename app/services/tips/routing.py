@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, cast, delete, func, or_, select, update
+from sqlalchemy import Integer, bindparam, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -34,6 +34,8 @@ from app.models import (
     HandlingCode,
     Holder,
     HolderRouting,
+    Notification,
+    NotificationKind,
     Operation,
     Priority,
     Referral,
@@ -163,8 +165,10 @@ class Router:
         self.links: list[tuple[_Draft | int, HolderState]] = []
         self.changed: set[int] = set()
         self._packages: dict[tuple[int, str, Priority], _Draft | int] | None = None
-        self._referrals: dict[int, tuple] = {}
-        self._successor: dict[int, int] = {}  # transferred referral -> the one its transfer made
+        # The referrals holders are on, with where transfers took them.
+        self._chains = referrals.TransferChains(lambda condition: session.execute(
+            select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
+                   Referral.priority, Referral.transferred_from_id).where(condition)))
         self._discarded_references: dict[int, str] = {}
 
     # --- planning -------------------------------------------------------------------------
@@ -184,49 +188,17 @@ class Router:
                 self._packages.setdefault((receiver, jurisdiction, priority), referral_id)
         return self._packages
 
-    def _load_referrals(self, referral_ids) -> None:
-        """Read these referrals, and the referrals that transfers of them led to."""
-        wanted = sorted({r for r in referral_ids if r} - set(self._referrals))
-        while wanted:
-            successors = []
-            for start in range(0, len(wanted), 5000):
-                part = wanted[start:start + 5000]
-                for row in self.session.execute(
-                    select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
-                           Referral.priority, Referral.transferred_from_id)
-                    .where(or_(Referral.id.in_(part), Referral.transferred_from_id.in_(part)))
-                ):
-                    self._referrals[row.id] = row
-                    if row.transferred_from_id is not None:
-                        self._successor[row.transferred_from_id] = row.id
-                        successors.append(row.id)
-            wanted = sorted(set(successors) - set(wanted))
-
-    def _chain(self, referral_id: int | None) -> list:
-        """The referral (id, status, receiver, jurisdiction, priority) and those its transfers
-        made, in order; empty for no referral."""
-        chain = []
-        while referral_id in self._referrals:
-            chain.append(self._referrals[referral_id])
-            referral_id = self._successor.get(referral_id)
-        return chain
-
-    def where_now(self, referral_id: int | None):
-        """The referral that carries this one's case now: itself, or where transfers took it."""
-        chain = self._chain(referral_id)
-        return chain[-1] if chain else None
-
     def current_id(self, referral_id: int | None) -> int | None:
         """The id of the referral that carries this one's case now (itself if it was never
         transferred, or was not read: a draft made just now)."""
-        now = self.where_now(referral_id)
+        now = self._chains.where_now(referral_id)
         return now.id if now is not None else referral_id
 
     def stays(self, referral_id: int | None) -> bool:
         """Whether a holder on this referral stays on it: it was sent, and neither it nor a
         referral it was transferred on to was declined or withdrawn (a holder on one of those is
         routed again, like a holder on none)."""
-        current = self.where_now(referral_id)
+        current = self._chains.where_now(referral_id)
         return current is not None and current.status not in (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN)
 
     def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, tuple[Priority, int]]:
@@ -236,7 +208,7 @@ class Router:
         elsewhere than that referral's jurisdiction, a person is to look. Returns, by survivor id, the
         priority of the referral it joined (the import raises it if the holder is now more
         urgent) and the part that was on it."""
-        self._load_referrals(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
+        self._chains.load(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
         joined: dict[int, tuple[Priority, int]] = {}
         for survivor, parts in merges:
             if self.stays(survivor.referral_id):
@@ -244,7 +216,7 @@ class Router:
             part = next((p for p in parts if self.stays(p.referral_id)), None)
             if part is None:
                 continue
-            current = self.where_now(part.referral_id)
+            current = self._chains.where_now(part.referral_id)
             self.detach(survivor)
             survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
@@ -258,13 +230,13 @@ class Router:
         now: they may go back to an agency that declined them, or passed them on to one that
         declined; any other holder that would is held back (it stays on the declined referral,
         on the review list)."""
-        self._load_referrals(state.referral_id for state in states)
+        self._chains.load(state.referral_id for state in states)
         packages = self._load_packages()
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
             if self.stays(state.referral_id):
                 continue  # sent already: it stays where it went
-            chain = self._chain(state.referral_id)
+            chain = self._chains.chain(state.referral_id)
             current = chain[-1] if chain else None
             if current is not None and current.status is not Status.DRAFT:
                 # Declined, by the agency it would go to or after that agency passed it on.
@@ -303,8 +275,8 @@ class Router:
         """Take a holder off its draft (a sent referral keeps it)."""
         if not state.referral_id:
             return
-        self._load_referrals([state.referral_id])
-        current = self._referrals.get(state.referral_id)
+        self._chains.load([state.referral_id])
+        current = self._chains.rows.get(state.referral_id)
         if current is None or current.status is not Status.DRAFT:
             return
         self.unlinks.append((state.referral_id, state.subject_id))
@@ -440,6 +412,41 @@ class Router:
             self._discarded_references.update((d, drafts[d].reference) for d in discarded)
             session.execute(delete(Referral.__table__).where(Referral.__table__.c.id.in_(discarded)))
         return changed, discarded
+
+    def record_updates(self, notes: dict[int, str]) -> None:
+        """Tell the receivers of these sent referrals (by id: where each case is now) what an
+        import added to them (`note`): an `update` step in the history both agencies read, a
+        notification and an audit entry, written in bulk as `referrals.escalate_priority`
+        writes its own. Referrals no longer open are left alone."""
+        events, messages, entries = [], [], []
+        ids = sorted(notes)
+        for start in range(0, len(ids), 5000):
+            for row in self.session.execute(
+                select(Referral.id, Referral.reference, Referral.status, Referral.sender_agency_id,
+                       Referral.receiver_agency_id, Agency.name)
+                .join(Agency, Agency.id == Referral.sender_agency_id)
+                .where(Referral.id.in_(ids[start:start + 5000]), Referral.status.in_(referrals.OPEN_STATUSES))
+                .order_by(Referral.id)
+            ):
+                note = notes[row.id][:referrals.NOTE_MAX]
+                # The system (an import from the command line) acts for the sender.
+                events.append((row.id, row.status.value, row.status.value, note,
+                               self.actor.agency_id or row.sender_agency_id))
+                messages.append((row.receiver_agency_id, row.id,
+                                 f"{row.reference} from {row.name}: {notes[row.id]}"[:referrals.NOTIFICATION_MAX]))
+                entries.append(("referral.update", "referral", row.id,
+                                {"reference": row.reference, "note": note, "source": "tip"}))
+        if not events:
+            return
+        bulk.insert_rows(self.session, ReferralEvent.__table__, (
+            "referral_id", "from_status", "to_status", "note", "agency_id"), events, constants={
+            "action": "update", "at": bulk.db_value(self.session, ReferralEvent.__table__, "at", self.now),
+            "user_id": self.actor.user_id})
+        bulk.insert_rows(self.session, Notification.__table__, ("agency_id", "referral_id", "message"), messages,
+                         constants={"kind": NotificationKind.REFERRAL_UPDATED.value,
+                                    "created_at": bulk.db_value(self.session, Notification.__table__, "created_at",
+                                                                self.now)})
+        bulk.audit_many(self.session, self.actor, entries)
 
     def _record(self, result: RouteResult) -> None:
         events, entries = [], []
