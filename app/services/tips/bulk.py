@@ -115,10 +115,12 @@ def allocate_ids(session: Session, table: Table, count: int) -> list[int]:
     if dialect_name(session) == "postgresql":
         # The sequence's name looked up once: per row, the look-up costs 4 µs of the 5.
         sequence = session.execute(text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table.name}).scalar()
-        return list(session.execute(
-            text("SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :n)"),
+        # One array rather than a row per id: 90,000 rows cost the client a tenth of a second.
+        return session.execute(
+            text("SELECT array_agg(id ORDER BY id) FROM"
+                 " (SELECT nextval(CAST(:sequence AS regclass)) AS id FROM generate_series(1, :n)) AS reserved"),
             {"sequence": sequence, "n": count},
-        ).scalars())
+        ).scalar()
     # SQLite: take the write lock first (a write statement does, even one touching no row), so
     # no other connection can insert between reading max(id) and our inserts. Ids reserved
     # earlier in this transaction but not inserted yet are remembered on the session.
@@ -236,12 +238,15 @@ def _lock_referenced(connection: Connection, table: Table, child, parent, values
     type could cut a value down to one that exists)."""
     value_type = re.sub(r"\(.*\)", "", child.type.compile(dialect=connection.dialect))
     column = connection.dialect.identifier_preparer.quote(parent.name)
-    found = connection.execute(text(
-        f"SELECT {column} FROM ONLY {_qualified(connection, parent.table)}"
-        f" WHERE {column} = ANY(CAST(:values AS {value_type}[])) FOR KEY SHARE"
-    ), {"values": sorted(values)}).scalars().all()
-    if len(found) < len(values):
-        present = {str(value) for value in found}
+    referenced = (f"SELECT {column} FROM ONLY {_qualified(connection, parent.table)}"
+                  f" WHERE {column} = ANY(CAST(:values AS {value_type}[]))")
+    parameters = {"values": sorted(values)}
+    # Counted, not fetched: the values of a full tip's 90,000 holders cost the client a quarter
+    # of a second to read back. They are read only to name the missing ones.
+    locked = connection.execute(text(f"SELECT count(*) FROM ({referenced} FOR KEY SHARE) AS locked"),
+                                parameters).scalar()
+    if locked < len(values):
+        present = {str(value) for value in connection.execute(text(referenced), parameters).scalars()}
         missing = sorted(str(value) for value in values if str(value) not in present)
         raise MissingReference(
             f"{table.name}.{child.name}: no row of {parent.table.name} has {parent.name} "
