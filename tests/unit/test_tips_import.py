@@ -299,7 +299,7 @@ def test_parallel_validation_agrees_with_the_reader_around_blank_lines_lone_crs_
     rows[12] = "instagram,7,,,,,NZ,,,,,,"
     data = ("\n".join([",".join(reader.FIELDS), *rows, "", "instagram,16,,,,,NZ,,,,,,-2"]) + "\n").encode()
     monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
-    assert len(list(validation._chunks(data, "csv", chunk_bytes))) > 2
+    assert len(validation._chunks(data, "csv", chunk_bytes)) > 2
     parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=chunk_bytes)
     single = reader.read(io.BytesIO(data), "csv", b"k")
     assert [(e.line, e.field, e.reason) for e in parallel.errors] == [(e.line, e.field, e.reason) for e in single.errors]
@@ -351,7 +351,7 @@ def test_splitting_a_large_csv_with_a_stray_quote_reads_it_once():
     """Cutting chunks used to count quotes from the chunk's start at every newline: a stray
     quote made that quadratic (minutes for a full tip)."""
     body = b'instagram,0,o"brien,,,,NZ,,,,,,\n' + b"instagram,1,,,,,NZ,,,,,,\n" * 200_000
-    chunks = list(validation._chunks(body, "csv", 1_000_000))
+    chunks = validation._chunks(body, "csv", 1_000_000)
     assert len(chunks) > 3 and chunks[0][0] == 0 and chunks[-1][1] == len(body)
     assert all(body[end - 1:end] == b"\n" and end == start_next for (_s, end), (start_next, _e) in zip(chunks, chunks[1:]))
 

@@ -77,25 +77,20 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
             result.errors = check.errors
             result.header_error = True
             return result
+    chunks = _chunks(body, fmt, chunk_bytes)
     total = len(body)
     if workers is None:
         workers = default_workers()
+    tasks = []
+    line = body_first_line
     # Each chunk is read after the header: a header ending in a lone CR would make a CRLF of a
     # chunk's leading LF (one line end instead of two).
     chunk_header = header[:-1] + b"\n" if header.endswith(b"\r") else header
-    issued: list = []  # the tasks handed out so far, in file order
-
-    def tasks():
-        """A task per chunk, made as the file is cut, so that the first workers start at once
-        (cutting a full tip with quoted fields takes a quarter of a second)."""
-        line = body_first_line
-        for start, end in _chunks(body, fmt, chunk_bytes):
-            task = (fmt, chunk_header, body[start:end], line, secret)
-            issued.append(task)
-            yield task
-            line += _line_ends(body, start, end)
-
-    parallel = workers > 1 and total > chunk_bytes and len(data) >= PARALLEL_MIN_BYTES
+    for start, end in chunks:
+        tasks.append((fmt, chunk_header, body[start:end], line, secret))
+        line += _line_ends(body, start, end)
+    parallel = workers > 1 and len(tasks) > 1 and len(data) >= PARALLEL_MIN_BYTES
+    done = 0
     if progress:
         progress("validate", 0, total)
     if parallel:
@@ -103,23 +98,19 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         # Workers are short-lived and build millions of small acyclic objects: the cyclic garbage
         # collector only slows them down.
-        with context.Pool(min(workers, math.ceil(total / chunk_bytes)), initializer=gc.disable) as pool:
-            parts = pool.imap(_read_chunk, tasks())
-            # A chunk's part comes back after its task was handed out: `issued` holds it by then.
-            _merge_all(result, ((issued[index], part) for index, part in enumerate(parts)), total, progress)
+        with context.Pool(min(workers, len(tasks)), initializer=gc.disable) as pool:
+            for task, part in zip(tasks, pool.imap(_read_chunk, tasks)):
+                _merge(result, part, task)
+                done += len(task[2])
+                if progress:
+                    progress("validate", done, total)
     else:
-        _merge_all(result, ((task, _read_chunk(task)) for task in tasks()), total, progress)
+        for task in tasks:
+            _merge(result, _read_chunk(task), task)
+            done += len(task[2])
+            if progress:
+                progress("validate", done, total)
     return result
-
-
-def _merge_all(result: Validation, parts: Iterator[tuple], total: int, progress: Progress | None) -> None:
-    """Merge (task, part) pairs in file order, saying how far the checking has come."""
-    done = 0
-    for task, part in parts:
-        _merge(result, part, task)
-        done += len(task[2])
-        if progress:
-            progress("validate", done, total)
 
 
 def _load_phone_metadata() -> None:
@@ -152,31 +143,34 @@ def _line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
     return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
 
 
-def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of chunks of about `chunk_bytes`, each cut where a record ends, in order."""
+def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) of chunks of about `chunk_bytes`, each cut where a record ends."""
     if fmt == "csv" and b'"' in body:
-        yield from _quoted_csv_chunks(body, chunk_bytes)
-        return
+        return _quoted_csv_chunks(body, chunk_bytes)
     # Without quotes every newline ends a record (as in JSON Lines).
+    chunks = []
     start = 0
     while start < len(body):
         newline = body.find(b"\n", start + chunk_bytes)
         end = len(body) if newline < 0 else newline + 1
-        yield start, end
+        chunks.append((start, end))
         start = end
+    return chunks
 
 
-def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
     """Chunks cut where the csv module itself ends a record: a quote opens a quoted field only
     at the start of a field, so counting quotes would cut inside a field after a stray one
     (`o"brien`)."""
+    chunks = []
     start = 0
     for end in _record_ends(body):
         if end - start >= chunk_bytes and end < len(body):
-            yield start, end
+            chunks.append((start, end))
             start = end
     if start < len(body):
-        yield start, len(body)
+        chunks.append((start, len(body)))
+    return chunks
 
 
 # Where a line ends within a line of bytes.readline(): after a CR that no LF follows (the
