@@ -200,6 +200,8 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         folder = os.path.dirname(os.path.abspath(reject_file))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise click.BadParameter(f"cannot write a file in {folder}.", param_hint="--reject-file")
+        if os.path.exists(reject_file) and os.path.samefile(reject_file, file):
+            raise click.BadParameter("is the tip itself: its bad rows would overwrite it.", param_hint="--reject-file")
     session = db.session
     operation = session.scalar(select(Operation).where(Operation.code == operation_code.strip().upper()))
     if operation is None:
@@ -209,6 +211,9 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         user = session.scalar(select(User).where(User.email == as_email.strip().lower()))
         if user is None or not user.is_active:
             raise click.ClickException(f"No active user {as_email!r}.")
+        if user.agency_id != operation.lead_agency_id:  # (the web does not say the operation exists)
+            raise click.ClickException(f"{user.email} is not of {operation.code}'s lead agency "
+                                       f"({operation.lead_agency.name}), which alone imports its tips.")
         actor = Actor(user, "cli")
     with open(file, "rb") as handle:
         data = handle.read()

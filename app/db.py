@@ -7,6 +7,7 @@ teardown.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 
 from flask import Flask, current_app, g
@@ -55,15 +56,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
 
 
-def make_engine(url: str, echo: bool = False) -> Engine:
+def make_engine(url: str, echo: bool = False, busy_timeout_ms: int = 10_000) -> Engine:
     # psycopg prepares a statement after five runs, and PostgreSQL then reuses a generic plan.
     # The same statement serves a blind check of 10 keys and a tip of 150,000, a country of
     # twelve referrals and one of fifteen thousand: one plan fits neither, so statements are
@@ -73,7 +74,7 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     engine = create_engine(url, echo=echo, future=True,
                            connect_args={"prepare_threshold": None} if is_postgresql else {})
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, busy_timeout_ms))
     return engine
 
 
@@ -81,7 +82,8 @@ class Database:
     """Binds an engine and a session factory to each app (the init_app pattern)."""
 
     def init_app(self, app: Flask) -> None:
-        engine = make_engine(app.config["DATABASE_URL"], echo=app.config.get("SQL_ECHO", False))
+        engine = make_engine(app.config["DATABASE_URL"], echo=app.config.get("SQL_ECHO", False),
+                             busy_timeout_ms=app.config.get("SQLITE_BUSY_TIMEOUT_MS", 10_000))
         app.extensions["handoff_db"] = {
             "engine": engine,
             "sessionmaker": sessionmaker(bind=engine, expire_on_commit=False),

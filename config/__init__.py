@@ -62,6 +62,11 @@ class Config:
     # SQLite only: how long the global dashboard's figures that move with the clock (overdue)
     # may be served from the cache; any change of the data refreshes them at once. 0: no cache.
     DASHBOARD_CACHE_SECONDS = 60
+    # SQLite only: how long a request waits for the database's one write lock before it gives up
+    # (and answers 503, try again), and how long a tip import waits for it: an import holds it
+    # while it writes (10 s for a full tip), and imports follow one another instead of failing.
+    SQLITE_BUSY_TIMEOUT_MS = 10_000
+    TIP_IMPORT_LOCK_WAIT_SECONDS = 600
 
 
 class DevelopmentConfig(Config):

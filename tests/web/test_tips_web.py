@@ -9,9 +9,11 @@ import io
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -25,7 +27,7 @@ from app.services import referrals
 from app.services.audit import Actor
 from app.services.tips import importer, imports, reader
 from app.web.tips import background
-from tests.conftest import Browser, csrf_token_from
+from tests.conftest import Browser, _empty_all_tables, _make_app, csrf_token_from
 from tests.unit.test_tips_import import account, tip
 
 LEAD = "liaison.c@example.org"  # Charlie Customs leads LANTERN in the test world
@@ -419,3 +421,106 @@ def test_flags_after_sending_escalate_the_referral_both_agencies_see_it(app, web
     with app.app_context():
         referral = db.session.get(Referral, referral_id)
         assert (referral.status.value, referral.priority.value) == ("sent", "P1")
+
+
+# --- SQLite's one writer, and imports that break off late ----------------------------------------
+
+@pytest.fixture
+def quick_lock_app(database_urls):
+    """The app on SQLite, its requests waiting 200 ms at most for the write lock, with the world."""
+    from tests.factories import build_world
+
+    app = _make_app(database_urls["sqlite"], SQLITE_BUSY_TIMEOUT_MS=200)
+    with app.app_context():
+        world = build_world(db.session, app.extensions["handoff_passwords"])
+        db.session.commit()
+    yield app, world
+    engine = app.extensions["handoff_db"]["engine"]
+    _empty_all_tables(engine)
+    engine.dispose()
+
+
+@contextmanager
+def _write_lock_held(app):
+    """SQLite's write lock, taken by another connection (as an import's transaction holds it)."""
+    path = app.extensions["handoff_db"]["engine"].url.database
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_an_upload_while_an_import_writes_is_told_to_try_again_and_saves_nothing(quick_lock_app):
+    app, world = quick_lock_app
+    browser = _login(app, LEAD)
+    with _write_lock_held(app):
+        response = _upload(browser, world.operation.id, GOOD)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "60"
+    assert "a tip import is writing its rows" in response.get_data(as_text=True)
+    assert _count(app, TipImport) == 0
+    assert _finished(app, browser, _upload(browser, world.operation.id, GOOD)).status_code == 200  # later it goes
+
+
+def test_checking_rows_goes_on_when_its_progress_cannot_be_written(quick_lock_app):
+    app, world = quick_lock_app
+    import_id = _record_running_import(app, world, imports.this_process())
+    progress = background._Progress(app, import_id)
+    with _write_lock_held(app):
+        progress("validate", 10, 100)  # a figure is not worth waiting for, nor failing the import
+    progress("validate", 100, 100)
+    with app.app_context():
+        assert db.session.get(TipImport, import_id).done == 100
+
+
+def test_a_second_import_waits_for_the_first_to_finish_writing(quick_lock_app, monkeypatch):
+    app, world = quick_lock_app
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_the_first() -> None:  # the first import holds the write lock here
+        if not reached.is_set():
+            reached.set()
+            release.wait(timeout=60)
+
+    monkeypatch.setattr(importer, "_pause_for_tests", hold_the_first)
+
+    def run(data: bytes, name: str) -> None:
+        with app.app_context():
+            lead = db.session.scalar(select(User).where(User.email == LEAD))
+            importer.import_tip(db.session, Actor(lead, "test"), world.operation.id, data, name)
+            db.session.commit()
+
+    first = threading.Thread(target=run, args=(GOOD, "first.csv"))
+    first.start()
+    assert reached.wait(timeout=60)
+    threading.Timer(1.0, release.set).start()  # five times as long as a request waits
+    run(tip(account(9, email="second@example.org")), "second.csv")
+    first.join(timeout=60)
+    with app.app_context():
+        assert sorted(db.session.scalars(select(Tip.file_name))) == ["first.csv", "second.csv"]
+
+
+def test_an_import_that_fails_as_it_commits_is_recorded_as_failed(app, web_world, monkeypatch):
+    recorded = imports.record_done
+
+    def record_what_cannot_be_stored(record, result):
+        recorded(record, result)
+        record.status = None  # the commit's flush refuses it
+
+    monkeypatch.setattr(imports, "record_done", record_what_cannot_be_stored)
+    browser = _login(app, LEAD)
+    page = _import(app, browser, web_world.operation.id, GOOD)
+    assert "The import broke off and wrote nothing" in page.get_data(as_text=True)
+    assert _count(app, Tip) == 0
+    with app.app_context():
+        assert db.session.scalars(select(TipImport.status)).one() is TipImportStatus.FAILED
+
+
+def test_a_file_name_too_long_to_keep_whole_still_imports(app, web_world):
+    browser = _login(app, LEAD)
+    page = _import(app, browser, web_world.operation.id, GOOD, name="x" * 300 + ".csv")
+    assert "Imported into LANTERN" in page.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalars(select(Tip.file_name)).one() == "x" * 251 + ".csv"

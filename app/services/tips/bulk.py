@@ -69,6 +69,23 @@ def large_page_cache(session: Session, kib: int = 131_072):
 
 
 @contextmanager
+def waiting_for_the_write_lock(session: Session, seconds: float):
+    """On SQLite, wait up to `seconds` (instead of a request's few) for the database's one write
+    lock, which another import may hold while it writes; the connection's setting is restored
+    afterwards. On PostgreSQL imports into one operation wait for each other by a row lock."""
+    if dialect_name(session) != "sqlite":
+        yield
+        return
+    connection = session.connection()
+    previous = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous)}")
+
+
+@contextmanager
 def prepared_statements(session: Session):
     """On PostgreSQL, statements prepared on first use for the duration of a bulk write: the
     engine does not prepare them (app/db.py), so each row of an executemany would be parsed

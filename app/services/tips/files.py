@@ -14,6 +14,7 @@ import os
 import re
 
 from app.services import DomainError
+from app.services.exports import neutralise
 from app.services.tips import reader
 
 EXTENSIONS = (".csv", ".jsonl", ".ndjson")
@@ -60,9 +61,9 @@ _FTYP_IMAGES = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
 _SVG = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]",
                   re.IGNORECASE | re.DOTALL)
 
-# Control characters a text tip never holds (tab, LF, CR and form feed are fine).
-_BINARY_BYTES = bytes(sorted(set(range(32)) - {9, 10, 12, 13})) + b"\x7f"
+_BINARY_BYTES = reader.CONTROL_CHARACTERS.encode("ascii")
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
+_BINARY_BYTE = re.compile(b"[" + re.escape(_BINARY_BYTES) + b"]")
 
 
 def media_kind(head: bytes) -> str | None:
@@ -79,6 +80,8 @@ def media_kind(head: bytes) -> str | None:
         return "an image (HEIC/AVIF)" if brand in _FTYP_IMAGES else "an MP4 or QuickTime video"
     if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") or head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "UTF-16 or UTF-32 text (save it as UTF-8)"
+    if _utf16_without_bom(head):
+        return "UTF-16 text (save it as UTF-8)"
     if head[:SNIFF_BYTES].translate(None, _OTHER_BYTES):  # anything left is a binary control byte
         return "a binary file"
     if _SVG.match(head):
@@ -86,10 +89,25 @@ def media_kind(head: bytes) -> str | None:
     return None
 
 
+def _utf16_without_bom(head: bytes) -> bool:
+    """Text of ASCII letters in UTF-16 without its byte-order mark: every other byte is zero."""
+    if len(head) < 8:
+        return False
+    for zeros, letters in ((head[1::2], head[0::2]), (head[0::2], head[1::2])):
+        if zeros.count(0) >= 0.9 * len(zeros) and letters.count(0) <= 0.1 * len(letters):
+            return True
+    return False
+
+
 def stored_name(file_name: str | None) -> str:
     """The name a tip's file is recorded under: its base name (no client-side folders), at
-    most 255 characters."""
-    return os.path.basename(file_name or "tip")[:255]
+    most 255 characters, its extension kept (the import looks at it again)."""
+    name = os.path.basename(file_name or "tip")
+    if len(name) <= 255:
+        return name
+    stem, extension = os.path.splitext(name)
+    extension = extension[:16]
+    return stem[:255 - len(extension)] + extension
 
 
 def check_name(file_name: str) -> None:
@@ -108,6 +126,12 @@ def check_content(data: bytes) -> None:
     if what is not None:
         raise DomainError(f"This file is {what}, not a CSV or JSON Lines tip. Handoff never accepts images, "
                           "video or other binary files.", field="file")
+    if data.translate(None, _OTHER_BYTES):  # some binary control byte, past the head (8 ms a tip's 27 MB)
+        control = _BINARY_BYTE.search(data)
+        line = data.count(b"\n", 0, control.start()) + 1
+        raise DomainError(f"The file holds a binary control character (byte 0x{data[control.start()]:02x} on line "
+                          f"{line}), which no text tip holds. Handoff never accepts images, video or other binary "
+                          "files.", field="file")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -129,21 +153,26 @@ def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[
     """CSV of the bad rows: the original columns, then line, field and reason. One row per bad
     line; several problems on a line are joined with " | ". Values are kept as they were, so
     the file can be corrected and imported again (the reader does not read the three extra
-    columns; it names them among the columns not read). A row that could not be read at all
-    (not JSON, or beyond the csv module) has only its line, field and reason."""
+    columns; it names them among the columns not read), except that a cell a spreadsheet would
+    run as a formula is written behind an apostrophe, which the reader takes off again. A
+    row that could not be read at all (not JSON, or beyond the csv module) has only its line,
+    field and reason. The three columns of an earlier reject file, imported again, are
+    replaced by this one's."""
     columns = list(columns) or list(reader.FIELDS)
     keys = reader.record_keys(columns)
+    if columns[-len(REJECT_COLUMNS):] == list(REJECT_COLUMNS) and len(columns) > len(REJECT_COLUMNS):
+        columns, keys = columns[:-len(REJECT_COLUMNS)], keys[:-len(REJECT_COLUMNS)]
     extra = [f"reject_{name}" if name in columns else name for name in REJECT_COLUMNS]
     by_line: dict[int, list[reader.RowError]] = {}
     for error in errors:
         by_line.setdefault(error.line, []).append(error)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(columns + extra)
+    writer.writerow(map(neutralise, columns + extra))
     for line in sorted(by_line):
         record = records.get(line, {})
         problems = by_line[line]
-        writer.writerow([record.get(key, "") for key in keys] + [
+        writer.writerow(map(neutralise, [record.get(key, "") for key in keys] + [
             line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
-        ])
+        ]))
     return buffer.getvalue()

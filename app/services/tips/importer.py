@@ -56,7 +56,7 @@ from app.models.tip import holder_label
 from app.services import DomainError, Forbidden, NotFound, countries, deconfliction
 from app.services.access import visible_operations
 from app.services.audit import Actor
-from app.services.tips import bulk, clustering, files, holders, jurisdiction
+from app.services.tips import bulk, clustering, files, holders, jurisdiction, reader
 from app.services.tips.routing import (
     HOLDER_STATE_COLUMNS,
     RISK_COLUMNS,
@@ -85,7 +85,9 @@ class TipRejected(DomainError):
     def __init__(self, validation: Validation, reject_csv: str):
         bad = len(validation.bad_lines)
         if validation.header_error:
-            message = "Nothing was imported: the header row lacks a required column."
+            problem = validation.errors[0]
+            named = "" if problem.field == reader.WHOLE_RECORD else f" ({problem.field})"
+            message = f"Nothing was imported: {problem.reason}{named}."
         else:
             message = (f"Nothing was imported: {bad:,} of {validation.rows:,} rows are invalid. Correct them, or "
                        "import with invalid rows skipped.")
@@ -156,8 +158,9 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     files.check_content(data)
     fmt = files.detect_format(file_name, data)
     settings = deconfliction.settings(session)
+    config = session.info.get("config") or {}
     if workers is None:
-        workers = int((session.info.get("config") or {}).get("TIP_IMPORT_WORKERS") or 0) or None
+        workers = int(config.get("TIP_IMPORT_WORKERS") or 0) or None
     with _no_cyclic_gc():
         validation = validate(data, fmt, deconfliction._secret(session), workers=workers, progress=progress)
     timings["validate"] = time.perf_counter() - started
@@ -178,7 +181,8 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     result = ImportResult(tip=tip, rows=validation.rows, accepted=len(validation.accounts),
                           rejected=len(validation.bad_lines), errors=validation.errors, reject_csv=reject,
                           ignored_columns=validation.ignored_columns, timings=timings, peaks=peaks)
-    with bulk.large_page_cache(session), bulk.prepared_statements(session), bulk.without_jit(session), \
+    with bulk.waiting_for_the_write_lock(session, config.get("TIP_IMPORT_LOCK_WAIT_SECONDS", 600)), \
+            bulk.large_page_cache(session), bulk.prepared_statements(session), bulk.without_jit(session), \
             _no_cyclic_gc():
         writer.write(tip, validation.accounts, result)
     timings["total"] = time.perf_counter() - started

@@ -12,12 +12,14 @@ import csv
 import functools
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, NamedTuple
 
 from app.services import countries
+from app.services.exports import restore_cell
 from app.services.identifiers import PLATFORMS, IdentifierKind, InvalidIdentifier, match_key, normalise
 
 FIELDS = ("platform", "account_id", "username", "email", "phone", "ip_addresses", "country_hint",
@@ -111,19 +113,24 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
         yield from _json_records(text, {} if ignored is None else ignored)
         return
     rows = csv.reader(text)
+    header: list[str] = []
+    line = 1  # the header's: blank lines before it are no header
     try:
-        header = next(rows, [])
+        for header in rows:
+            if header:
+                break
+            line = rows.line_num + 1
     except csv.Error as exc:
-        yield 1, {}, [RowError(1, WHOLE_RECORD, f"the header is not readable as CSV ({exc})")]
+        yield line, {}, [RowError(line, WHOLE_RECORD, f"the header is not readable as CSV ({exc})")]
         return
     keys = record_keys(header)
     missing = [f for f in ("platform", "account_id") if f not in keys]
     if missing:
-        yield 1, {}, [RowError(1, ",".join(missing), "missing column in the header")]
+        yield line, {}, [RowError(line, ",".join(missing), "missing column in the header")]
         return
     twice = sorted({key for key in keys if key in FIELDS and keys.count(key) > 1})
     if twice:
-        yield 1, {}, [RowError(1, ",".join(twice), "column named twice in the header")]
+        yield line, {}, [RowError(line, ",".join(twice), "column named twice in the header")]
         return
     if ignored is not None:
         ignored.update((name, None) for name, key in zip(header, keys) if key not in FIELDS and name.strip())
@@ -139,6 +146,8 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
             start = rows.line_num + 1
             continue
         if row:  # a blank line is no record
+            if "'" in "".join(row):
+                row = list(map(restore_cell, row))
             if len(row) < width:
                 row += [""] * (width - len(row))  # a short row's missing fields read as empty
             yield start, dict(zip(keys, row)), _NO_PROBLEMS  # a long row's extra fields dropped
@@ -167,7 +176,7 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
         for name, value in record.pairs:
             key = column_key(name)
             if key not in FIELDS:
-                ignored.setdefault(name if _is_unicode(name) else name.encode("utf-8", "backslashreplace").decode())
+                ignored.setdefault(name if _text_problem(name) is None else json.dumps(name)[1:-1])
                 continue
             if key in fields:
                 if key not in twice:
@@ -212,6 +221,12 @@ def record_keys(columns: list[str]) -> list[str]:
 
 
 NOT_UNICODE = "not valid Unicode (a lone surrogate escape such as \\ud800)"
+CONTROL_CHARACTER = "holds a control character (an escape such as \\u0000), which no text field may hold"
+# Control characters a text tip never holds (tab, LF, CR and form feed are fine): a file
+# holding one as a byte is refused (app/services/tips/files.py); JSON's \uXXXX escapes could
+# still put one in a value.
+CONTROL_CHARACTERS = "".join(chr(code) for code in [*range(32), 127] if code not in (9, 10, 12, 13))
+_CONTROL = re.compile(f"[{re.escape(CONTROL_CHARACTERS)}]")
 
 
 def _json_text(name: str, value) -> tuple[str, str | None]:
@@ -221,20 +236,29 @@ def _json_text(name: str, value) -> tuple[str, str | None]:
     if value is None:
         return "", None
     if isinstance(value, str):
-        return (value, None) if _is_unicode(value) else (json.dumps(value), NOT_UNICODE)
+        problem = _text_problem(value)
+        return (json.dumps(value), problem) if problem else (value, None)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value), None
     if isinstance(value, float):
         return (str(int(value)) if value.is_integer() else str(value)), None
     if name == "ip_addresses" and isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return (";".join(value), None) if all(map(_is_unicode, value)) else (json.dumps(value), NOT_UNICODE)
+        problem = next(filter(None, map(_text_problem, value)), None)
+        return (json.dumps(value), problem) if problem else (";".join(value), None)
     return json.dumps(value), ("must be a list of texts, a text or null" if name == "ip_addresses"
                                else "must be a text, a number or null")
 
 
+def _text_problem(text: str) -> str | None:
+    """Why a JSON text cannot be a field's value, if it cannot: JSON's \\uXXXX escapes can
+    make text that no tip file holds as bytes, and that a database refuses (PostgreSQL: NUL)."""
+    if _CONTROL.search(text):
+        return CONTROL_CHARACTER
+    return None if _is_unicode(text) else NOT_UNICODE
+
+
 def _is_unicode(text: str) -> bool:
-    """False for a text holding a lone surrogate, which JSON's \\uXXXX escapes can make and
-    no UTF-8 file, database or page can hold."""
+    """False for a text holding a lone surrogate, which no UTF-8 file, database or page can hold."""
     if text.isascii():
         return True
     try:

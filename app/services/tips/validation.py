@@ -132,7 +132,13 @@ def _split_header(data: bytes, fmt: str) -> tuple[bytes, bytes, int]:
     data = data.removeprefix(b"\xef\xbb\xbf")
     if fmt != "csv":
         return b"", data, 1
-    end = next(_record_ends(data), len(data))
+    start = end = 0
+    for end in _record_ends(data):  # blank lines before the header go with it
+        if data[start:end].strip(b"\r\n"):
+            break
+        start = end
+    else:
+        end = len(data)
     header = data[:end]
     return header, data[end:], _line_ends(header) + 1
 
@@ -204,8 +210,7 @@ def _record_ends(data: bytes) -> Iterator[int]:
 
 def _header_columns(header: bytes) -> list[str]:
     text = header.decode("utf-8", errors="replace")
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    return [c for c in rows[0]] if rows else []
+    return next(filter(None, csv.reader(io.StringIO(text, newline=""))), [])
 
 
 # --- the worker -----------------------------------------------------------------------------

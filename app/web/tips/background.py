@@ -11,15 +11,17 @@ import's transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 
 from flask import Flask
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from app.db import make_engine
 from app.extensions import db
 from app.models import User
 from app.models.tip import TipImport
@@ -29,6 +31,7 @@ from app.services.tips import importer, imports
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.5  # seconds between progress writes within one stage
+PROGRESS_WAIT_MS = 200  # SQLite: the longest a progress write waits for the write lock
 
 
 def start_after_commit(session: Session, app: Flask, import_id: int, data: bytes, user_id: int,
@@ -74,7 +77,7 @@ class _Progress:
     every PROGRESS_EVERY seconds within a stage."""
 
     def __init__(self, app: Flask, import_id: int):
-        self.engine = app.extensions["handoff_db"]["engine"]
+        self.engine = _progress_engine(app)
         self.import_id = import_id
         self.single_writer = self.engine.dialect.name == "sqlite"
         self.stage = None
@@ -87,8 +90,26 @@ class _Progress:
         if stage == self.stage and done < total and now - self.written_at < PROGRESS_EVERY:
             return
         self.stage, self.written_at = stage, now
-        with self.engine.begin() as connection:
-            imports.record_progress(connection, self.import_id, stage, done, total)
+        try:
+            with self.engine.begin() as connection:
+                imports.record_progress(connection, self.import_id, stage, done, total)
+        except OperationalError:  # SQLite: another import is writing; the next figure will do
+            log.info("tip import %s: progress not recorded, the database is busy", self.import_id)
+
+
+def _progress_engine(app: Flask) -> Engine:
+    """The engine progress is written with: on SQLite, one whose connections wait a moment at
+    most for the write lock, which another import holds while it writes. Checking the rows
+    goes on meanwhile; a figure is not worth waiting for."""
+    handoff = app.extensions["handoff_db"]
+    engine = handoff["engine"]
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return engine  # (an in-memory database is its connection's alone)
+    with _threads_lock:
+        if "progress_engine" not in handoff:
+            handoff["progress_engine"] = make_engine(engine.url.render_as_string(hide_password=False),
+                                                     busy_timeout_ms=PROGRESS_WAIT_MS)
+        return handoff["progress_engine"]
 
 
 def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | None) -> None:
@@ -101,14 +122,21 @@ def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | N
                                          skip_invalid=record.skip_invalid, require_extension=True,
                                          progress=_Progress(app, import_id))
             imports.record_done(record, result)
+            session.commit()
+            return
         except importer.TipRejected as refused:
-            session.rollback()
-            imports.record_rejected(session.get(TipImport, import_id), refused)
+            outcome = functools.partial(imports.record_rejected, refused=refused)
         except DomainError as refused:
-            session.rollback()
-            imports.record_failed(session.get(TipImport, import_id), refused)
-        except Exception:
+            outcome = functools.partial(imports.record_failed, refused=refused)
+        except Exception:  # the commit's too: the record must not stay "running"
             log.exception("tip import %s broke off", import_id)
+            outcome = functools.partial(imports.record_failed, refused=None)
+        session.rollback()
+        try:
+            outcome(session.get(TipImport, import_id))
+            session.commit()
+        except Exception:
+            log.exception("tip import %s: could not record its outcome", import_id)
             session.rollback()
             imports.record_failed(session.get(TipImport, import_id), None)
-        session.commit()
+            session.commit()
