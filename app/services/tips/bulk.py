@@ -50,39 +50,34 @@ def _bind_processor(type_, dialect):
     return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
-@contextmanager
 def large_page_cache(session: Session, kib: int = 131_072):
     """On SQLite, a page cache big enough for the indexes a tip touches (128 MiB by default,
-    instead of 2 MiB) for the duration of a bulk write; the connection's setting is restored
-    afterwards. Random inserts into a large index otherwise spill pages all the time; 256 MiB
-    was no faster for a full tip and cost 100 MB more of peak memory."""
-    if dialect_name(session) != "sqlite":
-        yield
-        return
-    connection = session.connection()
-    previous = connection.exec_driver_sql("PRAGMA cache_size").scalar()
-    connection.exec_driver_sql(f"PRAGMA cache_size = -{int(kib)}")
-    try:
-        yield
-    finally:
-        connection.exec_driver_sql(f"PRAGMA cache_size = {int(previous)}")
+    instead of 2 MiB) for the duration of a bulk write. Random inserts into a large index
+    otherwise spill pages all the time; 256 MiB was no faster for a full tip and cost 100 MB
+    more of peak memory."""
+    return sqlite_setting(session.connection(), "cache_size", -int(kib))
+
+
+def waiting_for_the_write_lock(session: Session, seconds: float):
+    """On SQLite, wait up to `seconds` (instead of a request's few) for the database's one write
+    lock, which another import may hold while it writes. On PostgreSQL imports into one
+    operation wait for each other by a row lock."""
+    return sqlite_setting(session.connection(), "busy_timeout", int(seconds * 1000))
 
 
 @contextmanager
-def waiting_for_the_write_lock(session: Session, seconds: float):
-    """On SQLite, wait up to `seconds` (instead of a request's few) for the database's one write
-    lock, which another import may hold while it writes; the connection's setting is restored
-    afterwards. On PostgreSQL imports into one operation wait for each other by a row lock."""
-    if dialect_name(session) != "sqlite":
+def sqlite_setting(connection: Connection, name: str, value: int):
+    """A PRAGMA of this SQLite connection set for a while and put back afterwards (nothing on
+    another engine)."""
+    if connection.dialect.name != "sqlite":
         yield
         return
-    connection = session.connection()
-    previous = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
-    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+    previous = connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+    connection.exec_driver_sql(f"PRAGMA {name} = {int(value)}")
     try:
         yield
     finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous)}")
+        connection.exec_driver_sql(f"PRAGMA {name} = {int(previous)}")
 
 
 @contextmanager

@@ -17,17 +17,16 @@ import threading
 import time
 
 from flask import Flask
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
 from app.extensions import db
 from app.models import User
 from app.models.tip import TipImport
 from app.services import DomainError
 from app.services.audit import Actor
-from app.services.tips import importer, imports
+from app.services.tips import bulk, importer, imports
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.5  # seconds between progress writes within one stage
@@ -77,7 +76,7 @@ class _Progress:
     every PROGRESS_EVERY seconds within a stage."""
 
     def __init__(self, app: Flask, import_id: int):
-        self.engine = _progress_engine(app)
+        self.engine = app.extensions["handoff_db"]["engine"]
         self.import_id = import_id
         self.single_writer = self.engine.dialect.name == "sqlite"
         self.stage = None
@@ -90,26 +89,15 @@ class _Progress:
         if stage == self.stage and done < total and now - self.written_at < PROGRESS_EVERY:
             return
         self.stage, self.written_at = stage, now
-        try:
-            with self.engine.begin() as connection:
+        # On SQLite another import may hold the write lock while it writes: checking the rows
+        # goes on, and a figure not written now is not worth waiting for.
+        with self.engine.connect() as connection, bulk.sqlite_setting(connection, "busy_timeout", PROGRESS_WAIT_MS):
+            try:
                 imports.record_progress(connection, self.import_id, stage, done, total)
-        except OperationalError:  # SQLite: another import is writing; the next figure will do
-            log.info("tip import %s: progress not recorded, the database is busy", self.import_id)
-
-
-def _progress_engine(app: Flask) -> Engine:
-    """The engine progress is written with: on SQLite, one whose connections wait a moment at
-    most for the write lock, which another import holds while it writes. Checking the rows
-    goes on meanwhile; a figure is not worth waiting for."""
-    handoff = app.extensions["handoff_db"]
-    engine = handoff["engine"]
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
-        return engine  # (an in-memory database is its connection's alone)
-    with _threads_lock:
-        if "progress_engine" not in handoff:
-            handoff["progress_engine"] = make_engine(engine.url.render_as_string(hide_password=False),
-                                                     busy_timeout_ms=PROGRESS_WAIT_MS)
-        return handoff["progress_engine"]
+                connection.commit()
+            except OperationalError:
+                connection.rollback()
+                log.info("tip import %s: progress not recorded, the database is busy", self.import_id)
 
 
 def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | None) -> None:
