@@ -8,7 +8,6 @@ from app.extensions import db
 from app.services import Forbidden, NotFound
 
 CSRF_MESSAGE = "The form expired or was not sent from this site. Reload the page and try again."
-SERVER_ERROR = "Something went wrong on our side. Nothing was saved."
 BUSY_MESSAGE = ("The database is busy: a tip import is writing its rows. Nothing was saved; try again in a "
                 "minute.")
 
@@ -52,8 +51,7 @@ def register_error_handlers(app: Flask) -> None:
         # (an import holds it while it writes) is told to try again, not that something broke.
         db.session.rollback()
         if "database is locked" not in str(exc.orig):
-            app.logger.error("Exception on %s [%s]", request.path, request.method, exc_info=exc)
-            return render_template("error.html", code=500, message=SERVER_ERROR, path=request.path), 500
+            raise exc  # any other: Flask logs it and answers with the 500 page
         return (render_template("error.html", code=503, message=BUSY_MESSAGE, path=request.path), 503,
                 {"Retry-After": "60"})
 
@@ -63,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
         (404, "Not found."),
         (405, "That method is not allowed here."),
         (429, "Too many attempts from your address. Wait a few minutes and try again."),
-        (500, SERVER_ERROR),
+        (500, "Something went wrong on our side. Nothing was saved."),
     ):
         app.register_error_handler(code, _page(code, message))
 
