@@ -131,8 +131,10 @@ def visible_audit_entries(user: User) -> Select[tuple[AuditEntry]]:
 #
 # A tip, its accounts and the holders found behind them are seen by the operation's lead
 # agency; a holder is also seen by the agencies that may see a referral it sits on (through
-# `visibility_clause`, so a transfer's new receiver sees the subjects it was given). The work
-# lists of an import (review, unrouted) belong to the lead agency alone.
+# `visibility_clause`, so a transfer's new receiver sees the subjects it was given), as long as
+# that referral still holds it for them: one they declined or passed on, or that was withdrawn,
+# stays in their history, but the holder's page (its accounts, live) is no longer theirs. The
+# work lists of an import (review, unrouted) belong to the lead agency alone.
 
 
 def led_operations(user: User) -> Select[tuple[Operation]]:
@@ -144,13 +146,17 @@ def visible_tips(user: User) -> Select[tuple[Tip]]:
                                                   .scalar_subquery()))
 
 
+# A referral's receiver has let its subjects go.
+LET_GO = (Status.DECLINED, Status.TRANSFERRED, Status.WITHDRAWN)
+
+
 def holder_visibility_clause(agency_id: int):
     """SQL condition: holders an agency may see."""
     led = select(Operation.id).where(Operation.lead_agency_id == agency_id)
     on_visible_referral = (
         select(referral_subjects.c.subject_id)
         .join(Referral, Referral.id == referral_subjects.c.referral_id)
-        .where(visibility_clause(agency_id))
+        .where(visibility_clause(agency_id), Referral.status.not_in(LET_GO))
     )
     return or_(Holder.operation_id.in_(led.scalar_subquery()),
                Holder.subject_id.in_(on_visible_referral.scalar_subquery()))

@@ -38,7 +38,7 @@ from app.models import (
     referral_subjects,
 )
 from app.services import DomainError, NotFound, audit, deconfliction, referrals, subjects
-from app.services.access import get_visible_holder, visible_holders, visible_tips
+from app.services.access import get_visible_holder, visible_holders, visible_referrals, visible_tips
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import holders as holder_service
@@ -718,6 +718,37 @@ def test_a_holder_on_a_declined_referral_is_routed_again(session, world):
     assert (draft.status, draft.jurisdiction, draft.receiver_agency_id) == (Status.DRAFT, "NZ", world.agencies["a"].id)
     assert session.scalar(select(func.count()).select_from(referral_subjects).where(  # its history stays
         referral_subjects.c.referral_id == sent.id, referral_subjects.c.subject_id == holder.subject_id)) == 1
+
+
+def test_an_agency_that_declined_a_holder_no_longer_sees_it(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    receiver = world.users["b_liaison"]
+    assert get_visible_holder(session, receiver, holder.subject_id).id == holder.id  # its to work
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "decline", None, "Not our case.")
+    session.flush()
+    with pytest.raises(NotFound):  # the referral stays in its history; the holder, live, is not its own
+        get_visible_holder(session, receiver, holder.subject_id)
+    assert session.scalars(visible_holders(receiver)).all() == []
+    assert session.scalars(visible_referrals(receiver).where(Referral.id == sent.id)).one()
+    assert get_visible_holder(session, world.users["c_liaison"], holder.subject_id).id == holder.id  # the lead
+
+
+def test_the_receiver_of_a_transfer_that_declines_no_longer_sees_the_holder(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    onward_receiver = world.users["i_liaison"]
+    assert get_visible_holder(session, onward_receiver, holder.subject_id).id == holder.id
+    referrals.transition(session, world.actor("i_liaison"), onward.id, "acknowledge", None)
+    referrals.transition(session, world.actor("i_liaison"), onward.id, "decline", None, "Not ours.")
+    session.flush()
+    with pytest.raises(NotFound):
+        get_visible_holder(session, onward_receiver, holder.subject_id)
+    with pytest.raises(NotFound):  # the agency that passed it on let it go too
+        get_visible_holder(session, world.users["b_liaison"], holder.subject_id)
 
 
 def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_decliner(session, world):
