@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from config import config_class, load
 
@@ -22,6 +23,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_name: str | Non
             raise RuntimeError(f"Set HANDOFF_{key}: it must be the same on every worker.")
 
     register_extensions(app)
+    app.url_map.converters["int"] = DatabaseIntegerConverter
     register_blueprints(app)
     register_request_hooks(app)
     register_template_helpers(app)
@@ -74,6 +76,15 @@ def register_blueprints(app: Flask) -> None:
     from app.web.tips import bp as tips_bp
     app.register_blueprint(tips_bp, url_prefix="/tips")
     register_error_handlers(app)
+
+
+class DatabaseIntegerConverter(IntegerConverter):
+    """`<int:...>` in a URL, at most the largest id a database column holds: a larger number
+    matches no route (404, as any id out of reach) instead of failing in the query (500)."""
+
+    def __init__(self, url_map, *args, **kwargs):
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(url_map, *args, **kwargs)
 
 
 def register_request_hooks(app: Flask) -> None:

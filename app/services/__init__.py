@@ -74,6 +74,6 @@ class Page:
 def paginate(session, query, page: int, per_page: int, *order) -> Page:
     """Count the (scoped, filtered) query and fetch one page of it in the given order."""
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    page = max(1, page)
+    page = min(max(1, page), max(1, math.ceil(total / per_page)))  # past the last page: the last
     items = list(session.scalars(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique())
     return Page(items, total, page, per_page)

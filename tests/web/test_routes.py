@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
+from werkzeug.routing import IntegerConverter
 
 from app.extensions import db
 from app.models import Hit, Identifier, Referral, Status, Subject
@@ -267,3 +268,24 @@ def test_guessing_ids_of_other_agencies_is_always_404(app, objects):
         reference = referral.reference
     assert reference not in browser.get("/referrals").get_data(as_text=True)
     assert reference not in browser.get("/hits").get_data(as_text=True)
+
+
+def test_ids_and_pages_beyond_what_the_database_holds_are_not_errors(app, objects):
+    """An id no column can hold matches no route (404, as any id out of reach), on every route
+    with one; a page number past the last shows the last page."""
+    browser = _browser(app, "manager")
+    huge = 10**20  # beyond SQLite's 64 bits, as 2**31 is beyond PostgreSQL's integer
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        ints = [name for name, converter in rule._converters.items() if isinstance(converter, IntegerConverter)]
+        if not ints or "GET" not in rule.methods:
+            continue
+        path = rule.rule
+        for name in ints:
+            path = path.replace(f"<int:{name}>", str(huge))
+        assert browser.get(path).status_code == 404, path
+        assert browser.get(path.replace(str(huge), str(2**31))).status_code == 404, path
+        checked += 1
+    assert checked >= 8
+    for path in ("/referrals", "/hits", "/tips/holders", "/tips/review", "/tips/unrouted"):
+        assert browser.get(f"{path}?page={huge}").status_code == 200, path
