@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask
@@ -24,6 +24,14 @@ def localtime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
     if value is None:
         return "-"
     return value.astimezone(_viewer_zone()).strftime(fmt)
+
+
+def utcdate(value: datetime | None) -> str:
+    """A date a provider reported (often a day, stored as its midnight UTC) as the UTC date it
+    names: in the viewer's zone, west of UTC, it would show as the day before."""
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
 def duration(delta: timedelta) -> str:
@@ -71,6 +79,7 @@ def _notifications_label() -> str:
 
 def register(app: Flask) -> None:
     app.add_template_filter(localtime)
+    app.add_template_filter(utcdate)
     app.add_template_filter(duration)
     app.add_template_filter(countries.name, "country")
     app.add_template_global(utcnow, "utcnow")

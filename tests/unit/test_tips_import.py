@@ -802,6 +802,19 @@ def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_strand
     assert (draft.status, draft.receiver_agency_id) == (Status.DRAFT, world.agencies["b"].id)
 
 
+def test_a_decision_on_a_holder_whose_referral_was_transferred_names_where_it_is_now(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    decision = holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id,
+                                             {"risk_plans_to_meet": True})
+    assert decision.stays_sent.id == onward.id
+    assert (decision.stays_sent.receiver_agency_id, decision.stays_sent.priority) == (world.agencies["i"].id,
+                                                                                      Priority.P1)
+
+
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
     sent_at = datetime.now(timezone.utc) - timedelta(hours=30)
     holder, sent = _sent_package(session, world, sent_at)

@@ -524,3 +524,34 @@ def test_a_file_name_too_long_to_keep_whole_still_imports(app, web_world):
     assert "Imported into LANTERN" in page.get_data(as_text=True)
     with app.app_context():
         assert db.session.scalars(select(Tip.file_name)).one() == "x" * 251 + ".csv"
+
+
+def _holder_page(app, browser: Browser, account_key: str):
+    return browser.get(f"/tips/holders/{_holder_subject(app, account_key)}").get_data(as_text=True)
+
+
+def test_an_absorbed_holder_says_where_its_accounts_went_and_why_no_decision_is_taken(app, web_world):
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="left@example.org")))
+    _import(app, browser, web_world.operation.id, tip(account(2, email="right@example.org")))
+    absorbed_subject = _holder_subject(app, "acc2")
+    _import(app, browser, web_world.operation.id, tip(account(3, email="left@example.org", phone="+61 412 000 009"),
+                                                      account(4, email="right@example.org", phone="+61 412 000 009")))
+    page = browser.get(f"/tips/holders/{absorbed_subject}").get_data(as_text=True)
+    assert "Merged into" in page and "none: its 1 went to H-000001" in page
+    assert "A single account." not in page and "Receiving agency" not in page
+    token = csrf_token_from(page)
+    refused = browser.client.post(f"/tips/holders/{absorbed_subject}/risk",
+                                  data={"csrf_token": token, "risk_plans_to_meet": "y"})
+    assert refused.status_code == 422
+    assert "merged into another; decide on that one" in refused.get_data(as_text=True)
+
+
+def test_the_dates_a_provider_gave_show_as_given_whatever_the_viewers_zone(app, web_world):
+    with app.app_context():
+        lead = db.session.scalar(select(User).where(User.email == LEAD))
+        lead.timezone = "America/New_York"
+        db.session.commit()
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, first_seen="2020-01-05", last_seen="2020-03-01")))
+    assert "2020-01-05 – 2020-03-01" in _holder_page(app, browser, "acc1")

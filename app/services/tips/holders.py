@@ -292,8 +292,10 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
     session.expire(holder)
     stays = None
     if state.referral_id and state.referral_id == before:
-        # Shown to the person deciding: read through their scope.
-        referral = session.scalars(visible_referrals(actor.user).where(Referral.id == before)).unique().one_or_none()
+        # Shown to the person deciding, where the case is now (a transfer moved it on): read
+        # through their scope.
+        referral = session.scalars(visible_referrals(actor.user).where(
+            Referral.id == router.current_id(before))).unique().one_or_none()
         if referral is not None and referral.status is not Status.DRAFT:
             stays = referral
     return Decision(holder, state.referral_id != before, stays)
