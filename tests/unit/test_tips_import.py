@@ -815,6 +815,27 @@ def test_a_decision_on_a_holder_whose_referral_was_transferred_names_where_it_is
                                                                                       Priority.P1)
 
 
+def test_a_decision_on_a_holder_on_a_sent_referral_reaches_its_receiver(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    c_liaison = world.actor("c_liaison")
+    holder_service.set_risk_flags(session, c_liaison, holder.subject_id, {"risk_plans_to_meet": True})  # raised
+    flags = {"risk_plans_to_meet": True, "risk_position_of_authority": True}  # P1 still: news
+    holder_service.set_risk_flags(session, c_liaison, holder.subject_id, flags)
+    holder_service.set_risk_flags(session, c_liaison, holder.subject_id, flags)  # the same again: no news
+    holder_service.set_jurisdiction(session, c_liaison, holder.subject_id, "NZ", "Lives in Auckland.")
+    session.flush()
+    session.expire_all()
+    seen = referrals.view(session, world.actor("b_liaison"), sent.id)
+    updates = [e.note for e in seen.events if e.action == "update"]
+    assert updates == [f"holder {holder.label}: the sending agency recorded "
+                       f"{holder_service._flags_named(flags)}.",
+                       f"holder {holder.label}: jurisdiction set to New Zealand by the sending agency (it was "
+                       "Australia). Note: Lives in Auckland."]
+    assert "position of authority" in updates[0] and [e.action for e in seen.events].count("escalate") == 1
+    told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert [n.kind for n in told].count(NotificationKind.REFERRAL_UPDATED) == 2
+
+
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
     sent_at = datetime.now(timezone.utc) - timedelta(hours=30)
     holder, sent = _sent_package(session, world, sent_at)

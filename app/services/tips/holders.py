@@ -272,9 +272,12 @@ def _decidable(session: Session, actor: Actor, subject_id: int) -> Holder:
     return holder
 
 
-def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, decided: bool = False) -> Decision:
+def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, decided: bool = False,
+             news: str | None = None) -> Decision:
     """Route one holder again after a decision, exactly as an import would; `decided` when
-    the decision was its jurisdiction (then it may go back to an agency that declined it)."""
+    the decision was its jurisdiction (then it may go back to an agency that declined it).
+    A holder that stays on a sent referral tells its receiver the `news` of the decision, if
+    any, as an import tells what it added."""
     session.flush()
     row = session.execute(select(*HOLDER_STATE_COLUMNS).where(Holder.id == holder.id)).one()
     state = state_from_row(row)
@@ -286,6 +289,8 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
         routing=state.routing, receiver_agency_id=state.receiver_agency_id, referral_id=state.referral_id,
         packaged=state.packaged, updated_at=now))
     router.write_links()
+    if news and state.referral_id == before and router.stays(before):
+        router.record_updates({router.current_id(before): news})
     route = router.finish()
     if route.touched:
         deconfliction.refresh_hits(session, actor, route.touched)
@@ -320,7 +325,10 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
     holder.needs_review = False
     holder.confidence = round(weights.get(code, 0) / sum(weights.values()), 3) if weights else 0.0
     holder.updated_at = now
-    decision = _reroute(session, actor, holder, now, decided=True)
+    news = (f"holder {holder.label}: jurisdiction set to {countries.name(code)} by the sending agency"
+            f"{' (it was ' + countries.name(previous) + ')' if previous else ''}.{' Note: ' + note if note else ''}"
+            if code != previous else None)
+    decision = _reroute(session, actor, holder, now, decided=True, news=news)
     audit.record(session, actor, "tip.holder_jurisdiction", "holder", holder.id, detail={
         "label": holder.label, "from": previous, "to": code, "note": note,
         "referral": decision.holder.referral_id,
@@ -345,10 +353,15 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     holder.priority = priority_from_flags(tuple(getattr(holder, name) for name in RISK_COLUMNS), holder.grade_a,
                                           holder.grade_b, holder.grade_c)
     holder.updated_at = now
-    decision = _reroute(session, actor, holder, now)
+    changed = sorted(k for k in RISK_COLUMNS if before[k] != bool(flags.get(k, False)))
+    # A holder that became more urgent raises its sent referral below, whose step names the
+    # flags; otherwise the receiver is told of them as news.
+    news = (f"holder {holder.label}: the sending agency recorded {_flags_named(flags)}."
+            if changed and holder.priority.value >= previous.value else None)
+    decision = _reroute(session, actor, holder, now, news=news)
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
         "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
-        "changed": sorted(k for k in RISK_COLUMNS if before[k] != bool(flags.get(k, False))),
+        "changed": changed,
         "priority": {"from": previous.value, "to": holder.priority.value},
     })
     escalate_sent_referrals(session, actor, [
