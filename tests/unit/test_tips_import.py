@@ -678,6 +678,17 @@ def _sent_package(session, world, at: datetime) -> tuple[Holder, Referral]:
     return holder, sent
 
 
+def _transferred_package(session, world) -> tuple[Holder, Referral, Referral]:
+    """`_sent_package`, acknowledged by agency b and transferred on to agency i (with the
+    lead's consent): (holder, the original, the referral it is on now)."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    return holder, sent, onward
+
+
 def test_a_merge_with_a_holder_on_a_sent_referral_stays_on_it_and_raises_it(session, world):
     """The older holder (the survivor) is on a draft, the one it absorbs on a sent referral:
     the merged holder follows the sent referral, which is raised; no second draft is made."""
@@ -735,11 +746,7 @@ def test_an_agency_that_declined_a_holder_no_longer_sees_it(session, world):
 
 
 def test_the_receiver_of_a_transfer_that_declines_no_longer_sees_the_holder(session, world):
-    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
-    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
+    holder, sent, onward = _transferred_package(session, world)
     onward_receiver = world.users["i_liaison"]
     assert get_visible_holder(session, onward_receiver, holder.subject_id).id == holder.id
     referrals.transition(session, world.actor("i_liaison"), onward.id, "acknowledge", None)
@@ -778,11 +785,7 @@ def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_declin
 
 
 def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_stranded(session, world):
-    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
-    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
+    holder, sent, onward = _transferred_package(session, world)
     referrals.transition(session, world.actor("i_liaison"), onward.id, "acknowledge", None)
     referrals.transition(session, world.actor("i_liaison"), onward.id, "decline", None, "Not ours either.")
     session.expire_all()
@@ -803,11 +806,7 @@ def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_strand
 
 
 def test_a_decision_on_a_holder_whose_referral_was_transferred_names_where_it_is_now(session, world):
-    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
-    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
+    holder, sent, onward = _transferred_package(session, world)
     decision = holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id,
                                              {"risk_plans_to_meet": True})
     assert decision.stays_sent.id == onward.id
@@ -870,11 +869,7 @@ def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, 
 
 
 def test_a_referral_transferred_onward_is_escalated_where_it_is_now(session, world):
-    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
-    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)  # drafts need it
-    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
+    holder, sent, onward = _transferred_package(session, world)
     holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id, {"risk_plans_to_meet": True})
     session.expire_all()
     assert session.get(Referral, onward.id).priority is Priority.P1
