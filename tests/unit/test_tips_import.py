@@ -37,7 +37,7 @@ from app.models import (
     TipAccount,
     referral_subjects,
 )
-from app.services import DomainError, NotFound, audit, deconfliction, referrals, subjects
+from app.services import Conflict, DomainError, NotFound, audit, deconfliction, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_referrals, visible_tips
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
@@ -803,6 +803,21 @@ def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_strand
     session.flush()
     draft = session.get(Referral, decision.holder.referral_id)
     assert (draft.status, draft.receiver_agency_id) == (Status.DRAFT, world.agencies["b"].id)
+
+
+def test_a_decision_names_the_holder_as_it_saw_it_and_a_changed_one_is_refused(session, world):
+    run_import(session, world, tip(account(1, country_hint="AU", ip_country="NZ")))
+    holder = holder_of(session, world, "acc1")
+    session.commit()  # as a page would have it: stored, and read back
+    seen = session.get(Holder, holder.id).updated_at
+    first = holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id,
+                                          {"risk_access_to_children": True}, seen_at=seen)
+    session.commit()
+    with pytest.raises(Conflict):  # the second person's page showed the holder before the first decision
+        holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "AU", seen_at=seen)
+    session.rollback()
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "AU",
+                                    seen_at=session.get(Holder, first.holder.id).updated_at)
 
 
 def test_a_decision_on_a_holder_whose_referral_was_transferred_names_where_it_is_now(session, world):

@@ -555,3 +555,36 @@ def test_the_dates_a_provider_gave_show_as_given_whatever_the_viewers_zone(app, 
     browser = _login(app, LEAD)
     _import(app, browser, web_world.operation.id, tip(account(1, first_seen="2020-01-05", last_seen="2020-03-01")))
     assert "2020-01-05 – 2020-03-01" in _holder_page(app, browser, "acc1")
+
+
+def _seen(page: str) -> str:
+    """When the holder last changed, as a page with its decision forms shows it."""
+    return re.search(r'name="seen" type="hidden" value="([^"]+)"', page).group(1)
+
+
+def test_a_decision_from_a_page_older_than_the_holder_is_refused_not_overwriting(app, web_world):
+    liaison, manager = _login(app, LEAD), _login(app, "manager.c@example.org")
+    _import(app, liaison, web_world.operation.id, tip(account(1, country_hint="AU", ip_country="NZ")))
+    subject = _holder_subject(app, "acc1")
+    stale = liaison.get(f"/tips/holders/{subject}").get_data(as_text=True)
+    seen = _seen(stale)
+    fresh = manager.get(f"/tips/holders/{subject}").get_data(as_text=True)
+    done = manager.client.post(f"/tips/holders/{subject}/risk", data={
+        "csrf_token": csrf_token_from(fresh), "seen": _seen(fresh), "risk_access_to_children": "y"})
+    assert done.status_code == 303
+    refused = liaison.client.post(f"/tips/holders/{subject}/risk", data={
+        "csrf_token": csrf_token_from(stale), "seen": seen, "risk_previous_convictions": "y"})
+    assert refused.status_code == 422 and "Someone else changed this account holder" in refused.get_data(as_text=True)
+    # The review list's one-click buttons carry the same guard.
+    review = liaison.client.post(f"/tips/holders/{subject}/jurisdiction", data={
+        "csrf_token": csrf_token_from(stale), "seen": seen, "country": "AU", "back": "review"})
+    assert review.status_code == 422
+    with app.app_context():
+        holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject))
+        assert (holder.risk_access_to_children, holder.risk_previous_convictions) == (True, False)
+        assert holder.jurisdiction_source.value == "evidence"
+    again = refused.get_data(as_text=True)  # the page drawn again shows the holder as it is now
+    retried = liaison.client.post(f"/tips/holders/{subject}/risk", data={
+        "csrf_token": csrf_token_from(again), "seen": _seen(again), "risk_access_to_children": "y",
+        "risk_previous_convictions": "y"})
+    assert retried.status_code == 303

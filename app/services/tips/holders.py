@@ -31,7 +31,9 @@ from app.models import (
     referral_subjects,
 )
 from app.models.tip import holder_label
-from app.services import DomainError, Forbidden, NotFound, Page, audit, countries, deconfliction, paginate, referrals
+from app.services import (
+    Conflict, DomainError, Forbidden, NotFound, Page, audit, countries, deconfliction, paginate, referrals,
+)
 from app.services.access import (
     get_visible_holder,
     led_holders,
@@ -261,7 +263,9 @@ class Decision:
     stays_sent: Referral | None  # its referral was sent already: it stays there
 
 
-def _decidable(session: Session, actor: Actor, subject_id: int) -> Holder:
+def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetime | None) -> Holder:
+    """The holder to decide on; `seen_at` is when it last changed as the deciding page showed it
+    (None: not known), and a holder changed since, by a person or an import, is a Conflict."""
     holder = get_visible_holder(session, actor.user, subject_id)
     if actor.user is None or not actor.user.can_work_referrals:
         raise Forbidden("Your role may read holders but not decide on them.")
@@ -269,6 +273,9 @@ def _decidable(session: Session, actor: Actor, subject_id: int) -> Holder:
         raise Forbidden("Only the operation's lead agency decides on its holders.")
     if holder.merged_into_id is not None:
         raise DomainError("This holder was merged into another; decide on that one.")
+    if seen_at is not None and holder.updated_at != seen_at:
+        raise Conflict("Someone else changed this account holder meanwhile (a decision or an import). Look at "
+                       "it again and decide anew.")
     return holder
 
 
@@ -307,8 +314,8 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
 
 
 def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: str, note: str = "", *,
-                     now: datetime | None = None) -> Decision:
-    holder = _decidable(session, actor, subject_id)
+                     now: datetime | None = None, seen_at: datetime | None = None) -> Decision:
+    holder = _decidable(session, actor, subject_id, seen_at)
     code = (country or "").strip().upper()
     if not countries.is_valid(code):
         raise DomainError("Choose a country from the list.", field="country")
@@ -337,11 +344,11 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
 
 
 def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[str, bool], *,
-                   now: datetime | None = None) -> Decision:
+                   now: datetime | None = None, seen_at: datetime | None = None) -> Decision:
     """Record what investigators found (access to children, ...); the holder is triaged again
     by the same rule and, if its priority changes, routed again (a P1 holder gets a referral
     of its own)."""
-    holder = _decidable(session, actor, subject_id)
+    holder = _decidable(session, actor, subject_id, seen_at)
     unknown = set(flags) - set(RISK_COLUMNS)
     if unknown:
         raise DomainError(f"Unknown risk flag {sorted(unknown)[0]!r}.")

@@ -1,6 +1,8 @@
+from datetime import datetime
+
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired
-from wtforms import BooleanField, IntegerField, SelectField, TextAreaField
+from wtforms import BooleanField, HiddenField, IntegerField, SelectField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from app.models import HolderRouting, Priority
@@ -42,7 +44,24 @@ class HolderFilterForm(FlaskForm):
         self.country.choices = [("", "Any")] + countries.choices()
 
 
-class JurisdictionForm(FlaskForm):
+class SeenHolder:
+    """When the holder last changed, as the page showed it: a decision on a holder changed
+    since (by a person or an import) is refused instead of overwriting what it did not see."""
+
+    seen = HiddenField()
+
+    def seen_at(self) -> datetime | None:
+        try:
+            seen = datetime.fromisoformat(self.seen.data or "")
+        except ValueError:
+            return None
+        return seen if seen.tzinfo else None
+
+    def show(self, holder) -> None:
+        self.seen.data = holder.updated_at.isoformat()
+
+
+class JurisdictionForm(SeenHolder, FlaskForm):
     country = SelectField("Jurisdiction", validators=[DataRequired(message="Choose a country.")])
     note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX)])
 
@@ -51,7 +70,7 @@ class JurisdictionForm(FlaskForm):
         self.country.choices = [("", "Choose...")] + named + countries.choices()
 
 
-class RiskForm(FlaskForm):
+class RiskForm(SeenHolder, FlaskForm):
     risk_access_to_children = BooleanField("Access to children")
     risk_position_of_authority = BooleanField("Position of authority")
     risk_previous_convictions = BooleanField("Previous convictions")

@@ -152,6 +152,8 @@ def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, stat
     jurisdiction_form = jurisdiction_form or JurisdictionForm(formdata=None)
     jurisdiction_form.set_choices(view.evidence_countries)
     risk_form = risk_form or RiskForm(formdata=None, obj=view.holder)
+    for form in (jurisdiction_form, risk_form):
+        form.show(view.holder)  # what the page shows now, also after a refused decision
     return render_template("tips/holder.html", view=view, holder=view.holder, jurisdiction_form=jurisdiction_form,
                            risk_form=risk_form, risk_flags=RISK_FLAGS), status
 
@@ -183,7 +185,7 @@ def set_jurisdiction(subject_id: int):
     if form.validate_on_submit():
         try:
             decision = service.set_jurisdiction(db.session, current_actor(), subject_id, form.country.data,
-                                                form.note.data or "")
+                                                form.note.data or "", seen_at=form.seen_at())
         except DomainError as exc:
             form_refused(form, exc)
         else:
@@ -206,7 +208,8 @@ def set_risk(subject_id: int):
     if form.validate_on_submit():
         try:
             decision = service.set_risk_flags(db.session, current_actor(), subject_id,
-                                              {name: bool(getattr(form, name).data) for name in RISK_COLUMNS})
+                                              {name: bool(getattr(form, name).data) for name in RISK_COLUMNS},
+                                              seen_at=form.seen_at())
         except DomainError as exc:
             form_refused(form, exc)
         else:
