@@ -288,7 +288,7 @@ def transition(
         # review list: a person decides where they go now (the tip pipeline does not send them
         # back to the agency that declined).
         session.execute(update(Holder.__table__).where(Holder.__table__.c.referral_id.in_(_before_transfers(
-            session, referral))).values(needs_review=True, updated_at=when))
+            referral))).values(needs_review=True, updated_at=when))
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
         deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id)
@@ -363,14 +363,13 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     return True
 
 
-def _before_transfers(session: Session, referral: Referral) -> list[int]:
-    """The referral's id and those of the referrals whose transfers led to it."""
-    chain = [referral.id]
-    previous = referral.transferred_from_id
-    while previous is not None:
-        chain.append(previous)
-        previous = session.scalar(select(Referral.transferred_from_id).where(Referral.id == previous))
-    return chain
+def _before_transfers(referral: Referral):
+    """The ids of the referral and of the referrals whose transfers led to it, as a subquery
+    (one recursive query, however long the chain)."""
+    chain = select(Referral.id, Referral.transferred_from_id).where(Referral.id == referral.id).cte(recursive=True)
+    chain = chain.union_all(select(Referral.id, Referral.transferred_from_id)
+                            .join(chain, Referral.id == chain.c.transferred_from_id))
+    return select(chain.c.id)
 
 
 class TransferChains:

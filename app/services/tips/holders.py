@@ -364,7 +364,7 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     # A holder that became more urgent raises its sent referral below, whose step names the
     # flags; otherwise the receiver is told of them as news.
     news = (f"holder {holder.label}: the sending agency recorded {_flags_named(flags)}."
-            if changed and holder.priority.value >= previous.value else None)
+            if changed and not more_urgent(holder.priority, previous) else None)
     decision = _reroute(session, actor, holder, now, news=news)
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
         "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
