@@ -1006,6 +1006,29 @@ def test_flags_recorded_in_a_batch_escalate_each_sent_referral_once(session, wor
     assert len(events) == 1 and "contact offending" in events[0].note
     notices, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
     assert [n.referral_id for n in notices if n.kind is NotificationKind.PRIORITY_RAISED] == [sent.id]
+    # The other holder's flags, which did not raise it, reach the receiver as news.
+    assert [e.note for e in escalated.events if e.action == "update"] == [
+        f"holder {other.label}: the sending agency recorded {holder_service._flags_named({'risk_access_to_children': True})}."]
+    assert [n.referral_id for n in notices if n.kind is NotificationKind.REFERRAL_UPDATED] == [sent.id]
+
+
+def test_flags_raising_a_holder_only_to_its_referrals_priority_reach_the_receiver(session, world):
+    """The referral is P2 already: nothing to escalate, so the flags are news."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    c_liaison = world.actor("c_liaison")
+    authority = {"risk_position_of_authority": True}
+    holder_service.set_risk_flags(session, c_liaison, holder.subject_id, authority)  # P3 -> P2: raised
+    holder_service.set_risk_flags(session, c_liaison, holder.subject_id, {})  # back to P3: news
+    decision = holder_service.set_risk_flags(session, c_liaison, holder.subject_id, authority)  # P2 again
+    assert decision.holder.priority is Priority.P2
+    session.expire_all()
+    seen = referrals.view(session, world.actor("b_liaison"), sent.id)
+    assert seen.priority is Priority.P2 and [e.action for e in seen.events].count("escalate") == 1
+    assert [e.note for e in seen.events if e.action == "update"] == [
+        f"holder {holder.label}: the sending agency recorded {holder_service._flags_named({})}.",
+        f"holder {holder.label}: the sending agency recorded {holder_service._flags_named(authority)}."]
+    told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert [n.kind for n in told].count(NotificationKind.REFERRAL_UPDATED) == 2
 
 
 def test_new_accounts_making_a_sent_holder_more_urgent_escalate_its_referral(session, world):

@@ -361,20 +361,20 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
                                           holder.grade_b, holder.grade_c)
     holder.updated_at = now
     changed = sorted(k for k in RISK_COLUMNS if before[k] != bool(flags.get(k, False)))
-    # A holder that became more urgent raises its sent referral below, whose step names the
-    # flags; otherwise the receiver is told of them as news.
+    # A sent referral the holder stays on is raised if the holder became more urgent than it
+    # (the escalation step names the flags); otherwise its receiver is told of them as news.
+    raised = escalate_sent_referrals(session, actor, [
+        (holder.referral_id, previous, holder.priority,
+         escalation_reason(holder.label, previous, holder.priority, _flags_named(flags))),
+    ], now)
     news = (f"holder {holder.label}: the sending agency recorded {_flags_named(flags)}."
-            if changed and not more_urgent(holder.priority, previous) else None)
+            if changed and not raised else None)
     decision = _reroute(session, actor, holder, now, news=news)
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
         "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
         "changed": changed,
         "priority": {"from": previous.value, "to": holder.priority.value},
     })
-    escalate_sent_referrals(session, actor, [
-        (holder.referral_id, previous, holder.priority,
-         escalation_reason(holder.label, previous, holder.priority, _flags_named(flags))),
-    ], now)
     return decision
 
 
@@ -393,22 +393,28 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     rows = {row.id: row for row in session.execute(
         select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id, Holder.number)
         .where(Holder.id.in_(ids)))}
-    states, updates, entries, raised = [], [], [], []
+    states, updates, entries, triaged, news = [], [], [], [], {}
     for holder_id in ids:
         row = rows.get(holder_id)
         if row is None or row.operation_id != operation_id or row.merged_into_id is not None:
             raise DomainError(f"Holder {holder_id} is not an unmerged holder of {operation.code}.")
         flags = tuple(bool(flags_by_holder[holder_id].get(name, False)) for name in RISK_COLUMNS)
         state = state_from_row(row)
-        state.flags = flags
         level = priority_from_flags(flags, row.grade_a, row.grade_b, row.grade_c)
+        label, named = holder_label(row.number), _flags_named(flags_by_holder[holder_id])
         entries.append(("tip.holder_risk", "holder", holder_id, {
             "flags": {name: True for name, on in zip(RISK_COLUMNS, flags) if on},
             "priority": {"from": state.priority.value, "to": level.value}}))
-        raised.append((state, state.priority, level, escalation_reason(
-            holder_label(row.number), state.priority, level, _flags_named(flags_by_holder[holder_id]))))
-        state.priority = level
+        reason = escalation_reason(label, state.priority, level, named)
+        triaged.append((state.referral_id, state.priority, level, reason))
+        if flags != state.flags:
+            news[holder_id] = (state.referral_id, reason, f"holder {label}: the sending agency recorded {named}.")
+        state.flags, state.priority = flags, level
         states.append(state)
+    # A holder sent already stays on its referral, which is raised if the holder became more
+    # urgent than it; the receiver is told of the other holders' flags as news, as
+    # `set_risk_flags` tells it.
+    raised = escalate_sent_referrals(session, actor, triaged, now)
     router = Router(session, actor, operation, operation.lead_agency_id, now=now)
     router.plan(states)
     router.create_drafts()
@@ -418,11 +424,15 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
                         "referral_id": state.referral_id, "packaged": state.packaged, "updated_at": now})
     bulk.update_rows(session, Holder.__table__, "id", updates)
     router.write_links()
+    notes: dict[int, list[str]] = {}
+    for state in states:
+        referral_id, reason, note = news.get(state.id, (None, None, None))
+        if (note and state.referral_id == referral_id and router.stays(referral_id)
+                and raised.get(referral_id) != reason):
+            notes.setdefault(router.current_id(referral_id), []).append(note)
+    router.record_updates({referral_id: " ".join(told) for referral_id, told in notes.items()})
     route = router.finish()
     bulk.audit_many(session, actor, entries)
-    # After routing: a holder sent already stays on its referral, which may have to follow it up.
-    escalate_sent_referrals(session, actor, [(state.referral_id, before, level, reason)
-                                              for state, before, level, reason in raised], now)
     if route.touched:
         deconfliction.refresh_hits(session, actor, route.touched)
     return route.touched
@@ -440,11 +450,12 @@ def _flags_named(flags: dict[str, bool]) -> str:
 
 
 def escalate_sent_referrals(session: Session, actor: Actor,
-                             holders: list[tuple[int | None, Priority, Priority, str]], now: datetime) -> None:
+                             holders: list[tuple[int | None, Priority, Priority, str]], now: datetime) -> dict[int, str]:
     """Holders (referral, priority before, after, why) triaged again, by a decision or an
     import: a sent referral a holder became more urgent on is raised to that priority
     (`referrals.escalate_priority`; drafts are routed instead, and nothing is ever lowered).
-    Once per referral, for its most urgent holder."""
+    Once per referral, for its most urgent holder. Returns the reason each raised referral
+    was given, by the referral id as passed in."""
     most_urgent: dict[int, tuple[Priority, str]] = {}
     for referral_id, previous, level, reason in holders:
         if referral_id is None or not more_urgent(level, previous):
@@ -452,5 +463,5 @@ def escalate_sent_referrals(session: Session, actor: Actor,
         current = most_urgent.get(referral_id)
         if current is None or more_urgent(level, current[0]):
             most_urgent[referral_id] = (level, reason)
-    for referral_id, (level, reason) in sorted(most_urgent.items()):
-        referrals.escalate_priority(session, actor, referral_id, level, reason, at=now)
+    return {referral_id: reason for referral_id, (level, reason) in sorted(most_urgent.items())
+            if referrals.escalate_priority(session, actor, referral_id, level, reason, at=now)}
