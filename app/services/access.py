@@ -14,6 +14,7 @@ from app.models import (
     Agency, AuditEntry, Hit, HitMatch, HitSide, Identifier, Notification, Operation, Referral, Role, Status, User,
 )
 from app.models import Holder, Tip, referral_subjects
+from app.models.tip import TipImport
 from app.services import NotFound
 
 
@@ -141,6 +142,14 @@ def led_operations(user: User) -> Select[tuple[Operation]]:
     return select(Operation).where(Operation.lead_agency_id == user.agency_id)
 
 
+def visible_imports(user: User) -> Select[tuple[TipImport]]:
+    """Web imports a user may read (progress, problems, reject file): the ones they started,
+    while their agency still leads the operation."""
+    return select(TipImport).where(
+        TipImport.user_id == user.id,
+        TipImport.operation_id.in_(led_operations(user).with_only_columns(Operation.id).scalar_subquery()))
+
+
 def visible_tips(user: User) -> Select[tuple[Tip]]:
     return select(Tip).where(Tip.operation_id.in_(led_operations(user).with_only_columns(Operation.id)
                                                   .scalar_subquery()))
@@ -151,12 +160,15 @@ LET_GO = (Status.DECLINED, Status.TRANSFERRED, Status.WITHDRAWN)
 
 
 def holder_visibility_clause(agency_id: int):
-    """SQL condition: holders an agency may see."""
+    """SQL condition: holders an agency may see: those of the operations it leads, and those on
+    a referral it may see and still holds. An agency that transferred a referral on is the
+    sender of the transfer's successor, and has let the holders go too."""
     led = select(Operation.id).where(Operation.lead_agency_id == agency_id)
+    passed_on = and_(Referral.transferred_from_id.is_not(None), Referral.sender_agency_id == agency_id)
     on_visible_referral = (
         select(referral_subjects.c.subject_id)
         .join(Referral, Referral.id == referral_subjects.c.referral_id)
-        .where(visibility_clause(agency_id), Referral.status.not_in(LET_GO))
+        .where(visibility_clause(agency_id), Referral.status.not_in(LET_GO), ~passed_on)
     )
     return or_(Holder.operation_id.in_(led.scalar_subquery()),
                Holder.subject_id.in_(on_visible_referral.scalar_subquery()))

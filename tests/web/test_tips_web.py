@@ -347,6 +347,43 @@ def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world)
         assert len(views) == 2
 
 
+def test_an_agency_that_passed_a_holders_referral_on_no_longer_sees_the_holder(app, web_world):
+    """Bravo receives the package and transfers it on to the Intl Bureau (it sends the transfer's
+    successor): the bureau reads the holder's page now, Bravo no longer does."""
+    _import(app, _login(app, LEAD), web_world.operation.id, GOOD)
+    subject_id = _holder_subject(app, "acc1")
+    bravo_browser = _login(app, "liaison.b@example.org")
+    with app.app_context():
+        lead = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
+        bravo = Actor(db.session.scalar(select(User).where(User.email == "liaison.b@example.org")), "127.0.0.1")
+        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
+        referrals.transition(db.session, lead, referral_id, "send", None)
+        referrals.transition(db.session, bravo, referral_id, "acknowledge", None)
+        db.session.commit()
+    assert bravo_browser.get(f"/tips/holders/{subject_id}").status_code == 200
+    with app.app_context():
+        referrals.grant_transfer_consent(db.session, lead, referral_id, None)
+        referrals.transition(db.session, bravo, referral_id, "transfer", None,
+                             transfer_to_agency_id=web_world.agencies["i"].id)
+        db.session.commit()
+    assert _login(app, "liaison.i@example.org").get(f"/tips/holders/{subject_id}").status_code == 200
+    assert bravo_browser.get(f"/tips/holders/{subject_id}").status_code == 404
+    assert "H-000001" not in bravo_browser.get("/tips/holders").get_data(as_text=True)
+
+
+def test_an_import_page_is_not_read_after_its_importer_moves_to_another_agency(app, web_world):
+    """The page holds the problems and the reject file of the lead agency's import."""
+    browser = _login(app, LEAD)
+    page = _import(app, browser, web_world.operation.id, tip(account(1), account(2, email="not-an-email")),
+                   skip=True)
+    assert "Download the reject file" in page.get_data(as_text=True)
+    with app.app_context():
+        moved = db.session.scalar(select(User).where(User.email == LEAD))
+        moved.agency_id = web_world.agencies["a"].id
+        db.session.commit()
+    assert browser.get(page.request.path).status_code == 404
+
+
 def test_the_review_list_and_a_decision_from_it(app, web_world):
     browser = _login(app, LEAD)
     assert _import(app, browser, web_world.operation.id, GOOD).status_code == 200

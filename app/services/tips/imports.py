@@ -18,6 +18,7 @@ from app.db import utcnow
 from app.models import Operation
 from app.models.tip import TipImport, TipImportStatus
 from app.services import DomainError, NotFound
+from app.services.access import visible_imports
 from app.services.audit import Actor
 from app.services.tips import files
 from app.services.tips.importer import ImportResult, TipRejected, importing_agency
@@ -50,9 +51,10 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
 
 
 def get_import(session: Session, user, import_id: int) -> TipImport:
-    """An import record, for the user who started it only (anyone else: NotFound)."""
-    record = session.get(TipImport, import_id)
-    if record is None or user is None or record.user_id != user.id:
+    """An import record, for the user who started it only, while their agency leads its
+    operation (anyone else: NotFound)."""
+    record = session.scalars(visible_imports(user).where(TipImport.id == import_id)).one_or_none()
+    if record is None:
         raise NotFound("No such import.")
     return record
 
