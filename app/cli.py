@@ -224,13 +224,13 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
                                      workers=workers, progress=_stage_printer())
     except importer.TipRejected as exc:
-        session.rollback()
+        _refused(operation, file, actor, exc)
         _print_row_errors(exc.errors)
         if reject_file and exc.reject_csv:
             _write_reject_file(reject_file, exc.reject_csv)
         raise click.ClickException(exc.message + ("" if reject_file else " (--reject-file PATH writes the bad rows)"))
     except (NotFound, Forbidden, DomainError) as exc:
-        session.rollback()
+        _refused(operation, file, actor, exc)
         raise click.ClickException(exc.message) from exc
     session.commit()
     if result.errors:
@@ -250,6 +250,17 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         f"{len(result.routing.changed):,} updated; "
         f"{len(result.hits.created) if result.hits else 0:,} new deconfliction hits."
     )
+
+
+def _refused(operation, file: str, actor, refused) -> None:
+    """An import that wrote nothing: rolled back, and only its refusal committed (audited)."""
+    import os
+
+    from app.services.tips import importer
+
+    db.session.rollback()
+    importer.record_refusal(db.session, actor, operation, os.path.basename(file), refused)
+    db.session.commit()
 
 
 def _print_row_errors(errors, limit: int = 50) -> None:

@@ -1158,8 +1158,13 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
     with app.app_context():
         from app.extensions import db
 
-        entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).one()
-        assert entry.user_id == web_world.users["c_liaison"].id
+        entries = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")
+                                     .order_by(AuditEntry.seq)).all()
+        # The refusal (bad rows: nothing written, yet the attempt is on record), then the import.
+        assert [(e.outcome, e.user_id) for e in entries] == [("failure", None),
+                                                             ("success", web_world.users["c_liaison"].id)]
+        assert json.loads(entries[0].detail) | {"reason": "-"} == {
+            "operation": "LANTERN", "file": "tip.csv", "rows": 3, "problems": 1, "reason": "-"}
     extra = tmp_path / "extra.csv"
     extra.write_bytes(b"platform,account_id,E-mail\ninstagram,77,x@example.org\n")
     warned = runner.invoke(args=["import-tip", str(extra), "--operation", "LANTERN"])

@@ -3,9 +3,9 @@ rows), the holder lists and page, the lead agency's decisions, and who sees what
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
+import json
 import os
 import re
 import socket
@@ -246,16 +246,31 @@ def test_bad_rows_are_listed_with_line_field_and_reason_and_nothing_is_written(a
     assert re.search(r"<td>3</td><td>email</td><td>not a valid e-mail address", text)
     assert re.search(r"<td>4</td><td>uploads_a</td><td>cannot be negative</td>", text)
     assert _count(app, TipAccount) == 0
+    with app.app_context():  # the refusal is on the audit trail, though nothing was written
+        refused = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).one()
+        assert refused.outcome == "failure"
+        assert {k: v for k, v in json.loads(refused.detail).items() if k != "reason"} == {
+            "operation": "LANTERN", "file": "tip.csv", "rows": 3, "problems": 2}
     # Skipping them: the good row is imported and the reject file is offered with the summary.
     response = _import(app, browser, web_world.operation.id, data, skip=True)
     text = response.get_data(as_text=True)
     assert response.status_code == 200 and _count(app, TipAccount) == 1
-    link = re.search(r'href="data:text/csv;charset=utf-8;base64,([A-Za-z0-9+/=]+)" download="tip-rejects.csv"', text)
+    link = re.search(r'href="(/tips/imports/(\d+)/rejects.csv)">Download the reject file', text)
     assert link, text
-    rows = list(csv.DictReader(io.StringIO(base64.b64decode(link.group(1)).decode("utf-8"))))
+    download = browser.get(link.group(1))
+    assert download.status_code == 200 and download.mimetype == "text/csv"
+    assert download.headers["Content-Disposition"] == f'attachment; filename="handoff-import-{link.group(2)}-rejects.csv"'
+    rows = list(csv.DictReader(io.StringIO(download.get_data(as_text=True))))
     assert list(rows[0])[-3:] == ["line", "field", "reason"] and list(rows[0])[:len(reader.FIELDS)] == list(reader.FIELDS)
     assert [(r["line"], r["field"], r["email"]) for r in rows] == [("3", "email", "not-an-email"),
                                                                    ("4", "uploads_a", "")]
+    with app.app_context():  # handing the file out is an export: audited
+        entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.reject_download")).one()
+        assert (entry.object_id, json.loads(entry.detail)["problems"]) == (link.group(2), 2)
+    # No one else downloads it; an import without bad rows has no reject file.
+    assert _login(app, "manager.c@example.org").get(link.group(1)).status_code == 404
+    clean = _import(app, browser, web_world.operation.id, tip(account(5)))
+    assert browser.get(f"{clean.request.path}/rejects.csv").status_code == 404
 
 
 def test_columns_that_are_no_tip_field_are_named_after_the_import(app, web_world):

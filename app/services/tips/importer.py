@@ -53,7 +53,7 @@ from app.models import (
     referral_subjects,
 )
 from app.models.tip import holder_label
-from app.services import DomainError, Forbidden, NotFound, countries, deconfliction
+from app.services import DomainError, Forbidden, NotFound, audit, countries, deconfliction
 from app.services.access import visible_operations
 from app.services.audit import Actor
 from app.services.tips import bulk, clustering, files, holders, jurisdiction, reader
@@ -95,6 +95,18 @@ class TipRejected(DomainError):
         self.validation = validation
         self.errors = validation.errors
         self.reject_csv = reject_csv
+
+
+def record_refusal(session: Session, actor: Actor, operation: Operation, file_name: str,
+                   refused: DomainError | None) -> None:
+    """The audit entry of an import that wrote nothing: refused (bad rows, a file that is no
+    tip, no permission) or broken off (`refused` None). Its caller has rolled the import back
+    and commits this alone."""
+    detail = {"operation": operation.code, "file": file_name,
+              "reason": refused.message if refused else "broke off"}
+    if isinstance(refused, TipRejected):
+        detail |= {"rows": refused.validation.rows, "problems": len(refused.errors)}
+    audit.record(session, actor, "tip.import", "operation", operation.id, outcome="failure", detail=detail)
 
 
 @dataclass

@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.models import Operation
 from app.models.tip import TipImport, TipImportStatus
-from app.services import DomainError, NotFound
+from app.services import DomainError, NotFound, audit
 from app.services.access import visible_imports
 from app.services.audit import Actor
 from app.services.tips import files
-from app.services.tips.importer import ImportResult, TipRejected, importing_agency
+from app.services.tips.importer import ImportResult, TipRejected, importing_agency, record_refusal
 
 ERRORS_KEPT = 500  # problems kept for the page; the reject file has them all
 # A full tip imports in about a minute. One recorded as running for longer than this, by a
@@ -145,20 +145,32 @@ def record_done(record: TipImport, result: ImportResult) -> None:
     record.finished_at = utcnow()
 
 
-def record_rejected(record: TipImport, refused: TipRejected) -> None:
+def record_rejected(session: Session, actor: Actor, record: TipImport, refused: TipRejected) -> None:
+    """Bad rows, nothing written: the problems are kept for the page, and the refusal audited."""
     record.status = TipImportStatus.REJECTED
     record.message = refused.message[:1000]
     _keep_problems(record, refused.errors, refused.reject_csv)
     record.finished_at = utcnow()
+    record_refusal(session, actor, record.operation, record.file_name, refused)
 
 
-def record_failed(record: TipImport, refused: DomainError | None) -> None:
-    """Refused by the importer (`refused`), or broken off by an unexpected error (None)."""
+def record_failed(session: Session, actor: Actor, record: TipImport, refused: DomainError | None) -> None:
+    """Refused by the importer (`refused`), or broken off by an unexpected error (None); audited."""
     record.status = TipImportStatus.FAILED
     record.message = (refused.message if refused else
                       "The import broke off and wrote nothing. Try again; if it happens again, tell an "
                       "administrator.")[:1000]
     record.finished_at = utcnow()
+    record_refusal(session, actor, record.operation, record.file_name, refused)
+
+
+def record_reject_download(session: Session, actor: Actor, record: TipImport) -> str:
+    """The reject file of an import (NotFound if it has none), its handing out audited."""
+    if not record.reject_csv:
+        raise NotFound("This import has no reject file.")
+    audit.record(session, actor, "tip.reject_download", "tip_import", record.id, detail={
+        "operation": record.operation.code, "file": record.file_name, "problems": record.error_count})
+    return record.reject_csv
 
 
 def _keep_problems(record: TipImport, errors: list, reject_csv: str | None) -> None:

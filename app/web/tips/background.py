@@ -121,10 +121,10 @@ def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | N
             outcome = functools.partial(imports.record_failed, refused=None)
         session.rollback()
         try:
-            outcome(session.get(TipImport, import_id))
+            outcome(session, actor, session.get(TipImport, import_id))
             session.commit()
         except Exception:
             log.exception("tip import %s: could not record its outcome", import_id)
             session.rollback()
-            imports.record_failed(session.get(TipImport, import_id), None)
+            imports.record_failed(session, actor, session.get(TipImport, import_id), None)
             session.commit()

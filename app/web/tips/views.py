@@ -9,9 +9,7 @@ file (a data: URL).
 
 from __future__ import annotations
 
-import base64
-
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from app.extensions import db
@@ -45,12 +43,6 @@ STAGES = {
 def _require_worker() -> None:
     if not current_user.can_work_referrals:
         abort(403)
-
-
-def _data_url(text: str | None) -> str | None:
-    if not text:
-        return None
-    return "data:text/csv;charset=utf-8;base64," + base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 @bp.route("/")
@@ -95,7 +87,16 @@ def import_status(import_id: int):
         db.session.refresh(record)
     errors = [RowError(*error) for error in record.errors or []]
     return render_template("tips/import_status.html", record=record, errors=errors, error_count=record.error_count,
-                           reject_url=_data_url(record.reject_csv), stages=STAGES)
+                           stages=STAGES)
+
+
+@bp.route("/imports/<int:import_id>/rejects.csv")
+@login_required
+def reject_file(import_id: int):
+    record = imports.get_import(db.session, current_user, import_id)
+    body = imports.record_reject_download(db.session, current_actor(), record)
+    return Response(body, mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="handoff-import-{record.id}-rejects.csv"'})
 
 
 def _filters(form: HolderFilterForm) -> service.HolderFilters:
