@@ -145,13 +145,14 @@ def test_skip_invalid_writes_the_good_rows_and_a_reject_file(session, world):
     assert (tip_row.accepted, tip_row.rejected, tip_row.new_accounts) == (2, 12, 2)
 
 
-def test_the_reject_file_gives_back_columns_whose_names_differ_only_in_case(session, world):
-    data = b"platform,account_id,Note,note,note\ndiscord,acc1,upper,lower,again\ndiscord,,U2,l2,a2\n"
+def test_the_reject_file_keeps_the_tip_columns_as_named_and_nothing_the_import_does_not_read(session, world):
+    """A column that is no tip field may carry anything (whatever a provider exports): the
+    reject file, kept with the import, leaves it out."""
+    data = b"Platform, Account_ID ,Note,note,extra\ndiscord,acc1,upper,lower,\ndiscord,,U2,l2,unread text\n"
     result = run_import(session, world, data, skip_invalid=True)
-    assert result.ignored_columns == ["Note", "note"]
+    assert result.ignored_columns == ["Note", "note", "extra"]
     rows = list(csv.reader(io.StringIO(result.reject_csv)))
-    assert rows[0] == ["platform", "account_id", "Note", "note", "note", "line", "field", "reason"]
-    assert rows[1] == ["discord", "", "U2", "l2", "a2", "3", "account_id", "missing"]
+    assert rows == [["Platform", " Account_ID ", "line", "field", "reason"], ["discord", "", "3", "account_id", "missing"]]
 
 
 def test_a_binary_control_character_anywhere_in_a_file_refuses_it(session, world):
@@ -270,6 +271,39 @@ def test_files_that_are_not_utf8_text_are_refused(session, world):
             run_import(session, world, data)
         assert message in refused.value.message
     assert count(session, Tip) == 0
+
+
+TEXT_IMAGES = {
+    "SVG image": [
+        b'<?xml version="1.0"?>\n<?xml-stylesheet href="a.css"?>\n<svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>\n',
+        b'<?xml version="1.0"?>\n<!DOCTYPE svg [ <!ENTITY a "b"> ]>\n<svg xmlns="http://www.w3.org/2000/svg"/>\n',
+        b'<svg:svg xmlns:svg="http://www.w3.org/2000/svg"><svg:rect/></svg:svg>\n',
+    ],
+    "Netpbm image": [b"P3\n2 1\n255\n255 0 0 0 255 0\n", b"P2\n# a comment\n1 1\n255\n0\n"],
+    "XPM image": [b'/* XPM */\nstatic char *x[] = {"1 1 1 1", "a c #000000", "a"};\n'],
+    "XBM image": [b"#define x_width 1\n#define x_height 1\nstatic char x_bits[] = {0x00};\n"],
+    "PostScript or EPS image": [b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n"],
+}
+
+
+@pytest.mark.parametrize("what, data", [(what, data) for what, images in TEXT_IMAGES.items() for data in images])
+def test_images_that_are_text_are_refused_saying_what_they_are(what, data):
+    from app.services import DomainError
+
+    with pytest.raises(DomainError, match=f"This file is an? {what}"):
+        files.check_content(data)
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB",
+                                 "DATA:Video/mp4;base64,AAAAGGZ0eXBtcDQy", "data:image/svg+xml,%3Csvg%3E"])
+def test_an_image_or_video_carried_inside_a_tip_refuses_the_file(session, world, url):
+    """Even in a column the import does not read: Handoff never accepts images or video."""
+    data = f'platform,account_id,photo\ndiscord,acc1,\ndiscord,acc2,"{url}"\n'.encode()
+    before = snapshot(session)
+    with pytest.raises(DomainError, match=r"encoded image, video or audio file \(a data: URL on line 3\)"):
+        run_import(session, world, data, skip_invalid=True)
+    session.rollback()
+    assert snapshot(session) == before
 
 
 # --- idempotence and the killed import ----------------------------------------------------------

@@ -114,6 +114,7 @@ POLICIES = {
     "tips.index": signed_in,
     "tips.upload": roles(*WORKERS),
     "tips.import_status": lambda role, scope: "login" if role is None else 404,  # only its starter sees it
+    "tips.reject_file": lambda role, scope: "login" if role is None else 404,
     "tips.holders": signed_in,
     "tips.review": signed_in,
     "tips.unrouted": signed_in,

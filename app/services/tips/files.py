@@ -2,8 +2,9 @@
 
 Handoff never accepts images or video. A file is refused by its name (only .csv, .jsonl and
 .ndjson) when it comes through the web, and always by its content: known image, video, audio,
-document and archive signatures, NUL bytes or other binary control characters, and anything
-that is not UTF-8.
+document and archive signatures (text images too: SVG, Netpbm, XPM, XBM, PostScript), an
+image, video or audio file carried inside as a data: URL, NUL bytes or other binary control
+characters, and anything that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -57,9 +58,19 @@ _RIFF = {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV audio
 # ISO base media (MP4, MOV, HEIC, AVIF, 3GP): "ftyp" at offset 4.
 _FTYP_IMAGES = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
 
-# SVG is text: an XML declaration, comments or a doctype, then an <svg> element.
-_SVG = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]",
-                  re.IGNORECASE | re.DOTALL)
+# Images that are text. SVG: XML declarations and processing instructions, comments or a
+# doctype (with an internal subset), then an <svg> element, its namespace prefix or not.
+_SVG = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?.*?\?>\s*|<!--.*?-->\s*|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>\s*)*"
+                  rb"<(?:[\w.-]+:)?svg[\s>/]", re.IGNORECASE | re.DOTALL)
+_TEXT_IMAGES = [
+    (re.compile(rb"\A(?:\xef\xbb\xbf)?\s*P[1-7]\s+(?:#[^\n]*\s+)*\d+\s+\d+"), "a Netpbm image (PBM, PGM, PPM)"),
+    (re.compile(rb"\A(?:\xef\xbb\xbf)?\s*/\*\s*XPM\s*\*/"), "an XPM image"),
+    (re.compile(rb"\A(?:\xef\xbb\xbf)?\s*#define\s+\w*_width\s+\d+"), "an XBM image"),
+    (re.compile(rb"\A(?:\xef\xbb\xbf)?%!PS"), "a PostScript or EPS image"),
+]
+# An image, video or audio file carried inside a text file, as a data: URL (a provider's
+# thumbnail, say): 0.07 s over a full tip's 27 MB.
+_MEDIA_URL = re.compile(rb"data:\s*(?:image|video|audio)/", re.IGNORECASE)
 
 _BINARY_BYTES = reader.CONTROL_CHARACTERS.encode("ascii")
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
@@ -86,6 +97,9 @@ def media_kind(head: bytes) -> str | None:
         return "a binary file"
     if _SVG.match(head):
         return "an SVG image"
+    for pattern, what in _TEXT_IMAGES:
+        if pattern.match(head):
+            return what
     return None
 
 
@@ -132,6 +146,12 @@ def check_content(data: bytes) -> None:
         raise DomainError(f"The file holds a binary control character (byte 0x{data[control.start()]:02x} on line "
                           f"{line}), which no text tip holds. Handoff never accepts images, video or other binary "
                           "files.", field="file")
+    media = _MEDIA_URL.search(data)
+    if media is not None:
+        line = data.count(b"\n", 0, media.start()) + 1
+        raise DomainError(f"The file holds an encoded image, video or audio file (a data: URL on line {line}). "
+                          "Handoff never accepts images or video: take it out and import the file again.",
+                          field="file")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -150,29 +170,26 @@ REJECT_COLUMNS = ("line", "field", "reason")
 
 
 def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[int, dict[str, str]]) -> str:
-    """CSV of the bad rows: the original columns, then line, field and reason. One row per bad
-    line; several problems on a line are joined with " | ". Values are kept as they were, so
-    the file can be corrected and imported again (the reader does not read the three extra
-    columns; it names them among the columns not read), except that a cell a spreadsheet would
-    run as a formula is written behind an apostrophe, which the reader takes off again. A
-    row that could not be read at all (not JSON, or beyond the csv module) has only its line,
-    field and reason. The three columns of an earlier reject file, imported again, are
-    replaced by this one's."""
+    """CSV of the bad rows: the file's tip columns as it names them, then line, field and
+    reason. One row per bad line; several problems on a line are joined with " | ". Values
+    are kept as they were, so the file can be corrected and imported again (the reader does not
+    read the three extra columns), except that a cell a spreadsheet would run as a formula is
+    written behind an apostrophe, which the reader takes off again. Columns that are no tip field
+    are left out: the import names them, and nothing it does not read is kept (an earlier
+    reject file's three columns among them). A row that could not be read at all (not JSON,
+    or beyond the csv module) has only its line, field and reason."""
     columns = list(columns) or list(reader.FIELDS)
-    keys = reader.record_keys(columns)
-    if columns[-len(REJECT_COLUMNS):] == list(REJECT_COLUMNS) and len(columns) > len(REJECT_COLUMNS):
-        columns, keys = columns[:-len(REJECT_COLUMNS)], keys[:-len(REJECT_COLUMNS)]
-    extra = [f"reject_{name}" if name in columns else name for name in REJECT_COLUMNS]
+    kept = [(name, key) for name, key in zip(columns, reader.record_keys(columns)) if key in reader.FIELDS]
     by_line: dict[int, list[reader.RowError]] = {}
     for error in errors:
         by_line.setdefault(error.line, []).append(error)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(map(neutralise, columns + extra))
+    writer.writerow(map(neutralise, [name for name, _key in kept] + list(REJECT_COLUMNS)))
     for line in sorted(by_line):
         record = records.get(line, {})
         problems = by_line[line]
-        writer.writerow(map(neutralise, [record.get(key, "") for key in keys] + [
+        writer.writerow(map(neutralise, [record.get(key, "") for _name, key in kept] + [
             line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
         ]))
     return buffer.getvalue()
