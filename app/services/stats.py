@@ -876,7 +876,8 @@ def operation_dashboard(session: Session, user, filters: Filters) -> OperationDa
         code = code or UNPLACED
         return rows.setdefault(code, OperationRow(code))
 
-    holders = visible_holders(user).where(Holder.operation_id == operation.id)
+    # A holder absorbed by a merge lives on in the one that took its accounts: counted there.
+    holders = visible_holders(user).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None))
     if filters.priority:
         holders = holders.where(Holder.priority == filters.priority)
     for code, n, accounts in session.execute(

@@ -640,3 +640,17 @@ def test_a_decision_from_a_page_older_than_the_holder_is_refused_not_overwriting
         "csrf_token": csrf_token_from(again), "seen": _seen(again), "risk_access_to_children": "y",
         "risk_previous_convictions": "y"})
     assert retried.status_code == 303
+
+
+def test_the_operation_funnel_counts_a_merged_holder_once(app, web_world):
+    """Two holders merged by a later import are one holder with all four accounts."""
+    browser = _login(app, LEAD)
+    operation_id = web_world.operation.id
+    _import(app, browser, operation_id, tip(account(1, email="left@example.org")))
+    _import(app, browser, operation_id, tip(account(2, email="right@example.org")))
+    _import(app, browser, operation_id, tip(account(3, email="left@example.org", phone="+61 412 000 009"),
+                                            account(4, email="right@example.org", phone="+61 412 000 009")))
+    response = browser.get(f"/dashboards/operation/funnel.json?operation={operation_id}")
+    assert response.status_code == 200
+    total = [row for row in response.get_json()["rows"] if row["country_code"] == "ALL"][0]
+    assert (total["holders"], total["accounts"]) == (1, 4)
