@@ -17,6 +17,12 @@ def current_actor() -> Actor:
     return Actor(user=user, address=request.remote_addr)
 
 
+def filter_args(form) -> dict[str, str]:
+    """A list's filters as query arguments for its pager and export links: the filter form's
+    own fields only, so that no other argument (`endpoint`, `_external`) reaches url_for."""
+    return {k: v for k, v in request.args.items() if k in form._fields and k != "page"}
+
+
 def safe_next(target: str | None) -> str | None:
     """Only a path on this site: no scheme, no host, no protocol-relative or backslash tricks."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:

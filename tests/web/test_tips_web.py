@@ -654,3 +654,21 @@ def test_the_operation_funnel_counts_a_merged_holder_once(app, web_world):
     assert response.status_code == 200
     total = [row for row in response.get_json()["rows"] if row["country_code"] == "ALL"][0]
     assert (total["holders"], total["accounts"]) == (1, 4)
+
+
+@pytest.mark.parametrize("path", ["/tips/holders", "/tips/review", "/tips/unrouted", "/referrals", "/admin/audit"])
+def test_query_arguments_named_like_url_for_parameters_do_not_break_a_lists_pager(app, web_world, path):
+    """The pager's links carry the list's filters, and only them: `endpoint` or `_method` in the
+    address were handed to url_for (a 500)."""
+    app.config["PAGE_SIZE"] = 1
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="a1@example.org", country_hint="FR"),
+                                                       account(2, email="a2@example.org", country_hint="FR",
+                                                               ip_country="AU"),
+                                                       account(3, email="a3@example.org")))
+    manager = _login(app, "manager.c@example.org")
+    for query in ("endpoint=x", "_method=POST", "_external=1&_scheme=javascript"):
+        response = manager.get(f"{path}?{query}")
+        assert response.status_code == 200, (query, response.status_code)
+        links = response.get_data(as_text=True)
+        assert ">Next<" in links if path != "/admin/audit" else ">Export CSV<" in links  # built from the filters

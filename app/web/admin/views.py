@@ -10,7 +10,7 @@ from app.models import Agency, AgencyKind, Role, User
 from app.services import DomainError, audit, directory, users
 from app.services.exports import to_csv
 from app.services.access import visible_audit_entries, visible_operations
-from app.web import current_actor, form_refused, form_status, passwords, roles_required
+from app.web import current_actor, filter_args, form_refused, form_status, passwords, roles_required
 from app.web.admin import bp
 from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
 from app.web.auth.forms import ConfirmForm
@@ -198,9 +198,8 @@ def audit_trail():
     page = max(1, form.page.data or 1) if not form.page.errors else 1
     per_page = 50
     entries = db.session.scalars(query.limit(per_page + 1).offset((page - 1) * per_page)).all()
-    args = {k: v for k, v in request.args.items() if k != "page"}
     return render_template("admin/audit.html", form=form, entries=entries[:per_page], page=page,
-                           has_next=len(entries) > per_page, args=args)
+                           has_next=len(entries) > per_page, args=filter_args(form))
 
 
 @bp.route("/audit.csv")

@@ -12,7 +12,7 @@ from app.services import Conflict, DomainError
 from app.services import deconfliction as service
 from app.services.access import get_visible_hit
 from app.services.identifiers import IdentifierKind
-from app.web import current_actor, flash_refused, form_refused, form_status, roles_required
+from app.web import current_actor, filter_args, flash_refused, form_refused, form_status, roles_required
 from app.web.hits import bp
 from app.web.hits.forms import AcknowledgeForm, BlindCheckForm, HitFilterForm, ResolveForm
 
@@ -30,8 +30,7 @@ def index():
         page=data["page"] or 1,
     )
     page = service.list_hits(db.session, current_user, filters, per_page=current_app.config["PAGE_SIZE"])
-    args = {k: v for k, v in request.args.items() if k != "page"}
-    return render_template("hits/index.html", form=form, page=page, args=args)
+    return render_template("hits/index.html", form=form, page=page, args=filter_args(form))
 
 
 def _forms_for(hit, ack_form=None, resolve_form=None):

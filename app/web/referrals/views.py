@@ -10,7 +10,7 @@ from app.services import referrals as service
 from app.services import subjects as subjects_service
 from app.services.access import get_visible_referral, visible_operations
 from app.services.identifiers import IdentifierKind
-from app.web import current_actor, flash_refused, form_refused, form_status
+from app.web import current_actor, filter_args, flash_refused, form_refused, form_status
 from app.web.referrals import bp
 from app.web.referrals.forms import (
     ActionForm,
@@ -63,8 +63,7 @@ def index():
         page=data["page"] or 1,
     )
     page = service.list_referrals(db.session, current_user, filters, per_page=current_app.config["PAGE_SIZE"])
-    args = {k: v for k, v in request.args.items() if k != "page"}
-    return render_template("referrals/index.html", form=form, page=page, args=args)
+    return render_template("referrals/index.html", form=form, page=page, args=filter_args(form))
 
 
 def _data_from(form: ReferralForm) -> service.ReferralData:

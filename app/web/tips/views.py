@@ -20,7 +20,7 @@ from app.services.tips import holders as service
 from app.services.tips import imports
 from app.services.tips.reader import RowError
 from app.services.tips.routing import RISK_COLUMNS
-from app.web import current_actor, form_refused
+from app.web import current_actor, filter_args, form_refused
 from app.web.tips import background, bp
 from app.web.tips.forms import HolderFilterForm, JurisdictionForm, RiskForm, UploadForm
 
@@ -114,17 +114,13 @@ def _filters(form: HolderFilterForm) -> service.HolderFilters:
     )
 
 
-def _args() -> dict:
-    return {k: v for k, v in request.args.items() if k != "page"}
-
-
 @bp.route("/holders")
 @login_required
 def holders():
     form = HolderFilterForm(formdata=request.args)
     form.set_choices(db.session.scalars(visible_operations(current_user).order_by(Operation.code)).all())
     page = service.list_holders(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
-    return render_template("tips/holders.html", form=form, page=page, args=_args(), title="Account holders",
+    return render_template("tips/holders.html", form=form, page=page, args=filter_args(form), title="Account holders",
                            endpoint="tips.holders")
 
 
@@ -135,7 +131,7 @@ def review():
     form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
     page = service.review_list(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
     reasons = service.review_reasons(db.session, current_user, page.items)
-    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=_args())
+    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=filter_args(form))
 
 
 @bp.route("/unrouted")
@@ -145,7 +141,7 @@ def unrouted():
     form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
     summary, page = service.unrouted(db.session, current_user, _filters(form),
                                      per_page=current_app.config["PAGE_SIZE"])
-    return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=_args())
+    return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=filter_args(form))
 
 
 def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, status: int = 200):
