@@ -672,3 +672,34 @@ def test_query_arguments_named_like_url_for_parameters_do_not_break_a_lists_page
         assert response.status_code == 200, (query, response.status_code)
         links = response.get_data(as_text=True)
         assert ">Next<" in links if path != "/admin/audit" else ">Export CSV<" in links  # built from the filters
+
+
+def test_one_import_at_a_time_each_a_second_upload_shows_the_running_one(app, web_world, monkeypatch):
+    """A double click, or a second file before the first has ended: no second import runs."""
+    release = threading.Event()
+    imported = importer.import_tip
+
+    def held(*args, **kwargs):
+        release.wait(timeout=60)
+        return imported(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "import_tip", held)
+    browser = _login(app, LEAD)
+    first = _upload(browser, web_world.operation.id, GOOD)
+    try:
+        second = _upload(browser, web_world.operation.id, tip(account(9)))
+        assert second.status_code == 303 and second.headers["Location"] == first.headers["Location"]
+        assert "Your last import is still running" in browser.get(second.headers["Location"]).get_data(as_text=True)
+        assert _count(app, TipImport) == 1
+    finally:
+        release.set()
+    assert "Imported into LANTERN" in _finished(app, browser, first).get_data(as_text=True)
+    # Once it has ended, the next one starts; so it does after an import whose process stopped.
+    assert "Imported into LANTERN" in _import(app, browser, web_world.operation.id, tip(account(9))).get_data(
+        as_text=True)
+    stopped = _record_running_import(app, web_world, _ended_process())
+    started = _upload(browser, web_world.operation.id, tip(account(10)))
+    assert started.headers["Location"] != f"/tips/imports/{stopped}"
+    assert "Imported into LANTERN" in _finished(app, browser, started).get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(TipImport, stopped).status is TipImportStatus.FAILED

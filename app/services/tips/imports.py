@@ -59,6 +59,12 @@ def get_import(session: Session, user, import_id: int) -> TipImport:
     return record
 
 
+def running_import_id(session: Session, user) -> int | None:
+    """The id of the user's latest import recorded as running, if any."""
+    return session.scalar(visible_imports(user).with_only_columns(TipImport.id)
+                          .where(TipImport.status == TipImportStatus.RUNNING).order_by(TipImport.id.desc()).limit(1))
+
+
 def this_process() -> str:
     """Host, process-id namespace, process id and the process's start: a record's `runner`,
     set by the process that runs the import (the one that takes the upload)."""
