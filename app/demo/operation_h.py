@@ -370,7 +370,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     actors = {agency_id: Actor(user, "demo") for agency_id, user in desks.items()}
     names = dict(session.execute(select(Agency.id, Agency.name)).all())
     international = session.scalar(select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL,
-                                                           Agency.is_focal_point.is_(True)).order_by(Agency.name))
+                                                           Agency.is_focal_point.is_(True)).order_by(Agency.id))
     focal = sorted(session.scalars(select(Agency.id).where(Agency.is_focal_point.is_(True),
                                                            Agency.id != operation.lead_agency_id)))
     latest = now - timedelta(minutes=5)

@@ -70,6 +70,8 @@ def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
     session.add(agency)
     session.flush()
     audit.record(session, actor, "agency.create", "agency", agency.id, detail={"name": agency.name})
+    if agency.is_focal_point or agency.kind is AgencyKind.INTERNATIONAL:
+        _route_again(session, actor)
     return agency
 
 
@@ -86,7 +88,20 @@ def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyDa
             changed.append(f.name)
     session.flush()
     audit.record(session, actor, "agency.edit", "agency", agency.id, detail={"changed": changed})
+    if ROUTING_FIELDS & set(changed):
+        _route_again(session, actor)
     return agency
+
+
+# What routing reads of an agency (app/services/tips/routing.py, `load_directory`).
+ROUTING_FIELDS = frozenset({"is_focal_point", "country_code", "kind"})
+
+
+def _route_again(session: Session, actor: Actor) -> None:
+    """The directory changed where routing reads it: unsent holders follow it at once."""
+    from app.services.tips.holders import reroute_after_directory_change  # tips build on the directory
+
+    reroute_after_directory_change(session, actor)
 
 
 @dataclass

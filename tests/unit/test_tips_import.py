@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.models import (
+    Agency,
     AgencyKind,
     AuditEntry,
     Hit,
@@ -37,7 +38,7 @@ from app.models import (
     TipAccount,
     referral_subjects,
 )
-from app.services import Conflict, DomainError, NotFound, audit, deconfliction, referrals, subjects
+from app.services import Conflict, DomainError, NotFound, audit, deconfliction, directory, referrals, subjects
 from app.services.access import get_visible_holder, visible_holders, visible_referrals, visible_tips
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
@@ -662,6 +663,66 @@ def test_without_an_international_body_a_country_with_no_focal_point_has_no_rece
     assert (holder.routing, holder.referral_id) == (HolderRouting.NO_RECEIVER, None)
     summary, _ = holder_service.unrouted(session, world.users["c_liaison"], holder_service.HolderFilters())
     assert [(u.country, u.receiver) for u in summary] == [("FR", None)]
+
+
+def _agency_data(agency, **changes) -> directory.AgencyData:
+    data = directory.AgencyData(name=agency.name, kind=agency.kind, country_code=agency.country_code,
+                                desk_email=agency.desk_email, desk_phone=agency.desk_phone, timezone=agency.timezone,
+                                is_focal_point=agency.is_focal_point)
+    for name, value in changes.items():
+        setattr(data, name, value)
+    return data
+
+
+def test_a_focal_point_named_later_takes_its_countrys_unsent_holders_at_once(session, world):
+    run_import(session, world, tip(account(1, email="fr1@example.org", country_hint="FR", ip_country="FR"),
+                                   account(2, email="fr2@example.org", country_hint="FR", ip_country="FR")))
+    waiting, sent_one = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    assert waiting.routing is HolderRouting.INTERNATIONAL and waiting.referral_id == sent_one.referral_id
+    intl_draft = waiting.referral_id
+    admin = world.actor("a_admin")
+    france = directory.create_agency(session, admin, directory.AgencyData(
+        name="Seine Online Desk", kind=AgencyKind.POLICE, country_code="FR", desk_email="desk@seine.example.org",
+        desk_phone="+33 1 99 00 12 34", is_focal_point=True))
+    session.expire_all()
+    holders = [session.get(Holder, h.id) for h in (waiting, sent_one)]
+    assert {(h.routing, h.receiver_agency_id) for h in holders} == {(HolderRouting.FOCAL_POINT, france.id)}
+    draft = session.get(Referral, holders[0].referral_id)
+    assert (draft.receiver_agency_id, draft.status, draft.jurisdiction) == (france.id, Status.DRAFT, "FR")
+    assert session.get(Referral, intl_draft) is None  # left empty: discarded
+    summary, _ = holder_service.unrouted(session, world.users["c_liaison"], holder_service.HolderFilters())
+    assert summary == []
+    assert audit.verify(session).ok
+
+
+def test_a_focal_point_withdrawn_leaves_no_unsent_draft_to_it_and_sent_cases_stay(session, world):
+    run_import(session, world, tip(account(1, email="au1@example.org"), account(2, email="au2@example.org",
+                                                                                uploads_a="10")))
+    packaged, single = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    sent = referrals.transition(session, world.actor("c_liaison"), single.referral_id, "send", None)
+    bravo = world.agencies["b"]
+    directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, is_focal_point=False))
+    session.expire_all()
+    moved = session.get(Holder, packaged.id)
+    assert (moved.routing, moved.receiver_agency_id) == (HolderRouting.INTERNATIONAL, world.agencies["i"].id)
+    assert session.get(Referral, moved.referral_id).receiver_agency_id == world.agencies["i"].id
+    summary, _ = holder_service.unrouted(session, world.users["c_liaison"], holder_service.HolderFilters())
+    assert [(u.country, u.holders) for u in summary] == [("AU", 1)]
+    kept = session.get(Holder, single.id)  # its referral was sent: it stays where it went
+    assert (kept.referral_id, session.get(Referral, sent.id).receiver_agency_id) == (sent.id, bravo.id)
+    # An edit routing does not read moves nothing.
+    before = snapshot(session)
+    directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, desk_email="new@b.example.org"))
+    assert snapshot(session) == before
+
+
+def test_of_two_focal_points_of_a_country_the_first_registered_receives(session, world):
+    """Not the first by name: names sort differently by database collation."""
+    session.add(Agency(name="Aardvark Desk", kind=AgencyKind.POLICE, country_code="AU", desk_email="desk@aa.example.org",
+                       desk_phone="+61 2 5550 0100", is_focal_point=True))
+    session.flush()
+    run_import(session, world, tip(account(1)))
+    assert holder_of(session, world, "acc1").receiver_agency_id == world.agencies["b"].id
 
 
 def test_drafts_sharing_an_identifier_with_another_referral_are_matched_and_only_they(session, world):

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -45,7 +45,9 @@ from app.services.access import (
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering
-from app.services.tips.routing import HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, state_from_row
+from app.services.tips.routing import (
+    HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, load_directory, state_from_row, target,
+)
 from app.services.triage import more_urgent, priority_from_flags
 
 NOTE_MAX = 1000
@@ -436,6 +438,38 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     if route.touched:
         deconfliction.refresh_hits(session, actor, route.touched)
     return route.touched
+
+
+def reroute_after_directory_change(session: Session, actor: Actor, *, now: datetime | None = None) -> list[int]:
+    """The agency directory changed (a focal point named, withdrawn or moved to another
+    country, an international body added): in every operation, each holder whose case has not
+    been sent (on a draft, or on no referral) and whose receiver the directory now names
+    differently is routed again, as an import routes it. Returns the drafts created or changed."""
+    now = now or utcnow()
+    unsent = or_(Holder.referral_id.is_(None),
+                 Holder.referral_id.in_(select(Referral.id).where(Referral.status == Status.DRAFT)))
+    touched: list[int] = []
+    operations = select(Operation).where(Operation.id.in_(select(Holder.operation_id).distinct()))
+    for operation in session.scalars(operations.order_by(Operation.id)).all():
+        directory = load_directory(session, operation.lead_agency_id)
+        states = [state for state in map(state_from_row, session.execute(
+            select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None),
+                                                unsent).order_by(Holder.id)))
+                  if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)]
+        if not states:
+            continue
+        router = Router(session, actor, operation, operation.lead_agency_id, now=now, directory=directory)
+        router.plan(states)
+        router.create_drafts()
+        bulk.update_rows(session, Holder.__table__, "id", [
+            {"id": state.id, "routing": state.routing, "receiver_agency_id": state.receiver_agency_id,
+             "referral_id": state.referral_id, "packaged": state.packaged, "updated_at": now}
+            for state in states if state.changed])
+        router.write_links()
+        touched += router.finish().touched
+    if touched:
+        deconfliction.refresh_hits(session, actor, touched)
+    return touched
 
 
 def escalation_reason(label: str, previous: Priority, level: Priority, cause: str) -> str:

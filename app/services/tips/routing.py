@@ -1,9 +1,10 @@
 """Routing: which agency receives each account holder, and the draft referrals that carry them.
 
 The agency directory names each country's focal point (`Agency.is_focal_point`; if a country
-has several, the first by name). A holder goes to the focal point of its jurisdiction. A
-country without one goes to an international body (the first focal one by name, else the
-first by name) and the holder shows on the unrouted list; with no international body either,
+has several, the one registered first: an order no database collation or renaming changes).
+A holder goes to the focal point of its jurisdiction. A country without one goes to an
+international body (the first focal one registered, else the first registered) and the holder
+shows on the unrouted list; with no international body either,
 it stays with no receiver, also on the unrouted list. Holders in the importing agency's own
 country stay with it (no referral: it works them itself), and holders with no jurisdiction
 wait on the review list.
@@ -66,12 +67,12 @@ def load_directory(session: Session, importer_id: int) -> Directory:
     for agency_id, country in session.execute(
         select(Agency.id, Agency.country_code)
         .where(Agency.is_focal_point.is_(True), Agency.country_code.is_not(None))
-        .order_by(Agency.name)
+        .order_by(Agency.id)
     ):
         focal.setdefault(country, agency_id)
     international = session.execute(
         select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL, Agency.id != importer_id)
-        .order_by(Agency.is_focal_point.desc(), Agency.name).limit(1)
+        .order_by(Agency.is_focal_point.desc(), Agency.id).limit(1)
     ).scalar_one_or_none()
     return Directory(importer_id, importer.country_code if importer else None, focal, international)
 
