@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from functools import lru_cache
 
 import pycountry
@@ -36,14 +38,36 @@ ALIASES = {
     "burma": "MM", "swaziland": "SZ", "macedonia": "MK", "cape verde": "CV", "east timor": "TL",
     "holland": "NL", "america": "US", "uae": "AE", "palestine": "PS", "vatican": "VA", "vatican city": "VA",
     "brunei": "BN", "dr congo": "CD", "drc": "CD", "democratic republic of the congo": "CD",
-    "micronesia": "FM", "the gambia": "GM", "the bahamas": "BS", "the netherlands": "NL",
+    "micronesia": "FM", "the gambia": "GM", "the bahamas": "BS", "the netherlands": "NL", "macau": "MO",
 }
+
+
+def _folded(text: str) -> str:
+    """A name as providers may write it: accents dropped (Cote d'Ivoire, Curacao), any
+    apostrophe a plain one, case and spacing ignored."""
+    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'"))
+    return " ".join("".join(c for c in text if not unicodedata.combining(c)).casefold().split())
+
+
+@lru_cache(maxsize=1)
+def _names() -> dict[str, str]:
+    """Each country's ISO names folded, also without their parenthesis ("Falkland Islands
+    (Malvinas)", "Holy See (Vatican City State)"): the first country to claim a name keeps it."""
+    names: dict[str, str] = {}
+    for country in pycountry.countries:
+        for attribute in ("name", "official_name", "common_name"):
+            value = getattr(country, attribute, None)
+            if value:
+                for variant in (value, re.sub(r"\s*\([^)]*\)", "", value)):
+                    names.setdefault(_folded(variant), country.alpha_2)
+    return names
 
 
 @lru_cache(maxsize=4096)
 def lookup(text: str) -> str | None:
-    """Alpha-2 code for an alpha-2 code or an English country name (or a common alias of
-    either, such as UK or Russia), else None."""
+    """Alpha-2 code for an ISO code (alpha-2, alpha-3 or numeric) or an English country name,
+    with or without its accents or its parenthesis (or a common alias, such as UK or Russia),
+    else None."""
     text = text.strip()
     if not text:
         return None
@@ -56,7 +80,7 @@ def lookup(text: str) -> str | None:
     try:
         return pycountry.countries.lookup(text).alpha_2
     except LookupError:
-        return None
+        return _names().get(_folded(text))
 
 
 @lru_cache(maxsize=1024)

@@ -665,6 +665,17 @@ def test_without_an_international_body_a_country_with_no_focal_point_has_no_rece
     assert [(u.country, u.receiver) for u in summary] == [("FR", None)]
 
 
+@pytest.mark.parametrize("hint, expected", [
+    ("Cote d'Ivoire", "CI"), ("Côte d’Ivoire", "CI"), ("Curacao", "CW"), ("Reunion", "RE"),
+    ("Falkland Islands", "FK"), ("Holy See", "VA"), ("Macau", "MO"), ("new zealand", "NZ"), ("NZL", "NZ"),
+    ("Korea", None), ("Virgin Islands", None), ("Atlantis", None),  # ambiguous or no country: refused
+])
+def test_country_hints_as_providers_write_them(hint, expected):
+    from app.services import countries
+
+    assert countries.lookup(hint) == expected
+
+
 def _agency_data(agency, **changes) -> directory.AgencyData:
     data = directory.AgencyData(name=agency.name, kind=agency.kind, country_code=agency.country_code,
                                 desk_email=agency.desk_email, desk_phone=agency.desk_phone, timezone=agency.timezone,
