@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -38,12 +39,20 @@ def migrate_command() -> None:
     click.echo("Database is at the latest revision.")
 
 
+def _finite(param, value: float) -> float:
+    """FloatRange lets NaN through: every comparison with it is false."""
+    if math.isnan(value):
+        raise click.BadParameter("is not a number.", param=param)
+    return value
+
+
 @click.command("demo")
 @click.option("--if-empty", is_flag=True, help="Do nothing when agencies exist already.")
 @click.option("--scenario", type=click.Choice(["basic", "operation-h"]), default="basic", show_default=True,
               help="basic: about 30 referrals; operation-h: a provider tip at the real operation's scale, "
                    "imported and handed off over two years.")
 @click.option("--scale", type=click.FloatRange(min=0.0001, max=10.0), default=1.0, show_default=True,
+              callback=lambda _ctx, param, value: _finite(param, value),
               help="operation-h: scale every count (0.01 loads in seconds).")
 @click.option("--seed", type=int, default=2019, show_default=True, help="operation-h: random seed.")
 @with_appcontext

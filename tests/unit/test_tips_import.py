@@ -1284,6 +1284,12 @@ def test_demo_command_loads_the_operation_h_scenario(app):
     assert "1,530 accounts" in result.output and "liaison.nz@handoff.example" in result.output
 
 
+@pytest.mark.parametrize("scale", ["0", "-1", "11", "nan", "-nan", "inf"])
+def test_demo_command_refuses_a_scale_out_of_range_or_not_a_number(app, scale):
+    result = app.test_cli_runner().invoke(args=["demo", "--scenario", "operation-h", "--scale", scale])
+    assert result.exit_code == 2 and "--scale" in result.output, result.output
+
+
 def test_bulk_constants_are_stored_as_the_same_values_bound_in_every_row(session):
     """The import writes a column that holds one value in every row once, as a literal on
     SQLite: what lands must be exactly what binding it in each row stores."""
