@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import phonenumbers
 from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Agency, AgencyKind, AuditEntry, Referral, Status, User
+
+# Ranges reserved for films and drama: Australia's 02 5550 0xxx, Ofcom's 020 7946 0xxx,
+# North America's 555-01xx.
+DRAMA = ("+6125550", "+442079460", "+1613555010", "+1613555011")
 
 
 def test_demo_loads_every_status_and_prints_the_logins(app):
@@ -24,6 +29,11 @@ def test_demo_loads_every_status_and_prints_the_logins(app):
         # handoff dates are realistic: sent before acknowledged before accepted
         for r in session.scalars(select(Referral).where(Referral.accepted_at.is_not(None))):
             assert r.created_at <= r.sent_at < r.acknowledged_at < r.accepted_at
+        # No desk phone is anyone's: a number no plan assigns, or one reserved for drama.
+        for phone in session.scalars(select(Agency.desk_phone)):
+            number = phonenumbers.parse(phone)
+            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+            assert not phonenumbers.is_valid_number(number) or e164.startswith(DRAMA), phone
     again = app.test_cli_runner().invoke(args=["demo", "--if-empty"])
     assert again.exit_code == 0 and "present already" in again.output
 

@@ -23,16 +23,18 @@ DEMO_PASSWORD = "handoff-demo-2026"
 PLACEHOLDER_MATERIAL = "Graded material, description held by sending agency."
 PLACEHOLDER_SUMMARY = "Synthetic demo referral. Account holder details held by the sending agency."
 
-# name, kind, country, desk e-mail, desk phone, time zone, focal point
+# name, kind, country, desk e-mail, desk phone, time zone, focal point. Desk phones are in the
+# ranges reserved for drama where a country has one (AU, GB, North America), else in a range
+# no numbering plan assigns: no one's number.
 AGENCIES = [
-    ("Wellington Online Safety Unit", AgencyKind.POLICE, "NZ", "desk@wosu.example.org", "+64 4 555 0100", "Pacific/Auckland", True),
-    ("Harbour Customs Intelligence", AgencyKind.CUSTOMS, "NZ", "intel@hci.example.org", "+64 9 555 0101", "Pacific/Auckland", False),
+    ("Wellington Online Safety Unit", AgencyKind.POLICE, "NZ", "desk@wosu.example.org", phones.unassigned("NZ", 200), "Pacific/Auckland", True),
+    ("Harbour Customs Intelligence", AgencyKind.CUSTOMS, "NZ", "intel@hci.example.org", phones.unassigned("NZ", 201), "Pacific/Auckland", False),
     ("Southern Cyber Investigations", AgencyKind.POLICE, "AU", "referrals@sci.example.org", "+61 2 5550 0102", "Australia/Sydney", True),
     ("Thames Child Protection Command", AgencyKind.POLICE, "GB", "liaison@tcpc.example.org", "+44 20 7946 0103", "Europe/London", True),
     ("Prairie Internet Crimes Unit", AgencyKind.POLICE, "CA", "desk@picu.example.org", "+1 613 555 0104", "America/Toronto", True),
-    ("Rhine Cybercrime Office", AgencyKind.POLICE, "DE", "kontakt@rco.example.org", "+49 30 5550104", "Europe/Berlin", True),
-    ("Archipelago Protection Task Force", AgencyKind.GOVERNMENT, "PH", "desk@aptf.example.org", "+63 2 5550 1050", "Asia/Manila", True),
-    ("Interagency Liaison Bureau", AgencyKind.INTERNATIONAL, None, "bureau@ilb.example.org", "+33 4 55 50 01 06", "Europe/Paris", False),
+    ("Rhine Cybercrime Office", AgencyKind.POLICE, "DE", "kontakt@rco.example.org", phones.unassigned("DE", 200), "Europe/Berlin", True),
+    ("Archipelago Protection Task Force", AgencyKind.GOVERNMENT, "PH", "desk@aptf.example.org", phones.unassigned("PH", 200), "Asia/Manila", True),
+    ("Interagency Liaison Bureau", AgencyKind.INTERNATIONAL, None, "bureau@ilb.example.org", phones.unassigned("FR", 200), "Europe/Paris", False),
 ]
 
 # e-mail, name, role, agency index

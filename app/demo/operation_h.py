@@ -169,7 +169,10 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 # user and agency, the services' notes), one audit entry per step ("referral.<action>", same
 # details) chained like audit.record, outcomes rows, and for a transfer a new referral already
 # sent, linked by transferred_from_id, carrying the same subjects, with its create/send events
-# and audit entries; deconfliction runs once for the new referrals. Partner desks' users share
+# and audit entries, which the agency it went to acknowledges (and one in five declines) as
+# the first receivers do; deconfliction runs once for the new referrals. The holders of a
+# declined referral (or of one transferred on to it) go on the review list, as a decline through
+# the services puts them. Partner desks' users share
 # one password hash (computed once; Argon2 per user would take minutes); their creation is on
 # the audit trail. `updated_at` is the last step's date. Every date lies within the two years
 # before `now`; nothing is dated in the future.
@@ -350,7 +353,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
 
     from sqlalchemy import bindparam, insert, select, update
 
-    from app.models import Agency, AgencyKind, Outcome, Referral, ReferralEvent, Role, Status, User
+    from app.models import Agency, AgencyKind, Holder, Outcome, Referral, ReferralEvent, Role, Status, User
     from app.models import referral_subjects
     from app.services import deconfliction
     from app.services.audit import Actor
@@ -432,7 +435,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
             at = later(steps[-1].at, rng.uniform(24, 20 * 24))
             steps.append(_Step("transfer", at, "receiver", PLACEHOLDER_NOTE))
             transfers.append((row, at, target))
-        elif draw < 0.75:
+        elif draw < 0.25:  # the rest stay acknowledged: worked, not (yet) an investigation
             steps.append(_Step("decline", later(ack, rng.uniform(2 * 24, 40 * 24)), "receiver", PLACEHOLDER_NOTE))
     # Children safeguarded: the scenario's total, spread over the outcome reports.
     if outcomes:
@@ -502,6 +505,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
 
     # 4. Transfers: new referrals, already sent, with the same subjects.
     transferred_ids = []
+    successors: list[dict] = []  # their rows
     if new_referrals:
         sources = session.execute(select(Referral.__table__).where(
             Referral.id.in_([n["source"].id for n in new_referrals]))).mappings().all()
@@ -514,7 +518,6 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         for year, group in sorted(by_year.items()):
             for new, reference in zip(group, next_references(session, len(group), year=year)):
                 new["reference"] = reference
-        rows = []
         for new in new_referrals:
             source = dict(source_of[new["source"].id])
             actor, at = new["actor"], new["at"]
@@ -523,18 +526,32 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
                           updated_at=at, created_by_id=actor.user_id, transferred_from_id=new["source"].id,
                           acknowledged_at=None, accepted_at=None, declined_at=None, transferred_at=None,
                           withdrawn_at=None, closed_at=None, transfer_consent_at=None)
-            rows.append(source)
+            successors.append(source)
             events.append(_event(new["id"], at, "create", None, Status.DRAFT, actor,
                                  f"Transfer of {new['source'].reference}."))
             events.append(_event(new["id"], at, "send", Status.DRAFT, Status.SENT, actor, PLACEHOLDER_NOTE))
             entries.append(("referral.create", "referral", new["id"], {
                 "reference": new["reference"], "transferred_from": new["source"].reference}, actor))
+            # The agency it was transferred to works it as the first receivers work theirs.
+            receiver = actors[new["target"]]
+            acknowledged_at = later(at, rng.lognormvariate(math.log(40), 0.9))
+            declined_at = later(acknowledged_at, rng.uniform(2 * 24, 40 * 24)) if rng.random() < 0.2 else None
+            for action, when, target_status in (("acknowledge", acknowledged_at, Status.ACKNOWLEDGED),
+                                                ("decline", declined_at, Status.DECLINED)):
+                if when is None or when > latest:
+                    break
+                events.append(_event(new["id"], when, action, source["status"], target_status, receiver,
+                                     PLACEHOLDER_NOTE if action == "decline" else ""))
+                entries.append((f"referral.{action}", "referral", new["id"],
+                                {"from": source["status"].value, "to": target_status.value}, receiver))
+                source.update({"status": target_status, f"{action}d_at": when, "updated_at": when,
+                               "version": source["version"] + 1})
             events[new["event_index"]]["note"] = events[new["event_index"]]["note"].replace(
                 "{new_reference}", new["reference"])
             action, object_type, object_id, detail, who = entries[new["entry_index"]]
             entries[new["entry_index"]] = (action, object_type, object_id, {**detail, "new_reference": new["reference"]}, who)
             transferred_ids.append(new["id"])
-        session.execute(insert(Referral.__table__), rows)
+        session.execute(insert(Referral.__table__), successors)
         links = session.execute(select(referral_subjects.c.referral_id, referral_subjects.c.subject_id).where(
             referral_subjects.c.referral_id.in_([n["source"].id for n in new_referrals]))).all()
         subjects_of: dict[int, list[int]] = {}
@@ -553,6 +570,17 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
                 {**{c: bindparam(f"b_{c}") for c in columns}, "version": table.c.version + bindparam("b_steps")}),
             [{f"b_{k}": v for k, v in u.items()} for u in referral_updates],
         )
+    # Holders on a declined referral (or on one transferred on to it) wait on the review list,
+    # as `referrals.transition` puts them there.
+    declined = [(u["id"], u["declined_at"]) for u in referral_updates if u["status"] is Status.DECLINED]
+    declined += [(new["source"].id, row["declined_at"]) for new, row in zip(new_referrals, successors)
+                 if row["status"] is Status.DECLINED]
+    if declined:
+        holders = Holder.__table__
+        session.connection().execute(
+            update(holders).where(holders.c.referral_id == bindparam("b_referral")).values(
+                needs_review=True, updated_at=bindparam("b_at")),
+            [{"b_referral": referral_id, "b_at": at} for referral_id, at in declined])
     for start in range(0, len(events), 20_000):
         session.execute(insert(ReferralEvent.__table__), events[start:start + 20_000])
     if outcome_rows:

@@ -1221,6 +1221,18 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     for r in session.scalars(in_scenario.where(Referral.accepted_at.is_not(None))):
         assert r.created_at <= r.sent_at < r.acknowledged_at < r.accepted_at
         assert [e.action for e in r.events if e.action != "edit"][:4] == ["create", "send", "acknowledge", "accept"]
+    # Most partner desks work what they get: declines are a minority, and an agency a referral
+    # was transferred to works it too.
+    assert summary.referrals["declined"] < len(sent) / 4
+    onward = session.scalars(in_scenario.where(Referral.transferred_from_id.is_not(None),
+                                               Referral.sent_at < now - timedelta(days=60))).all()
+    assert onward and sum(r.status is not Status.SENT for r in onward) > len(onward) / 2
+    assert all(r.acknowledged_at is None or r.sent_at < r.acknowledged_at <= now for r in onward)
+    # The holders of a declined referral, or of one transferred on to a decliner, wait for review.
+    declined = session.scalars(in_scenario.where(Referral.status == Status.DECLINED)).all()
+    declined_ids = {r.id for r in declined} | {r.transferred_from_id for r in declined if r.transferred_from_id}
+    waiting = session.execute(select(Holder.needs_review).where(Holder.referral_id.in_(declined_ids))).scalars().all()
+    assert waiting and all(waiting)
     assert audit.verify(session).ok
     facts = _scenario_facts(session)
     session.close()
