@@ -36,6 +36,7 @@ from app.models import (
     Subject,
     Tip,
     TipAccount,
+    User,
     referral_subjects,
 )
 from app.services import Conflict, DomainError, NotFound, audit, deconfliction, directory, referrals, subjects
@@ -1240,6 +1241,75 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     operation_h.load_scenario(session, passwords, scale=0.01, seed=11, now=now)
     session.commit()
     assert _scenario_facts(session) == facts
+
+
+def _committed_review_holder(pg_app):
+    """A world with one holder on the review list, committed: (world, holder id, subject id)."""
+    from tests.factories import build_world
+
+    with pg_app.extensions["handoff_db"]["sessionmaker"]() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        run_import(setup, world, tip(account(1, email="x@example.org", country_hint="AU", ip_country="NZ")))
+        setup.commit()
+        holder = holder_of(setup, world, "acc1")
+        assert holder.needs_review
+        return world, holder.id, holder.subject_id
+
+
+def test_a_decision_while_an_import_writes_is_told_to_wait_not_deadlocked(pg_app):
+    """PostgreSQL: an import holds its operation's row lock while it writes; a decision on one
+    of its holders does not wait for it (nor lock the holder first, which deadlocked the import)."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    world, holder_id, subject_id = _committed_review_holder(pg_app)
+    with make_session() as importing, make_session() as deciding:
+        importing.execute(select(Operation.id).where(Operation.id == world.operation.id).with_for_update())
+        lead = Actor(deciding.get(User, world.users["c_liaison"].id), "t")
+        with pytest.raises(Conflict, match="An import into this operation is being written"):
+            holder_service.set_jurisdiction(deciding, lead, subject_id, "GB")
+        deciding.rollback()
+        importing.rollback()  # the import has ended
+        holder_service.set_jurisdiction(deciding, lead, subject_id, "GB")
+        deciding.commit()
+        assert deciding.get(Holder, holder_id).jurisdiction == "GB"
+
+
+def test_a_decision_made_while_an_import_runs_neither_fails_it_nor_is_lost(pg_app, monkeypatch):
+    import threading
+
+    from app.services.tips import importer
+
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    world, holder_id, subject_id = _committed_review_holder(pg_app)
+    outcome: dict[str, object] = {}
+
+    def decide():
+        with make_session() as other:
+            try:
+                holder_service.set_jurisdiction(other, Actor(other.get(User, world.users["c_liaison"].id), "t"),
+                                                subject_id, "GB")
+                other.commit()
+                outcome["decision"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - the test reports what happened
+                other.rollback()
+                outcome["decision"] = exc
+
+    place = importer.jurisdiction.place
+    thread = threading.Thread(target=decide)
+
+    def place_while_a_person_decides(shape):  # the import holds the operation's lock by now
+        if not thread.is_alive() and "decision" not in outcome:
+            thread.start()
+            thread.join(5)
+        return place(shape)
+
+    monkeypatch.setattr(importer.jurisdiction, "place", place_while_a_person_decides)
+    with make_session() as importing:
+        importer.import_tip(importing, Actor(importing.get(User, world.users["c_liaison"].id), "t"),
+                            world.operation.id, tip(account(2, email="x@example.org", country_hint="AU",
+                                                            ip_country="AU")), "later.csv")
+        importing.commit()
+    thread.join(30)
+    assert isinstance(outcome["decision"], Conflict), outcome["decision"]
 
 
 # --- the commands -------------------------------------------------------------------------------

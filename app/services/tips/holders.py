@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -51,6 +52,7 @@ from app.services.tips.routing import (
 from app.services.triage import more_urgent, priority_from_flags
 
 NOTE_MAX = 1000
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: a NOWAIT lock held by another transaction
 
 
 @dataclass
@@ -265,6 +267,22 @@ class Decision:
     stays_sent: Referral | None  # its referral was sent already: it stays there
 
 
+def lock_operation(session: Session, operation_id: int, *, wait: bool) -> None:
+    """Imports, decisions and the directory's rerouting change the same holders and drafts:
+    each takes its operation's row lock first (PostgreSQL; SQLite has one writer anyway), so
+    that they follow one another instead of deadlocking. A person's decision does not wait
+    out a running import (`wait` False): it is told to try again."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    try:
+        session.execute(select(Operation.id).where(Operation.id == operation_id).with_for_update(nowait=not wait))
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise Conflict("An import into this operation is being written just now. Decide again when it has "
+                       "finished (a full tip takes under a minute).") from None
+
+
 def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetime | None) -> Holder:
     """The holder to decide on; `seen_at` is when it last changed as the deciding page showed it
     (None: not known), and a holder changed since, by a person or an import, is a Conflict."""
@@ -273,6 +291,8 @@ def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetim
         raise Forbidden("Your role may read holders but not decide on them.")
     if holder.operation.lead_agency_id != actor.agency_id:
         raise Forbidden("Only the operation's lead agency decides on its holders.")
+    lock_operation(session, holder.operation_id, wait=False)
+    session.refresh(holder)  # as the last import left it
     if holder.merged_into_id is not None:
         raise DomainError("This holder was merged into another; decide on that one.")
     if seen_at is not None and holder.updated_at != seen_at:
@@ -391,6 +411,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     if actor.user is None or not actor.user.can_work_referrals or actor.agency_id != operation.lead_agency_id:
         raise Forbidden("Only the operation's lead agency decides on its holders.")
     now = now or utcnow()
+    lock_operation(session, operation_id, wait=True)
     ids = sorted(flags_by_holder)
     rows = {row.id: row for row in session.execute(
         select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id, Holder.number)
@@ -451,6 +472,7 @@ def reroute_after_directory_change(session: Session, actor: Actor, *, now: datet
     touched: list[int] = []
     operations = select(Operation).where(Operation.id.in_(select(Holder.operation_id).distinct()))
     for operation in session.scalars(operations.order_by(Operation.id)).all():
+        lock_operation(session, operation.id, wait=True)
         directory = load_directory(session, operation.lead_agency_id)
         states = [state for state in map(state_from_row, session.execute(
             select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None),

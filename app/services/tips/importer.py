@@ -225,9 +225,9 @@ class _Writer:
         """Everything after validation."""
         session = self.session
         op = self.operation
-        if session.get_bind().dialect.name == "postgresql":
-            # Imports into one operation serialise: the second sees the first's accounts.
-            session.execute(select(Operation.id).where(Operation.id == op.id).with_for_update())
+        # Imports into one operation serialise (the second sees the first's accounts), and so
+        # do decisions on its holders, which wait for no import.
+        holders.lock_operation(session, op.id, wait=True)
         session.add(tip)
         session.flush()  # on SQLite this takes the write lock for the whole import
         self._clock = time.perf_counter()
