@@ -407,8 +407,9 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
     assert f"/tips/holders/{subject_id}" in page and "AU 2, NZ 1" in page  # the weighed evidence
     assert "its accounts point to more than one country" in page
     token = csrf_token_from(page)
+    seen = _seen(browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True))
     response = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction",
-                                   data={"csrf_token": token, "country": "NZ", "back": "review"})
+                                   data={"csrf_token": token, "seen": seen, "country": "NZ", "back": "review"})
     assert response.status_code == 303 and response.headers["Location"].endswith("/tips/review")
     assert f"/tips/holders/{subject_id}" not in browser.get("/tips/review").get_data(as_text=True)
     with app.app_context():
@@ -427,7 +428,7 @@ def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
     subject_id = _holder_subject(app, "acc1")
     page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
     response = browser.client.post(f"/tips/holders/{subject_id}/risk", data={
-        "csrf_token": csrf_token_from(page), "risk_access_to_children": "y"})
+        "csrf_token": csrf_token_from(page), "seen": _seen(page), "risk_access_to_children": "y"})
     assert response.status_code == 303
     page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
     assert "now P1" in page and "Access to children" in page
@@ -459,7 +460,7 @@ def test_flags_after_sending_escalate_the_referral_both_agencies_see_it(app, web
         db.session.commit()
     page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
     response = browser.client.post(f"/tips/holders/{subject_id}/risk", data={
-        "csrf_token": csrf_token_from(page), "risk_plans_to_meet": "y"})
+        "csrf_token": csrf_token_from(page), "seen": _seen(page), "risk_plans_to_meet": "y"})
     assert response.status_code == 303
     told = browser.get(response.headers["Location"]).get_data(as_text=True)
     assert "was sent already and stays with Bravo Police, at priority P1." in told
@@ -640,6 +641,15 @@ def test_a_decision_from_a_page_older_than_the_holder_is_refused_not_overwriting
         "csrf_token": csrf_token_from(again), "seen": _seen(again), "risk_access_to_children": "y",
         "risk_previous_convictions": "y"})
     assert retried.status_code == 303
+    # A decision that does not say when its page showed the holder is refused too.
+    page = liaison.get(f"/tips/holders/{subject}").get_data(as_text=True)
+    for path, form in (("risk", {"risk_plans_to_meet": "y"}), ("jurisdiction", {"country": "NZ"})):
+        blind = liaison.client.post(f"/tips/holders/{subject}/{path}", data={"csrf_token": csrf_token_from(page),
+                                                                              **form})
+        assert blind.status_code == 422 and "Someone else changed this account holder" in blind.get_data(as_text=True)
+    with app.app_context():
+        holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject))
+        assert (holder.risk_plans_to_meet, holder.jurisdiction_source.value) == (False, "evidence")
 
 
 def test_the_operation_funnel_counts_a_merged_holder_once(app, web_world):

@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import datetime, timezone
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired
@@ -44,21 +44,27 @@ class HolderFilterForm(FlaskForm):
         self.country.choices = [("", "Any")] + countries.choices()
 
 
+NOT_SHOWN = datetime.min.replace(tzinfo=timezone.utc)
+
+
 class SeenHolder:
     """When the holder last changed, as the page showed it: a decision on a holder changed
     since (by a person or an import) is refused instead of overwriting what it did not see."""
 
     seen = HiddenField()
 
-    def seen_at(self) -> datetime | None:
+    def seen_at(self) -> datetime:
+        """A form that does not say (not drawn by the page) names no time the holder had: the
+        decision is refused as on a stale page, once the deciding person may decide at all."""
         try:
             seen = datetime.fromisoformat(self.seen.data or "")
         except ValueError:
-            return None
-        return seen if seen.tzinfo else None
+            return NOT_SHOWN
+        return seen if seen.tzinfo else NOT_SHOWN
 
     def show(self, holder) -> None:
         self.seen.data = holder.updated_at.isoformat()
+
 
 
 class JurisdictionForm(SeenHolder, FlaskForm):
