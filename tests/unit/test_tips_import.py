@@ -1081,6 +1081,27 @@ def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, w
     assert (NotificationKind.REFERRAL_UPDATED, onward.id) in {(n.kind, n.referral_id) for n in told}
 
 
+def test_a_merge_of_two_holders_on_two_sent_referrals_tells_the_absorbed_holders_receiver(session, world):
+    nz = {"country_hint": "NZ", "ip_country": "NZ"}
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_b="1"),
+                                   account(2, username="kiwi", uploads_b="1", **nz)))
+    left, right = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    to_b = referrals.transition(session, world.actor("c_liaison"), left.referral_id, "send", None)
+    to_a = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    assert (to_b.receiver_agency_id, to_a.receiver_agency_id) == (world.agencies["b"].id, world.agencies["a"].id)
+    result = run_import(session, world, tip(account(3, email="p@example.org", username="kiwi")), file_name="later.csv")
+    assert result.merges == [(left.id, [right.id])]
+    session.expire_all()
+    update = session.get(Referral, to_a.id).events[-1]
+    assert update.action == "update" and update.note == (
+        f"Tip later.csv (import {result.tip.id}): holder {right.label} was merged into holder {left.label}, which "
+        "took in its accounts and is followed up on another referral.")
+    told, _total = deconfliction.list_notifications(session, world.users["a_liaison"], mark_seen=False)
+    assert (NotificationKind.REFERRAL_UPDATED, to_a.id) in {(n.kind, n.referral_id) for n in told}
+    # The survivor's own referral is told it took the accounts in.
+    assert "took in the accounts of holder" in session.get(Referral, to_b.id).events[-1].note
+
+
 def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):
     holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
     actor = world.actor("c_liaison")

@@ -600,6 +600,26 @@ def test_an_absorbed_holder_says_where_its_accounts_went_and_why_no_decision_is_
     assert "merged into another; decide on that one" in refused.get_data(as_text=True)
 
 
+def test_the_receiver_of_a_holder_merged_away_is_told_without_seeing_the_other_referral(app, web_world):
+    """H2 (sent to Alpha) is merged into H1 (sent to Bravo): Alpha's page for H2 says so, and
+    shows nothing of H1."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(
+        account(1, email="p@example.org"), account(2, username="kiwi", country_hint="NZ", ip_country="NZ")))
+    left, right = _holder_subject(app, "acc1"), _holder_subject(app, "acc2")
+    with app.app_context():
+        lead = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
+        for subject in (left, right):
+            referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject))
+            referrals.transition(db.session, lead, referral_id, "send", None)
+        db.session.commit()
+    _import(app, browser, web_world.operation.id, tip(account(3, email="p@example.org", username="kiwi")))
+    page = _login(app, "liaison.a@example.org").get(f"/tips/holders/{right}").get_data(as_text=True)
+    assert "Merged into another holder of the operation, which is not on a referral of yours" in page
+    assert "none: its 1 went to the holder it was merged into" in page
+    assert "H-000001" not in page and "p@example.org" not in page
+
+
 def test_the_dates_a_provider_gave_show_as_given_whatever_the_viewers_zone(app, web_world):
     with app.app_context():
         lead = db.session.scalar(select(User).where(User.email == LEAD))

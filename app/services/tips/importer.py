@@ -556,6 +556,19 @@ class _Writer:
             if new_accounts_of[h]:
                 count = new_accounts_of[h]
                 news[referral_id].append(f"{count} new account{'s' if count != 1 else ''} of holder {label}")
+        # A part that was sent on a referral of its own keeps it, and its receiver learns where the
+        # person's accounts went (deconfliction tells both receivers about each other).
+        for survivor, parts in merged_from.items():
+            on = router.current_id(states[survivor].referral_id)
+            for part in parts:
+                if not router.stays(states[part].referral_id):
+                    continue
+                referral_id = router.current_id(states[part].referral_id)
+                if referral_id != on:
+                    news[referral_id].append(
+                        f"holder {holder_label(old_rows[part].number)} was merged into holder "
+                        f"{holder_label(old_rows[survivor].number)}, which took in its accounts and is followed up "
+                        "on another referral")
         router.record_updates({referral_id: f"Tip {tip.file_name} (import {tip.id}): {'; '.join(items)}."
                                for referral_id, items in news.items()})
 
