@@ -23,6 +23,7 @@ from app.models import (
     AgencyKind,
     AuditEntry,
     Hit,
+    HitSide,
     Holder,
     HolderRouting,
     Identifier,
@@ -1100,6 +1101,71 @@ def test_a_merge_of_two_holders_on_two_sent_referrals_tells_the_absorbed_holders
     assert (NotificationKind.REFERRAL_UPDATED, to_a.id) in {(n.kind, n.referral_id) for n in told}
     # The survivor's own referral is told it took the accounts in.
     assert "took in the accounts of holder" in session.get(Referral, to_b.id).events[-1].note
+
+
+def test_an_agreed_lead_survives_a_merge_that_empties_its_draft(session, world):
+    """Alpha and the lead agency agreed on a hit about a package draft; a later merge moves the
+    draft's holder to another draft and discards the package: the hit, agreement and all, moves
+    with the holder."""
+    from app.models import HitStatus
+
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    run_import(session, world, tip(account(0, username="lefty", uploads_a="12"),
+                                   account(1, email="shared@example.org")))
+    older, younger = holder_of(session, world, "acc0"), holder_of(session, world, "acc1")
+    hit = session.scalars(select(Hit)).one()
+    assert younger.referral_id in (hit.referral_low_id, hit.referral_high_id)
+    deconfliction.resolve(session, world.actor("a_liaison"), hit.id, None, world.agencies["a"].id,
+                          "Agreed by phone: Alpha leads.")
+    session.flush()
+    package = younger.referral_id
+    result = run_import(session, world, tip(account(9, username="lefty", email="shared@example.org")))
+    assert result.merges == [(older.id, [younger.id])] and package in result.routing.discarded
+    session.expire_all()
+    kept = session.scalars(select(Hit)).one()
+    carrier = session.get(Holder, older.id).referral_id
+    assert (kept.id, kept.status, kept.lead_agency_id, kept.resolution_note) == (
+        hit.id, HitStatus.RESOLVED, world.agencies["a"].id, "Agreed by phone: Alpha leads.")
+    assert {kept.referral_low_id, kept.referral_high_id} == {carrier, other.id}
+    sides = {kept.referral_low_id: kept.agency_low_id, kept.referral_high_id: kept.agency_high_id}
+    assert sides == {carrier: world.agencies["c"].id, other.id: world.agencies["a"].id}
+    alphas = set(session.scalars(select(Identifier.id).join(
+        referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id).where(
+        referral_subjects.c.referral_id == other.id)))
+    assert {m.side for m in kept.matches if m.identifier_id in alphas} == {
+        HitSide.LOW if kept.referral_low_id == other.id else HitSide.HIGH}
+    assert session.scalars(select(AuditEntry).where(AuditEntry.action == "hit.move")).one().object_id == str(hit.id)
+    assert audit.verify(session).ok
+
+
+def test_a_hit_moving_off_a_discarded_draft_keeps_each_agencys_side(session, world):
+    """The holder leaves its package for a P1 draft of its own, made after the other agency's
+    referral: the pair's order turns, and each agency keeps its acknowledgement and matches."""
+    run_import(session, world, tip(account(1, email="shared@example.org")))
+    holder = holder_of(session, world, "acc1")
+    package = holder.referral_id
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    hit = session.scalars(select(Hit)).one()
+    assert (hit.referral_low_id, hit.referral_high_id) == (package, other.id)
+    deconfliction.acknowledge(session, world.actor("a_liaison"), hit.id, None)
+    session.flush()
+    acknowledged_at = hit.acknowledged_high_at
+    decision = holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id,
+                                             {"risk_plans_to_meet": True})
+    session.expire_all()
+    own = decision.holder.referral_id
+    assert own > other.id and session.get(Referral, package) is None
+    kept = session.get(Hit, hit.id)
+    assert (kept.referral_low_id, kept.agency_low_id, kept.referral_high_id, kept.agency_high_id) == (
+        other.id, world.agencies["a"].id, own, world.agencies["c"].id)
+    assert (kept.acknowledged_low_at, kept.acknowledged_high_at) == (acknowledged_at, None)
+    alphas = set(session.scalars(select(Identifier.id).join(
+        referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id).where(
+        referral_subjects.c.referral_id == other.id)))
+    assert sorted((m.identifier_id in alphas, m.side) for m in kept.matches) == [(False, HitSide.HIGH),
+                                                                                (True, HitSide.LOW)]
 
 
 def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):

@@ -378,7 +378,7 @@ class _Writer:
         sent_priority = router.follow_sent([(states[survivor], [states[a] for a in absorbed])
                                             for survivor, absorbed in result.merges])
         for holder_id in absorbed_ids:
-            router.detach(states[holder_id])
+            router.detach(states[holder_id], into=states[merge_into[holder_id]])
         router.plan([states[h] for h in sorted(placements)])
         router.create_drafts()
         self._lap("route")

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, cast, delete, func, select, update
+from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -33,6 +33,9 @@ from app.models import (
     Agency,
     AgencyKind,
     HandlingCode,
+    Hit,
+    HitMatch,
+    HitSide,
     Holder,
     HolderRouting,
     Notification,
@@ -171,6 +174,8 @@ class Router:
             select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
                    Referral.priority, Referral.transferred_from_id).where(condition)))
         self._discarded_references: dict[int, str] = {}
+        # The holders each draft lost, as the states that carry their cases now.
+        self._left: dict[int, list[HolderState]] = {}
 
     # --- planning -------------------------------------------------------------------------
 
@@ -272,8 +277,9 @@ class Router:
             self.links.append((draft, state))
             self._set(state, routing, receiver, draft if isinstance(draft, int) else None, packaged)
 
-    def detach(self, state: HolderState) -> None:
-        """Take a holder off its draft (a sent referral keeps it)."""
+    def detach(self, state: HolderState, *, into: HolderState | None = None) -> None:
+        """Take a holder off its draft (a sent referral keeps it); `into` is the holder that
+        took it in by a merge, whose referral carries its case from now on."""
         if not state.referral_id:
             return
         self._chains.load([state.referral_id])
@@ -282,6 +288,7 @@ class Router:
             return
         self.unlinks.append((state.referral_id, state.subject_id))
         self.changed.add(state.referral_id)
+        self._left.setdefault(state.referral_id, []).append(into or state)
         state.referral_id = None
         state.packaged = False
         state.changed = True
@@ -411,8 +418,51 @@ class Router:
             )
         if discarded:
             self._discarded_references.update((d, drafts[d].reference) for d in discarded)
+            self._keep_hits(discarded)
             session.execute(delete(Referral.__table__).where(Referral.__table__.c.id.in_(discarded)))
         return changed, discarded
+
+    def _keep_hits(self, discarded: list[int]) -> None:
+        """The deconfliction hits on drafts about to be discarded, which may hold what two
+        agencies agreed (who leads), move to the referral that carries their holders now
+        instead of going with them: the sides swap if the pair's order turns, and the matches
+        the move brings are added when deconfliction runs next. A hit whose pair exists there
+        already goes: the existing one is the pair's."""
+        carrier = {}
+        for referral_id in discarded:
+            now_on = sorted({s.referral_id for s in self._left.get(referral_id, ())
+                             if s.referral_id is not None and s.referral_id != referral_id})
+            if now_on:
+                carrier[referral_id] = now_on[0]
+        if not carrier:
+            return
+        session = self.session
+        touching = list(carrier) + list(set(carrier.values()))
+        rows = session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id).where(
+            or_(Hit.referral_low_id.in_(touching), Hit.referral_high_id.in_(touching))).order_by(Hit.id)).all()
+        taken = {(row.referral_low_id, row.referral_high_id) for row in rows}
+        hits, matches = Hit.__table__, HitMatch.__table__
+        entries = []
+        for row in rows:
+            gone = row.referral_low_id if row.referral_low_id in carrier else row.referral_high_id
+            if gone not in carrier:
+                continue
+            other = row.referral_high_id if gone == row.referral_low_id else row.referral_low_id
+            low, high = sorted((carrier[gone], other))
+            if other in carrier or low == high or (low, high) in taken:
+                continue
+            taken.add((low, high))
+            values = {"referral_low_id": low, "referral_high_id": high}
+            if (low == other) != (row.referral_low_id == other):  # the sides swap
+                for column in ("agency_{}_id", "acknowledged_{}_at", "acknowledged_{}_by_id"):
+                    values[column.format("low")] = hits.c[column.format("high")]
+                    values[column.format("high")] = hits.c[column.format("low")]
+                session.execute(update(matches).where(matches.c.hit_id == row.id).values(side=case(
+                    (matches.c.side == HitSide.LOW.value, HitSide.HIGH.value), else_=HitSide.LOW.value)))
+            session.execute(update(hits).where(hits.c.id == row.id).values(values))
+            entries.append(("hit.move", "hit", row.id, {"from_referral": gone, "to_referral": carrier[gone],
+                                                        "reason": "its draft was left with no holder"}))
+        bulk.audit_many(session, self.actor, entries)
 
     def record_updates(self, notes: dict[int, str]) -> None:
         """Tell the receivers of these sent referrals (by id: where each case is now) what an
