@@ -60,6 +60,12 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
     """Load the demo: agencies in several countries, users of every role, about 30 referrals."""
     from app.demo import DEMO_PASSWORD, load_demo
 
+    context = click.get_current_context()
+    given = [f"--{name}" for name in ("scale", "seed")
+             if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if scenario == "basic" and given:
+        raise click.UsageError(f"{' and '.join(given)} only apply to --scenario operation-h.")
+
     session = db.session
     has_data = session.query(Agency.id).first() is not None
     if has_data and if_empty:

@@ -1459,6 +1459,15 @@ def test_demo_command_refuses_a_scale_out_of_range_or_not_a_number(app, scale):
     assert result.exit_code == 2 and "--scale" in result.output, result.output
 
 
+def test_demo_command_says_scale_and_seed_are_the_scenarios_only(app):
+    result = app.test_cli_runner().invoke(args=["demo", "--scale", "0.5", "--seed", "3"])
+    assert result.exit_code == 2 and "--scale and --seed only apply to --scenario operation-h" in result.output
+    with app.app_context():
+        from app.extensions import db
+
+        assert db.session.scalar(select(func.count()).select_from(Agency)) == 0
+
+
 def test_bulk_constants_are_stored_as_the_same_values_bound_in_every_row(session):
     """The import writes a column that holds one value in every row once, as a literal on
     SQLite: what lands must be exactly what binding it in each row stores."""
