@@ -1351,13 +1351,34 @@ def test_a_decision_while_an_import_writes_is_told_to_wait_not_deadlocked(pg_app
     with make_session() as importing, make_session() as deciding:
         importing.execute(select(Operation.id).where(Operation.id == world.operation.id).with_for_update())
         lead = Actor(deciding.get(User, world.users["c_liaison"].id), "t")
-        with pytest.raises(Conflict, match="An import into this operation is being written"):
+        with pytest.raises(Conflict, match="holders are being changed just now"):
             holder_service.set_jurisdiction(deciding, lead, subject_id, "GB")
         deciding.rollback()
         importing.rollback()  # the import has ended
         holder_service.set_jurisdiction(deciding, lead, subject_id, "GB")
         deciding.commit()
         assert deciding.get(Holder, holder_id).jurisdiction == "GB"
+
+
+def test_two_people_deciding_on_two_holders_at_once_both_decide(pg_app):
+    """PostgreSQL: the first decision holds the operation's lock until its request commits; a
+    colleague's decision meanwhile waits for it, and is not told an import runs."""
+    import threading
+
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    world, _holder_id, first = _committed_review_holder(pg_app)
+    with make_session() as setup:
+        run_import(setup, world, tip(account(2, email="y@example.org", country_hint="AU", ip_country="NZ")),
+                   file_name="second.csv")
+        setup.commit()
+        second = holder_of(setup, world, "acc2").subject_id
+    with make_session() as one, make_session() as two:
+        holder_service.set_jurisdiction(one, Actor(one.get(User, world.users["c_liaison"].id), "t"), first, "GB")
+        committed = threading.Timer(0.5, one.commit)  # the first request ends while the second waits
+        committed.start()
+        holder_service.set_jurisdiction(two, Actor(two.get(User, world.users["c_liaison"].id), "t"), second, "GB")
+        two.commit()
+        committed.join()
 
 
 def test_a_decision_made_while_an_import_runs_neither_fails_it_nor_is_lost(pg_app, monkeypatch):

@@ -52,7 +52,8 @@ from app.services.tips.routing import (
 from app.services.triage import more_urgent, priority_from_flags
 
 NOTE_MAX = 1000
-LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: a NOWAIT lock held by another transaction
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: a lock not had within lock_timeout
+DECISION_LOCK_WAIT = "3s"
 
 
 @dataclass
@@ -270,17 +271,22 @@ class Decision:
 def lock_operation(session: Session, operation_id: int, *, wait: bool) -> None:
     """Imports, decisions and the directory's rerouting change the same holders and drafts:
     each takes its operation's row lock first (PostgreSQL; SQLite has one writer anyway), so
-    that they follow one another instead of deadlocking. A person's decision does not wait
-    out a running import (`wait` False): it is told to try again."""
+    that they follow one another instead of deadlocking. A person's decision waits a few
+    seconds (`wait` False: a colleague's decision ends within them), not out a running import:
+    it is told to try again."""
     if session.get_bind().dialect.name != "postgresql":
         return
     try:
-        session.execute(select(Operation.id).where(Operation.id == operation_id).with_for_update(nowait=not wait))
+        if not wait:
+            session.execute(select(func.set_config("lock_timeout", DECISION_LOCK_WAIT, True)))
+        session.execute(select(Operation.id).where(Operation.id == operation_id).with_for_update())
+        if not wait:
+            session.execute(select(func.set_config("lock_timeout", "0", True)))
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
-        raise Conflict("An import into this operation is being written just now. Decide again when it has "
-                       "finished (a full tip takes under a minute).") from None
+        raise Conflict("This operation's holders are being changed just now (an import, say). Decide again in a "
+                       "minute.") from None
 
 
 def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetime | None) -> Holder:
