@@ -1168,6 +1168,47 @@ def test_a_hit_moving_off_a_discarded_draft_keeps_each_agencys_side(session, wor
                                                                                 (True, HitSide.LOW)]
 
 
+def test_a_hit_on_a_discarded_package_does_not_move_to_a_holder_that_matches_nothing(session, world):
+    """Only the first holder of a package shares an identifier with Alpha's referral. It leaves
+    for a draft of its own (matched anew there), then the second does: the package's old hit
+    goes with the package, not onto the second holder's draft, which shares nothing."""
+    run_import(session, world, tip(account(1, email="shared@example.org"), account(2, email="own@example.org")))
+    first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    assert first.referral_id == second.referral_id
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    lead = world.actor("c_liaison")
+    moved = holder_service.set_risk_flags(session, lead, first.subject_id, {"risk_plans_to_meet": True})
+    decision = holder_service.set_risk_flags(session, lead, second.subject_id, {"risk_plans_to_meet": True})
+    session.expire_all()
+    pairs = {frozenset((h.referral_low_id, h.referral_high_id)) for h in session.scalars(select(Hit))}
+    assert pairs == {frozenset((moved.holder.referral_id, other.id))}
+    assert decision.holder.referral_id not in {r for pair in pairs for r in pair}
+
+
+def test_a_hit_moves_only_to_a_referral_of_the_same_sender(session, world):
+    """A merge makes Lefty join the referral Bravo transferred on (Bravo sends that successor):
+    the hit Lefty's package had with Alpha's referral goes with the package, and deconfliction
+    finds the pair anew with Bravo as its party."""
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    run_import(session, world, tip(account(5, username="lefty", email="shared@example.org"),
+                                   account(1, email="p@example.org", uploads_a="12")))
+    left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
+    package = left.referral_id
+    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")))
+    session.expire_all()
+    assert session.get(Holder, left.id).referral_id == onward.id and session.get(Referral, package) is None
+    for hit in session.scalars(select(Hit)):
+        senders = tuple(session.get(Referral, r).sender_agency_id for r in (hit.referral_low_id, hit.referral_high_id))
+        assert (hit.agency_low_id, hit.agency_high_id) == senders
+
+
 def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):
     holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
     actor = world.actor("c_liaison")

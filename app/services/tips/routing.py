@@ -37,6 +37,7 @@ from app.models import (
     HitMatch,
     HitSide,
     Holder,
+    Identifier,
     HolderRouting,
     Notification,
     NotificationKind,
@@ -174,8 +175,8 @@ class Router:
             select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
                    Referral.priority, Referral.transferred_from_id).where(condition)))
         self._discarded_references: dict[int, str] = {}
-        # The holders each draft lost, as the states that carry their cases now.
-        self._left: dict[int, list[HolderState]] = {}
+        # The subjects each draft lost, with the states that carry their cases now.
+        self._left: dict[int, list[tuple[int, HolderState]]] = {}
 
     # --- planning -------------------------------------------------------------------------
 
@@ -288,7 +289,7 @@ class Router:
             return
         self.unlinks.append((state.referral_id, state.subject_id))
         self.changed.add(state.referral_id)
-        self._left.setdefault(state.referral_id, []).append(into or state)
+        self._left.setdefault(state.referral_id, []).append((state.subject_id, into or state))
         state.referral_id = None
         state.packaged = False
         state.changed = True
@@ -424,35 +425,48 @@ class Router:
 
     def _keep_hits(self, discarded: list[int]) -> None:
         """The deconfliction hits on drafts about to be discarded, which may hold what two
-        agencies agreed (who leads), move to the referral that carries their holders now
-        instead of going with them: the sides swap if the pair's order turns, and the matches
-        the move brings are added when deconfliction runs next. A hit whose pair exists there
-        already goes: the existing one is the pair's."""
-        carrier = {}
-        for referral_id in discarded:
-            now_on = sorted({s.referral_id for s in self._left.get(referral_id, ())
-                             if s.referral_id is not None and s.referral_id != referral_id})
-            if now_on:
-                carrier[referral_id] = now_on[0]
-        if not carrier:
-            return
+        agencies agreed (who leads), move to the referral that carries the matched holders now
+        instead of going with them, the sides swapped if the pair's order turns; the matches
+        the move brings are added when deconfliction runs next. A hit moves only where the case
+        it matched went whole, to a referral of the same sender (its party stays right), and
+        not onto a pair that has a hit already: otherwise it goes with the draft, as before."""
         session = self.session
-        touching = list(carrier) + list(set(carrier.values()))
-        rows = session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id).where(
-            or_(Hit.referral_low_id.in_(touching), Hit.referral_high_id.in_(touching))).order_by(Hit.id)).all()
-        taken = {(row.referral_low_id, row.referral_high_id) for row in rows}
         hits, matches = Hit.__table__, HitMatch.__table__
-        entries = []
+        rows = session.execute(select(hits.c.id, hits.c.referral_low_id, hits.c.referral_high_id).where(
+            or_(hits.c.referral_low_id.in_(discarded), hits.c.referral_high_id.in_(discarded))).order_by(hits.c.id)).all()
+        if not rows:
+            return
+        matched: dict[tuple[int, str], set[int]] = {}  # (hit, side) -> subjects
+        for hit_id, side, subject_id in session.execute(
+            select(matches.c.hit_id, matches.c.side, Identifier.subject_id)
+            .join(Identifier, Identifier.id == matches.c.identifier_id)
+            .where(matches.c.hit_id.in_([row.id for row in rows]))
+        ):
+            matched.setdefault((hit_id, side), set()).add(subject_id)
+        carries = {draft: {subject: state for subject, state in self._left.get(draft, ())} for draft in discarded}
+        moves = {}
         for row in rows:
-            gone = row.referral_low_id if row.referral_low_id in carrier else row.referral_high_id
-            if gone not in carrier:
-                continue
-            other = row.referral_high_id if gone == row.referral_low_id else row.referral_low_id
-            low, high = sorted((carrier[gone], other))
-            if other in carrier or low == high or (low, high) in taken:
+            side = HitSide.LOW if row.referral_low_id in carries else HitSide.HIGH
+            gone = row.referral_low_id if side is HitSide.LOW else row.referral_high_id
+            other = row.referral_high_id if side is HitSide.LOW else row.referral_low_id
+            now_on = {carries[gone][subject].referral_id if subject in carries[gone] else None
+                      for subject in matched.get((row.id, side.value), ())}
+            if len(now_on) == 1 and None not in now_on and other not in carries:
+                moves[row.id] = (row, gone, other, now_on.pop())
+        if not moves:
+            return
+        same_sender = set(session.scalars(select(Referral.id).where(
+            Referral.id.in_(sorted({to for *_, to in moves.values()})), Referral.sender_agency_id == self.importer_id)))
+        taken = {(low, high) for low, high in session.execute(select(hits.c.referral_low_id, hits.c.referral_high_id)
+                                                               .where(or_(hits.c.referral_low_id.in_(sorted(same_sender)),
+                                                                          hits.c.referral_high_id.in_(sorted(same_sender)))))}
+        entries = []
+        for row, gone, other, to in moves.values():
+            low, high = sorted((to, other))
+            if to not in same_sender or to == other or (low, high) in taken:
                 continue
             taken.add((low, high))
-            values = {"referral_low_id": low, "referral_high_id": high}
+            values = {"referral_low_id": low, "referral_high_id": high, "version": hits.c.version + 1}
             if (low == other) != (row.referral_low_id == other):  # the sides swap
                 for column in ("agency_{}_id", "acknowledged_{}_at", "acknowledged_{}_by_id"):
                     values[column.format("low")] = hits.c[column.format("high")]
@@ -460,7 +474,7 @@ class Router:
                 session.execute(update(matches).where(matches.c.hit_id == row.id).values(side=case(
                     (matches.c.side == HitSide.LOW.value, HitSide.HIGH.value), else_=HitSide.LOW.value)))
             session.execute(update(hits).where(hits.c.id == row.id).values(values))
-            entries.append(("hit.move", "hit", row.id, {"from_referral": gone, "to_referral": carrier[gone],
+            entries.append(("hit.move", "hit", row.id, {"from_referral": gone, "to_referral": to,
                                                         "reason": "its draft was left with no holder"}))
         bulk.audit_many(session, self.actor, entries)
 
