@@ -47,7 +47,7 @@ from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering
 from app.services.tips.routing import (
-    HOLDER_STATE_COLUMNS, RISK_COLUMNS, Router, load_directory, state_from_row, target,
+    HOLDER_STATE_COLUMNS, RISK_COLUMNS, HolderState, Router, load_directory, state_from_row, target,
 )
 from app.services.triage import more_urgent, priority_from_flags
 
@@ -422,7 +422,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     rows = {row.id: row for row in session.execute(
         select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id, Holder.number)
         .where(Holder.id.in_(ids)))}
-    states, updates, entries, triaged, news = [], [], [], [], {}
+    states, entries, triaged, news = [], [], [], {}
     for holder_id in ids:
         row = rows.get(holder_id)
         if row is None or row.operation_id != operation_id or row.merged_into_id is not None:
@@ -445,14 +445,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     # `set_risk_flags` tells it.
     raised = escalate_sent_referrals(session, actor, triaged, now)
     router = Router(session, actor, operation, operation.lead_agency_id, now=now)
-    router.plan(states)
-    router.create_drafts()
-    for state in states:
-        updates.append({"id": state.id, **dict(zip(RISK_COLUMNS, state.flags)), "priority": state.priority,
-                        "routing": state.routing, "receiver_agency_id": state.receiver_agency_id,
-                        "referral_id": state.referral_id, "packaged": state.packaged, "updated_at": now})
-    bulk.update_rows(session, Holder.__table__, "id", updates)
-    router.write_links()
+    _route(session, router, states, now, triaged=True)
     notes: dict[int, list[str]] = {}
     for state in states:
         referral_id, reason, note = news.get(state.id, (None, None, None))
@@ -475,29 +468,39 @@ def reroute_after_directory_change(session: Session, actor: Actor, *, now: datet
     now = now or utcnow()
     unsent = or_(Holder.referral_id.is_(None),
                  Holder.referral_id.in_(select(Referral.id).where(Referral.status == Status.DRAFT)))
-    touched: list[int] = []
-    operations = select(Operation).where(Operation.id.in_(select(Holder.operation_id).distinct()))
-    for operation in session.scalars(operations.order_by(Operation.id)).all():
+    operations = session.scalars(select(Operation).where(Operation.id.in_(select(Holder.operation_id).distinct()))
+                                 .order_by(Operation.id)).all()
+    # Every lock first, in one order: an import into one operation matches against the others'
+    # drafts, which this may discard.
+    for operation in operations:
         lock_operation(session, operation.id, wait=True)
+    touched: list[int] = []
+    for operation in operations:
         directory = load_directory(session, operation.lead_agency_id)
         states = [state for state in map(state_from_row, session.execute(
             select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None),
                                                 unsent).order_by(Holder.id)))
                   if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)]
-        if not states:
-            continue
-        router = Router(session, actor, operation, operation.lead_agency_id, now=now, directory=directory)
-        router.plan(states)
-        router.create_drafts()
-        bulk.update_rows(session, Holder.__table__, "id", [
-            {"id": state.id, "routing": state.routing, "receiver_agency_id": state.receiver_agency_id,
-             "referral_id": state.referral_id, "packaged": state.packaged, "updated_at": now}
-            for state in states if state.changed])
-        router.write_links()
-        touched += router.finish().touched
+        if states:
+            router = Router(session, actor, operation, operation.lead_agency_id, now=now, directory=directory)
+            _route(session, router, states, now, triaged=False)
+            touched += router.finish().touched
     if touched:
         deconfliction.refresh_hits(session, actor, touched)
     return touched
+
+
+def _route(session: Session, router: Router, states: list[HolderState], now: datetime, *, triaged: bool) -> None:
+    """Route these holders, write what routing decided of them (and their triage, when
+    `triaged`: flags and priority) and their links; the caller finishes the router."""
+    router.plan(states)
+    router.create_drafts()
+    bulk.update_rows(session, Holder.__table__, "id", [
+        {"id": state.id, **({**dict(zip(RISK_COLUMNS, state.flags)), "priority": state.priority} if triaged else {}),
+         "routing": state.routing, "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
+         "packaged": state.packaged, "updated_at": now}
+        for state in states])
+    router.write_links()
 
 
 def escalation_reason(label: str, previous: Priority, level: Priority, cause: str) -> str:
