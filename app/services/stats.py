@@ -876,8 +876,11 @@ def operation_dashboard(session: Session, user, filters: Filters) -> OperationDa
         code = code or UNPLACED
         return rows.setdefault(code, OperationRow(code))
 
-    # A holder absorbed by a merge lives on in the one that took its accounts: counted there.
-    holders = visible_holders(user).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None))
+    # A holder absorbed by a merge lives on in the one that took its accounts: counted there,
+    # unless the viewer cannot see that one (an agency whose referral the absorbed one is on).
+    survivors = visible_holders(user).with_only_columns(Holder.id).scalar_subquery()
+    holders = visible_holders(user).where(Holder.operation_id == operation.id, or_(
+        Holder.merged_into_id.is_(None), Holder.merged_into_id.not_in(survivors)))
     if filters.priority:
         holders = holders.where(Holder.priority == filters.priority)
     for code, n, accounts in session.execute(

@@ -297,8 +297,15 @@ def test_images_that_are_text_are_refused_saying_what_they_are(what, data):
         files.check_content(data)
 
 
+def test_text_that_names_a_media_type_is_no_data_url(session, world):
+    data = (b"platform,account_id,username,notes\ndiscord,acc1,metadata:image/png,"
+            b"\"our data: image/png files, video/mp4 too\"\n")
+    assert run_import(session, world, data).new_accounts == 1
+
+
 @pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB",
-                                 "DATA:Video/mp4;base64,AAAAGGZ0eXBtcDQy", "data:image/svg+xml,%3Csvg%3E"])
+                                 "DATA:Video/mp4;base64,AAAAGGZ0eXBtcDQy", "data:image/svg+xml,%3Csvg%3E",
+                                 "x data: audio/ogg ;base64,T2dnUw"])
 def test_an_image_or_video_carried_inside_a_tip_refuses_the_file(session, world, url):
     """Even in a column the import does not read: Handoff never accepts images or video."""
     data = f'platform,account_id,photo\ndiscord,acc1,\ndiscord,acc2,"{url}"\n'.encode()
@@ -1095,12 +1102,18 @@ def test_a_merge_of_two_holders_on_two_sent_referrals_tells_the_absorbed_holders
     session.expire_all()
     update = session.get(Referral, to_a.id).events[-1]
     assert update.action == "update" and update.note == (
-        f"Tip later.csv (import {result.tip.id}): holder {right.label} was merged into holder {left.label}, which "
-        "took in its accounts and is followed up on another referral.")
+        f"Tip later.csv (import {result.tip.id}): holder {right.label} turned out to be the same person as another "
+        "holder of the operation, which took in its accounts; the sending agency follows them up there.")
     told, _total = deconfliction.list_notifications(session, world.users["a_liaison"], mark_seen=False)
     assert (NotificationKind.REFERRAL_UPDATED, to_a.id) in {(n.kind, n.referral_id) for n in told}
     # The survivor's own referral is told it took the accounts in.
     assert "took in the accounts of holder" in session.get(Referral, to_b.id).events[-1].note
+    # Each receiver's funnel counts the person once: Alpha sees only the holder on its referral.
+    from app.services import stats
+
+    for user, accounts in (("c_liaison", 3), ("b_liaison", 3), ("a_liaison", 1)):
+        funnel = stats.operation_dashboard(session, world.users[user], stats.Filters(operation_id=world.operation.id))
+        assert (funnel.total.holders, funnel.total.accounts) == (1, accounts), user
 
 
 def test_an_agreed_lead_survives_a_merge_that_empties_its_draft(session, world):

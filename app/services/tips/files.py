@@ -70,7 +70,7 @@ _TEXT_IMAGES = [
 ]
 # An image, video or audio file carried inside a text file, as a data: URL (a provider's
 # thumbnail, say): 0.07 s over a full tip's 27 MB.
-_MEDIA_URL = re.compile(rb"data:\s*(?:image|video|audio)/", re.IGNORECASE)
+_MEDIA_URL = re.compile(rb"(?<![\w-])data:\s*(?:image|video|audio)/[\w.+-]+\s*[;,]", re.IGNORECASE)
 
 _BINARY_BYTES = reader.CONTROL_CHARACTERS.encode("ascii")
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)

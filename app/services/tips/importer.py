@@ -564,11 +564,11 @@ class _Writer:
                 if not router.stays(states[part].referral_id):
                     continue
                 referral_id = router.current_id(states[part].referral_id)
-                if referral_id != on:
+                if referral_id != on:  # the other holder is not this receiver's to see: not named
                     news[referral_id].append(
-                        f"holder {holder_label(old_rows[part].number)} was merged into holder "
-                        f"{holder_label(old_rows[survivor].number)}, which took in its accounts and is followed up "
-                        "on another referral")
+                        f"holder {holder_label(old_rows[part].number)} turned out to be the same person as another "
+                        "holder of the operation, which took in its accounts; the sending agency follows them up "
+                        "there")
         router.record_updates({referral_id: f"Tip {tip.file_name} (import {tip.id}): {'; '.join(items)}."
                                for referral_id, items in news.items()})
 
