@@ -70,7 +70,8 @@ _TEXT_IMAGES = [
 ]
 # An image, video or audio file carried inside a text file, as a data: URL (a provider's
 # thumbnail, say): 0.07 s over a full tip's 27 MB.
-_MEDIA_URL = re.compile(rb"(?<![\w-])data:\s*(?:image|video|audio)/[\w.+-]+\s*[;,]", re.IGNORECASE)
+_MEDIA_URL = re.compile(rb"data:\s*(?:image|video|audio)/[\w.+-]+\s*[;,]", re.IGNORECASE)
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 _BINARY_BYTES = reader.CONTROL_CHARACTERS.encode("ascii")
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
@@ -146,7 +147,9 @@ def check_content(data: bytes) -> None:
         raise DomainError(f"The file holds a binary control character (byte 0x{data[control.start()]:02x} on line "
                           f"{line}), which no text tip holds. Handoff never accepts images, video or other binary "
                           "files.", field="file")
-    media = _MEDIA_URL.search(data)
+    # (A word before it, "metadata:", makes it none; a look-behind in the pattern costs 3x.)
+    media = next((m for m in _MEDIA_URL.finditer(data) if m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES),
+                 None)
     if media is not None:
         line = data.count(b"\n", 0, media.start()) + 1
         raise DomainError(f"The file holds an encoded image, video or audio file (a data: URL on line {line}). "
