@@ -126,5 +126,7 @@ def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | N
         except Exception:
             log.exception("tip import %s: could not record its outcome", import_id)
             session.rollback()
+            # If this fails as well (the database gone), the record stays "running" until its
+            # page sees this thread has ended and marks it interrupted (imports.runner_stopped).
             imports.record_failed(session, actor, session.get(TipImport, import_id), None)
             session.commit()
