@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
@@ -103,6 +103,12 @@ class TipImport(Base):
     itself is one transaction; this record is written beside it (docs/architecture.md)."""
 
     __tablename__ = "tip_imports"
+    __table_args__ = (
+        # One running import per person (a double click starts one): checked by the database,
+        # so that two requests at once cannot both pass.
+        Index("uq_tip_imports_running_user_id", "user_id", unique=True,
+              sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     operation_id: Mapped[int] = mapped_column(ForeignKey("operations.id"))

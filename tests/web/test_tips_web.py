@@ -164,6 +164,12 @@ def _record_running_import(app, web_world, runner: str, started_at=None) -> int:
         return record.id
 
 
+def _end(app, import_id: int) -> None:
+    with app.app_context():
+        db.session.get(TipImport, import_id).status = TipImportStatus.FAILED
+        db.session.commit()
+
+
 def _ended_process() -> str:
     """The runner of a process of this machine that has since exited."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -200,6 +206,7 @@ def test_an_import_run_where_this_process_cannot_see_is_running_until_it_is_hour
     browser = _login(app, LEAD)
     recent = _record_running_import(app, web_world, runner)
     assert 'http-equiv="refresh"' in browser.get(f"/tips/imports/{recent}").get_data(as_text=True)
+    _end(app, recent)  # one running import per person
     old = _record_running_import(app, web_world, runner, started_at=utcnow() - timedelta(hours=7))
     assert "process running it stopped" in browser.get(f"/tips/imports/{old}").get_data(as_text=True)
 
@@ -226,6 +233,7 @@ def test_a_process_id_given_again_after_a_restart_is_not_the_old_runner(app, web
         for runner, stopped in ((reused, True), (alive, False)):
             record = db.session.get(TipImport, _record_running_import(app, web_world, runner))
             assert imports.runner_stopped(record, running_here=False) is stopped
+            _end(app, record.id)  # one running import per person
 
 
 def test_an_import_refused_in_the_background_says_why_and_writes_nothing(app, web_world):
@@ -733,3 +741,17 @@ def test_one_import_at_a_time_each_a_second_upload_shows_the_running_one(app, we
     assert "Imported into LANTERN" in _finished(app, browser, started).get_data(as_text=True)
     with app.app_context():
         assert db.session.get(TipImport, stopped).status is TipImportStatus.FAILED
+
+
+def test_two_uploads_at_once_start_one_import(app, web_world):
+    """Both requests pass the page's check before either commits: the database lets one start."""
+    from app.services import Conflict
+
+    with app.app_context():
+        actor = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
+        imports.start(db.session, actor, web_world.operation.id, "tip.csv", GOOD, False)
+        db.session.commit()
+        with pytest.raises(Conflict, match="Your last import is still running"):
+            imports.start(db.session, actor, web_world.operation.id, "tip.csv", GOOD, False)
+        db.session.rollback()
+        assert db.session.scalar(select(func.count()).select_from(TipImport)) == 1

@@ -11,18 +11,20 @@ import socket
 from datetime import timedelta
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import Operation
 from app.models.tip import TipImport, TipImportStatus
-from app.services import DomainError, NotFound, audit
+from app.services import Conflict, DomainError, NotFound, audit
 from app.services.access import visible_imports
 from app.services.audit import Actor
 from app.services.tips import files
 from app.services.tips.importer import ImportResult, TipRejected, importing_agency, record_refusal
 
+STILL_RUNNING = "Your last import is still running. Start the next one when it has ended."
 ERRORS_KEPT = 500  # problems kept for the page; the reject file has them all
 # A full tip imports in about a minute. One recorded as running for longer than this, by a
 # process on another server or container (whose liveness this one cannot see), has stopped.
@@ -46,7 +48,10 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
                        status=TipImportStatus.RUNNING, stage="queued", started_at=utcnow(),
                        runner=this_process())
     session.add(record)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # uq_tip_imports_running_user_id: another request started one just now
+        raise Conflict(STILL_RUNNING, field="file") from None
     return record
 
 

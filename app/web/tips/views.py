@@ -67,8 +67,7 @@ def upload():
         if running is not None and _settled(running).status is TipImportStatus.RUNNING:
             # A second click, or a second file: one import at a time each (each holds its file
             # in memory and keeps a worker process per core busy).
-            flash("Your last import is still running: it is shown here. Start the next one when it has ended.",
-                  "error")
+            flash(imports.STILL_RUNNING, "error")
             return redirect(url_for("tips.import_status", import_id=running), 303)
         storage = form.file.data
         data = storage.read()
