@@ -256,6 +256,9 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
             click.echo(f"{result.rejected:,} invalid rows were skipped; --reject-file PATH would have kept them.")
     if result.ignored_columns:
         click.echo(f"Columns not read, as they are no tip field: {', '.join(result.ignored_columns)}.", err=True)
+    if result.differing_known:
+        click.echo(f"{result.differing_known:,} known accounts are given other identifiers, countries or counts in "
+                   "this file; they are kept as first imported.", err=True)
     merged = sum(len(absorbed) for _, absorbed in result.merges)
     click.echo(
         f"Imported in {time.perf_counter() - started:.1f} s: {result.rows:,} rows, {result.rejected:,} rejected; "

@@ -333,6 +333,12 @@ def test_reimporting_the_same_or_an_overlapping_file_adds_only_what_is_new(sessi
     # Case and spacing do not make an account new: the natural key is normalised.
     result = run_import(session, world, tip(account(1, account_id=" ACC1 ", email="p1@example.org")))
     assert result.new_accounts == 0
+    # A known account given otherwise stays as first imported; the summary counts it.
+    assert again.differing_known == 0 and result.differing_known == 1  # acc1 had category B uploads
+    changed = run_import(session, world, tip(account(2, email="P2@Example.org", uploads_b="1"),
+                                             account(3, email="new3@example.org", uploads_b="1")))
+    assert (changed.known_accounts, changed.differing_known) == (2, 1)
+    assert session.scalar(select(TipAccount.email).where(TipAccount.account_key == "acc3")) == "p3@example.org"
     # Who imported is the tip's to say; the rows it wrote name no creator of their own.
     assert set(session.scalars(select(Tip.imported_by_id))) == {world.users["c_liaison"].id}
     assert set(session.scalars(select(Identifier.created_by_id))) == {None}

@@ -755,3 +755,13 @@ def test_two_uploads_at_once_start_one_import(app, web_world):
             imports.start(db.session, actor, web_world.operation.id, "tip.csv", GOOD, False)
         db.session.rollback()
         assert db.session.scalar(select(func.count()).select_from(TipImport)) == 1
+
+
+def test_the_summary_says_how_many_known_accounts_the_file_gives_otherwise(app, web_world):
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="k1@example.org"), account(2)))
+    page = _import(app, browser, web_world.operation.id, tip(account(1, email="other@example.org"), account(2)))
+    text = page.get_data(as_text=True)
+    assert "Accounts already known</dt><dd>2; 1 of them given otherwise in this file" in text
+    with app.app_context():
+        assert db.session.scalar(select(TipAccount.email).where(TipAccount.account_key == "acc1")) == "k1@example.org"

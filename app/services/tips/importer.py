@@ -119,6 +119,7 @@ class ImportResult:
     reject_csv: str | None
     new_accounts: int = 0
     known_accounts: int = 0
+    differing_known: int = 0  # known accounts the file gives other identifiers, countries or counts
     new_holders: int = 0
     joined_holders: int = 0
     merges: list[tuple[int, list[int]]] = field(default_factory=list)  # (survivor, absorbed) holder ids
@@ -234,13 +235,18 @@ class _Writer:
 
         existing = session.execute(
             select(TipAccount.holder_id, TipAccount.platform, TipAccount.account_key, TipAccount.username,
-                   TipAccount.email, TipAccount.phone, TipAccount.country_hint, TipAccount.ip_country,
-                   TipAccount.uploads_a, TipAccount.uploads_b, TipAccount.uploads_c)
+                   TipAccount.email, TipAccount.phone, TipAccount.ip_addresses, TipAccount.country_hint,
+                   TipAccount.ip_country, TipAccount.uploads_a, TipAccount.uploads_b, TipAccount.uploads_c)
             .where(TipAccount.operation_id == op.id).order_by(TipAccount.id)
         ).all()
-        known = {(row.platform, row.account_key) for row in existing}
+        known = {(row.platform, row.account_key): row for row in existing}
         new = [a for a in accounts if a.natural_key not in known]
         result.known_accounts = len(accounts) - len(new)
+        if result.known_accounts:
+            # A known account is kept as first imported: the summary says how many the file
+            # gives otherwise, so that a provider's corrected tip is not taken as applied.
+            result.differing_known = sum(1 for a in accounts if a.natural_key in known
+                                         and _stored_otherwise(known[a.natural_key], a))
         result.new_accounts = len(new)
         self._lap("load")
         if not new:
@@ -688,13 +694,23 @@ class _Writer:
         entries.append(("tip.import", "tip", tip.id, {
             "operation": self.operation.code, "file": tip.file_name, "sha256": tip.file_sha256, "rows": tip.rows,
             "accepted": tip.accepted, "rejected": tip.rejected, "new_accounts": tip.new_accounts,
-            "known_accounts": tip.known_accounts, "new_holders": tip.new_holders,
+            "known_accounts": tip.known_accounts, "differing_known": result.differing_known,
+            "new_holders": tip.new_holders,
             "joined_holders": tip.joined_holders, "merged_holders": tip.merged_holders,
             "drafts_created": tip.drafts_created, "drafts_changed": len(result.routing.changed),
             "drafts_discarded": len(result.routing.discarded),
         }))
         bulk.audit_many(self.session, self.actor, entries)
         self._lap("finish")
+
+
+def _stored_otherwise(row, account: Account) -> bool:
+    """Whether the file gives a known account other identifiers, countries or counts than the
+    ones stored (canonical forms on both sides)."""
+    return (row.username, row.email, row.phone, row.ip_addresses, row.country_hint, row.ip_country, row.uploads_a,
+            row.uploads_b, row.uploads_c) != (account.username, account.email, account.phone, ";".join(account.ips),
+                                              account.country_hint, account.ip_country, account.uploads_a,
+                                              account.uploads_b, account.uploads_c)
 
 
 @contextmanager

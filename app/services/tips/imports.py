@@ -145,7 +145,8 @@ def record_done(record: TipImport, result: ImportResult) -> None:
     record.tip_id = tip.id
     record.summary = {
         "rows": result.rows, "rejected": result.rejected, "new_accounts": result.new_accounts,
-        "known_accounts": result.known_accounts, "new_holders": result.new_holders,
+        "known_accounts": result.known_accounts, "differing_known": result.differing_known,
+        "new_holders": result.new_holders,
         "joined_holders": result.joined_holders, "merged_holders": tip.merged_holders,
         "common_identifiers": result.common_identifiers, "drafts_created": len(result.routing.created),
         "drafts_changed": len(result.routing.changed),
