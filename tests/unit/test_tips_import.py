@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.models import (
     Agency,
@@ -1415,7 +1415,9 @@ def test_a_decision_while_an_import_writes_is_told_to_wait_not_deadlocked(pg_app
             holder_service.set_jurisdiction(deciding, lead, subject_id, "GB")
         deciding.rollback()
         importing.rollback()  # the import has ended
+        deciding.execute(text("SET LOCAL lock_timeout = '7s'"))  # a setting of the role's, say
         holder_service.set_jurisdiction(deciding, lead, subject_id, "GB")
+        assert deciding.scalar(text("SELECT current_setting('lock_timeout')")) == "7s"  # given back
         deciding.commit()
         assert deciding.get(Holder, holder_id).jurisdiction == "GB"
 
@@ -1439,6 +1441,41 @@ def test_two_people_deciding_on_two_holders_at_once_both_decide(pg_app):
         holder_service.set_jurisdiction(two, Actor(two.get(User, world.users["c_liaison"].id), "t"), second, "GB")
         two.commit()
         committed.join()
+
+
+def test_a_directory_edit_while_an_import_writes_waits_for_it_without_deadlock(pg_app):
+    """PostgreSQL: the edit locks the operations before it writes its audit entry; the import,
+    which holds its operation and audits at the end, finishes first, then the edit reroutes."""
+    import threading
+
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    world, _holder_id, _subject_id = _committed_review_holder(pg_app)
+    errors: list[Exception] = []
+    with make_session() as importing, make_session() as editing:
+        importing.execute(select(Operation.id).where(Operation.id == world.operation.id).with_for_update())
+
+        def edit():
+            try:
+                bravo = editing.get(Agency, world.agencies["b"].id)
+                directory.update_agency(editing, Actor(editing.get(User, world.users["a_admin"].id), "t"), bravo.id,
+                                        _agency_data(bravo, is_focal_point=False))
+                editing.commit()
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                errors.append(exc)
+                editing.rollback()
+
+        thread = threading.Thread(target=edit)
+        thread.start()
+        thread.join(1.0)  # the edit waits for the operation's lock
+        try:
+            audit.record(importing, Actor(importing.get(User, world.users["c_liaison"].id), "t"), "tip.import",
+                         "tip", 1)
+            importing.commit()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+            importing.rollback()
+        thread.join(30)
+    assert errors == []
 
 
 def test_a_decision_made_while_an_import_runs_neither_fails_it_nor_is_lost(pg_app, monkeypatch):

@@ -276,12 +276,15 @@ def lock_operation(session: Session, operation_id: int, *, wait: bool) -> None:
     it is told to try again."""
     if session.get_bind().dialect.name != "postgresql":
         return
+    locked = select(Operation.id).where(Operation.id == operation_id).with_for_update()
     try:
-        if not wait:
-            session.execute(select(func.set_config("lock_timeout", DECISION_LOCK_WAIT, True)))
-        session.execute(select(Operation.id).where(Operation.id == operation_id).with_for_update())
-        if not wait:
-            session.execute(select(func.set_config("lock_timeout", "0", True)))
+        if wait:
+            session.execute(locked)
+            return
+        before = session.scalar(select(func.current_setting("lock_timeout")))  # the role's or the server's
+        session.execute(select(func.set_config("lock_timeout", DECISION_LOCK_WAIT, True)))
+        session.execute(locked)
+        session.execute(select(func.set_config("lock_timeout", before, True)))
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
@@ -468,12 +471,7 @@ def reroute_after_directory_change(session: Session, actor: Actor, *, now: datet
     now = now or utcnow()
     unsent = or_(Holder.referral_id.is_(None),
                  Holder.referral_id.in_(select(Referral.id).where(Referral.status == Status.DRAFT)))
-    operations = session.scalars(select(Operation).where(Operation.id.in_(select(Holder.operation_id).distinct()))
-                                 .order_by(Operation.id)).all()
-    # Every lock first, in one order: an import into one operation matches against the others'
-    # drafts, which this may discard.
-    for operation in operations:
-        lock_operation(session, operation.id, wait=True)
+    operations = lock_operations_with_holders(session)
     touched: list[int] = []
     for operation in operations:
         directory = load_directory(session, operation.lead_agency_id)
@@ -488,6 +486,18 @@ def reroute_after_directory_change(session: Session, actor: Actor, *, now: datet
     if touched:
         deconfliction.refresh_hits(session, actor, touched)
     return touched
+
+
+def lock_operations_with_holders(session: Session) -> list[Operation]:
+    """Every operation with holders, each locked (`lock_operation`), in one order: a directory
+    change reroutes them all, and an import into one matches against the others' drafts. Taken
+    before the change writes anything (its audit entry locks the audit chain's head, which an
+    import or a decision holding an operation's lock waits for)."""
+    operations = session.scalars(select(Operation).where(Operation.id.in_(select(Holder.operation_id).distinct()))
+                                 .order_by(Operation.id)).all()
+    for operation in operations:
+        lock_operation(session, operation.id, wait=True)
+    return operations
 
 
 def _route(session: Session, router: Router, states: list[HolderState], now: datetime, *, triaged: bool) -> None:
