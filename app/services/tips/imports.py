@@ -10,7 +10,7 @@ import os
 import socket
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -50,9 +50,19 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
     session.add(record)
     try:
         session.flush()
-    except IntegrityError:  # uq_tip_imports_running_user_id: another request started one just now
-        raise Conflict(STILL_RUNNING, field="file") from None
+    except IntegrityError as exc:
+        if not _one_running_each(exc):
+            raise
+        raise Conflict(STILL_RUNNING, field="file") from None  # another request started one just now
     return record
+
+
+def _one_running_each(exc: IntegrityError) -> bool:
+    """Whether the refused row broke `uq_tip_imports_running_user_id` (SQLite names the column)."""
+    diagnostics = getattr(exc.orig, "diag", None)
+    if diagnostics is not None:
+        return diagnostics.constraint_name == "uq_tip_imports_running_user_id"
+    return "tip_imports.user_id" in str(exc.orig)
 
 
 def get_import(session: Session, user, import_id: int) -> TipImport:
@@ -64,10 +74,11 @@ def get_import(session: Session, user, import_id: int) -> TipImport:
     return record
 
 
-def running_import_id(session: Session, user) -> int | None:
-    """The id of the user's latest import recorded as running, if any."""
-    return session.scalar(visible_imports(user).with_only_columns(TipImport.id)
-                          .where(TipImport.status == TipImportStatus.RUNNING).order_by(TipImport.id.desc()).limit(1))
+def own_running_import(session: Session, user) -> TipImport | None:
+    """The user's import recorded as running, in whichever operation (one runs at a time each):
+    to settle before their next upload, shown to them only through `get_import`."""
+    return session.scalars(select(TipImport).where(TipImport.user_id == user.id,
+                                                   TipImport.status == TipImportStatus.RUNNING)).one_or_none()
 
 
 def this_process() -> str:

@@ -14,8 +14,8 @@ from flask_login import current_user, login_required
 
 from app.extensions import db
 from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
-from app.models.tip import TipImport, TipImportStatus
-from app.services import DomainError
+from app.models.tip import TipImport
+from app.services import DomainError, NotFound
 from app.services.access import get_visible_holder, led_operations, visible_operations
 from app.services.tips import holders as service
 from app.services.tips import imports
@@ -63,12 +63,17 @@ def upload():
     if request.method == "GET" and request.args.get("operation", type=int):
         form.operation.data = request.args.get("operation", type=int)
     if form.validate_on_submit():
-        running = imports.running_import_id(db.session, current_user)
-        if running is not None and _settled(running).status is TipImportStatus.RUNNING:
+        running = imports.own_running_import(db.session, current_user)
+        # Asked after reading the record: an outcome committed in between is never overwritten.
+        if running is not None and not _settled(running, background.running_here(current_app, running.id)).finished:
             # A second click, or a second file: one import at a time each (each holds its file
             # in memory and keeps a worker process per core busy).
             flash(imports.STILL_RUNNING, "error")
-            return redirect(url_for("tips.import_status", import_id=running), 303)
+            try:
+                imports.get_import(db.session, current_user, running.id)
+            except NotFound:  # in an operation their agency no longer leads
+                return render_template("tips/upload.html", form=form, operations=operations), 409
+            return redirect(url_for("tips.import_status", import_id=running.id), 303)
         storage = form.file.data
         data = storage.read()
         try:
@@ -84,12 +89,10 @@ def upload():
     return render_template("tips/upload.html", form=form, operations=operations), status
 
 
-def _settled(import_id: int) -> TipImport:
-    """The user's import, recorded as interrupted first if the process running it stopped."""
-    running_here = background.running_here(current_app, import_id)  # asked first: see runner_stopped
-    record = imports.get_import(db.session, current_user, import_id)
+def _settled(record: TipImport, running_here: bool) -> TipImport:
+    """The import's record, recorded as interrupted first if the process running it stopped."""
     if imports.runner_stopped(record, running_here=running_here):
-        background.record_interrupted(current_app._get_current_object(), import_id)
+        background.record_interrupted(current_app._get_current_object(), record.id)
         db.session.refresh(record)
     return record
 
@@ -97,7 +100,8 @@ def _settled(import_id: int) -> TipImport:
 @bp.route("/imports/<int:import_id>")
 @login_required
 def import_status(import_id: int):
-    record = _settled(import_id)
+    running_here = background.running_here(current_app, import_id)  # asked first: see runner_stopped
+    record = _settled(imports.get_import(db.session, current_user, import_id), running_here)
     errors = [RowError(*error) for error in record.errors or []]
     return render_template("tips/import_status.html", record=record, errors=errors, error_count=record.error_count,
                            stages=STAGES)
