@@ -590,6 +590,22 @@ def test_counts_summed_past_32_bits_are_stored_whole(session, world):
     assert session.get(Referral, package.id).grade_c == 2_200_000_000
 
 
+def test_a_holder_merged_twice_over_points_to_where_its_accounts_are(session, world):
+    """C is absorbed into B, then B into A: C's accounts are A's, and C says so."""
+    run_import(session, world, tip(account(1, email="a@example.org"), account(2, email="b@example.org"),
+                                   account(3, email="c@example.org")))
+    a, b, c = (holder_of(session, world, f"acc{n}") for n in (1, 2, 3))
+    run_import(session, world, tip(account(4, email="b@example.org", phone="+61 412 000 004"),
+                                   account(5, email="c@example.org", phone="+61 412 000 004")), file_name="2.csv")
+    run_import(session, world, tip(account(6, email="a@example.org", username="bridge"),
+                                   account(7, email="b@example.org", username="bridge")), file_name="3.csv")
+    session.expire_all()
+    assert session.get(Holder, b.id).merged_into_id == a.id
+    assert session.get(Holder, c.id).merged_into_id == a.id
+    view = holder_service.view_holder(session, world.actor("c_liaison"), a.subject_id)
+    assert {m.id for m in view.merged_from} == {b.id, c.id} and len(view.accounts) == 7
+
+
 def test_a_merge_keeps_the_jurisdiction_a_person_set_on_an_absorbed_holder(session, world):
     run_import(session, world, tip(account(1, email="left@example.org"),
                                    account(2, username="righty", country_hint="AU", ip_country="NZ")))

@@ -451,6 +451,9 @@ class _Writer:
             accounts_table = TipAccount.__table__
             session.execute(update(accounts_table).where(accounts_table.c.holder_id == bindparam("absorbed"))
                             .values(holder_id=bindparam("survivor")), moves)
+            # Holders merged into an absorbed one earlier point where their accounts are now.
+            session.execute(update(holder_table).where(holder_table.c.merged_into_id == bindparam("absorbed"))
+                            .values(merged_into_id=bindparam("survivor")), moves)
         self._lap("write holders")
 
         account_table = TipAccount.__table__
