@@ -1091,10 +1091,14 @@ def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(se
     assert "its evidence now points to New Zealand" in session.get(Referral, sent.id).events[-1].note
 
 
-def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):
-    run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="12")))
+def _merged_into_a_transferred_referral(session, world, **lefty) -> tuple[Holder, int, Referral]:
+    """Lefty's package holder, merged by a later account with a P2 holder whose referral Bravo
+    transferred on to the Intl Bureau: (Lefty, its package draft's id, the onward referral)."""
+    run_import(session, world, tip(account(5, username="lefty", **lefty),
+                                   account(1, email="p@example.org", uploads_a="12")))
     left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
-    assert left.referral_id != right.referral_id  # a package, and a P2 holder's own referral
+    package = left.referral_id
+    assert package != right.referral_id  # a package, and a P2 holder's own referral
     sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
     referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
     referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
@@ -1102,6 +1106,11 @@ def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, w
                                   transfer_to_agency_id=world.agencies["i"].id)
     run_import(session, world, tip(account(9, username="lefty", email="p@example.org")))
     session.expire_all()
+    return left, package, onward
+
+
+def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):
+    left, _package, onward = _merged_into_a_transferred_referral(session, world)
     merged = session.get(Holder, left.id)
     assert (merged.referral_id, merged.receiver_agency_id) == (onward.id, world.agencies["i"].id)
     assert session.scalar(select(func.count()).select_from(referral_subjects).where(
@@ -1227,17 +1236,7 @@ def test_a_hit_moves_only_to_a_referral_of_the_same_sender(session, world):
     finds the pair anew with Bravo as its party."""
     other = make_referral(session, world, status="sent", sender="a", receiver="b")
     subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
-    run_import(session, world, tip(account(5, username="lefty", email="shared@example.org"),
-                                   account(1, email="p@example.org", uploads_a="12")))
-    left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
-    package = left.referral_id
-    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
-    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
-    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")))
-    session.expire_all()
+    left, package, onward = _merged_into_a_transferred_referral(session, world, email="shared@example.org")
     assert session.get(Holder, left.id).referral_id == onward.id and session.get(Referral, package) is None
     for hit in session.scalars(select(Hit)):
         senders = tuple(session.get(Referral, r).sender_agency_id for r in (hit.referral_low_id, hit.referral_high_id))

@@ -767,18 +767,23 @@ def test_the_summary_says_how_many_known_accounts_the_file_gives_otherwise(app, 
         assert db.session.scalar(select(TipAccount.email).where(TipAccount.account_key == "acc1")) == "k1@example.org"
 
 
-def test_an_interrupted_import_in_an_operation_no_longer_theirs_does_not_block_the_next(app, web_world):
+def _moved_to_alpha_with_an_operation(app, web_world) -> int:
+    """The lead's liaison officer moves to Alpha Police, which opens an operation: its id."""
     from datetime import date
 
     from app.models import Operation
 
-    stopped = _record_running_import(app, web_world, _ended_process())
-    with app.app_context():  # moved to Alpha Police, which opens an operation of its own
+    with app.app_context():
         db.session.scalar(select(User).where(User.email == LEAD)).agency_id = web_world.agencies["a"].id
         other = Operation(code="HARBOUR", lead_agency_id=web_world.agencies["a"].id, opened_on=date(2026, 2, 1))
         db.session.add(other)
         db.session.commit()
-        other_id = other.id
+        return other.id
+
+
+def test_an_interrupted_import_in_an_operation_no_longer_theirs_does_not_block_the_next(app, web_world):
+    stopped = _record_running_import(app, web_world, _ended_process())
+    other_id = _moved_to_alpha_with_an_operation(app, web_world)
     browser = _login(app, LEAD)
     assert "Imported into HARBOUR" in _import(app, browser, other_id, GOOD).get_data(as_text=True)
     with app.app_context():
@@ -788,22 +793,13 @@ def test_an_interrupted_import_in_an_operation_no_longer_theirs_does_not_block_t
 def test_an_import_still_running_elsewhere_is_named_not_linked(app, web_world, monkeypatch):
     """The running import is in an operation the person's agency no longer leads: the next
     upload waits for it, and says so without leading to a page they may not read."""
-    from datetime import date
-
-    from app.models import Operation
-
     release = threading.Event()
     imported = importer.import_tip
     monkeypatch.setattr(importer, "import_tip", lambda *a, **k: (release.wait(timeout=60), imported(*a, **k))[1])
     browser = _login(app, LEAD)
     first = _upload(browser, web_world.operation.id, GOOD)
     try:
-        with app.app_context():
-            db.session.scalar(select(User).where(User.email == LEAD)).agency_id = web_world.agencies["a"].id
-            other = Operation(code="HARBOUR", lead_agency_id=web_world.agencies["a"].id, opened_on=date(2026, 2, 1))
-            db.session.add(other)
-            db.session.commit()
-            other_id = other.id
+        other_id = _moved_to_alpha_with_an_operation(app, web_world)
         again = _login(app, LEAD)
         refused = _upload(again, other_id, GOOD)
         assert refused.status_code == 409 and "Your last import is still running" in refused.get_data(as_text=True)
