@@ -250,6 +250,74 @@ def test_a_long_file_name_is_shortened_with_its_extension_kept():
     assert files.stored_name("folder/tip.jsonl") == "tip.jsonl"
 
 
+@pytest.mark.parametrize("field, value", [("first_seen", "0001-01-01T00:00+01:00"),
+                                          ("last_seen", "9999-12-31T23:30-01:00")])
+def test_a_date_out_of_range_once_in_utc_is_a_bad_row_not_a_crash(session, world, field, value):
+    with pytest.raises(TipRejected) as refused:
+        run_import(session, world, tip(account(1), account(2, **{field: value})))
+    assert [(e.line, e.field, e.reason[:25]) for e in refused.value.errors] == [(3, field, "out of the range of dates")]
+
+
+def test_a_row_with_more_fields_than_the_header_is_a_bad_row():
+    """An unquoted "1,500" would move a count into the next column, unreported."""
+    data = b"platform,account_id,uploads_a,uploads_b,uploads_c\ndiscord,acc1,1,500,0,7\ndiscord,acc2,1,,,\n"
+    result = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [a.account_id for a in result.accounts] == ["acc2"]  # empty extra cells are nothing
+    assert [(e.line, e.field, e.reason) for e in result.errors] == [
+        (2, "-", "6 fields where the header names 5 (a value with a comma in it is written in quotes)")]
+
+
+@pytest.mark.parametrize("blank", [",,,", "   ", '"",,'])
+def test_a_row_of_nothing_but_separators_is_no_row(blank, monkeypatch):
+    data = f"{blank}\nplatform,account_id,username,email\ndiscord,a,x,\n{blank}\ndiscord,b,y,\n".encode()
+    result = reader.read(io.BytesIO(data), "csv", b"k")
+    assert (result.rows, result.errors, [a.line for a in result.accounts]) == (2, [], [3, 5])
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    parallel = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=1)
+    assert (parallel.rows, parallel.errors, [a.line for a in parallel.accounts]) == (2, [], [3, 5])
+
+
+@pytest.mark.parametrize("literal, refused", [("NaN", "NaN is no JSON number"), ("Infinity", "Infinity is no JSON"),
+                                              ("1e400000", "more than 2000 digits")])
+def test_a_json_account_id_that_is_no_exact_number_is_refused(literal, refused):
+    data = ('{"platform": "discord", "account_id": %s}\n' % literal).encode()
+    result = reader.read(io.BytesIO(data), "jsonl", b"k")
+    assert result.accounts == [] and refused in result.errors[0].reason
+
+
+def test_a_json_number_keeps_every_digit():
+    data = b'{"platform": "discord", "account_id": 12345678901234567890.0, "uploads_a": 1e3}\n'
+    (only,) = reader.read(io.BytesIO(data), "jsonl", b"k").accounts
+    assert (only.account_id, only.uploads_a) == ("12345678901234567890", 1000)
+
+
+def test_a_byte_order_mark_inside_a_json_lines_file_reads_the_same_in_chunks(monkeypatch):
+    lines = [json.dumps({"platform": "discord", "account_id": f"a{n}"}) for n in range(1, 7)]
+    lines[3] = "\ufeff" + lines[3]  # two files joined
+    data = ("\ufeff" + "\n".join(lines) + "\n").encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    single = reader.read(io.BytesIO(data), "jsonl", b"k")
+    parallel = validation.validate(data, "jsonl", b"k", workers=2, chunk_bytes=1)
+    assert [(e.line, e.field) for e in single.errors] == [(4, "-")]
+    assert [(e.line, e.field) for e in parallel.errors] == [(4, "-")]
+    assert [tuple(a) for a in parallel.accounts] == [tuple(a) for a in single.accounts]
+
+
+@pytest.mark.parametrize("data, line", [
+    (b"platform,account_id,username\rdiscord,a,x\rdiscord,b,data:image/png;base64,AAAA\r", 3),  # lone CRs
+    (b"platform,account_id,username\ndiscord,a,x\ndiscord,b,esc\x1bape\n", 3),  # within the sniffed head
+])
+def test_a_file_refused_for_what_it_holds_names_the_line(data, line):
+    with pytest.raises(DomainError, match=f"on line {line}\\)"):
+        files.check_content(data)
+
+
+def test_a_bad_international_phone_is_reported_beside_an_unknown_country():
+    data = b"platform,account_id,country_hint,phone\ndiscord,a,Atlantis,+1 2\ndiscord,b,Atlantis,2\n"
+    result = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [(e.line, e.field) for e in result.errors] == [(2, "country_hint"), (2, "phone"), (3, "country_hint")]
+
+
 def test_json_keys_no_field_takes_are_named_once_however_the_file_is_cut(monkeypatch):
     lines = [json.dumps({"platform": "discord", "account_id": f"acc{n}", "Verified": n % 2 == 0, "meta": {"n": n}})
              for n in range(200)]

@@ -19,6 +19,7 @@ from app.services.exports import neutralise
 from app.services.tips import reader
 
 EXTENSIONS = (".csv", ".jsonl", ".ndjson")
+BINARY = "a binary file"
 SNIFF_BYTES = 65536
 
 # (offset, signature, what it is)
@@ -95,7 +96,7 @@ def media_kind(head: bytes) -> str | None:
     if _utf16_without_bom(head):
         return "UTF-16 text (save it as UTF-8)"
     if head[:SNIFF_BYTES].translate(None, _OTHER_BYTES):  # anything left is a binary control byte
-        return "a binary file"
+        return BINARY
     if _SVG.match(head):
         return "an SVG image"
     for pattern, what in _TEXT_IMAGES:
@@ -138,12 +139,12 @@ def check_content(data: bytes) -> None:
     if not data.removeprefix(b"\xef\xbb\xbf").strip():
         raise DomainError("The file is empty.", field="file")
     what = media_kind(data[:SNIFF_BYTES])
-    if what is not None:
+    if what is not None and what != BINARY:  # a binary byte in text: named with its line below
         raise DomainError(f"This file is {what}, not a CSV or JSON Lines tip. Handoff never accepts images, "
                           "video or other binary files.", field="file")
     if data.translate(None, _OTHER_BYTES):  # some binary control byte, past the head (8 ms a tip's 27 MB)
         control = _BINARY_BYTE.search(data)
-        line = data.count(b"\n", 0, control.start()) + 1
+        line = reader.line_ends(data, 0, control.start()) + 1
         raise DomainError(f"The file holds a binary control character (byte 0x{data[control.start()]:02x} on line "
                           f"{line}), which no text tip holds. Handoff never accepts images, video or other binary "
                           "files.", field="file")
@@ -151,14 +152,14 @@ def check_content(data: bytes) -> None:
     media = next((m for m in _MEDIA_URL.finditer(data) if m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES),
                  None)
     if media is not None:
-        line = data.count(b"\n", 0, media.start()) + 1
+        line = reader.line_ends(data, 0, media.start()) + 1
         raise DomainError(f"The file holds an encoded image, video or audio file (a data: URL on line {line}). "
                           "Handoff never accepts images or video: take it out and import the file again.",
                           field="file")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        line = reader.line_ends(data, 0, exc.start) + 1
         raise DomainError(f"The file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}). "
                           "Save it as UTF-8 and import it again.", field="file") from None
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import IO, NamedTuple
 
 from app.services import countries
@@ -102,13 +103,14 @@ def detect_format(name: str, head: bytes) -> str:
 Records = Iterator[tuple[int, dict[str, str], "list[RowError] | tuple[RowError, ...]"]]
 
 
-def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None) -> Records:
+def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None, *, bom: bool = True) -> Records:
     """(line, record, problems) for each record of the file: the record's fields as text, keyed
     as `record_keys` says, and what makes the record (field `WHOLE_RECORD`) or some of its fields
     unreadable; the record then holds what could be read, for the reject file. A record is
     numbered by the line it starts on (a quoted CSV field may hold line breaks). Columns that
-    are no tip field are added to `ignored`."""
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    are no tip field are added to `ignored`. `bom`: the stream is a whole file, which may start
+    with a byte-order mark (a chunk cut from a file's middle starts with a line of it)."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig" if bom else "utf-8", newline="")
     if fmt == "jsonl":
         yield from _json_records(text, {} if ignored is None else ignored)
         return
@@ -117,7 +119,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     line = 1  # the header's: blank lines before it are no header
     try:
         for header in rows:
-            if header:
+            if not _blank(header):
                 break
             line = rows.line_num + 1
     except csv.Error as exc:
@@ -145,13 +147,29 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
             yield start, {}, [RowError(start, WHOLE_RECORD, f"not readable as CSV ({exc})")]
             start = rows.line_num + 1
             continue
-        if row:  # a blank line is no record
+        if not _blank(row):  # a blank line, or one of separators only, is no record
             if "'" in "".join(row):
                 row = list(map(restore_cell, row))
+            problems = _NO_PROBLEMS
             if len(row) < width:
                 row += [""] * (width - len(row))  # a short row's missing fields read as empty
-            yield start, dict(zip(keys, row)), _NO_PROBLEMS  # a long row's extra fields dropped
+            elif len(row) > width and any(cell.strip() for cell in row[width:]):
+                # An unquoted comma ("1,500") would shift a value into the next column.
+                problems = [RowError(start, WHOLE_RECORD, f"{len(row)} fields where the header names {width} "
+                                                          "(a value with a comma in it is written in quotes)")]
+            yield start, dict(zip(keys, row)), problems
         start = rows.line_num + 1
+
+
+def line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Line ends as the reader counts them: LF, CRLF, and a lone CR."""
+    end = len(data) if end is None else end
+    return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
+
+
+def _blank(row: list[str]) -> bool:
+    """A row with nothing in it: no fields, or empty ones (a spreadsheet's empty row, ",,,")."""
+    return not row or not (row[0].strip() or any(cell.strip() for cell in row))
 
 
 def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
@@ -159,9 +177,14 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
         if not line.strip():
             continue
         try:
-            record = json.loads(line, object_pairs_hook=_JSONObject.of)
+            # Numbers as decimals: an id written as a number must not lose digits to a float.
+            record = json.loads(line, object_pairs_hook=_JSONObject.of, parse_float=Decimal,
+                                parse_constant=_no_json_number)
         except json.JSONDecodeError as exc:
             yield number, {}, [RowError(number, WHOLE_RECORD, f"not valid JSON ({exc.msg})")]
+            continue
+        except _NoJSONNumber as exc:
+            yield number, {}, [RowError(number, WHOLE_RECORD, f"not valid JSON ({exc} is no JSON number)")]
             continue
         except (ValueError, RecursionError):  # a number of over 4,300 digits; nesting too deep
             yield number, {}, [RowError(number, WHOLE_RECORD,
@@ -229,6 +252,14 @@ CONTROL_CHARACTERS = "".join(chr(code) for code in [*range(32), 127] if code not
 _CONTROL = re.compile(f"[{re.escape(CONTROL_CHARACTERS)}]")
 
 
+class _NoJSONNumber(ValueError):
+    """NaN or Infinity, which Python's json reads and JSON has not."""
+
+
+def _no_json_number(name: str):
+    raise _NoJSONNumber(name)
+
+
 def _json_text(name: str, value) -> tuple[str, str | None]:
     """A JSON value as the text a CSV cell would hold, and why no field takes it, if none does:
     true, an object, a list other than of addresses, a text that is not Unicode (the text is
@@ -240,8 +271,10 @@ def _json_text(name: str, value) -> tuple[str, str | None]:
         return (json.dumps(value), problem) if problem else (value, None)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value), None
-    if isinstance(value, float):
-        return (str(int(value)) if value.is_integer() else str(value)), None
+    if isinstance(value, Decimal):  # exact: 12345678901234567890.0 is that whole number
+        if value.adjusted() >= MAX_FIELD:
+            return str(value), f"a number of more than {MAX_FIELD} digits"
+        return (str(int(value)) if value == value.to_integral_value() else str(value)), None
     if name == "ip_addresses" and isinstance(value, list) and all(isinstance(item, str) for item in value):
         problem = next(filter(None, map(_text_problem, value)), None)
         return (json.dumps(value), problem) if problem else (";".join(value), None)
@@ -268,10 +301,11 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, duplicates: bool = True) -> ReadResult:
+def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, duplicates: bool = True,
+         bom: bool = True) -> ReadResult:
     """Parse and validate every row, computing match keys under `secret`; lines are reported
-    `line_offset` further on (the stream being a chunk of a larger file). A good row whose
-    account came earlier is an error, unless `duplicates` is off (a chunk's caller checks
+    `line_offset` further on (the stream being a chunk of a larger file, `bom` off). A good row
+    whose account came earlier is an error, unless `duplicates` is off (a chunk's caller checks
     across chunks). Raises UnicodeDecodeError for a file that is not UTF-8."""
     accounts: list[Account] = []
     errors: list[RowError] = []
@@ -280,7 +314,7 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
     seen: dict[tuple[str, str], int] = {}
     rows = 0
     checker = _RowChecker(secret)
-    for number, record, problems in _records(stream, fmt, ignored):
+    for number, record, problems in _records(stream, fmt, ignored, bom=bom):
         rows += 1
         number += line_offset
         for problem in problems:
@@ -340,7 +374,9 @@ def _when(value: str, name: str, line: int, errors: list[RowError]) -> datetime 
         return _utc_datetime(value)
     except ValueError:
         errors.append(RowError(line, name, f"not an ISO 8601 date or time: {value[:40]!r}"))
-        return None
+    except OverflowError:  # year 1 or 9999 with an offset that takes it out of range in UTC
+        errors.append(RowError(line, name, f"out of the range of dates: {value[:40]!r}"))
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -445,8 +481,8 @@ class _RowChecker:
         if phone:
             region = country_hint or ip_country
             # Without a country, a national number cannot be judged: if the row's country is
-            # wrong, that is its problem, reported already.
-            country_rejected = region is None and (hint or ip_code)
+            # wrong, that is its problem, reported already. One with its country code can.
+            country_rejected = region is None and (hint or ip_code) and not phone.startswith(("+", "00"))
             phone_ident = identifier(_PHONE, "phone", phone, None, region, line, [] if country_rejected else errors)
         ip_idents = [identifier(_IP, "ip_addresses", address, None, None, line, errors)
                      for address in map(str.strip, ip_addresses.split(";")) if address]

@@ -88,7 +88,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     chunk_header = header[:-1] + b"\n" if header.endswith(b"\r") else header
     for start, end in chunks:
         tasks.append((fmt, chunk_header, body[start:end], line, secret))
-        line += _line_ends(body, start, end)
+        line += reader.line_ends(body, start, end)
     parallel = workers > 1 and len(tasks) > 1 and len(data) >= PARALLEL_MIN_BYTES
     done = 0
     if progress:
@@ -133,20 +133,14 @@ def _split_header(data: bytes, fmt: str) -> tuple[bytes, bytes, int]:
     if fmt != "csv":
         return b"", data, 1
     start = end = 0
-    for end in _record_ends(data):  # blank lines before the header go with it
-        if data[start:end].strip(b"\r\n"):
+    for end in _record_ends(data):  # blank lines (or of separators only) before the header go with it
+        if data[start:end].strip(b'\r\n\t ,"'):
             break
         start = end
     else:
         end = len(data)
     header = data[:end]
-    return header, data[end:], _line_ends(header) + 1
-
-
-def _line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
-    """Line ends as the reader counts them: LF, CRLF, and a lone CR."""
-    end = len(data) if end is None else end
-    return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
+    return header, data[end:], reader.line_ends(header) + 1
 
 
 def _chunks(body: bytes, fmt: str, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -222,7 +216,8 @@ def _read_chunk(task) -> tuple[int, list[tuple], list[tuple[int, str, str]], dic
     fmt, header, body, _first_line, secret = task
     # Duplicates are found as the chunks are merged in file order, so that each names the
     # same first line as one reader of the whole file would.
-    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=_line_offset(task), duplicates=False)
+    result = reader.read(io.BytesIO(header + body), fmt, secret, line_offset=_line_offset(task), duplicates=False,
+                         bom=False)  # the file's own mark is off its header already
     # Accounts as plain tuples: they pickle and unpickle far faster than named ones.
     accounts = [tuple(account) for account in result.accounts]
     errors = [(e.line, e.field, e.reason) for e in result.errors]
@@ -235,7 +230,7 @@ def _line_offset(task) -> int:
     """What to add to a line number within the chunk (counted from the header, line 1, or for
     JSON Lines from 1) to make it the file's."""
     fmt, header, _body, first_line, _secret = task
-    return first_line - (_line_ends(header) + 1 if fmt == "csv" else 1)
+    return first_line - (reader.line_ends(header) + 1 if fmt == "csv" else 1)
 
 
 def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
