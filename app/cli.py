@@ -193,7 +193,7 @@ def _stage_printer():
 @click.option("--operation", "operation_code", required=True, help="The operation's code.")
 @click.option("--skip-invalid", is_flag=True, help="Import the good rows; the bad ones go to the reject file.")
 @click.option("--reject-file", type=click.Path(dir_okay=False, writable=True),
-              help="Write the bad rows here (CSV: the original columns, then line, field, reason).")
+              help="Write the bad rows here (CSV: their tip fields, then line, field, reason).")
 @click.option("--as", "as_email", help="Import as this user (a liaison officer or manager of the lead agency); "
                                        "without it the import runs as the system for the lead agency.")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes validating rows (default: one per core).")
@@ -247,6 +247,9 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     except (NotFound, Forbidden, DomainError) as exc:
         _refused(operation, file, actor, exc)
         raise click.ClickException(exc.message) from exc
+    except Exception:  # broken off: on record too, then the traceback
+        _refused(operation, file, actor, None)
+        raise
     session.commit()
     if result.errors:
         _print_row_errors(result.errors)

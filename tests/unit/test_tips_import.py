@@ -805,7 +805,7 @@ def test_a_focal_point_named_later_takes_its_countrys_unsent_holders_at_once(ses
     assert audit.verify(session).ok
 
 
-def test_a_focal_point_withdrawn_leaves_no_unsent_draft_to_it_and_sent_cases_stay(session, world):
+def test_a_focal_point_withdrawn_leaves_no_unsent_draft_to_it_and_sent_cases_stay(session, world, monkeypatch):
     run_import(session, world, tip(account(1, email="au1@example.org"), account(2, email="au2@example.org",
                                                                                 uploads_a="10")))
     packaged, single = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
@@ -820,10 +820,14 @@ def test_a_focal_point_withdrawn_leaves_no_unsent_draft_to_it_and_sent_cases_sta
     assert [(u.country, u.holders) for u in summary] == [("AU", 1)]
     kept = session.get(Holder, single.id)  # its referral was sent: it stays where it went
     assert (kept.referral_id, session.get(Referral, sent.id).receiver_agency_id) == (sent.id, bravo.id)
-    # An edit routing does not read moves nothing.
-    before = snapshot(session)
+    # An edit routing does not read neither locks nor reroutes anything.
+    called = []
+    monkeypatch.setattr(holder_service, "lock_operations_with_holders", lambda *a: called.append("lock"))
+    monkeypatch.setattr(holder_service, "reroute_after_directory_change", lambda *a: called.append("reroute"))
     directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, desk_email="new@b.example.org"))
-    assert snapshot(session) == before
+    assert called == []
+    directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, country_code="NZ"))
+    assert called == ["lock", "reroute"]
 
 
 def test_of_two_focal_points_of_a_country_the_first_registered_receives(session, world):
@@ -1558,7 +1562,7 @@ def test_a_directory_edit_while_an_import_writes_waits_for_it_without_deadlock(p
             errors.append(exc)
             importing.rollback()
         thread.join(30)
-    assert errors == []
+    assert errors == [] and not thread.is_alive()
 
 
 def test_a_decision_made_while_an_import_runs_neither_fails_it_nor_is_lost(pg_app, monkeypatch):
@@ -1645,6 +1649,24 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
     extra.write_bytes(b"platform,account_id,E-mail\ninstagram,77,x@example.org\n")
     warned = runner.invoke(args=["import-tip", str(extra), "--operation", "LANTERN"])
     assert warned.exit_code == 0 and "Columns not read, as they are no tip field: E-mail." in warned.output
+
+
+def test_an_import_broken_off_on_the_command_line_is_on_the_audit_trail(app, web_world, tmp_path, monkeypatch):
+    from app.services.tips import importer
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(importer, "import_tip", broken)
+    path = tmp_path / "tip.csv"
+    path.write_bytes(tip(account(1)))
+    result = app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTERN"])
+    assert result.exit_code != 0 and isinstance(result.exception, RuntimeError)
+    with app.app_context():
+        from app.extensions import db
+
+        entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).one()
+        assert (entry.outcome, json.loads(entry.detail)["reason"]) == ("failure", "broke off")
 
 
 def test_demo_command_loads_the_operation_h_scenario(app):

@@ -709,11 +709,11 @@ class _Writer:
 
 def _stored_otherwise(row, account: Account) -> bool:
     """Whether the file gives a known account other identifiers, countries or counts than the
-    ones stored (canonical forms on both sides)."""
-    return (row.username, row.email, row.phone, row.ip_addresses, row.country_hint, row.ip_country, row.uploads_a,
-            row.uploads_b, row.uploads_c) != (account.username, account.email, account.phone, ";".join(account.ips),
-                                              account.country_hint, account.ip_country, account.uploads_a,
-                                              account.uploads_b, account.uploads_c)
+    ones stored (canonical forms on both sides; its addresses in any order)."""
+    return (row.username, row.email, row.phone, set(filter(None, row.ip_addresses.split(";"))), row.country_hint,
+            row.ip_country, row.uploads_a, row.uploads_b, row.uploads_c) != (
+        account.username, account.email, account.phone, set(account.ips), account.country_hint, account.ip_country,
+        account.uploads_a, account.uploads_b, account.uploads_c)
 
 
 @contextmanager

@@ -3,8 +3,7 @@ the lead agency's decisions. Thin views over app/services/tips/.
 
 An upload starts the import in the background (app/web/tips/background.py) and answers with
 the import's status page, which refreshes itself until the import ends and then shows its
-summary or its problems. The reject file is offered there as a download link carrying the
-file (a data: URL).
+summary or its problems, with the reject file to download (its own route, audited).
 """
 
 from __future__ import annotations
