@@ -406,6 +406,9 @@ def test_reimporting_the_same_or_an_overlapping_file_adds_only_what_is_new(sessi
     changed = run_import(session, world, tip(account(2, email="P2@Example.org", uploads_b="1"),
                                              account(3, email="new3@example.org", uploads_b="1")))
     assert (changed.known_accounts, changed.differing_known) == (2, 1)
+    run_import(session, world, tip(account(20, ip_addresses="192.0.2.1;192.0.2.2")))
+    reordered = run_import(session, world, tip(account(20, ip_addresses="192.0.2.2; 192.0.2.1")))
+    assert (reordered.known_accounts, reordered.differing_known) == (1, 0)
     assert session.scalar(select(TipAccount.email).where(TipAccount.account_key == "acc3")) == "p3@example.org"
     # Who imported is the tip's to say; the rows it wrote name no creator of their own.
     assert set(session.scalars(select(Tip.imported_by_id))) == {world.users["c_liaison"].id}
