@@ -238,6 +238,7 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     try:
         result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
                                      workers=workers, progress=_stage_printer())
+        session.commit()
     except importer.TipRejected as exc:
         _refused(operation, file, actor, exc)
         _print_row_errors(exc.errors)
@@ -247,10 +248,9 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     except (NotFound, Forbidden, DomainError) as exc:
         _refused(operation, file, actor, exc)
         raise click.ClickException(exc.message) from exc
-    except Exception:  # broken off: on record too, then the traceback
+    except Exception:  # broken off (as it committed, too): on record, then the traceback
         _refused(operation, file, actor, None)
         raise
-    session.commit()
     if result.errors:
         _print_row_errors(result.errors)
         if reject_file:

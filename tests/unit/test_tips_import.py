@@ -318,6 +318,51 @@ def test_a_bad_international_phone_is_reported_beside_an_unknown_country():
     assert [(e.line, e.field) for e in result.errors] == [(2, "country_hint"), (2, "phone"), (3, "country_hint")]
 
 
+@pytest.mark.parametrize("blank", ["\u00a0", "\x0c", "\u3000,"])
+def test_a_line_of_unicode_spaces_before_the_header_reads_as_in_the_reader(blank, monkeypatch):
+    data = f"{blank}\nplatform,account_id\ndiscord,a\ndiscord,b\n".encode()
+    files.check_content(data)
+    single = reader.read(io.BytesIO(data), "csv", b"k")
+    assert (single.errors, [a.line for a in single.accounts]) == ([], [3, 4])
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    for workers, chunk in ((1, validation.CHUNK_BYTES), (2, 1)):
+        result = validation.validate(data, "csv", b"k", workers=workers, chunk_bytes=chunk)
+        assert (result.errors, [a.line for a in result.accounts]) == ([], [3, 4])
+
+
+@pytest.mark.parametrize("literal", ["1e9999999999999999999", "2.5E-99999999999999999999"])
+def test_a_json_number_of_an_exponent_too_large_for_decimal_is_a_bad_row_not_a_crash(literal):
+    data = ('{"platform": "discord", "account_id": "a"}\n{"platform": "discord", "account_id": %s}\n'
+            % literal).encode()
+    result = reader.read(io.BytesIO(data), "jsonl", b"k")
+    assert [a.account_id for a in result.accounts] == ["a"] and [e.line for e in result.errors] == [2]
+
+
+def test_the_reject_record_of_a_json_line_with_a_mark_is_the_same_however_the_file_is_cut(monkeypatch):
+    lines = [json.dumps({"platform": "discord", "account_id": f"a{n}"}) for n in range(1, 7)]
+    lines[3] = "\ufeff" + lines[3]  # two files joined
+    data = ("\n".join(lines) + "\n").encode()
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    whole = validation.validate(data, "jsonl", b"k", workers=1)
+    cut = validation.validate(data, "jsonl", b"k", workers=2, chunk_bytes=1)
+    assert [e.line for e in whole.errors] == [e.line for e in cut.errors] == [4]
+    assert cut.bad_records == whole.bad_records
+
+
+@pytest.mark.parametrize("before", [",,,", '"",,', "   ", "x" * 140_000])
+def test_the_reject_file_keeps_its_columns_after_a_row_of_separators_before_the_header(before):
+    data = f"{before}\nplatform,account_id,email\ndiscord,a,broken\ndiscord,b,\n".encode()
+    result = validation.validate(data, "csv", b"k", workers=1)
+    if len(before) > 100:  # a header the csv module cannot read: refused, saying why
+        assert result.header_error and "not readable as CSV" in result.errors[0].reason
+        return
+    assert [(e.line, e.field) for e in result.errors] == [(3, "email")]
+    assert result.columns == ["platform", "account_id", "email"]
+    reject = files.reject_csv(result.columns, result.errors, result.bad_records)
+    header, first = reject.splitlines()[:2]
+    assert header == "platform,account_id,email,line,field,reason" and first.startswith("discord,a,broken,3,email,")
+
+
 def test_json_keys_no_field_takes_are_named_once_however_the_file_is_cut(monkeypatch):
     lines = [json.dumps({"platform": "discord", "account_id": f"acc{n}", "Verified": n % 2 == 0, "meta": {"n": n}})
              for n in range(200)]

@@ -119,7 +119,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     line = 1  # the header's: blank lines before it are no header
     try:
         for header in rows:
-            if not _blank(header):
+            if not blank_row(header):
                 break
             line = rows.line_num + 1
     except csv.Error as exc:
@@ -147,7 +147,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
             yield start, {}, [RowError(start, WHOLE_RECORD, f"not readable as CSV ({exc})")]
             start = rows.line_num + 1
             continue
-        if not _blank(row):  # a blank line, or one of separators only, is no record
+        if not blank_row(row):  # a blank line, or one of separators only, is no record
             if "'" in "".join(row):
                 row = list(map(restore_cell, row))
             problems = _NO_PROBLEMS
@@ -167,7 +167,7 @@ def line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
     return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
 
 
-def _blank(row: list[str]) -> bool:
+def blank_row(row: list[str]) -> bool:
     """A row with nothing in it: no fields, or empty ones (a spreadsheet's empty row, ",,,")."""
     return not row or not (row[0].strip() or any(cell.strip() for cell in row))
 
@@ -186,7 +186,7 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
         except _NoJSONNumber as exc:
             yield number, {}, [RowError(number, WHOLE_RECORD, f"not valid JSON ({exc} is no JSON number)")]
             continue
-        except (ValueError, RecursionError):  # a number of over 4,300 digits; nesting too deep
+        except (ValueError, RecursionError, ArithmeticError):  # over 4,300 digits; nesting too deep; 1e99999999999999999999
             yield number, {}, [RowError(number, WHOLE_RECORD,
                                         "not valid JSON (a value too large, or nested too deeply, to read)")]
             continue

@@ -134,7 +134,7 @@ def _split_header(data: bytes, fmt: str) -> tuple[bytes, bytes, int]:
         return b"", data, 1
     start = end = 0
     for end in _record_ends(data):  # blank lines (or of separators only) before the header go with it
-        if data[start:end].strip(b'\r\n\t ,"'):
+        if not _blank_line(data[start:end]):
             break
         start = end
     else:
@@ -204,7 +204,18 @@ def _record_ends(data: bytes) -> Iterator[int]:
 
 def _header_columns(header: bytes) -> list[str]:
     text = header.decode("utf-8", errors="replace")
-    return next(filter(None, csv.reader(io.StringIO(text, newline=""))), [])
+    try:
+        return next((row for row in csv.reader(io.StringIO(text, newline="")) if not reader.blank_row(row)), [])
+    except csv.Error:  # a header the reader refuses too, saying why
+        return []
+
+
+def _blank_line(line: bytes) -> bool:
+    """Whether a line before a CSV's header is blank, as the reader judges it."""
+    try:
+        return reader.blank_row(next(csv.reader(io.StringIO(line.decode("utf-8", errors="replace"))), []))
+    except csv.Error:
+        return False
 
 
 # --- the worker -----------------------------------------------------------------------------
@@ -238,7 +249,8 @@ def _records_at(task, lines: set[int]) -> dict[int, dict[str, str]]:
     reject file."""
     fmt, header, body, _first_line, _secret = task
     offset = _line_offset(task)
-    return {number + offset: record for number, record, _problems in reader._records(io.BytesIO(header + body), fmt)
+    return {number + offset: record
+            for number, record, _problems in reader._records(io.BytesIO(header + body), fmt, bom=False)
             if number + offset in lines}
 
 
