@@ -39,7 +39,7 @@ def migrate_command() -> None:
     click.echo("Database is at the latest revision.")
 
 
-def _finite(param, value: float) -> float:
+def _finite(_context, param, value: float) -> float:
     """FloatRange lets NaN through: every comparison with it is false."""
     if math.isnan(value):
         raise click.BadParameter("is not a number.", param=param)
@@ -52,7 +52,7 @@ def _finite(param, value: float) -> float:
               help="basic: about 30 referrals; operation-h: a provider tip at the real operation's scale, "
                    "imported and handed off over two years.")
 @click.option("--scale", type=click.FloatRange(min=0.0001, max=10.0), default=1.0, show_default=True,
-              callback=lambda _ctx, param, value: _finite(param, value),
+              callback=_finite,
               help="operation-h: scale every count (0.01 loads in seconds).")
 @click.option("--seed", type=int, default=2019, show_default=True, help="operation-h: random seed.")
 @with_appcontext

@@ -67,14 +67,13 @@ def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
     require_admin(actor)
     data = normalise_agency(session, data)
     routed = data.is_focal_point or data.kind is AgencyKind.INTERNATIONAL
-    if routed:
-        _lock_routing(session)
+    operations = _lock_routing(session) if routed else []
     agency = Agency(**{f.name: getattr(data, f.name) for f in fields(data)})
     session.add(agency)
     session.flush()
     audit.record(session, actor, "agency.create", "agency", agency.id, detail={"name": agency.name})
     if routed:
-        _route_again(session, actor)
+        _route_again(session, actor, operations)
     return agency
 
 
@@ -86,14 +85,13 @@ def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyDa
     data = normalise_agency(session, data, agency_id)
     changed = [f.name for f in fields(data) if getattr(agency, f.name) != getattr(data, f.name)]
     routed = bool(ROUTING_FIELDS & set(changed))
-    if routed:
-        _lock_routing(session)
+    operations = _lock_routing(session) if routed else []
     for name in changed:
         setattr(agency, name, getattr(data, name))
     session.flush()
     audit.record(session, actor, "agency.edit", "agency", agency.id, detail={"changed": changed})
     if routed:
-        _route_again(session, actor)
+        _route_again(session, actor, operations)
     return agency
 
 
@@ -101,19 +99,19 @@ def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyDa
 ROUTING_FIELDS = frozenset({"is_focal_point", "country_code", "kind"})
 
 
-def _lock_routing(session: Session) -> None:
+def _lock_routing(session: Session) -> list[Operation]:
     """Before a change routing reads writes anything: the operations it reroutes, locked in the
     order imports and decisions take them (app/services/tips/holders.py)."""
     from app.services.tips.holders import lock_operations_with_holders  # tips build on the directory
 
-    lock_operations_with_holders(session)
+    return lock_operations_with_holders(session)
 
 
-def _route_again(session: Session, actor: Actor) -> None:
+def _route_again(session: Session, actor: Actor, operations: list[Operation]) -> None:
     """The directory changed where routing reads it: unsent holders follow it at once."""
     from app.services.tips.holders import reroute_after_directory_change
 
-    reroute_after_directory_change(session, actor)
+    reroute_after_directory_change(session, actor, operations)
 
 
 @dataclass

@@ -463,15 +463,17 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     return route.touched
 
 
-def reroute_after_directory_change(session: Session, actor: Actor, *, now: datetime | None = None) -> list[int]:
+def reroute_after_directory_change(session: Session, actor: Actor, operations: list[Operation], *,
+                                   now: datetime | None = None) -> list[int]:
     """The agency directory changed (a focal point named, withdrawn or moved to another
-    country, an international body added): in every operation, each holder whose case has not
-    been sent (on a draft, or on no referral) and whose receiver the directory now names
-    differently is routed again, as an import routes it. Returns the drafts created or changed."""
+    country, an international body added): in these operations (every one with holders, locked
+    by `lock_operations_with_holders` before the change wrote anything), each holder whose case
+    has not been sent (on a draft, or on no referral) and whose receiver the directory now
+    names differently is routed again, as an import routes it. Returns the drafts created or
+    changed."""
     now = now or utcnow()
     unsent = or_(Holder.referral_id.is_(None),
                  Holder.referral_id.in_(select(Referral.id).where(Referral.status == Status.DRAFT)))
-    operations = lock_operations_with_holders(session)
     touched: list[int] = []
     for operation in operations:
         directory = load_directory(session, operation.lead_agency_id)

@@ -240,13 +240,16 @@ class _Writer:
             .where(TipAccount.operation_id == op.id).order_by(TipAccount.id)
         ).all()
         known = {(row.platform, row.account_key): row for row in existing}
-        new = [a for a in accounts if a.natural_key not in known]
+        new = []
+        for account in accounts:
+            stored = known.get(account.natural_key)
+            if stored is None:
+                new.append(account)
+            elif _stored_otherwise(stored, account):
+                # A known account is kept as first imported: the summary says how many the file
+                # gives otherwise, so that a provider's corrected tip is not taken as applied.
+                result.differing_known += 1
         result.known_accounts = len(accounts) - len(new)
-        if result.known_accounts:
-            # A known account is kept as first imported: the summary says how many the file
-            # gives otherwise, so that a provider's corrected tip is not taken as applied.
-            result.differing_known = sum(1 for a in accounts if a.natural_key in known
-                                         and _stored_otherwise(known[a.natural_key], a))
         result.new_accounts = len(new)
         self._lap("load")
         if not new:

@@ -66,7 +66,6 @@ class SeenHolder:
         self.seen.data = holder.updated_at.isoformat()
 
 
-
 class JurisdictionForm(SeenHolder, FlaskForm):
     country = SelectField("Jurisdiction", validators=[DataRequired(message="Choose a country.")])
     note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX)])

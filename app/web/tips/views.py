@@ -62,9 +62,8 @@ def upload():
     if request.method == "GET" and request.args.get("operation", type=int):
         form.operation.data = request.args.get("operation", type=int)
     if form.validate_on_submit():
-        running = imports.own_running_import(db.session, current_user)
-        # Asked after reading the record: an outcome committed in between is never overwritten.
-        if running is not None and not _settled(running, background.running_here(current_app, running.id)).finished:
+        running = _still_running()
+        if running is not None:
             # A second click, or a second file: one import at a time each (each holds its file
             # in memory and keeps a worker process per core busy).
             flash(imports.STILL_RUNNING, "error")
@@ -86,6 +85,16 @@ def upload():
             return redirect(url_for("tips.import_status", import_id=record.id), 303)
     status = 422 if (form.errors or form.form_errors) else 200
     return render_template("tips/upload.html", form=form, operations=operations), status
+
+
+def _still_running() -> TipImport | None:
+    """The user's import that still runs, in whichever operation, once one whose process
+    stopped is recorded as such."""
+    running = imports.own_running_import(db.session, current_user)
+    # Asked after reading the record: an outcome committed in between is never overwritten.
+    if running is None or _settled(running, background.running_here(current_app, running.id)).finished:
+        return None
+    return running
 
 
 def _settled(record: TipImport, running_here: bool) -> TipImport:
