@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from flask import Flask, render_template, request
+from flask import Flask, Response, flash, jsonify, redirect, render_template, request
+from flask_login.utils import login_url
+from werkzeug.http import HTTP_STATUS_CODES
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 
-from app.extensions import db
+from app.extensions import db, login_manager
 from app.services import Forbidden, NotFound
 
 CSRF_MESSAGE = "The form expired or was not sent from this site. Reload the page and try again."
@@ -13,9 +15,18 @@ BUSY_MESSAGE = ("The database is busy: a tip import is writing its rows. Nothing
 
 
 def register_error_handlers(app: Flask) -> None:
+    @login_manager.unauthorized_handler
+    def sign_in_first():
+        # A browser goes to the sign-in page, as Flask-Login would send it; a JSON export is
+        # told 401, which a script can act on, not given a page to follow.
+        if wants_problem():
+            return error_answer(401, "Sign in first.")
+        flash(login_manager.login_message, login_manager.login_message_category)
+        return redirect(login_url(login_manager.login_view, next_url=request.url))
+
     @app.errorhandler(NotFound)
     def not_found_domain(exc: NotFound):
-        return render_template("error.html", code=404, message="Not found."), 404
+        return error_answer(404, "Not found.")
 
     @app.errorhandler(413)
     def too_large(exc):
@@ -35,15 +46,15 @@ def register_error_handlers(app: Flask) -> None:
                 limit = f"the text of one form field at most {_size(field_text)}, and {limit}"
         message = (f"That was too large to accept. Send less at once (a blind check takes at most "
                    f"{app.config.get('BLIND_CHECK_LIMIT', 0):,} identifiers; {limit}).")
-        return render_template("error.html", code=413, message=message, path=request.path), 413
+        return error_answer(413, message)
 
     @app.errorhandler(Forbidden)
     def forbidden_domain(exc: Forbidden):
-        return render_template("error.html", code=403, message=exc.message), 403
+        return error_answer(403, exc.message)
 
     @app.errorhandler(CSRFError)
     def csrf_refused(exc: CSRFError):
-        return render_template("error.html", code=400, message=CSRF_MESSAGE), 400
+        return error_answer(400, CSRF_MESSAGE)
 
     @app.errorhandler(OperationalError)
     def database_unavailable(exc: OperationalError):
@@ -52,8 +63,9 @@ def register_error_handlers(app: Flask) -> None:
         db.session.rollback()
         if "database is locked" not in str(exc.orig):
             raise exc  # any other: Flask logs it and answers with the 500 page
-        return (render_template("error.html", code=503, message=BUSY_MESSAGE, path=request.path), 503,
-                {"Retry-After": "60"})
+        answer = error_answer(503, BUSY_MESSAGE)
+        answer.headers["Retry-After"] = "60"
+        return answer
 
     for code, message in (
         (400, "The request could not be understood."),
@@ -75,6 +87,26 @@ def _page(code: int, message: str):
         if code == 500:
             db.session.rollback()  # the page reads the signed-in user: not in the failed transaction
         text = getattr(exc, "description", None) if code == 400 else None
-        return render_template("error.html", code=code, message=text or message, path=request.path), code
+        return error_answer(code, text or message)
 
     return handler
+
+
+def wants_problem() -> bool:
+    """Whether the request asked for JSON: an export ending in `.json` (or a client that
+    prefers JSON to HTML), which reads an error as problem+json (RFC 9457), not a page."""
+    if request.path.endswith(".json"):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json", "application/problem+json"])
+    return best is not None and best != "text/html"
+
+
+def error_answer(code: int, message: str) -> Response:
+    """The error page, or for a JSON request the same message as problem+json."""
+    if wants_problem():
+        answer = jsonify(type="about:blank", title=HTTP_STATUS_CODES.get(code, "Error"), status=code,
+                         detail=message)
+        answer.status_code = code
+        answer.mimetype = "application/problem+json"
+        return answer
+    return Response(render_template("error.html", code=code, message=message, path=request.path), code)

@@ -114,6 +114,38 @@ def test_export_under_a_bad_filter_is_refused_and_not_recorded(app, browser, web
     assert _exports(app) == 0
 
 
+def _problem(response, status: int) -> dict:
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json(force=True)
+    assert problem["status"] == status and problem["title"]
+    return problem
+
+
+def test_json_exports_answer_errors_as_problem_json(app, browser, web_world):
+    browser.login("viewer.a@example.org")
+    refused = _problem(browser.get("/dashboards/countries.json?sent_from=2026-03-10&sent_to=2026-03-01"), 400)
+    assert "end date is before the start date" in refused["detail"]
+    assert "Unknown operation" in _problem(browser.get("/dashboards/operation/funnel.json?operation=abc"), 400)["detail"]
+    assert "Choose an operation" in _problem(browser.get("/dashboards/operation/funnel.json"), 400)["detail"]
+    _problem(browser.get("/dashboards/country/XX/overdue.json"), 404)
+    _problem(browser.post("/dashboards/countries.json"), 405)
+    assert _exports(app) == 0
+    # The same mistakes on a page, or a CSV download, still answer a person.
+    page = browser.get("/dashboards/country/XX")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    csv_export = browser.get("/dashboards/operation/funnel.csv")
+    assert csv_export.status_code == 303 and csv_export.headers["Location"].startswith("/dashboards/operation")
+    assert "Choose an operation" in browser.get(csv_export.headers["Location"]).get_data(as_text=True)
+
+
+def test_a_json_export_asks_a_stranger_to_sign_in_with_401(app, client, web_world):
+    problem = _problem(client.get("/dashboards/countries.json"), 401)
+    assert "Sign in" in problem["detail"]
+    page = client.get("/dashboards/countries.csv")
+    assert page.status_code == 302 and "/login?next=" in page.headers["Location"]
+
+
 def test_filters_apply_to_pages_and_exports(app, browser, web_world):
     _make(app, web_world, "sent", priority=Priority.P1, sent=datetime(2026, 3, 5, tzinfo=timezone.utc))
     _make(app, web_world, "sent", priority=Priority.P3, sent=datetime(2026, 4, 5, tzinfo=timezone.utc))

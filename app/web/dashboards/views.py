@@ -23,6 +23,7 @@ from app.web.dashboards import bp, charts, worldmap
 from app.web.dashboards.forms import DashboardFilterForm
 from app.web.filters import duration
 
+CHOOSE_OPERATION = "Choose an operation to export its funnel."
 COUNTRY_TABLES = ("funnel", "timeline", "priorities", "overdue", "receivers", "outcomes", "hits")
 SORT_COLUMNS = [
     ("country", "Country"), ("referrals", "Referrals"), ("open", "Open"), ("overdue", "Overdue"),
@@ -259,7 +260,9 @@ def operation_export(table: str, fmt: str):
     state = _read_filters()
     _refuse_export(state)
     if state.filters.operation_id is None:
-        flash("Choose an operation to export its funnel.", "error")
+        if fmt == "json":
+            abort(400, description=CHOOSE_OPERATION)
+        flash(CHOOSE_OPERATION, "error")
         return redirect(url_for(".operation_view", **state.args), 303)
     now = utcnow()
     dashboard = stats.operation_dashboard(db.session, current_user, state.filters)
