@@ -13,6 +13,7 @@ from werkzeug.routing import IntegerConverter
 
 from app.extensions import db
 from app.models import Hit, Identifier, Referral, Status, Subject
+from app.models.tip import TipImport, TipImportStatus
 from app.services import subjects
 from tests.conftest import Browser, csrf_token_from
 from tests.factories import make_referral
@@ -113,7 +114,9 @@ POLICIES = {
     # 404 for everyone (tests/web/test_tips_web.py covers real holders, own and foreign).
     "tips.index": signed_in,
     "tips.upload": roles(*WORKERS),
-    "tips.import_status": lambda role, scope: "login" if role is None else 404,  # only its starter sees it
+    # Imports: the matrix's is agency c's (the operation's lead), seen by the officer who
+    # started it only.
+    "tips.import_status": lambda role, scope: "login" if role is None else 404,
     "tips.reject_file": lambda role, scope: "login" if role is None else 404,
     "tips.holders": signed_in,
     "tips.review": signed_in,
@@ -149,19 +152,27 @@ def objects(app, web_world):
         other_subject = subjects.add_subject(session, w.actor("b_liaison"), other.id, "Holder", "shared.other@example.org")
         other_peer = make_referral(session, w, "sent", sender="i", receiver="c")
         subjects.add_subject(session, w.actor("i_liaison"), other_peer.id, "Holder", "shared.other@example.org")
+        # An import of agency c's liaison officer, with a reject file: its pages are real, and
+        # still 404 for everyone else.
+        foreign_import = TipImport(operation_id=w.operation.id, user_id=w.users["c_liaison"].id, file_name="tip.csv",
+                                   status=TipImportStatus.REJECTED, error_count=1, errors=[[2, "email", "Bad."]],
+                                   reject_csv="line,field,reason\r\n2,email,Bad.\r\n")
+        session.add(foreign_import)
         session.commit()
         hit_of = lambda r: session.scalar(select(Hit.id).where((Hit.referral_low_id == r) | (Hit.referral_high_id == r)))  # noqa: E731
         ids = {
             "own": {"referral_id": own.id, "subject_id": own_subject.id, "hit_id": hit_of(own.id),
-                    "agency_id": w.agencies["a"].id, "user_id": w.users["c_viewer"].id},
+                    "agency_id": w.agencies["a"].id, "user_id": w.users["c_viewer"].id,
+                    "import_id": foreign_import.id},
             "other": {"referral_id": other.id, "subject_id": other_subject.id, "hit_id": hit_of(other.id),
-                      "agency_id": w.agencies["b"].id, "user_id": w.users["c_viewer"].id},
+                      "agency_id": w.agencies["b"].id, "user_id": w.users["c_viewer"].id,
+                      "import_id": foreign_import.id},
         }
     assert ids["own"]["hit_id"] and ids["other"]["hit_id"]
     return ids
 
 
-FIXED_ARGS = {"import_id": 1, "action": "withdraw", "code": "AU", "table": None, "fmt": "csv", "filename": "app.css"}
+FIXED_ARGS = {"action": "withdraw", "code": "AU", "table": None, "fmt": "csv", "filename": "app.css"}
 
 
 def _url(app, rule, values: dict) -> str:
@@ -269,6 +280,15 @@ def test_guessing_ids_of_other_agencies_is_always_404(app, objects):
         reference = referral.reference
     assert reference not in browser.get("/referrals").get_data(as_text=True)
     assert reference not in browser.get("/hits").get_data(as_text=True)
+
+
+def test_the_matrix_import_is_open_to_the_officer_who_started_it(app, objects):
+    """The import the matrix refuses to everyone else exists: its starter reads it."""
+    browser = Browser(app.test_client())
+    assert browser.login("liaison.c@example.org").status_code == 302
+    import_id = objects["own"]["import_id"]
+    assert "tip.csv" in browser.get(f"/tips/imports/{import_id}").get_data(as_text=True)
+    assert browser.get(f"/tips/imports/{import_id}/rejects.csv").get_data(as_text=True).startswith("line,field")
 
 
 def test_ids_and_pages_beyond_what_the_database_holds_are_not_errors(app, objects):
