@@ -131,6 +131,8 @@ class TipImport(Base):
     # The process running it (host, process id and that process's start), to tell a running
     # import from one whose process stopped (app/services/tips/imports.py).
     runner: Mapped[str | None] = mapped_column(String(255))
+    # When the thread running it last said it is alive: what another server goes by.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     operation: Mapped[Operation] = relationship(lazy="joined")
 

@@ -153,12 +153,12 @@ def test_the_import_runs_in_the_background_and_its_page_shows_progress(app, web_
     assert _login(app, "manager.c@example.org").get(location).status_code == 404
 
 
-def _record_running_import(app, web_world, runner: str, started_at=None) -> int:
+def _record_running_import(app, web_world, runner: str, started_at=None, heartbeat_at=None) -> int:
     with app.app_context():
         lead = db.session.scalar(select(User).where(User.email == LEAD))
         record = TipImport(operation_id=web_world.operation.id, user_id=lead.id, file_name="tip.csv",
                            status=TipImportStatus.RUNNING, stage="validate", runner=runner,
-                           started_at=started_at or utcnow())
+                           started_at=started_at or utcnow(), heartbeat_at=heartbeat_at)
         db.session.add(record)
         db.session.commit()
         return record.id
@@ -202,13 +202,35 @@ def test_an_import_whose_process_stopped_shows_as_interrupted_not_running_for_ev
     pytest.param(f"{socket.gethostname()}|1|4242|boot.1", id="another container of the same host name"),
     pytest.param(None, id="recorded before imports named their runner"),
 ])
-def test_an_import_run_where_this_process_cannot_see_is_running_until_it_is_hours_old(app, web_world, runner):
+def test_an_import_run_where_this_process_cannot_see_runs_while_its_heartbeat_is_heard(app, web_world, runner):
     browser = _login(app, LEAD)
-    recent = _record_running_import(app, web_world, runner)
-    assert 'http-equiv="refresh"' in browser.get(f"/tips/imports/{recent}").get_data(as_text=True)
-    _end(app, recent)  # one running import per person
-    old = _record_running_import(app, web_world, runner, started_at=utcnow() - timedelta(hours=7))
-    assert "process running it stopped" in browser.get(f"/tips/imports/{old}").get_data(as_text=True)
+    now = utcnow()
+    for started, heartbeat, stopped in (
+        (now, None, False),  # just started
+        (now - timedelta(hours=2), now - timedelta(minutes=1), False),  # a long import, alive
+        (now - timedelta(hours=2), now - timedelta(minutes=11), True),  # silent for ten minutes
+        (now - timedelta(minutes=11), None, True),  # never heard from
+    ):
+        import_id = _record_running_import(app, web_world, runner, started_at=started, heartbeat_at=heartbeat)
+        text = browser.get(f"/tips/imports/{import_id}").get_data(as_text=True)
+        assert ("process running it stopped" in text) is stopped, (started, heartbeat)
+        assert ('http-equiv="refresh"' in text) is not stopped
+        _end(app, import_id)  # one running import per person
+
+
+def test_a_running_web_import_says_it_is_alive(app, web_world, monkeypatch):
+    """The thread that runs an import writes its heartbeat beside it, as another server reads it."""
+    beats = []
+    real = imports.record_heartbeat
+    monkeypatch.setattr(imports, "record_heartbeat", lambda connection, import_id: (beats.append(import_id),
+                                                                                    real(connection, import_id)))
+    browser = _login(app, LEAD)
+    page = _import(app, browser, web_world.operation.id, GOOD)
+    assert "Imported into LANTERN" in page.get_data(as_text=True)
+    with app.app_context():
+        record = db.session.scalars(select(TipImport)).one()
+        assert beats and set(beats) == {record.id}
+        assert record.started_at <= record.heartbeat_at <= record.finished_at
 
 
 def test_an_outcome_recorded_meanwhile_is_never_overwritten_as_interrupted(app, web_world):

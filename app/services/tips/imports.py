@@ -26,9 +26,13 @@ from app.services.tips.importer import ImportResult, TipRejected, importing_agen
 
 STILL_RUNNING = "Your last import is still running. Start the next one when it has ended."
 ERRORS_KEPT = 500  # problems kept for the page; the reject file has them all
-# A full tip imports in about a minute. One recorded as running for longer than this, by a
-# process on another server or container (whose liveness this one cannot see), has stopped.
-UNSEEN_GIVE_UP = timedelta(hours=6)
+# The thread running an import says it is alive this often (`heartbeat_at`). An import run
+# by a process on another server or container, whose liveness this one cannot see, has stopped
+# once it has been silent for SILENCE_GIVE_UP. On SQLite the import's own transaction holds
+# the only write lock while it writes, and no heartbeat is written then: a server that takes
+# such an import for stopped cannot record it either until the import has committed.
+HEARTBEAT_EVERY = timedelta(seconds=30)
+SILENCE_GIVE_UP = timedelta(minutes=10)
 INTERRUPTED = ("The import stopped when the server process running it stopped, and wrote nothing. "
                "Upload the file again.")
 
@@ -117,8 +121,8 @@ def runner_stopped(record: TipImport, *, running_here: bool) -> bool:
         return False
     fields = (record.runner or "").split("|")
     if len(fields) != 4 or fields[:2] != [socket.gethostname(), _pid_namespace()]:
-        # Another server or container, whose processes this one cannot see: only age tells.
-        return utcnow() - record.started_at > UNSEEN_GIVE_UP
+        # Another server or container, whose processes this one cannot see: only silence tells.
+        return utcnow() - (record.heartbeat_at or record.started_at) > SILENCE_GIVE_UP
     pid, started = int(fields[2]), fields[3]
     now_started = _process_start(pid)
     if pid == os.getpid() and started == now_started:
@@ -140,6 +144,13 @@ def record_interrupted(connection: Connection, import_id: int) -> None:
     table = TipImport.__table__
     connection.execute(update(table).where(table.c.id == import_id, table.c.status == TipImportStatus.RUNNING)
                        .values(status=TipImportStatus.FAILED, message=INTERRUPTED, finished_at=utcnow()))
+
+
+def record_heartbeat(connection: Connection, import_id: int) -> None:
+    """That a running import is alive, on a connection of its own."""
+    table = TipImport.__table__
+    connection.execute(update(table).where(table.c.id == import_id, table.c.status == TipImportStatus.RUNNING)
+                       .values(heartbeat_at=utcnow()))
 
 
 def record_progress(connection: Connection, import_id: int, stage: str, done: int, total: int) -> None:

@@ -6,7 +6,8 @@ so its own database session, once the request has committed the import's record.
 request, the thread commits once: the import and its record's outcome together. Progress goes
 to the record on a connection of its own, so other requests (any worker) can show it. On
 SQLite only while the rows are checked: the database has one writer, and from then on it is the
-import's transaction.
+import's transaction. Beside it a heartbeat says every half minute that the import is alive,
+which is all a server that cannot see this process goes by.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def record_interrupted(app: Flask, import_id: int) -> None:
         log.warning("tip import %s: could not record yet that its process stopped", import_id)
 
 
+def _write_beside(engine, import_id: int, write, *args) -> None:
+    """One write to the import's record on a connection of its own, given up rather than
+    waited for while another import holds SQLite's write lock: the figure is not worth it."""
+    with engine.connect() as connection, bulk.sqlite_setting(connection, "busy_timeout", PROGRESS_WAIT_MS):
+        try:
+            write(connection, import_id, *args)
+            connection.commit()
+        except OperationalError:
+            connection.rollback()
+            log.info("tip import %s: %s not recorded, the database is busy", import_id, write.__name__)
+
+
 class _Progress:
     """The importer's progress callback: writes the stage and its counts to the record, at most
     every PROGRESS_EVERY seconds within a stage."""
@@ -89,19 +102,40 @@ class _Progress:
         if stage == self.stage and done < total and now - self.written_at < PROGRESS_EVERY:
             return
         self.stage, self.written_at = stage, now
-        # On SQLite another import may hold the write lock while it writes: checking the rows
-        # goes on, and a figure not written now is not worth waiting for.
-        with self.engine.connect() as connection, bulk.sqlite_setting(connection, "busy_timeout", PROGRESS_WAIT_MS):
+        _write_beside(self.engine, self.import_id, imports.record_progress, stage, done, total)
+
+
+class _Heartbeat:
+    """While the import runs, a thread of its own tells the record it is alive every
+    HEARTBEAT_EVERY, for servers that cannot see this process (imports.runner_stopped)."""
+
+    def __init__(self, app: Flask, import_id: int):
+        self.engine = app.extensions["handoff_db"]["engine"]
+        self.import_id = import_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"tip-import-{import_id}-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        every = imports.HEARTBEAT_EVERY.total_seconds()
+        while True:
             try:
-                imports.record_progress(connection, self.import_id, stage, done, total)
-                connection.commit()
-            except OperationalError:
-                connection.rollback()
-                log.info("tip import %s: progress not recorded, the database is busy", self.import_id)
+                _write_beside(self.engine, self.import_id, imports.record_heartbeat)
+            except Exception:  # the database gone: the import itself will say so
+                log.exception("tip import %s: heartbeat failed", self.import_id)
+            if self.stopped.wait(every):
+                return
 
 
 def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | None) -> None:
-    with app.app_context():
+    with app.app_context(), _Heartbeat(app, import_id):
         session = db.session
         record = session.get(TipImport, import_id)
         actor = Actor(user=session.get(User, user_id), address=address)
