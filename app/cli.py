@@ -275,12 +275,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
 
 def _refused(operation, file: str, actor, refused) -> None:
     """An import that wrote nothing: rolled back, and only its refusal committed (audited)."""
-    import os
-
-    from app.services.tips import importer
+    from app.services.tips import files, importer
 
     db.session.rollback()
-    importer.record_refusal(db.session, actor, operation, os.path.basename(file), refused)
+    importer.record_refusal(db.session, actor, operation, files.stored_name(file), refused)
     db.session.commit()
 
 

@@ -641,7 +641,7 @@ def country_dashboard(session: Session, user, code: str, filters: Filters, now: 
             per_receiver[receiver_id].median_accept_seconds = values.get("accept")
     receivers = _name_receivers(session, per_receiver)
 
-    months = _months(session, base, filters)
+    months = _months(session, base, filters, now)
     overdue = _overdue(session, base, now, overdue_limit) if totals.overdue else []
     overdue_total = totals.overdue
     outcomes, outcome_totals = _outcomes(session, base, receivers)
@@ -654,7 +654,11 @@ def country_dashboard(session: Session, user, code: str, filters: Filters, now: 
     )
 
 
-def _months(session: Session, base, filters: Filters) -> list[MonthRow]:
+def _month_of_date(day: date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"  # strftime does not pad years before 1000
+
+
+def _months(session: Session, base, filters: Filters, now: datetime) -> list[MonthRow]:
     """Referrals sent, acknowledged and accepted per UTC month (of those in scope), gaps
     filled with zeros."""
     sent, acknowledged, accepted = (month_of(Referral.sent_at), month_of(Referral.acknowledged_at),
@@ -672,10 +676,11 @@ def _months(session: Session, base, filters: Filters) -> list[MonthRow]:
     if not by_month:
         return []
     first, last = min(by_month), max(by_month)
+    # The filter's whole window, but no month after this one: nothing has been sent then.
     if filters.sent_from:
-        first = min(first, filters.sent_from.strftime("%Y-%m"))
+        first = min(first, _month_of_date(filters.sent_from))
     if filters.sent_to:
-        last = max(last, filters.sent_to.strftime("%Y-%m"))
+        last = max(last, _month_of_date(min(filters.sent_to, now.date())))
     result = []
     year, month = int(first[:4]), int(first[5:])
     while f"{year:04d}-{month:02d}" <= last:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from functools import wraps
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, flash, request
 from flask_login import current_user, login_required
+
+from wtforms.validators import ValidationError
 
 from app.services import DomainError, Forbidden, NotFound
 from app.services.audit import Actor
@@ -21,6 +24,19 @@ def filter_args(form) -> dict[str, str]:
     """A list's filters as query arguments for its pager and export links: the filter form's
     own fields only, so that no other argument (`endpoint`, `_external`) reaches url_for."""
     return {k: v for k, v in request.args.items() if k in form._fields and k != "page"}
+
+
+# Dates a person types into a form or a filter: wide enough for any referral, narrow enough
+# that a day added (a filter's end) or a month counted (a timeline) stays within Python's dates.
+EARLIEST_DATE, LATEST_DATE = date(2000, 1, 1), date(2099, 12, 31)
+DATE_RANGE_MESSAGE = f"Choose a date from {EARLIEST_DATE} to {LATEST_DATE}."
+
+
+def plausible_date(form, field) -> None:
+    """A WTForms validator: the field's date (`parsed`, else `data`) lies in the range above."""
+    value = getattr(field, "parsed", field.data)
+    if isinstance(value, date) and not EARLIEST_DATE <= value <= LATEST_DATE:
+        raise ValidationError(DATE_RANGE_MESSAGE)
 
 
 def safe_next(target: str | None) -> str | None:

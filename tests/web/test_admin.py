@@ -105,3 +105,16 @@ def test_managers_open_operations_led_by_their_agency(app, browser, web_world):
 def test_liaison_cannot_open_operations(browser, web_world):
     browser.login("liaison.b@example.org")
     assert browser.get("/admin/operations/new").status_code == 403
+
+
+def test_dates_out_of_range_are_named_on_operation_and_audit_forms(app, browser, web_world):
+    browser.login("manager.b@example.org")
+    refused = browser.post("/admin/operations/new", {
+        "code": "ancient", "lead_agency_id": web_world.agencies["b"].id, "opened_on": "0001-01-01"},
+        token_from="/admin/operations/new")
+    assert refused.status_code == 422 and "Choose a date from 2000-01-01 to 2099-12-31." in refused.get_data(as_text=True)
+    assert "ANCIENT" not in browser.get("/admin/operations").get_data(as_text=True)
+    for query in ("date_to=9999-12-31", "date_from=0001-01-01&date_to=2026-01-01"):
+        trail = browser.get(f"/admin/audit?{query}")
+        assert trail.status_code == 200 and "Some filters were not understood" in trail.get_data(as_text=True)
+        assert browser.get(f"/admin/audit.csv?{query}").status_code == 200

@@ -139,6 +139,37 @@ def test_json_exports_answer_errors_as_problem_json(app, browser, web_world):
     assert "Choose an operation" in browser.get(csv_export.headers["Location"]).get_data(as_text=True)
 
 
+@pytest.mark.parametrize("query", ["sent_to=9999-12-31", "sent_from=0001-01-01", "sent_from=1999-12-31",
+                                   "sent_to=2100-01-01"])
+def test_dates_beyond_the_range_are_named_not_a_crash(app, browser, web_world, query):
+    _make(app, web_world, "sent", sent=NOW - timedelta(days=3))
+    browser.login("manager.a@example.org")
+    for page in ("/dashboards/", "/dashboards/country/AU", "/dashboards/operation"):
+        response = browser.get(f"{page}?{query}")
+        assert response.status_code == 200
+        assert "Choose a date from 2000-01-01 to 2099-12-31." in response.get_data(as_text=True)
+    for export in ("/dashboards/countries.json", "/dashboards/country/AU/timeline.json"):
+        assert "Choose a date from" in _problem(browser.get(f"{export}?{query}"), 400)["detail"]
+
+
+def test_the_timeline_runs_over_the_filter_but_not_past_this_month(app, browser, web_world):
+    _make(app, web_world, "sent", sent=NOW - timedelta(days=3))
+    browser.login("manager.a@example.org")
+    timeline = json.loads(browser.get("/dashboards/country/AU/timeline.json?sent_from=2000-01-01&sent_to=2099-12-31")
+                          .get_data(as_text=True))
+    months = [row["month"] for row in timeline["rows"]]
+    assert months[0] == "2000-01" and months[-1] == "2026-04" and len(months) == 26 * 12 + 4
+    assert sum(row["sent"] for row in timeline["rows"]) == 1
+
+
+def test_a_country_code_in_lower_case_redirects_with_the_filters_only(app, browser, web_world):
+    browser.login("manager.a@example.org")
+    response = browser.get("/dashboards/country/au?code=GB&endpoint=x&_method=POST&_external=1&_anchor=x"
+                           "&priority=P2&sent_from=not-a-date")
+    assert response.status_code == 301
+    assert response.headers["Location"] == "/dashboards/country/AU?priority=P2&sent_from=not-a-date"
+
+
 def test_a_json_export_asks_a_stranger_to_sign_in_with_401(app, client, web_world):
     problem = _problem(client.get("/dashboards/countries.json"), 401)
     assert "Sign in" in problem["detail"]

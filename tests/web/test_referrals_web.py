@@ -137,6 +137,21 @@ def test_second_person_on_a_stale_page_sees_a_conflict(app, web_world):
     assert events.count("acknowledge") == 1
 
 
+@pytest.mark.parametrize("version", ["abc", "1.5", "-1", "١"])
+def test_a_page_version_that_is_no_number_is_a_stale_page_not_an_error(app, browser, web_world, version):
+    referral = _make(app, web_world, "draft")
+    browser.login("liaison.a@example.org")
+    sent = browser.post(f"/referrals/{referral.id}/send", {"version": version})
+    assert sent.status_code == 303
+    assert "This page was out of date" in browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    edited = browser.post(f"/referrals/{referral.id}/edit", _form(web_world, version=version, summary="Changed."),
+                          token_from=f"/referrals/{referral.id}/edit")
+    assert edited.status_code == 422 and "This page was out of date" in edited.get_data(as_text=True)
+    with app.app_context():
+        unchanged = db.session.get(Referral, referral.id)
+        assert unchanged.status is Status.DRAFT and unchanged.summary != "Changed."
+
+
 def test_edit_draft_keeps_a_concurrent_change(app, web_world):
     referral = _make(app, web_world, "draft")
     first, second = Browser(app.test_client()), Browser(app.test_client())
@@ -241,6 +256,9 @@ def test_outcome_form_records_and_refuses_negative_counts(app, browser, web_worl
     bad = browser.client.post(f"/referrals/{referral.id}/outcomes", data={
         "csrf_token": token, "occurred_on": "2026-02-03", "arrests": "-2", "charges": "0", "children_safeguarded": "0"})
     assert "0 or more" in browser.get(bad.headers["Location"]).get_data(as_text=True)
+    ancient = browser.client.post(f"/referrals/{referral.id}/outcomes", data={
+        "csrf_token": token, "occurred_on": "0001-01-01", "arrests": "1", "charges": "0", "children_safeguarded": "0"})
+    assert "Choose a date from 2000-01-01" in browser.get(ancient.headers["Location"]).get_data(as_text=True)
     browser.client.post(f"/referrals/{referral.id}/outcomes", data={
         "csrf_token": token, "occurred_on": "2026-02-03", "arrests": "2", "charges": "1", "children_safeguarded": "1"})
     browser.post("/logout")

@@ -121,7 +121,41 @@ def test_images_video_binary_and_non_utf8_files_are_refused(app, web_world, data
     response = _upload(browser, web_world.operation.id, data, name=name, content_type=content_type)
     assert response.status_code == 422
     assert message in response.get_data(as_text=True)
-    assert _count(app, Tip) == 0 and _count(app, TipAccount) == 0
+    assert _count(app, Tip) == 0 and _count(app, TipAccount) == 0 and _count(app, TipImport) == 0
+    with app.app_context():  # the attempt is on the audit trail all the same
+        refused = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).one()
+        detail = json.loads(refused.detail)
+        assert refused.outcome == "failure" and detail["file"] == name and message in detail["reason"]
+        assert detail["operation"] == "LANTERN"
+
+
+def _audit_entries(app, action: str) -> list[AuditEntry]:
+    with app.app_context():
+        entries = db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)).all()
+        db.session.expunge_all()
+        return entries
+
+
+def test_an_upload_is_audited_before_its_import_runs(app, web_world, monkeypatch):
+    """An upload whose process stops before the import runs leaves its trace: the upload's
+    entry, then the interruption's, recorded once by the page that finds it."""
+    monkeypatch.setattr(background, "start_after_commit", lambda *args, **kwargs: None)  # the process stops
+    browser = _login(app, LEAD)
+    response = _upload(browser, web_world.operation.id, GOOD, name="ti\x00p\x07.csv")
+    assert response.status_code == 303
+    [upload] = _audit_entries(app, "tip.upload")
+    assert json.loads(upload.detail) == {"operation": "LANTERN", "file": "ti_p_.csv", "bytes": len(GOOD),
+                                         "skip_invalid": False}
+    assert _audit_entries(app, "tip.import") == []
+    with app.app_context():
+        record = db.session.get(TipImport, int(upload.object_id))
+        record.runner = "another-server.example|1|4242|boot.1"
+        record.started_at = utcnow() - timedelta(minutes=11)
+        db.session.commit()
+    for _ in range(2):
+        assert "process running it stopped" in browser.get(response.headers["Location"]).get_data(as_text=True)
+    [interrupted] = _audit_entries(app, "tip.import")
+    assert interrupted.outcome == "failure" and "interrupted" in json.loads(interrupted.detail)["reason"]
 
 
 def test_the_import_runs_in_the_background_and_its_page_shows_progress(app, web_world, monkeypatch):

@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 
 from app.services import DomainError
 from app.services.exports import neutralise
@@ -118,7 +119,8 @@ def _utf16_without_bom(head: bytes) -> bool:
 def stored_name(file_name: str | None) -> str:
     """The name a tip's file is recorded under: its base name (no client-side folders), at
     most 255 characters, its extension kept (the import looks at it again)."""
-    name = os.path.basename(file_name or "tip")
+    # Control characters (a NUL, a line end) have no place in a name shown and audited.
+    name = "".join("_" if unicodedata.category(c) == "Cc" else c for c in os.path.basename(file_name or "tip"))
     if len(name) <= 255:
         return name
     stem, extension = os.path.splitext(name)
@@ -130,7 +132,7 @@ def check_name(file_name: str) -> None:
     extension = os.path.splitext(file_name or "")[1].lower()
     if extension not in EXTENSIONS:
         raise DomainError(
-            f"A tip is a CSV or JSON Lines file (.csv, .jsonl, .ndjson); '{os.path.basename(file_name or '')}' "
+            f"A tip is a CSV or JSON Lines file (.csv, .jsonl, .ndjson); '{stored_name(file_name)}' "
             "is not. Handoff never accepts images, video or other files.", field="file")
 
 

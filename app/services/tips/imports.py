@@ -45,8 +45,11 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
     if operation is None:
         raise NotFound("No such operation.")
     importing_agency(session, actor, operation)
-    files.check_name(file_name)
-    files.check_content(data)
+    try:
+        files.check_name(file_name)
+        files.check_content(data)
+    except DomainError as refused:
+        raise FileRefused(refused.message, operation.id, files.stored_name(file_name)) from None
     record = TipImport(operation_id=operation.id, user_id=actor.user_id,
                        file_name=files.stored_name(file_name), skip_invalid=skip_invalid,
                        status=TipImportStatus.RUNNING, stage="queued", started_at=utcnow(),
@@ -58,7 +61,24 @@ def start(session: Session, actor: Actor, operation_id: int, file_name: str, dat
         if not _one_running_each(exc):
             raise
         raise Conflict(STILL_RUNNING, field="file") from None  # another request started one just now
+    # The upload itself is on the trail: the import's own entry follows from its thread, unless
+    # the process stops first.
+    audit.record(session, actor, "tip.upload", "tip_import", record.id, detail={
+        "operation": operation.code, "file": record.file_name, "bytes": len(data), "skip_invalid": skip_invalid})
     return record
+
+
+class FileRefused(DomainError):
+    """An upload refused for its file (its name or content), before any import ran."""
+
+    def __init__(self, message: str, operation_id: int, file_name: str):
+        super().__init__(message, field="file")
+        self.operation_id, self.file_name = operation_id, file_name
+
+
+def record_file_refusal(session: Session, actor: Actor, refused: FileRefused) -> None:
+    """Audit an upload refused for its file (an image, say), once the request has rolled back."""
+    record_refusal(session, actor, session.get(Operation, refused.operation_id), refused.file_name, refused)
 
 
 def _one_running_each(exc: IntegrityError) -> bool:
@@ -138,12 +158,22 @@ def runner_stopped(record: TipImport, *, running_here: bool) -> bool:
     return False
 
 
-def record_interrupted(connection: Connection, import_id: int) -> None:
+def record_interrupted(connection: Connection, import_id: int) -> bool:
     """Mark an import whose process stopped as failed, unless its outcome has been recorded
-    meanwhile: one conditional statement, on a connection of its own."""
+    meanwhile: one conditional statement, on a connection of its own. Returns whether it did."""
     table = TipImport.__table__
-    connection.execute(update(table).where(table.c.id == import_id, table.c.status == TipImportStatus.RUNNING)
-                       .values(status=TipImportStatus.FAILED, message=INTERRUPTED, finished_at=utcnow()))
+    marked = connection.execute(update(table).where(table.c.id == import_id,
+                                                    table.c.status == TipImportStatus.RUNNING)
+                                .values(status=TipImportStatus.FAILED, message=INTERRUPTED, finished_at=utcnow()))
+    return marked.rowcount == 1
+
+
+def record_interruption(session: Session, actor: Actor, record: TipImport) -> None:
+    """Audit an import found interrupted (its process stopped, nothing written), by whoever
+    found it: the import's own entry never came."""
+    audit.record(session, actor, "tip.import", "operation", record.operation_id, outcome="failure", detail={
+        "operation": record.operation.code, "file": record.file_name, "import": record.id,
+        "reason": "interrupted: the process running it stopped"})
 
 
 def record_heartbeat(connection: Connection, import_id: int) -> None:

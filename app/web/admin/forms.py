@@ -9,6 +9,7 @@ from wtforms.validators import DataRequired, Length, Optional
 from app.models import AgencyKind, Role
 from app.services import countries
 from app.services.users import MIN_PASSWORD_LENGTH
+from app.web import plausible_date
 
 
 def optional_int(value):
@@ -49,7 +50,7 @@ class UserEditForm(FlaskForm):
 class OperationForm(FlaskForm):
     code = StringField("Code name", validators=[DataRequired(), Length(max=64)])
     lead_agency_id = SelectField("Lead agency", coerce=optional_int, validators=[DataRequired()])
-    opened_on = DateField("Opened", validators=[DataRequired()])
+    opened_on = DateField("Opened", validators=[DataRequired(), plausible_date])
     description = TextAreaField("Description", validators=[Length(max=1000)])
 
 
@@ -63,6 +64,6 @@ class AuditFilterForm(FlaskForm):
     outcome = SelectField("Outcome", choices=[("", "Any"), ("success", "success"), ("failure", "failure")],
                           validators=[Optional()])
     user_id = IntegerField("User id", validators=[Optional()])
-    date_from = DateField("From", validators=[Optional()])
-    date_to = DateField("To", validators=[Optional()])
+    date_from = DateField("From", validators=[Optional(), plausible_date])
+    date_to = DateField("To", validators=[Optional(), plausible_date])
     page = IntegerField("Page", default=1, validators=[Optional()])

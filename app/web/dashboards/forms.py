@@ -6,6 +6,7 @@ from wtforms.validators import Optional, ValidationError
 from wtforms.widgets import DateInput
 
 from app.models import Priority
+from app.web import plausible_date
 
 DATE_MESSAGE = "Write the date as YYYY-MM-DD."
 
@@ -38,8 +39,8 @@ class DashboardFilterForm(FlaskForm):
         csrf = False
 
     operation = SelectField("Operation", coerce=optional_int, validators=[Optional()])
-    sent_from = StringField("Sent from (UTC)", widget=DateInput(), validators=[iso_date])
-    sent_to = StringField("Sent to (UTC)", widget=DateInput(), validators=[iso_date])
+    sent_from = StringField("Sent from (UTC)", widget=DateInput(), validators=[iso_date, plausible_date])
+    sent_to = StringField("Sent to (UTC)", widget=DateInput(), validators=[iso_date, plausible_date])
     priority = SelectField("Priority", choices=[("", "Any")] + [(p.value, p.value) for p in Priority],
                            validators=[Optional()])
 

@@ -18,7 +18,7 @@ from app.db import utcnow
 from app.extensions import db
 from app.models import Operation, Priority
 from app.services import DomainError, countries, stats
-from app.web import current_actor
+from app.web import current_actor, filter_args
 from app.web.dashboards import bp, charts, worldmap
 from app.web.dashboards.forms import DashboardFilterForm
 from app.web.filters import duration
@@ -174,7 +174,9 @@ def global_export(table: str, fmt: str):
 def country_view(code: str):
     canonical = _country_code(code)
     if code != canonical:
-        return redirect(url_for(".country_view", code=canonical, **request.args), 301)
+        # The filters as typed (the page names any it cannot read), and no other argument.
+        return redirect(url_for(".country_view", code=canonical, **filter_args(DashboardFilterForm(formdata=None))),
+                        301)
     state = _read_filters()
     now = utcnow()
     dashboard = stats.country_dashboard(db.session, current_user, canonical, state.filters, now=now)

@@ -1,6 +1,6 @@
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, DateField, HiddenField, IntegerField, SelectField, StringField, TextAreaField
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, StopValidation
 
 from app.models import RISK_FLAGS, TLP, HandlingCode, Priority
 from app.services import countries
@@ -8,6 +8,7 @@ from app.services.deconfliction import KIND_LABELS
 from app.services.identifiers import PLATFORMS
 from app.services.referrals import MATERIAL_MAX, NOTE_MAX, SUMMARY_MAX
 from app.services.subjects import LABEL_MAX
+from app.web import plausible_date
 
 
 def optional_int(value):
@@ -16,11 +17,20 @@ def optional_int(value):
     return int(value)
 
 
+STALE_PAGE = "This page was out of date. Reload it and try again."
+
+
+def page_version(form, field) -> None:
+    """The version the page showed: a whole number (the referral's), or the page is not ours."""
+    if field.data and not (field.data.isascii() and field.data.isdigit() and len(field.data) <= 18):
+        raise StopValidation(STALE_PAGE)
+
+
 COUNT = [InputRequired(), NumberRange(min=0, max=10_000_000, message="Enter a whole number, 0 or more.")]
 
 
 class ReferralForm(FlaskForm):
-    version = HiddenField()
+    version = HiddenField(validators=[page_version])
     receiver_agency_id = SelectField("Receiving agency", coerce=optional_int, validators=[DataRequired()])
     jurisdiction = SelectField("Jurisdiction", validators=[DataRequired()])
     operation_id = SelectField("Operation", coerce=optional_int, validators=[Optional()])
@@ -54,7 +64,7 @@ def _agency_label(agency) -> str:
 class ActionForm(FlaskForm):
     """One lifecycle step; the version guards against acting on a stale page."""
 
-    version = HiddenField(validators=[DataRequired()])
+    version = HiddenField(validators=[DataRequired(), page_version])
     note = TextAreaField("Note", validators=[Length(max=NOTE_MAX)])
 
 
@@ -66,7 +76,7 @@ class TransferForm(ActionForm):
 
 
 class OutcomeForm(FlaskForm):
-    occurred_on = DateField("Date", validators=[DataRequired()])
+    occurred_on = DateField("Date", validators=[DataRequired(), plausible_date])
     arrests = IntegerField("Arrests", default=0, validators=COUNT)
     charges = IntegerField("Charges", default=0, validators=COUNT)
     children_safeguarded = IntegerField("Children safeguarded", default=0, validators=COUNT)

@@ -61,15 +61,17 @@ def running_here(app: Flask, import_id: int) -> bool:
     return thread is not None and (thread.ident is None or thread.is_alive())
 
 
-def record_interrupted(app: Flask, import_id: int) -> None:
-    """Record that an import's process stopped, on a connection of its own. While another
-    import holds SQLite's write lock this gives up; a later view of the page tries again."""
+def record_interrupted(app: Flask, import_id: int) -> bool:
+    """Record that an import's process stopped, on a connection of its own; whether this call
+    did. While another import holds SQLite's write lock this gives up; a later view of the
+    page tries again."""
     engine = app.extensions["handoff_db"]["engine"]
     try:
         with engine.begin() as connection:
-            imports.record_interrupted(connection, import_id)
+            return imports.record_interrupted(connection, import_id)
     except OperationalError:
         log.warning("tip import %s: could not record yet that its process stopped", import_id)
+        return False
 
 
 def _write_beside(engine, import_id: int, write, *args) -> None:

@@ -1,7 +1,7 @@
 from datetime import datetime, timezone
 
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileAllowed, FileField, FileRequired
+from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, HiddenField, IntegerField, SelectField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
@@ -10,15 +10,13 @@ from app.services import countries
 from app.services.tips.holders import NOTE_MAX
 from app.web.referrals.forms import optional_int
 
-EXTENSION_MESSAGE = "Choose a CSV or JSON Lines file (.csv, .jsonl or .ndjson). Images and video are never accepted."
-
-
 class UploadForm(FlaskForm):
     operation = SelectField("Operation (led by your agency)", coerce=optional_int, validators=[DataRequired()])
-    file = FileField("Tip file", description="CSV or JSON Lines, UTF-8 (docs/tip-format.md).", validators=[
-        FileRequired("Choose the tip file."),
-        FileAllowed(["csv", "jsonl", "ndjson"], EXTENSION_MESSAGE),
-    ])
+    # The file's name and content are checked by the import service (files.check_name), which
+    # puts a refusal (an image, say) on the audit trail; `accept` only narrows the browser's picker.
+    file = FileField("Tip file", description="CSV or JSON Lines, UTF-8 (docs/tip-format.md).",
+                     validators=[FileRequired("Choose the tip file.")],
+                     render_kw={"accept": ".csv,.jsonl,.ndjson,text/csv"})
     skip_invalid = BooleanField("Skip invalid rows: import the good rows and download the bad ones as a reject file")
 
 

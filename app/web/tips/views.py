@@ -79,6 +79,9 @@ def upload():
                                    form.skip_invalid.data)
         except DomainError as exc:
             form_refused(form, exc)
+            if isinstance(exc, imports.FileRefused):  # an image, say: on the trail all the same
+                imports.record_file_refusal(db.session, current_actor(), exc)
+                db.commit_request()
         else:
             background.start_after_commit(db.session, current_app._get_current_object(), record.id, data,
                                           current_user.id, request.remote_addr)
@@ -100,7 +103,8 @@ def _still_running() -> TipImport | None:
 def _settled(record: TipImport, running_here: bool) -> TipImport:
     """The import's record, recorded as interrupted first if the process running it stopped."""
     if imports.runner_stopped(record, running_here=running_here):
-        background.record_interrupted(current_app._get_current_object(), record.id)
+        if background.record_interrupted(current_app._get_current_object(), record.id):
+            imports.record_interruption(db.session, current_actor(), record)
         db.session.refresh(record)
     return record
 
