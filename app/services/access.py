@@ -6,6 +6,7 @@ operation sees that operation's referrals."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import Select, and_, false, or_, select
 from sqlalchemy.orm import Session
@@ -157,6 +158,19 @@ def visible_tips(user: User) -> Select[tuple[Tip]]:
 
 # A referral's receiver has let its subjects go.
 LET_GO = (Status.DECLINED, Status.TRANSFERRED, Status.WITHDRAWN)
+
+
+def let_go_at(referral: Referral, agency_id: int | None) -> datetime | None:
+    """When the agency let this referral's subjects go: it declined it, transferred it on (it
+    is the receiver of the transferred referral, or the sender of the transfer's successor), or
+    had it withdrawn from it. What a later import adds to those subjects is not the agency's to
+    see. None while the agency holds them, or never did."""
+    if referral.receiver_agency_id == agency_id and referral.status in LET_GO:
+        return {Status.DECLINED: referral.declined_at, Status.TRANSFERRED: referral.transferred_at,
+                Status.WITHDRAWN: referral.withdrawn_at}[referral.status]
+    if referral.transferred_from_id is not None and referral.sender_agency_id == agency_id:
+        return referral.sent_at
+    return None
 
 
 def holder_visibility_clause(agency_id: int):

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.db import utcnow
 from app.models import Identifier, Referral, Status, Subject, User, referral_subjects
 from app.services import DomainError, Forbidden, NotFound, audit, deconfliction, require_worker
-from app.services.access import get_visible_referral
+from app.services.access import get_visible_referral, let_go_at
 from app.services.audit import Actor
 from app.services.identifiers import PLATFORMS, IdentifierKind
 
@@ -44,14 +44,20 @@ def subject_on_referral(session: Session, referral: Referral, subject_id: int) -
 
 
 def subjects_of(session: Session, user: User, referral_id: int) -> list[Subject]:
-    """The subjects of a referral the user may see, with their identifiers."""
+    """The subjects of a referral the user may see, with their identifiers: to an agency that
+    has let the referral go (declined, transferred on, withdrawn from it), only those known
+    when it did; a holder's later imports add to it for the agencies that still hold it."""
     referral = get_visible_referral(session, user, referral_id)
+    cutoff = let_go_at(referral, user.agency_id)
+    identifiers = (selectinload(Subject.identifiers) if cutoff is None else
+                   selectinload(Subject.identifiers.and_(Identifier.created_at <= cutoff)))
     return list(session.scalars(
         select(Subject)
         .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
         .where(referral_subjects.c.referral_id == referral.id)
-        .options(selectinload(Subject.identifiers))
+        .options(identifiers)
         .order_by(Subject.id)
+        .execution_options(populate_existing=True)  # not the full list another query loaded
     ).unique())
 
 

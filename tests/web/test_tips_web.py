@@ -450,6 +450,42 @@ def test_an_agency_that_passed_a_holders_referral_on_no_longer_sees_the_holder(a
     assert "H-000001" not in bravo_browser.get("/tips/holders").get_data(as_text=True)
 
 
+@pytest.mark.parametrize("let_go", ["decline", "transfer", "withdraw"])
+def test_an_agency_that_let_a_holders_referral_go_sees_nothing_a_later_import_adds(app, web_world, let_go):
+    """Bravo's page of the referral keeps the identifiers it knew when it let the referral go;
+    the agency that holds the case now sees what the next import adds."""
+    lead_browser = _login(app, LEAD)
+    _import(app, lead_browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
+    subject_id = _holder_subject(app, "acc1")
+    with app.app_context():
+        lead = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
+        bravo = Actor(db.session.scalar(select(User).where(User.email == "liaison.b@example.org")), "127.0.0.1")
+        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
+        referrals.transition(db.session, lead, referral_id, "send", None)
+        if let_go == "withdraw":
+            referrals.transition(db.session, lead, referral_id, "withdraw", None, "Sent by mistake.")
+        else:
+            referrals.transition(db.session, bravo, referral_id, "acknowledge", None)
+        if let_go == "decline":
+            referrals.transition(db.session, bravo, referral_id, "decline", None, "Not ours.")
+        if let_go == "transfer":
+            referrals.grant_transfer_consent(db.session, lead, referral_id, None)
+            successor = referrals.transition(db.session, bravo, referral_id, "transfer", None,
+                                             transfer_to_agency_id=web_world.agencies["i"].id).id
+        db.session.commit()
+    _import(app, lead_browser, web_world.operation.id,
+            tip(account(2, email="w1@example.org", phone="+61 412 000 777", username="newhandle")))
+    bravo_browser = _login(app, "liaison.b@example.org")
+    pages = [f"/referrals/{referral_id}"] + ([f"/referrals/{successor}"] if let_go == "transfer" else [])
+    for page in pages:
+        text = bravo_browser.get(page).get_data(as_text=True)
+        assert "w1@example.org" in text, page  # known when Bravo let it go
+        assert "+61412000777" not in text and "newhandle" not in text, page
+    if let_go == "transfer":  # the bureau holds the case now
+        text = _login(app, "liaison.i@example.org").get(f"/referrals/{successor}").get_data(as_text=True)
+        assert "w1@example.org" in text and "+61412000777" in text and "newhandle" in text
+
+
 def test_an_import_page_is_not_read_after_its_importer_moves_to_another_agency(app, web_world):
     """The page holds the problems and the reject file of the lead agency's import."""
     browser = _login(app, LEAD)
