@@ -38,8 +38,8 @@ def get_visible_referral(session: Session, user: User, referral_id: int, *, for_
     """The referral if the user may see it; NotFound otherwise (never Forbidden, so that
     existence does not leak)."""
     query = visible_referrals(user).where(Referral.id == referral_id)
-    if for_update:
-        query = query.with_for_update(of=Referral)
+    if for_update:  # read afresh under the lock, not as an earlier read of the request left it
+        query = query.with_for_update(of=Referral).execution_options(populate_existing=True)
     referral = session.scalars(query).unique().one_or_none()
     if referral is None:
         raise NotFound("No such referral.")

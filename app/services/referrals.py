@@ -253,6 +253,14 @@ def transition(
     rule = TRANSITIONS.get(action)
     if rule is None:
         raise DomainError(f"Unknown action '{action}'.")
+    get_visible_referral(session, actor.user, referral_id)  # NotFound before anything is locked
+    operation_id = _holders_operation(session, referral_id) if action in ("withdraw", "decline") else None
+    if operation_id is not None:
+        # The step moves a tip's holders: their operation is locked first, as imports and
+        # decisions lock it, so that they follow one another instead of deadlocking.
+        from app.services.tips import holders  # the tip pipeline builds on referrals
+
+        holders.lock_operation(session, operation_id, wait=False)
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
@@ -283,16 +291,27 @@ def transition(
     _event(referral, actor, action, previous, rule.target, note, at=when)
     flush_or_conflict(session, "referral")
     audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
-    if action == "decline":
+    if action == "decline" and operation_id is not None:
         # A tip's holders on it (or on a referral transferred on to it) wait on the operation's
         # review list: a person decides where they go now (the tip pipeline does not send them
         # back to the agency that declined).
         session.execute(update(Holder.__table__).where(Holder.__table__.c.referral_id.in_(_before_transfers(
             referral))).values(needs_review=True, updated_at=when))
+    if action == "withdraw" and operation_id is not None:
+        holders.reroute_after_withdrawal(session, actor, operation_id, _before_transfers(referral), now=when)
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
         deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id)
     return new_referral or referral
+
+
+def _holders_operation(session: Session, referral_id: int) -> int | None:
+    """The operation of a referral that belongs to one with a tip's holders (None otherwise)."""
+    operation_id = session.scalar(select(Referral.operation_id).where(Referral.id == referral_id))
+    if operation_id is None or session.scalar(select(Holder.id).where(Holder.operation_id == operation_id)
+                                              .limit(1)) is None:
+        return None
+    return operation_id
 
 
 def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: int | None,

@@ -1041,6 +1041,38 @@ def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_declin
     assert (draft.status, draft.receiver_agency_id, routed.needs_review) == (Status.DRAFT, sent.receiver_agency_id, False)
 
 
+def test_holders_of_a_withdrawn_referral_are_routed_again_at_once(session, world):
+    """Sent by mistake, withdrawn: its holders go back on a draft (the work lists count them
+    again), and the withdrawn referral keeps them in its history."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    other = holder_of(session, world, "acc2")
+    referrals.transition(session, world.actor("c_liaison"), sent.id, "withdraw", None, "Sent by mistake.")
+    session.flush()
+    session.expire_all()
+    moved = [session.get(Holder, h.id) for h in (holder, other)]
+    assert moved[0].referral_id == moved[1].referral_id != sent.id
+    draft = session.get(Referral, moved[0].referral_id)
+    assert (draft.status, draft.receiver_agency_id, draft.jurisdiction) == (Status.DRAFT, sent.receiver_agency_id, "AU")
+    assert not any(h.needs_review for h in moved)
+    assert session.scalar(select(func.count()).select_from(referral_subjects).where(
+        referral_subjects.c.referral_id == sent.id)) == 2
+    summary = {s.operation.code: s for s in holder_service.overview(session, world.users["c_liaison"])[0]}["LANTERN"]
+    assert summary.drafts == 1
+    assert get_visible_holder(session, world.users["c_liaison"], holder.subject_id).referral_id == draft.id
+    with pytest.raises(NotFound):  # the agency it was withdrawn from let it go
+        get_visible_holder(session, world.users["b_liaison"], holder.subject_id)
+
+
+def test_holders_of_a_withdrawn_transfer_are_routed_again(session, world):
+    holder, sent, onward = _transferred_package(session, world)
+    referrals.transition(session, world.actor("b_liaison"), onward.id, "withdraw", None, "Wrong bureau.")
+    session.flush()
+    session.expire_all()
+    moved = session.get(Holder, holder.id)
+    draft = session.get(Referral, moved.referral_id)
+    assert draft.status is Status.DRAFT and draft.sender_agency_id == world.agencies["c"].id
+
+
 def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_stranded(session, world):
     holder, sent, onward = _transferred_package(session, world)
     referrals.transition(session, world.actor("i_liaison"), onward.id, "acknowledge", None)

@@ -490,6 +490,26 @@ def reroute_after_directory_change(session: Session, actor: Actor, operations: l
     return touched
 
 
+def reroute_after_withdrawal(session: Session, actor: Actor, operation_id: int, referral_ids,
+                             *, now: datetime) -> list[int]:
+    """A referral holders sat on (`referral_ids`: it and the referrals transferred on to it) was
+    withdrawn: they are routed again at once, as an import would route them, so that none
+    drops off every work list. The withdrawn referral keeps them in its history. The caller
+    locked the operation first (`lock_operation`). Returns the drafts created or changed."""
+    operation = session.get(Operation, operation_id)
+    states = [state_from_row(row) for row in session.execute(
+        select(*HOLDER_STATE_COLUMNS).where(Holder.referral_id.in_(referral_ids), Holder.merged_into_id.is_(None))
+        .order_by(Holder.id))]
+    if not states:
+        return []
+    router = Router(session, actor, operation, operation.lead_agency_id, now=now)
+    _route(session, router, states, now, triaged=False)
+    touched = router.finish().touched
+    if touched:
+        deconfliction.refresh_hits(session, actor, touched)
+    return touched
+
+
 def lock_operations_with_holders(session: Session) -> list[Operation]:
     """Every operation with holders, each locked (`lock_operation`), in one order: a directory
     change reroutes them all, and an import into one matches against the others' drafts. Taken
