@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,7 @@ from app.models import (
     Priority,
     ReferenceCounter,
     Referral,
+    RISK_FLAGS,
     ReferralEvent,
     Status,
     TLP,
@@ -191,6 +192,7 @@ def update_draft(session: Session, actor: Actor, referral_id: int, expected_vers
         raise DomainError("Only drafts can be edited.")
     check_version(referral, expected_version, "referral")
     _validate(session, actor, data)
+    _keep_routing(session, referral, data)
     changed = {}
     for f in fields(data):
         new = getattr(data, f.name)
@@ -203,6 +205,34 @@ def update_draft(session: Session, actor: Actor, referral_id: int, expected_vers
     audit.record(session, actor, "referral.edit", "referral", referral.id, detail={"changed": sorted(changed)})
     deconfliction.refresh_hits_for_referral(session, actor, referral.id)
     return referral
+
+
+# What routing and triage decide of a draft that carries a tip's account holders: where it goes
+# follows their jurisdiction, its priority, flags and counts follow their triage.
+ROUTED_FIELDS = ("receiver_agency_id", "jurisdiction", "operation_id", "priority", *RISK_FLAGS,
+                 "grade_a", "grade_b", "grade_c")
+ROUTED_MESSAGE = ("This draft carries {n} account holder{s} of a provider tip: {what} follows them. Set a holder's "
+                  "jurisdiction or risk flags on its page instead.")
+
+
+def holders_on(session: Session, referral_id: int) -> int:
+    """How many (unmerged) account holders of a tip a referral carries."""
+    return session.scalar(select(func.count()).select_from(Holder).where(
+        Holder.referral_id == referral_id, Holder.merged_into_id.is_(None)))
+
+
+def _keep_routing(session: Session, referral: Referral, data: ReferralData) -> None:
+    """A person edits what a tip's draft says (summary, material, handling), not what routing
+    decided: changed by hand, the holders' own pages would contradict it and the next import
+    would undo it."""
+    changed = [name for name in ROUTED_FIELDS if getattr(data, name) != getattr(referral, name)]
+    if not changed:
+        return
+    count = holders_on(session, referral.id)
+    if count:
+        what = ("where it goes" if changed[0] in ("receiver_agency_id", "jurisdiction", "operation_id")
+                else "its priority, risk flags and counts")
+        raise DomainError(ROUTED_MESSAGE.format(n=count, s="" if count == 1 else "s", what=what), field=changed[0])
 
 
 def allowed_actions(referral: Referral, user) -> list[str]:
@@ -380,6 +410,24 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     audit.record(session, actor, "referral.escalate", "referral", referral.id, detail={
         "reference": referral.reference, "from": previous.value, "to": priority.value, "reason": reason})
     return True
+
+
+def turn_on_risk_flags(session: Session, referral_id: int, names: Iterable[str]) -> list[str]:
+    """Risk flags the sender's investigators found on what a sent referral concerns (a tip's
+    holder on it) are turned on there too, never off, so that the receiver reads them where it
+    reads the referral's risk; the history, in the caller's step, says who found them. Follows
+    transfers, as `escalate_priority` does; drafts and finished referrals are left alone.
+    Returns the flags turned on."""
+    referral_id = _after_transfers(session, referral_id)
+    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
+    referral = session.scalars(locked).unique().one()
+    if referral.status not in OPEN_STATUSES:
+        return []
+    turned = [name for name in names if not getattr(referral, name)]
+    for name in turned:
+        setattr(referral, name, True)
+    flush_or_conflict(session, "referral")
+    return turned
 
 
 def _before_transfers(referral: Referral):

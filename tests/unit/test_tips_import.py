@@ -1041,6 +1041,87 @@ def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_declin
     assert (draft.status, draft.receiver_agency_id, routed.needs_review) == (Status.DRAFT, sent.receiver_agency_id, False)
 
 
+def _draft_of(session, world, account_key: str) -> Referral:
+    return session.get(Referral, holder_of(session, world, account_key).referral_id)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"receiver_agency_id": "a"}, "receiver_agency_id"),
+    ({"jurisdiction": "NZ"}, "jurisdiction"),
+    ({"priority": Priority.P1}, "priority"),
+    ({"risk_plans_to_meet": True}, "risk_plans_to_meet"),
+    ({"grade_a": 40}, "grade_a"),
+    ({"operation_id": None}, "operation_id"),
+])
+def test_what_routing_decided_of_a_tip_draft_is_not_edited_by_hand(session, world, change, field):
+    """Changed by hand, the holders' pages would contradict the draft and the next import would
+    undo it: the person is sent to the holder's page."""
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    draft = _draft_of(session, world, "acc1")
+    data = referrals.ReferralData.from_referral(draft)
+    for name, value in change.items():
+        setattr(data, name, world.agencies[value].id if name == "receiver_agency_id" else value)
+    with pytest.raises(DomainError, match="carries 2 account holders of a provider tip") as refused:
+        referrals.update_draft(session, world.actor("c_liaison"), draft.id, draft.version, data)
+    assert refused.value.field == field
+
+
+def test_a_tip_drafts_summary_written_by_hand_survives_the_next_import(session, world):
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    draft = _draft_of(session, world, "acc1")
+    assert draft.summary.startswith("Provider tip, operation LANTERN: 2 account holders")
+    data = referrals.ReferralData.from_referral(draft)
+    data.summary, data.material_description = "Checked by the desk: two holders, one household.", "Chat logs."
+    referrals.update_draft(session, world.actor("c_liaison"), draft.id, draft.version, data)
+    run_import(session, world, tip(account(3, email="p@example.org", uploads_a="4")))  # figures move
+    session.expire_all()
+    edited = session.get(Referral, draft.id)
+    assert edited.summary == "Checked by the desk: two holders, one household."
+    assert (edited.material_description, edited.grade_a) == ("Chat logs.", 5)
+
+
+def test_a_tip_draft_left_with_hand_added_subjects_only_drops_the_holders_figures(session, world):
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    draft = _draft_of(session, world, "acc1")
+    subjects.add_subject(session, world.actor("c_liaison"), draft.id, "Known to the desk", "desk.known@example.org")
+    for key in ("acc1", "acc2"):
+        holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder_of(session, world, key).subject_id,
+                                        "NZ")
+    session.flush()
+    session.expire_all()
+    left = session.get(Referral, draft.id)
+    assert left is not None and left.status is Status.DRAFT  # its hand-added subject keeps it
+    assert (left.grade_a, left.grade_b, left.grade_c) == (0, 0, 0)
+    assert "moved to other referrals" in left.summary and "2 account holders" not in left.summary
+    assert holder_of(session, world, "acc1").referral_id != draft.id
+
+
+def test_risk_flags_found_on_a_holder_show_on_its_sent_referral_and_are_never_taken_off(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    lead = world.actor("c_liaison")
+    holder_service.set_risk_flags(session, lead, holder.subject_id, {"risk_plans_to_meet": True})
+    session.flush()
+    session.expire_all()
+    raised = session.get(Referral, sent.id)
+    assert (raised.priority, raised.risk_plans_to_meet, raised.risk_access_to_children) == (Priority.P1, True, False)
+    # Taken off the holder later: the referral keeps what it told its receiver (and its priority).
+    holder_service.set_risk_flags(session, lead, holder.subject_id, {"risk_access_to_children": True})
+    session.flush()
+    session.expire_all()
+    kept = session.get(Referral, sent.id)
+    assert (kept.priority, kept.risk_plans_to_meet, kept.risk_access_to_children) == (Priority.P1, True, True)
+    # The same through the investigators' batch, for the package's other holder.
+    other = holder_of(session, world, "acc2")
+    holder_service.record_risk_flags_batch(session, lead, world.operation.id,
+                                           {other.id: {"risk_previous_convictions": True}})
+    session.flush()
+    session.expire_all()
+    assert session.get(Referral, sent.id).risk_previous_convictions
+
+
 def test_holders_of_a_withdrawn_referral_are_routed_again_at_once(session, world):
     """Sent by mistake, withdrawn: its holders go back on a draft (the work lists count them
     again), and the withdrawn referral keeps them in its history."""

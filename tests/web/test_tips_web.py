@@ -486,6 +486,30 @@ def test_an_agency_that_let_a_holders_referral_go_sees_nothing_a_later_import_ad
         assert "w1@example.org" in text and "+61412000777" in text and "newhandle" in text
 
 
+def test_a_tip_draft_is_edited_for_what_it_says_and_points_to_the_holders_for_the_rest(app, web_world):
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org", uploads_b="2")))
+    with app.app_context():
+        draft = db.session.get(Referral, db.session.scalar(select(Holder.referral_id)))
+        form = {"receiver_agency_id": str(draft.receiver_agency_id), "jurisdiction": draft.jurisdiction,
+                "operation_id": str(draft.operation_id), "priority": draft.priority.value, "grade_a": "0",
+                "grade_b": "2", "grade_c": "0", "material_description": "", "tlp": draft.tlp.value,
+                "handling_code": draft.handling_code.value, "summary": "Written by the desk.",
+                "version": str(draft.version)}
+        alpha = str(web_world.agencies["a"].id)
+    edit = f"/referrals/{draft.id}/edit"
+    assert "carries 1 account holder of a provider tip" in browser.get(edit).get_data(as_text=True)
+    moved = browser.post(edit, {**form, "receiver_agency_id": alpha, "jurisdiction": "NZ"}, token_from=edit)
+    text = moved.get_data(as_text=True)
+    assert moved.status_code == 422
+    assert re.search(r'id="receiver_agency_id-error">This draft carries 1 account holder of a provider tip: where it '
+                     r"goes follows them", text)
+    assert browser.post(edit, form, token_from=edit).status_code == 303
+    with app.app_context():
+        saved = db.session.get(Referral, draft.id)
+        assert (saved.summary, saved.receiver_agency_id) == ("Written by the desk.", draft.receiver_agency_id)
+
+
 def test_an_import_page_is_not_read_after_its_importer_moves_to_another_agency(app, web_world):
     """The page holds the problems and the reject file of the lead agency's import."""
     browser = _login(app, LEAD)

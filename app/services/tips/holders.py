@@ -400,7 +400,10 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     ], now)
     news = (f"holder {holder.label}: the sending agency recorded {_flags_named(flags)}."
             if changed and not raised else None)
+    before = holder.referral_id
     decision = _reroute(session, actor, holder, now, news=news)
+    if before is not None and decision.holder.referral_id == before:
+        referrals.turn_on_risk_flags(session, before, [name for name in RISK_COLUMNS if flags.get(name)])
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
         "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
         "changed": changed,
@@ -456,6 +459,10 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
                 and raised.get(referral_id) != reason):
             notes.setdefault(router.current_id(referral_id), []).append(note)
     router.record_updates({referral_id: " ".join(told) for referral_id, told in notes.items()})
+    for state in states:  # a holder that stays on a sent referral carries its flags there
+        if router.stays(state.referral_id) and any(state.flags):
+            referrals.turn_on_risk_flags(session, router.current_id(state.referral_id),
+                                         [name for name, on in zip(RISK_COLUMNS, state.flags) if on])
     route = router.finish()
     bulk.audit_many(session, actor, entries)
     if route.touched:

@@ -20,6 +20,7 @@ as `referrals.create_draft` would write them, but in bulk.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -386,7 +387,8 @@ class Router:
         drafts = {}
         for start in range(0, len(referral_ids), 5000):
             drafts.update((row.id, row) for row in session.execute(
-                select(Referral.id, Referral.reference, Referral.jurisdiction, Referral.priority, Referral.status)
+                select(Referral.id, Referral.reference, Referral.jurisdiction, Referral.priority, Referral.status,
+                       Referral.summary)
                 .where(Referral.id.in_(referral_ids[start:start + 5000]))))
         changed, discarded, updates = [], [], []
         for referral_id in referral_ids:
@@ -397,17 +399,26 @@ class Router:
                 discarded.append(referral_id)
                 continue
             row = figures.get(referral_id)
+            # A summary a person wrote stays; one routing wrote follows the figures.
+            by_routing = routing_wrote(draft.summary)
             if row is None:
-                continue  # subjects added by hand only: the pipeline leaves it alone
+                # Its holders all left; subjects added by hand remain, and nothing of the
+                # holders is counted on it any longer.
+                updates.append({"id": referral_id, "grade_a": 0, "grade_b": 0, "grade_c": 0, "priority": draft.priority,
+                                **dict.fromkeys(RISK_COLUMNS, False),
+                                "summary": _holders_left(self.operation.code) if by_routing else draft.summary,
+                                "updated_at": self.now})
+                changed.append(referral_id)
+                continue
             count, a, b, c = row[1], int(row[2] or 0), int(row[3] or 0), int(row[4] or 0)  # PostgreSQL sums are numeric
             flags = [bool(v) for v in row[5:10]]
             packaged = bool(row[10])
             # A package keeps its bucket's priority; a holder's own referral follows the holder.
             priority = draft.priority if packaged else Priority(row[11])
+            summary = (_summary(self.operation.code, draft.jurisdiction, priority, count, packaged) if by_routing
+                       else draft.summary)
             updates.append({"id": referral_id, "grade_a": a, "grade_b": b, "grade_c": c, "priority": priority,
-                            **dict(zip(RISK_COLUMNS, flags)),
-                            "summary": _summary(self.operation.code, draft.jurisdiction, priority, count, packaged),
-                            "updated_at": self.now})
+                            **dict(zip(RISK_COLUMNS, flags)), "summary": summary, "updated_at": self.now})
             changed.append(referral_id)
         if updates:
             table = Referral.__table__
@@ -537,6 +548,22 @@ class Router:
             "user_id": self.actor.user_id, "agency_id": self.importer_id,
         })
         bulk.audit_many(self.session, self.actor, entries)
+
+
+# Any summary `_summary` or `_holders_left` writes, and only those.
+_ROUTING_SUMMARY = re.compile(
+    r"Provider tip, operation \S+: (?:(?:one account holder|\d+ account holders?) in .+, triaged P[1-4]\. "
+    r"(?:Each holder's|The holder's) accounts and the identifiers that joined them are listed with the referral's "
+    r"subjects\.|its account holders moved to other referrals; the subjects added by hand remain\.)", re.DOTALL)
+
+
+def routing_wrote(summary: str) -> bool:
+    """Whether a draft's summary is still the one routing wrote (not a person's)."""
+    return _ROUTING_SUMMARY.fullmatch(summary or "") is not None
+
+
+def _holders_left(code: str) -> str:
+    return f"Provider tip, operation {code}: its account holders moved to other referrals; the subjects added by hand remain."
 
 
 def _summary(code: str, jurisdiction: str, priority: Priority, count: int, packaged: bool) -> str:

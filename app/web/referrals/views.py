@@ -127,7 +127,8 @@ def edit(referral_id: int):
             flash("Draft saved.")
             return redirect(url_for("referrals.detail", referral_id=referral_id), 303)
     status = form_status(form)
-    return render_template("referrals/form.html", form=form, referral=referral), status
+    return render_template("referrals/form.html", form=form, referral=referral,
+                           holders=service.holders_on(db.session, referral.id)), status
 
 
 @bp.route("/referrals/<int:referral_id>")
