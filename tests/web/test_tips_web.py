@@ -723,6 +723,13 @@ def test_an_absorbed_holder_says_where_its_accounts_went_and_why_no_decision_is_
                                   data={"csrf_token": token, "risk_plans_to_meet": "y"})
     assert refused.status_code == 422
     assert "merged into another; decide on that one" in refused.get_data(as_text=True)
+    # A form sent from the page as it was before the merge, incomplete: what was wrong is shown,
+    # though the form itself is no longer on the page.
+    incomplete = browser.client.post(f"/tips/holders/{absorbed_subject}/jurisdiction",
+                                     data={"csrf_token": token, "country": "", "note": "x" * 2001})
+    text = incomplete.get_data(as_text=True)
+    assert incomplete.status_code == 422 and 'action="/tips/holders/' not in text
+    assert re.search(r'class="flash error" role="alert">Jurisdiction[^<]*: ', text), text
 
 
 def test_the_receiver_of_a_holder_merged_away_is_told_without_seeing_the_other_referral(app, web_world):
