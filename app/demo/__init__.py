@@ -7,7 +7,7 @@ so the demo exercises the real lifecycle. New scenarios add a module beside this
 from __future__ import annotations
 
 import random
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -70,8 +70,11 @@ PATHS = {
 }
 
 
-def load_demo(session: Session, passwords: Passwords, seed: int = 7) -> None:
+def load_demo(session: Session, passwords: Passwords, seed: int = 7, *, now: datetime | None = None) -> None:
+    """The demo's agencies, users and referrals; their history runs up to `now` (the present
+    by default; the Operation H scenario passes its own, so that a seed gives the same data)."""
     rng = random.Random(seed)
+    now = now or utcnow()
     agencies = [
         directory.create_agency(session, SYSTEM, directory.AgencyData(
             name=name, kind=kind, country_code=country, desk_email=email, desk_phone=phone,
@@ -86,12 +89,11 @@ def load_demo(session: Session, passwords: Passwords, seed: int = 7) -> None:
             users_by_agency.setdefault(agencies[index].id, user)
 
     lead = agencies[0]
-    operation = Operation(code="HARBOUR", lead_agency_id=lead.id, opened_on=date.today() - timedelta(days=120),
+    operation = Operation(code="HARBOUR", lead_agency_id=lead.id, opened_on=now.date() - timedelta(days=120),
                           description="Synthetic demo operation built from a provider tip.")
     session.add(operation)
     session.flush()
 
-    now = utcnow()
     senders = [agencies[0], agencies[0], agencies[0], agencies[2], agencies[3], agencies[1]]
     for final_status, count in SPREAD.items():
         for _ in range(count):
@@ -119,7 +121,6 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
         summary=PLACEHOLDER_SUMMARY,
     )
     referral = referrals.create_draft(session, sender_actor, data)
-    _demo_subject(session, rng, sender_actor, referral.id)
     # History starts between 2 and 90 days ago; steps follow at realistic intervals.
     at = now - timedelta(days=rng.uniform(2, 90))
     referral.created_at = at
@@ -128,6 +129,7 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
     if final_status == "sent" and rng.random() < 0.5:
         at = now - timedelta(hours=rng.uniform(1, 20))  # some inside their clock
         referral.created_at = referral.events[0].at = at - timedelta(hours=2)
+    _demo_subject(session, rng, sender_actor, referral.id, referral.created_at)
     for step in steps:
         at = at + timedelta(hours=rng.uniform(2, 60))
         at = min(at, now - timedelta(minutes=5))
@@ -152,12 +154,12 @@ SHARED_IDENTIFIERS = ["harbour.lights@example.org", phones.unassigned("NZ", 990_
                       "2001:db8::42"]
 
 
-def _demo_subject(session, rng, actor, referral_id) -> None:
+def _demo_subject(session, rng, actor, referral_id, at: datetime) -> None:
     phone = phones.unassigned("AU", rng.randrange(10**8) % phones.capacity("AU"))
     lines = [f"holder{referral_id:03d}@example.org", phone]
     if rng.random() < 0.3:
         lines.append(rng.choice(SHARED_IDENTIFIERS))
-    subjects.add_subject(session, actor, referral_id, "Account holder", "\n".join(lines))
+    subjects.add_subject(session, actor, referral_id, "Account holder", "\n".join(lines), at=at)
 
 
 def demo_logins(session: Session) -> list[tuple[str, str, str]]:

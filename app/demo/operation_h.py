@@ -240,7 +240,7 @@ def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, n
     start = now - timedelta(days=SIMULATED_DAYS)
     rng = random.Random(seed)
 
-    load_demo(session, passwords)
+    load_demo(session, passwords, now=now)
     lead_email = next(email for email, _name, role, index in USERS if role.value == "liaison" and index == 0)
     lead_user = session.scalar(select(User).where(User.email == lead_email))
     places = countries(random.Random(seed))  # the tip's countries, as generate() draws them
@@ -587,7 +587,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         session.execute(insert(Outcome.__table__), outcome_rows)
     bulk.audit_many(session, lead, entries)
     if transferred_ids:
-        deconfliction.refresh_hits(session, lead, transferred_ids)
+        deconfliction.refresh_hits(session, lead, transferred_ids, now=latest)
     session.expire_all()
     if progress:
         progress("simulate", len(drafts), len(drafts))

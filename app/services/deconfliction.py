@@ -317,13 +317,16 @@ def _dialect_insert(session: Session, table):
     return insert(table)
 
 
-def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int) -> RefreshResult:
-    return refresh_hits(session, actor, [referral_id])
+def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int, *,
+                              now: datetime | None = None) -> RefreshResult:
+    return refresh_hits(session, actor, [referral_id], now=now)
 
 
-def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int]) -> RefreshResult:
+def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
+                 now: datetime | None = None) -> RefreshResult:
     """Match the identifiers of these referrals against every referral's and record what is
-    new: hits, matched identifiers of each side, notifications, common identifiers.
+    new: hits, matched identifiers of each side, notifications, common identifiers. `now`
+    stamps them (the time of the step that matched: an import's, or the demo's replay).
 
     A bounded number of statements, whatever the number of identifiers: one to read these
     referrals' identifiers, one to match them, and a few batched reads and writes."""
@@ -343,7 +346,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int]) ->
 
     threshold = settings(session).common_threshold
     batch = match_batch(session, (row.match_key for row in own_rows), threshold=threshold, shared_only=True)
-    now = utcnow()
+    now = now or utcnow()
 
     # Common keys: marked (or their count refreshed) for the admins' list; they raise nothing.
     if batch.common:

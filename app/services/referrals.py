@@ -331,7 +331,7 @@ def transition(
         holders.reroute_after_withdrawal(session, actor, operation_id, _before_transfers(referral), now=when)
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
-        deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id)
+        deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id, now=when)
     return new_referral or referral
 
 

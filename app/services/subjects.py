@@ -8,6 +8,8 @@ A transfer links the same subjects to the new referral (:func:`copy_subjects`).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, insert, literal, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -92,9 +94,9 @@ def _parse(session: Session, referral: Referral, text: str, kind: IdentifierKind
 
 
 def _attach(session: Session, subject: Subject, parsed: list[deconfliction.ParsedLine], actor: Actor,
-            known: set[str]) -> list[Identifier]:
+            known: set[str], now: datetime) -> list[Identifier]:
     """Insert the new identifiers in one batched statement and return them."""
-    rows, now = [], utcnow()
+    rows = []
     for p in parsed:
         if p.key in known:
             continue  # recorded already, or given twice
@@ -121,8 +123,11 @@ def _kinds(identifiers: list[Identifier]) -> dict[str, int]:
 
 
 def add_subject(session: Session, actor: Actor, referral_id: int, label: str, identifiers: str, *,
-                kind: IdentifierKind | None = None, platform: str | None = None) -> Subject:
-    """A new subject on the referral with its identifiers (one per line), then matching."""
+                kind: IdentifierKind | None = None, platform: str | None = None,
+                at: datetime | None = None) -> Subject:
+    """A new subject on the referral with its identifiers (one per line), then matching. `at`
+    lets the demo loader replay history; requests always use the current time."""
+    now = at or utcnow()
     referral = _editable_referral(session, actor, referral_id)
     label = (label or "").strip()
     if len(label) > LABEL_MAX:
@@ -133,14 +138,14 @@ def add_subject(session: Session, actor: Actor, referral_id: int, label: str, id
             select(func.count()).select_from(referral_subjects).where(referral_subjects.c.referral_id == referral.id)
         ) or 0
         label = f"Subject {count + 1}"
-    subject = Subject(agency_id=actor.agency_id, label=label, created_by_id=actor.user_id)
+    subject = Subject(agency_id=actor.agency_id, label=label, created_by_id=actor.user_id, created_at=now)
     session.add(subject)
     session.flush()
-    added = _attach(session, subject, parsed, actor, set())
-    session.execute(insert(referral_subjects).values(referral_id=referral.id, subject_id=subject.id, added_at=utcnow()))
+    added = _attach(session, subject, parsed, actor, set(), now)
+    session.execute(insert(referral_subjects).values(referral_id=referral.id, subject_id=subject.id, added_at=now))
     audit.record(session, actor, "subject.add", "subject", subject.id,
                  detail={"referral": referral.reference, "identifiers": _kinds(added)})
-    deconfliction.refresh_hits(session, actor, [referral.id])
+    deconfliction.refresh_hits(session, actor, [referral.id], now=now)
     return subject
 
 
@@ -153,7 +158,7 @@ def add_identifiers(session: Session, actor: Actor, referral_id: int, subject_id
         raise Forbidden("Another agency recorded this subject; add a new subject instead.")
     parsed = _parse(session, referral, identifiers, kind, platform)
     known = set(session.scalars(select(Identifier.match_key).where(Identifier.subject_id == subject.id)))
-    added = _attach(session, subject, parsed, actor, known)
+    added = _attach(session, subject, parsed, actor, known, utcnow())
     audit.record(session, actor, "subject.identifiers_add", "subject", subject.id,
                  detail={"referral": referral.reference, "identifiers": _kinds(added)})
     if added:

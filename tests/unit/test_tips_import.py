@@ -28,8 +28,10 @@ from app.models import (
     HolderRouting,
     Identifier,
     JurisdictionSource,
+    Notification,
     NotificationKind,
     Operation,
+    Outcome,
     Priority,
     Referral,
     ReferralEvent,
@@ -1581,16 +1583,25 @@ def test_only_the_lead_agency_and_the_receivers_see_holders_and_tips(session, wo
 # --- the scenario ------------------------------------------------------------------------------
 
 def _scenario_facts(session) -> tuple:
-    """The scenario's referrals and holders (the basic demo under it is dated from the clock)."""
-    from app.demo.operation_h import OPERATION_CODE
+    """Everything the scenario's data says, the basic demo under it included: referrals with
+    their history and outcomes, holders, subjects and identifiers, hits and notifications
+    (not the records of loading it: the audit trail, accounts and their password salts)."""
+    def rows(*columns, order_by):
+        return tuple(tuple(row) for row in session.execute(select(*columns).order_by(*order_by)).all())
 
-    scenario = select(Operation.id).where(Operation.code == OPERATION_CODE).scalar_subquery()
     return (
-        tuple(session.execute(select(Referral.reference, Referral.status, Referral.priority, Referral.jurisdiction,
-                                     Referral.sent_at, Referral.acknowledged_at, Referral.closed_at)
-                              .where(Referral.operation_id == scenario).order_by(Referral.id)).all()),
-        tuple(session.execute(select(Holder.number, Holder.jurisdiction, Holder.priority, Holder.routing)
-                              .order_by(Holder.number)).all()),
+        rows(Referral.reference, Referral.status, Referral.priority, Referral.jurisdiction, Referral.created_at,
+             Referral.sent_at, Referral.acknowledged_at, Referral.closed_at, Referral.operation_id,
+             order_by=[Referral.id]),
+        rows(ReferralEvent.referral_id, ReferralEvent.action, ReferralEvent.at, ReferralEvent.note,
+             order_by=[ReferralEvent.id]),
+        rows(Outcome.referral_id, Outcome.occurred_on, Outcome.arrests, Outcome.recorded_at, order_by=[Outcome.id]),
+        rows(Holder.number, Holder.jurisdiction, Holder.priority, Holder.routing, order_by=[Holder.number]),
+        rows(Subject.id, Subject.label, Subject.created_at, order_by=[Subject.id]),
+        rows(Identifier.subject_id, Identifier.value, Identifier.created_at, order_by=[Identifier.id]),
+        rows(Hit.referral_low_id, Hit.referral_high_id, Hit.status, Hit.created_at, order_by=[Hit.id]),
+        rows(Notification.agency_id, Notification.kind, Notification.message, Notification.created_at,
+             order_by=[Notification.id]),
     )
 
 
@@ -1630,6 +1641,13 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     waiting = session.execute(select(Holder.needs_review).where(Holder.referral_id.in_(declined_ids))).scalars().all()
     assert waiting and all(waiting)
     assert audit.verify(session).ok
+    # The demo's subjects are dated with their referrals: an agency that declined one still
+    # reads the identifiers it was sent.
+    for declined_referral in declined + session.scalars(select(Referral).where(
+            Referral.status == Status.DECLINED, Referral.operation_id != operation.id)).all():
+        reader_user = session.scalars(select(User).where(User.agency_id == declined_referral.receiver_agency_id)).first()
+        shown = subjects.subjects_of(session, reader_user, declined_referral.id)
+        assert shown and all(subject.identifiers for subject in shown), declined_referral.reference
     facts = _scenario_facts(session)
     session.close()
     _empty_all_tables(session.get_bind())

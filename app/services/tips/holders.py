@@ -331,7 +331,7 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
         router.record_updates({router.current_id(before): news})
     route = router.finish()
     if route.touched:
-        deconfliction.refresh_hits(session, actor, route.touched)
+        deconfliction.refresh_hits(session, actor, route.touched, now=now)
     session.expire(holder)
     stays = None
     if state.referral_id and state.referral_id == before:
@@ -466,7 +466,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     route = router.finish()
     bulk.audit_many(session, actor, entries)
     if route.touched:
-        deconfliction.refresh_hits(session, actor, route.touched)
+        deconfliction.refresh_hits(session, actor, route.touched, now=now)
     return route.touched
 
 
@@ -493,7 +493,7 @@ def reroute_after_directory_change(session: Session, actor: Actor, operations: l
             _route(session, router, states, now, triaged=False)
             touched += router.finish().touched
     if touched:
-        deconfliction.refresh_hits(session, actor, touched)
+        deconfliction.refresh_hits(session, actor, touched, now=now)
     return touched
 
 
@@ -513,7 +513,7 @@ def reroute_after_withdrawal(session: Session, actor: Actor, operation_id: int, 
     _route(session, router, states, now, triaged=False)
     touched = router.finish().touched
     if touched:
-        deconfliction.refresh_hits(session, actor, touched)
+        deconfliction.refresh_hits(session, actor, touched, now=now)
     return touched
 
 

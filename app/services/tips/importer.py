@@ -642,7 +642,7 @@ class _Writer:
         return [referral_id for referral_id in referral_ids if referral_id in needed]
 
     def _refresh(self, batch: list[int], total: deconfliction.RefreshResult) -> None:
-        part = deconfliction.refresh_hits(self.session, self.actor, batch)
+        part = deconfliction.refresh_hits(self.session, self.actor, batch, now=self.now)
         total.created.extend(part.created)
         created = set(total.created)
         total.updated.extend(h for h in part.updated if h not in created)
