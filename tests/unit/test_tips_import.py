@@ -1465,6 +1465,52 @@ def test_a_hit_on_a_discarded_package_does_not_move_to_a_holder_that_matches_not
     assert decision.holder.referral_id not in {r for pair in pairs for r in pair}
 
 
+def test_a_hit_follows_its_holder_off_a_package_that_stays(session, world):
+    """Alpha and the lead agreed who leads on a hit about one holder of a package; a re-import
+    makes that holder P2, so it leaves for a draft of its own while the package keeps its other
+    holder: the hit, agreement and all, follows the holder; nothing is raised twice."""
+    from app.models import HitStatus
+
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    run_import(session, world, tip(account(1, email="shared@example.org"), account(2, email="own@example.org")))
+    first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    package = first.referral_id
+    hit = session.scalars(select(Hit)).one()
+    deconfliction.resolve(session, world.actor("a_liaison"), hit.id, None, world.agencies["a"].id, "Alpha leads.")
+    session.flush()
+    told_before = count(session, Notification)
+    run_import(session, world, tip(account(3, email="shared@example.org", uploads_a="10")))
+    session.expire_all()
+    own = session.get(Holder, first.id).referral_id
+    assert own != package and session.get(Holder, second.id).referral_id == package  # the package stays
+    kept = session.scalars(select(Hit)).one()
+    assert (kept.id, kept.status, kept.lead_agency_id) == (hit.id, HitStatus.RESOLVED, world.agencies["a"].id)
+    assert {kept.referral_low_id, kept.referral_high_id} == {own, other.id}
+    assert count(session, Notification) == told_before  # no second "deconfliction hit" for the same person
+    moved = session.scalars(select(AuditEntry).where(AuditEntry.action == "hit.move")).one()
+    assert json.loads(moved.detail)["reason"] == "the holders it matched left their draft"
+
+
+def test_a_hit_keeps_the_holders_that_stay_and_drops_the_matches_of_those_that_left(session, world):
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "one@example.org\ntwo@example.org")
+    run_import(session, world, tip(account(1, email="one@example.org"), account(2, email="two@example.org")))
+    first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    package = first.referral_id
+    hit = session.scalars(select(Hit)).one()
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), first.subject_id, {"risk_plans_to_meet": True})
+    session.expire_all()
+    own = session.get(Holder, first.id).referral_id
+    pairs = {frozenset((h.referral_low_id, h.referral_high_id)): h for h in session.scalars(select(Hit))}
+    assert set(pairs) == {frozenset((package, other.id)), frozenset((own, other.id))}
+    stayed = pairs[frozenset((package, other.id))]
+    assert stayed.id == hit.id
+    package_side = HitSide.LOW if stayed.referral_low_id == package else HitSide.HIGH
+    on_package = {session.get(Identifier, m.identifier_id).subject_id for m in stayed.matches if m.side == package_side}
+    assert on_package == {second.subject_id}  # not the holder that left
+
+
 def test_a_hit_moves_only_to_a_referral_of_the_same_sender(session, world):
     """A merge makes Lefty join the referral Bravo transferred on (Bravo sends that successor):
     the hit Lefty's package had with Alpha's referral goes with the package, and deconfliction

@@ -428,23 +428,30 @@ class Router:
                 .values({**{k: bindparam(f"b_{k}") for k in columns}, "version": table.c.version + 1}),
                 [{f"b_{k}": v for k, v in row.items()} for row in updates],
             )
+        left = [d for d in changed if d in self._left]
+        if discarded or left:
+            self._keep_hits(discarded + left, set(discarded))
         if discarded:
             self._discarded_references.update((d, drafts[d].reference) for d in discarded)
-            self._keep_hits(discarded)
             session.execute(delete(Referral.__table__).where(Referral.__table__.c.id.in_(discarded)))
         return changed, discarded
 
-    def _keep_hits(self, discarded: list[int]) -> None:
-        """The deconfliction hits on drafts about to be discarded, which may hold what two
-        agencies agreed (who leads), move to the referral that carries the matched holders now
-        instead of going with them, the sides swapped if the pair's order turns; the matches
-        the move brings are added when deconfliction runs next. A hit moves only where the case
-        it matched went whole, to a referral of the same sender (its party stays right), and
-        not onto a pair that has a hit already: otherwise it goes with the draft, as before."""
+    def _keep_hits(self, drafts: list[int], discarded: set[int]) -> None:
+        """The deconfliction hits on drafts that holders left (`discarded` ones, left with no
+        subject, or ones left with fewer holders) follow the holders they matched, keeping what
+        two agencies agreed (acknowledged, who leads):
+        - all of a hit's matched holders on the draft left it, for one referral of the same
+          sender (its party stays right) whose pair with the other side has no hit yet: the hit
+          moves there, its sides swapped if the pair's order turns (the matches the move brings
+          are added when deconfliction runs next);
+        - they left, but not so: the hit goes with a discarded draft, and is removed from one
+          that stays (it would show a match the draft no longer holds); deconfliction finds
+          the new pair anew;
+        - some of them stay: the hit stays, without the matches of those that left."""
         session = self.session
         hits, matches = Hit.__table__, HitMatch.__table__
         rows = session.execute(select(hits.c.id, hits.c.referral_low_id, hits.c.referral_high_id).where(
-            or_(hits.c.referral_low_id.in_(discarded), hits.c.referral_high_id.in_(discarded))).order_by(hits.c.id)).all()
+            or_(hits.c.referral_low_id.in_(drafts), hits.c.referral_high_id.in_(drafts))).order_by(hits.c.id)).all()
         if not rows:
             return
         matched: dict[tuple[int, str], set[int]] = {}  # (hit, side) -> subjects
@@ -454,18 +461,23 @@ class Router:
             .where(matches.c.hit_id.in_([row.id for row in rows]))
         ):
             matched.setdefault((hit_id, side), set()).add(subject_id)
-        carries = {draft: {subject: state for subject, state in self._left.get(draft, ())} for draft in discarded}
-        moves = {}
+        carries = {draft: {subject: state for subject, state in self._left.get(draft, ())} for draft in drafts}
+        moves, drops, stale = {}, [], []
         for row in rows:
-            side = HitSide.LOW if row.referral_low_id in carries else HitSide.HIGH
-            gone = row.referral_low_id if side is HitSide.LOW else row.referral_high_id
-            other = row.referral_high_id if side is HitSide.LOW else row.referral_low_id
-            now_on = {carries[gone][subject].referral_id if subject in carries[gone] else None
-                      for subject in matched.get((row.id, side.value), ())}
-            if len(now_on) == 1 and None not in now_on and other not in carries:
-                moves[row.id] = (row, gone, other, now_on.pop())
-        if not moves:
-            return
+            for side, mine, other in ((HitSide.LOW, row.referral_low_id, row.referral_high_id),
+                                      (HitSide.HIGH, row.referral_high_id, row.referral_low_id)):
+                subjects = matched.get((row.id, side.value), set())
+                gone = subjects & carries.get(mine, {}).keys()
+                if not gone:
+                    continue
+                if gone != subjects:
+                    stale.append((row.id, side, gone))
+                    continue
+                now_on = {carries[mine][subject].referral_id for subject in subjects}
+                if len(now_on) == 1 and None not in now_on and other not in carries:
+                    moves[row.id] = (row, mine, other, now_on.pop())
+                elif mine not in discarded:
+                    drops.append((row.id, mine))
         same_sender = set(session.scalars(select(Referral.id).where(
             Referral.id.in_(sorted({to for *_, to in moves.values()})), Referral.sender_agency_id == self.importer_id)))
         taken = {(low, high) for low, high in session.execute(select(hits.c.referral_low_id, hits.c.referral_high_id)
@@ -475,6 +487,8 @@ class Router:
         for row, gone, other, to in moves.values():
             low, high = sorted((to, other))
             if to not in same_sender or to == other or (low, high) in taken:
+                if gone not in discarded:
+                    drops.append((row.id, gone))
                 continue
             taken.add((low, high))
             values = {"referral_low_id": low, "referral_high_id": high, "version": hits.c.version + 1}
@@ -485,8 +499,19 @@ class Router:
                 session.execute(update(matches).where(matches.c.hit_id == row.id).values(side=case(
                     (matches.c.side == HitSide.LOW.value, HitSide.HIGH.value), else_=HitSide.LOW.value)))
             session.execute(update(hits).where(hits.c.id == row.id).values(values))
-            entries.append(("hit.move", "hit", row.id, {"from_referral": gone, "to_referral": to,
-                                                        "reason": "its draft was left with no holder"}))
+            reason = ("its draft was left with no holder" if gone in discarded
+                      else "the holders it matched left their draft")
+            entries.append(("hit.move", "hit", row.id, {"from_referral": gone, "to_referral": to, "reason": reason}))
+        for hit_id, side, subjects in stale:
+            session.execute(delete(matches).where(
+                matches.c.hit_id == hit_id, matches.c.side == side.value,
+                matches.c.identifier_id.in_(select(Identifier.id).where(Identifier.subject_id.in_(sorted(subjects))))))
+            session.execute(update(hits).where(hits.c.id == hit_id).values(version=hits.c.version + 1))
+        if drops:
+            session.execute(delete(hits).where(hits.c.id.in_(sorted({hit_id for hit_id, _ in drops}))))
+            entries += [("hit.remove", "hit", hit_id, {"referral": draft, "reason": "the holders it matched left "
+                                                       "this draft; deconfliction matches them where they went"})
+                        for hit_id, draft in sorted(set(drops))]
         bulk.audit_many(session, self.actor, entries)
 
     def record_updates(self, notes: dict[int, str]) -> None:
