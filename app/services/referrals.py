@@ -320,15 +320,17 @@ def transition(
         detail["new_reference"] = new_referral.reference
     _event(referral, actor, action, previous, rule.target, note, at=when)
     flush_or_conflict(session, "referral")
-    audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
+    # What the step does to a tip's holders comes before its audit entry, which locks the
+    # audit chain's head: every row lock first, as decisions and draft edits take them.
     if action == "decline" and operation_id is not None:
         # A tip's holders on it (or on a referral transferred on to it) wait on the operation's
         # review list: a person decides where they go now (the tip pipeline does not send them
         # back to the agency that declined).
         session.execute(update(Holder.__table__).where(Holder.__table__.c.referral_id.in_(_before_transfers(
-            referral))).values(needs_review=True, updated_at=when))
+            referral.id))).values(needs_review=True, updated_at=when))
     if action == "withdraw" and operation_id is not None:
-        holders.reroute_after_withdrawal(session, actor, operation_id, _before_transfers(referral), now=when)
+        holders.reroute_after_withdrawal(session, actor, operation_id, _before_transfers(referral.id), now=when)
+    audit.record(session, actor, f"referral.{action}", "referral", referral.id, detail=detail)
     if action in ("send", "transfer"):
         # Sending (or a transfer's new referral, which is sent at once) matches its identifiers.
         deconfliction.refresh_hits_for_referral(session, actor, (new_referral or referral).id, now=when)
@@ -336,12 +338,10 @@ def transition(
 
 
 def _holders_operation(session: Session, referral_id: int) -> int | None:
-    """The operation of a referral that belongs to one with a tip's holders (None otherwise)."""
-    operation_id = session.scalar(select(Referral.operation_id).where(Referral.id == referral_id))
-    if operation_id is None or session.scalar(select(Holder.id).where(Holder.operation_id == operation_id)
-                                              .limit(1)) is None:
-        return None
-    return operation_id
+    """The operation of the tip's holders on a referral, or on one whose transfers led to it
+    (None without any): the holders say it, whatever operation the referral names."""
+    return session.scalar(select(Holder.operation_id).where(Holder.referral_id.in_(_before_transfers(referral_id)))
+                          .limit(1))
 
 
 def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: int | None,
@@ -430,10 +430,10 @@ def turn_on_risk_flags(session: Session, referral_id: int, names: Iterable[str])
     return turned
 
 
-def _before_transfers(referral: Referral):
+def _before_transfers(referral_id: int):
     """The ids of the referral and of the referrals whose transfers led to it, as a subquery
     (one recursive query, however long the chain)."""
-    chain = select(Referral.id, Referral.transferred_from_id).where(Referral.id == referral.id).cte(recursive=True)
+    chain = select(Referral.id, Referral.transferred_from_id).where(Referral.id == referral_id).cte(recursive=True)
     chain = chain.union_all(select(Referral.id, Referral.transferred_from_id)
                             .join(chain, Referral.id == chain.c.transferred_from_id))
     return select(chain.c.id)

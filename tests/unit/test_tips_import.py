@@ -1124,6 +1124,51 @@ def test_risk_flags_found_on_a_holder_show_on_its_sent_referral_and_are_never_ta
     assert session.get(Referral, sent.id).risk_previous_convictions
 
 
+def test_a_summary_routing_wrote_follows_the_figures_whatever_the_operations_code(session, world):
+    world.operation.code = "NIGHT OWL"
+    session.flush()
+    run_import(session, world, tip(account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    draft = _draft_of(session, world, "acc1")
+    assert "2 account holders" in draft.summary
+    run_import(session, world, tip(account(3, email="r@example.org", uploads_b="1")), file_name="b.csv")
+    session.expire_all()
+    grown = session.get(Referral, draft.id)
+    assert grown.grade_b == 3 and "operation NIGHT OWL: 3 account holders" in grown.summary
+
+
+def test_a_decline_puts_the_holders_on_review_whatever_operation_their_referral_names(session, world):
+    """The holders say which operation they belong to: a tip referral whose operation was
+    cleared by hand (as drafts could be edited before) is declined like any other."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    session.execute(Referral.__table__.update().where(Referral.__table__.c.id == sent.id).values(operation_id=None))
+    session.expire_all()
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "decline", None, "Not ours.")
+    session.flush()
+    session.expire_all()
+    assert session.get(Holder, holder.id).needs_review
+
+
+def test_risk_flags_found_on_a_merged_part_reach_the_sent_referral_the_holder_stays_on(session, world):
+    run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="1"),
+                                   account(2, email="q@example.org", uploads_b="2")))
+    left = holder_of(session, world, "acc5")
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), left.subject_id,
+                                  {"risk_previous_convictions": True})
+    session.flush()
+    sent = referrals.transition(session, world.actor("c_liaison"), holder_of(session, world, "acc1").referral_id,
+                                "send", None)
+    assert not sent.risk_previous_convictions
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")), file_name="m.csv")
+    session.expire_all()
+    assert session.get(Holder, left.id).referral_id == sent.id
+    carried = session.get(Referral, sent.id)
+    assert carried.risk_previous_convictions
+    assert "its risk flags now include what was found on the holders merged: previous convictions" in (
+        carried.events[-1].note)
+
+
 def test_holders_of_a_withdrawn_referral_are_routed_again_at_once(session, world):
     """Sent by mistake, withdrawn: its holders go back on a draft (the work lists count them
     again), and the withdrawn referral keeps them in its history."""
@@ -1509,6 +1554,9 @@ def test_a_hit_keeps_the_holders_that_stay_and_drops_the_matches_of_those_that_l
     package_side = HitSide.LOW if stayed.referral_low_id == package else HitSide.HIGH
     on_package = {session.get(Identifier, m.identifier_id).subject_id for m in stayed.matches if m.side == package_side}
     assert on_package == {second.subject_id}  # not the holder that left
+    # Alpha's side keeps the key the package still shares, not the one only the leaver shared.
+    assert {session.get(Identifier, m.identifier_id).value for m in stayed.matches
+            if m.side != package_side} == {"two@example.org"}
 
 
 def test_a_hit_moves_only_to_a_referral_of_the_same_sender(session, world):
@@ -1713,6 +1761,66 @@ def _committed_review_holder(pg_app):
         holder = holder_of(setup, world, "acc1")
         assert holder.needs_review
         return world, holder.id, holder.subject_id
+
+
+def test_a_withdrawal_and_an_edit_of_a_draft_it_reroutes_into_do_not_deadlock(pg_app, monkeypatch):
+    """PostgreSQL: withdrawing a sent package routes its holders onto a package draft someone is
+    editing just then. The withdrawal takes its row locks before the audit chain's head, as an
+    edit does: one waits for the other, neither is broken off."""
+    import threading
+
+    from tests.factories import build_world
+
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        _holder, sent = _sent_package(setup, world, datetime.now(timezone.utc))
+        run_import(setup, world, tip(account(3, email="r@example.org", uploads_b="1")), file_name="b.csv")
+        draft = _draft_of(setup, world, "acc3")
+        setup.commit()
+        sent_id, draft_id, lead_id = sent.id, draft.id, world.users["c_liaison"].id
+    editing, release = threading.Event(), threading.Event()
+    checked = referrals._keep_routing
+
+    def held_after_locking_the_draft(session, referral, data):
+        editing.set()
+        release.wait(10)
+        return checked(session, referral, data)
+
+    monkeypatch.setattr(referrals, "_keep_routing", held_after_locking_the_draft)
+    errors = []
+
+    def run(step):
+        def target():
+            with make_session() as session:
+                try:
+                    step(session, Actor(session.get(User, lead_id), "127.0.0.1"))
+                    session.commit()
+                except Exception as exc:  # what the test reports
+                    errors.append(repr(exc))
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    def edit(session, actor):
+        data = referrals.ReferralData.from_referral(session.get(Referral, draft_id))
+        data.summary = "Edited by hand."
+        referrals.update_draft(session, actor, draft_id, None, data)
+
+    def withdraw(session, actor):
+        referrals.transition(session, actor, sent_id, "withdraw", None, "Sent by mistake.")
+
+    first = run(edit)
+    assert editing.wait(10)
+    second = run(withdraw)
+    second.join(1.5)  # the withdrawal waits for the draft the edit holds
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert errors == []
+    with make_session() as check:
+        assert check.get(Referral, sent_id).status is Status.WITHDRAWN
+        assert check.get(Referral, draft_id).summary == "Edited by hand."
 
 
 def test_a_decision_while_an_import_writes_is_told_to_wait_not_deadlocked(pg_app):

@@ -45,6 +45,7 @@ from app.models import (
     JurisdictionSource,
     Operation,
     Priority,
+    RISK_FLAGS,
     Subject,
     Tip,
     TipAccount,
@@ -53,7 +54,7 @@ from app.models import (
     referral_subjects,
 )
 from app.models.tip import holder_label
-from app.services import DomainError, Forbidden, NotFound, audit, countries, deconfliction
+from app.services import DomainError, Forbidden, NotFound, audit, countries, deconfliction, referrals
 from app.services.access import visible_operations
 from app.services.audit import Actor
 from app.services.tips import bulk, clustering, files, holders, jurisdiction, reader
@@ -565,6 +566,13 @@ class _Writer:
             elif h in merged_from:
                 parts = ", ".join(holder_label(old_rows[a].number) for a in merged_from[h])
                 news[referral_id].append(f"holder {label} took in the accounts of holder {parts} by a merge")
+            if h in followed or h in merged_from:
+                # Risk flags investigators found on a part now belong to the whole person.
+                turned = referrals.turn_on_risk_flags(self.session, referral_id, [
+                    name for name, on in zip(RISK_COLUMNS, states[h].flags) if on])
+                if turned:
+                    news[referral_id].append(f"its risk flags now include what was found on the holders merged: "
+                                             f"{', '.join(RISK_FLAGS[name].lower() for name in turned)}")
             if new_accounts_of[h]:
                 count = new_accounts_of[h]
                 news[referral_id].append(f"{count} new account{'s' if count != 1 else ''} of holder {label}")

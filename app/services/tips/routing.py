@@ -400,7 +400,7 @@ class Router:
                 continue
             row = figures.get(referral_id)
             # A summary a person wrote stays; one routing wrote follows the figures.
-            by_routing = routing_wrote(draft.summary)
+            by_routing = routing_wrote(draft.summary, self.operation.code)
             if row is None:
                 # Its holders all left; subjects added by hand remain, and nothing of the
                 # holders is counted on it any longer.
@@ -450,17 +450,20 @@ class Router:
         - some of them stay: the hit stays, without the matches of those that left."""
         session = self.session
         hits, matches = Hit.__table__, HitMatch.__table__
-        rows = session.execute(select(hits.c.id, hits.c.referral_low_id, hits.c.referral_high_id).where(
-            or_(hits.c.referral_low_id.in_(drafts), hits.c.referral_high_id.in_(drafts))).order_by(hits.c.id)).all()
+        rows = sorted({row for start in range(0, len(drafts), 5000) for row in session.execute(
+            select(hits.c.id, hits.c.referral_low_id, hits.c.referral_high_id).where(or_(
+                hits.c.referral_low_id.in_(drafts[start:start + 5000]),
+                hits.c.referral_high_id.in_(drafts[start:start + 5000]))))})
         if not rows:
             return
         matched: dict[tuple[int, str], set[int]] = {}  # (hit, side) -> subjects
-        for hit_id, side, subject_id in session.execute(
-            select(matches.c.hit_id, matches.c.side, Identifier.subject_id)
-            .join(Identifier, Identifier.id == matches.c.identifier_id)
-            .where(matches.c.hit_id.in_([row.id for row in rows]))
-        ):
-            matched.setdefault((hit_id, side), set()).add(subject_id)
+        for start in range(0, len(rows), 5000):
+            for hit_id, side, subject_id in session.execute(
+                select(matches.c.hit_id, matches.c.side, Identifier.subject_id)
+                .join(Identifier, Identifier.id == matches.c.identifier_id)
+                .where(matches.c.hit_id.in_([row.id for row in rows[start:start + 5000]]))
+            ):
+                matched.setdefault((hit_id, side), set()).add(subject_id)
         carries = {draft: {subject: state for subject, state in self._left.get(draft, ())} for draft in drafts}
         moves, drops, stale = {}, [], []
         for row in rows:
@@ -503,9 +506,19 @@ class Router:
                       else "the holders it matched left their draft")
             entries.append(("hit.move", "hit", row.id, {"from_referral": gone, "to_referral": to, "reason": reason}))
         for hit_id, side, subjects in stale:
+            # The leavers' matches go, and those of the other side on keys only they shared.
+            opposite = HitSide.HIGH if side is HitSide.LOW else HitSide.LOW
             session.execute(delete(matches).where(
                 matches.c.hit_id == hit_id, matches.c.side == side.value,
                 matches.c.identifier_id.in_(select(Identifier.id).where(Identifier.subject_id.in_(sorted(subjects))))))
+            kept_keys = (select(Identifier.match_key).join(matches, matches.c.identifier_id == Identifier.id)
+                         .where(matches.c.hit_id == hit_id, matches.c.side == side.value))
+            theirs = select(matches.c.identifier_id).where(matches.c.hit_id == hit_id,
+                                                           matches.c.side == opposite.value)
+            session.execute(delete(matches).where(
+                matches.c.hit_id == hit_id, matches.c.side == opposite.value,
+                matches.c.identifier_id.in_(select(Identifier.id).where(Identifier.id.in_(theirs),
+                                                                        Identifier.match_key.not_in(kept_keys)))))
             session.execute(update(hits).where(hits.c.id == hit_id).values(version=hits.c.version + 1))
         if drops:
             session.execute(delete(hits).where(hits.c.id.in_(sorted({hit_id for hit_id, _ in drops}))))
@@ -575,16 +588,19 @@ class Router:
         bulk.audit_many(self.session, self.actor, entries)
 
 
-# Any summary `_summary` or `_holders_left` writes, and only those.
+# What follows "Provider tip, operation <code>: " in any summary `_summary` or `_holders_left`
+# writes, and only there.
 _ROUTING_SUMMARY = re.compile(
-    r"Provider tip, operation \S+: (?:(?:one account holder|\d+ account holders?) in .+, triaged P[1-4]\. "
+    r"(?:(?:one account holder|\d+ account holders?) in .+, triaged P[1-4]\. "
     r"(?:Each holder's|The holder's) accounts and the identifiers that joined them are listed with the referral's "
     r"subjects\.|its account holders moved to other referrals; the subjects added by hand remain\.)", re.DOTALL)
 
 
-def routing_wrote(summary: str) -> bool:
-    """Whether a draft's summary is still the one routing wrote (not a person's)."""
-    return _ROUTING_SUMMARY.fullmatch(summary or "") is not None
+def routing_wrote(summary: str | None, code: str) -> bool:
+    """Whether a draft of operation `code` still has the summary routing wrote (not a person's)."""
+    prefix = f"Provider tip, operation {code}: "
+    summary = summary or ""
+    return summary.startswith(prefix) and _ROUTING_SUMMARY.fullmatch(summary, len(prefix)) is not None
 
 
 def _holders_left(code: str) -> str:
