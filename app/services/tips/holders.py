@@ -402,8 +402,8 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
             if changed and not raised else None)
     before = holder.referral_id
     decision = _reroute(session, actor, holder, now, news=news)
-    if before is not None and decision.holder.referral_id == before:
-        referrals.turn_on_risk_flags(session, before, [name for name in RISK_COLUMNS if flags.get(name)])
+    if before is not None and decision.holder.referral_id == before:  # the findings told above, as news or a raise
+        referrals.turn_on_risk_flags(session, before, [name for name in changed if flags.get(name)])
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
         "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
         "changed": changed,
@@ -428,7 +428,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     rows = {row.id: row for row in session.execute(
         select(*HOLDER_STATE_COLUMNS, Holder.merged_into_id, Holder.operation_id, Holder.number)
         .where(Holder.id.in_(ids)))}
-    states, entries, triaged, news = [], [], [], {}
+    states, entries, triaged, news, found = [], [], [], {}, {}
     for holder_id in ids:
         row = rows.get(holder_id)
         if row is None or row.operation_id != operation_id or row.merged_into_id is not None:
@@ -444,6 +444,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         triaged.append((state.referral_id, state.priority, level, reason))
         if flags != state.flags:
             news[holder_id] = (state.referral_id, reason, f"holder {label}: the sending agency recorded {named}.")
+            found[holder_id] = [name for name, on, was in zip(RISK_COLUMNS, flags, state.flags) if on and not was]
         state.flags, state.priority = flags, level
         states.append(state)
     # A holder sent already stays on its referral, which is raised if the holder became more
@@ -459,10 +460,9 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
                 and raised.get(referral_id) != reason):
             notes.setdefault(router.current_id(referral_id), []).append(note)
     router.record_updates({referral_id: " ".join(told) for referral_id, told in notes.items()})
-    for state in states:  # a holder that stays on a sent referral carries its flags there
-        if router.stays(state.referral_id) and any(state.flags):
-            referrals.turn_on_risk_flags(session, router.current_id(state.referral_id),
-                                         [name for name, on in zip(RISK_COLUMNS, state.flags) if on])
+    for state in states:  # a holder that stays on a sent referral carries what was found there
+        if found.get(state.id) and router.stays(state.referral_id):
+            referrals.turn_on_risk_flags(session, router.current_id(state.referral_id), found[state.id])
     route = router.finish()
     bulk.audit_many(session, actor, entries)
     if route.touched:
