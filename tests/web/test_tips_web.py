@@ -63,6 +63,11 @@ def _import(app, browser: Browser, operation_id: int, data: bytes, **kwargs):
     return _finished(app, browser, _upload(browser, operation_id, data, **kwargs))
 
 
+def _actor(email: str) -> Actor:
+    """The user of that address acting (within an app context)."""
+    return Actor(db.session.scalar(select(User).where(User.email == email)), "127.0.0.1")
+
+
 def _count(app, model) -> int:
     with app.app_context():
         return db.session.scalar(select(func.count()).select_from(model)) or 0
@@ -433,8 +438,8 @@ def test_an_agency_that_passed_a_holders_referral_on_no_longer_sees_the_holder(a
     subject_id = _holder_subject(app, "acc1")
     bravo_browser = _login(app, "liaison.b@example.org")
     with app.app_context():
-        lead = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
-        bravo = Actor(db.session.scalar(select(User).where(User.email == "liaison.b@example.org")), "127.0.0.1")
+        lead = _actor(LEAD)
+        bravo = _actor("liaison.b@example.org")
         referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
         referrals.transition(db.session, lead, referral_id, "send", None)
         referrals.transition(db.session, bravo, referral_id, "acknowledge", None)
@@ -458,8 +463,8 @@ def test_an_agency_that_let_a_holders_referral_go_sees_nothing_a_later_import_ad
     _import(app, lead_browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
     subject_id = _holder_subject(app, "acc1")
     with app.app_context():
-        lead = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
-        bravo = Actor(db.session.scalar(select(User).where(User.email == "liaison.b@example.org")), "127.0.0.1")
+        lead = _actor(LEAD)
+        bravo = _actor("liaison.b@example.org")
         referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
         referrals.transition(db.session, lead, referral_id, "send", None)
         if let_go == "withdraw":
@@ -740,7 +745,7 @@ def test_the_receiver_of_a_holder_merged_away_is_told_without_seeing_the_other_r
         account(1, email="p@example.org"), account(2, username="kiwi", country_hint="NZ", ip_country="NZ")))
     left, right = _holder_subject(app, "acc1"), _holder_subject(app, "acc2")
     with app.app_context():
-        lead = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
+        lead = _actor(LEAD)
         for subject in (left, right):
             referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject))
             referrals.transition(db.session, lead, referral_id, "send", None)
@@ -875,7 +880,7 @@ def test_two_uploads_at_once_start_one_import(app, web_world):
     from app.services import Conflict
 
     with app.app_context():
-        actor = Actor(db.session.scalar(select(User).where(User.email == LEAD)), "127.0.0.1")
+        actor = _actor(LEAD)
         imports.start(db.session, actor, web_world.operation.id, "tip.csv", GOOD, False)
         db.session.commit()
         with pytest.raises(Conflict, match="Your last import is still running"):
