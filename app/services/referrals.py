@@ -239,12 +239,18 @@ def allowed_actions(referral: Referral, user) -> list[str]:
     """The transitions this user could take now (for showing buttons)."""
     if not user.can_work_referrals:
         return []
+    held_back = {"transfer"} if awaits_transfer_consent(referral) else set()
     result = []
     for name, transition in TRANSITIONS.items():
         side_agency = referral.sender_agency_id if transition.side == "sender" else referral.receiver_agency_id
-        if referral.status in transition.sources and side_agency == user.agency_id:
+        if referral.status in transition.sources and side_agency == user.agency_id and name not in held_back:
             result.append(name)
     return result
+
+
+def awaits_transfer_consent(referral: Referral) -> bool:
+    """Whether the handling code holds back an onward transfer until the sender consents."""
+    return referral.handling_code is HandlingCode.CONSENT_REQUIRED and referral.transfer_consent_at is None
 
 
 def can_grant_consent(referral: Referral, user) -> bool:
@@ -346,8 +352,9 @@ def _holders_operation(session: Session, referral_id: int) -> int | None:
 
 def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: int | None,
               note: str, when: datetime) -> Referral:
-    if referral.handling_code is HandlingCode.CONSENT_REQUIRED and referral.transfer_consent_at is None:
-        raise Forbidden("The handling code requires the sender's consent to onward transfer, which has not been given.")
+    if awaits_transfer_consent(referral):  # a rule of the referral's handling, not of who may act
+        raise DomainError("The handling code requires the sender's consent to onward transfer, which has not been "
+                          "given.")
     target = session.get(Agency, to_agency_id) if to_agency_id is not None else None
     if target is None:
         raise DomainError("Choose the agency to transfer to.", field="transfer_to_agency_id")

@@ -121,6 +121,22 @@ def test_refused_transition_explains_itself(app, browser, web_world):
         assert db.session.get(Referral, referral.id).status is Status.ACKNOWLEDGED
 
 
+def test_a_transfer_waiting_for_the_senders_consent_is_not_offered_and_refused_on_the_page(app, browser, web_world):
+    from app.models import HandlingCode
+
+    referral = _make(app, web_world, "acknowledged", handling_code=HandlingCode.CONSENT_REQUIRED)
+    browser.login("liaison.b@example.org")
+    page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert f'action="/referrals/{referral.id}/transfer"' not in page
+    assert "Onward transfer waits for Alpha Police's consent (handling code H2)" in page
+    forced = browser.post(f"/referrals/{referral.id}/transfer", {
+        "version": referral.version, "transfer_to_agency_id": web_world.agencies["c"].id, "note": "Theirs."})
+    assert forced.status_code == 303  # back on the referral, told why: not an error page
+    assert "requires the sender&#39;s consent" in browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Referral, referral.id).status is Status.ACKNOWLEDGED
+
+
 def test_second_person_on_a_stale_page_sees_a_conflict(app, web_world):
     referral = _make(app, web_world, "sent")
     first, second = Browser(app.test_client()), Browser(app.test_client())
