@@ -211,11 +211,11 @@ def update_draft(session: Session, actor: Actor, referral_id: int, expected_vers
 # follows their jurisdiction, its priority, flags and counts follow their triage.
 ROUTED_FIELDS = ("receiver_agency_id", "jurisdiction", "operation_id", "priority", *RISK_FLAGS,
                  "grade_a", "grade_b", "grade_c")
-ROUTED_MESSAGE = ("This draft carries {n} account holder{s} of a provider tip: {what} follows them. Set a holder's "
+ROUTED_MESSAGE = ("This draft carries {n} account holder{s} of a provider tip: {what} them. Set a holder's "
                   "jurisdiction or risk flags on its page instead.")
 
 
-def holders_on(session: Session, referral_id: int) -> int:
+def _holders_on(session: Session, referral_id: int) -> int:
     """How many (unmerged) account holders of a tip a referral carries."""
     return session.scalar(select(func.count()).select_from(Holder).where(
         Holder.referral_id == referral_id, Holder.merged_into_id.is_(None)))
@@ -228,10 +228,10 @@ def _keep_routing(session: Session, referral: Referral, data: ReferralData) -> N
     changed = [name for name in ROUTED_FIELDS if getattr(data, name) != getattr(referral, name)]
     if not changed:
         return
-    count = holders_on(session, referral.id)
+    count = _holders_on(session, referral.id)
     if count:
-        what = ("where it goes" if changed[0] in ("receiver_agency_id", "jurisdiction", "operation_id")
-                else "its priority, risk flags and counts")
+        what = ("where it goes follows" if changed[0] in ("receiver_agency_id", "jurisdiction", "operation_id")
+                else "its priority, risk flags and counts follow")
         raise DomainError(ROUTED_MESSAGE.format(n=count, s="" if count == 1 else "s", what=what), field=changed[0])
 
 

@@ -1067,6 +1067,9 @@ def test_what_routing_decided_of_a_tip_draft_is_not_edited_by_hand(session, worl
     with pytest.raises(DomainError, match="carries 2 account holders of a provider tip") as refused:
         referrals.update_draft(session, world.actor("c_liaison"), draft.id, draft.version, data)
     assert refused.value.field == field
+    routed = field in ("receiver_agency_id", "jurisdiction", "operation_id")
+    assert (("where it goes follows them." if routed else "its priority, risk flags and counts follow them.")
+            in refused.value.message)
 
 
 def test_a_tip_drafts_summary_written_by_hand_survives_the_next_import(session, world):

@@ -453,6 +453,9 @@ def test_an_agency_that_passed_a_holders_referral_on_no_longer_sees_the_holder(a
     assert _login(app, "liaison.i@example.org").get(f"/tips/holders/{subject_id}").status_code == 200
     assert bravo_browser.get(f"/tips/holders/{subject_id}").status_code == 404
     assert "H-000001" not in bravo_browser.get("/tips/holders").get_data(as_text=True)
+    # Its page of the referral names the subject, without a link to a holder page it may not open.
+    assert f'href="/tips/holders/{subject_id}"' not in bravo_browser.get(f"/referrals/{referral_id}").get_data(
+        as_text=True)
 
 
 @pytest.mark.parametrize("let_go", ["decline", "transfer", "withdraw"])
@@ -503,7 +506,11 @@ def test_a_tip_draft_is_edited_for_what_it_says_and_points_to_the_holders_for_th
                 "version": str(draft.version)}
         alpha = str(web_world.agencies["a"].id)
     edit = f"/referrals/{draft.id}/edit"
-    assert "carries 1 account holder of a provider tip" in browser.get(edit).get_data(as_text=True)
+    subject_id = _holder_subject(app, "acc1")
+    edit_page = browser.get(edit).get_data(as_text=True)
+    assert "carries 1 account holder of a provider tip" in edit_page
+    assert f'<a href="/tips/holders/{subject_id}">H-000001</a>' in edit_page  # where to change it
+    assert f'<h3><a href="/tips/holders/{subject_id}">' in browser.get(f"/referrals/{draft.id}").get_data(as_text=True)
     moved = browser.post(edit, {**form, "receiver_agency_id": alpha, "jurisdiction": "NZ"}, token_from=edit)
     text = moved.get_data(as_text=True)
     assert moved.status_code == 422

@@ -222,6 +222,22 @@ def can_decide(user, holder: Holder) -> bool:
             and holder.merged_into_id is None)
 
 
+def holder_pages(session: Session, user, subject_ids: list[int]) -> set[int]:
+    """Of these subjects (a referral's), the account holders whose page the user may open."""
+    if not subject_ids:
+        return set()
+    return set(session.scalars(visible_holders(user).with_only_columns(Holder.subject_id)
+                               .where(Holder.subject_id.in_(subject_ids))))
+
+
+def on_referral(session: Session, user, referral_id: int, shown: int = 20) -> tuple[list[Holder], int]:
+    """The first `shown` account holders a referral carries that the user may see, and how many
+    it carries in all."""
+    carried = visible_holders(user).where(Holder.referral_id == referral_id, Holder.merged_into_id.is_(None))
+    total = session.scalar(carried.with_only_columns(func.count()).order_by(None))
+    return list(session.scalars(carried.order_by(Holder.number).limit(shown))), total
+
+
 def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
     user = actor.user
     holder = get_visible_holder(session, user, subject_id)

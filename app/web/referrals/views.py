@@ -10,6 +10,7 @@ from app.services import referrals as service
 from app.services import subjects as subjects_service
 from app.services.access import get_visible_referral, visible_operations
 from app.services.identifiers import IdentifierKind
+from app.services.tips import holders as holder_service
 from app.web import current_actor, filter_args, flash_refused, form_refused, form_status
 from app.web.referrals import bp
 from app.web.referrals.forms import (
@@ -127,8 +128,9 @@ def edit(referral_id: int):
             flash("Draft saved.")
             return redirect(url_for("referrals.detail", referral_id=referral_id), 303)
     status = form_status(form)
-    return render_template("referrals/form.html", form=form, referral=referral,
-                           holders=service.holders_on(db.session, referral.id)), status
+    holders, carried = holder_service.on_referral(db.session, current_user, referral.id)
+    return render_template("referrals/form.html", form=form, referral=referral, holders=holders,
+                           carried=carried), status
 
 
 @bp.route("/referrals/<int:referral_id>")
@@ -250,8 +252,10 @@ def outcome(referral_id: int):
 def _deconfliction_context(referral) -> dict:
     """The subjects section and the hits of the referral (for the viewer's agency only)."""
     can_add = subjects_service.can_add_subjects(referral, current_user)
+    subjects = subjects_service.subjects_of(db.session, current_user, referral.id)
     return dict(
-        subjects=subjects_service.subjects_of(db.session, current_user, referral.id),
+        subjects=subjects,
+        holder_pages=holder_service.holder_pages(db.session, current_user, [s.id for s in subjects]),
         can_add_subjects=can_add,
         subject_form=SubjectForm(formdata=None) if can_add else None,
         hits=deconfliction.hits_for_referral(db.session, current_user, referral.id),
