@@ -522,6 +522,23 @@ def test_a_tip_draft_is_edited_for_what_it_says_and_points_to_the_holders_for_th
         assert (saved.summary, saved.receiver_agency_id) == ("Written by the desk.", draft.receiver_agency_id)
 
 
+def test_the_tips_page_leads_back_to_each_of_the_users_uploads(app, web_world):
+    """Refused and skipped imports left no tip behind, or a reject file: the person finds their
+    pages again from the tips page; a colleague does not."""
+    browser = _login(app, LEAD)
+    bad = tip(account(1), account(2, email="not-an-email"))
+    refused = _import(app, browser, web_world.operation.id, bad).request.path
+    skipped = _import(app, browser, web_world.operation.id, bad, skip=True).request.path
+    page = browser.get("/tips/").get_data(as_text=True)
+    assert "Your uploads" in page
+    for path in (refused, skipped):
+        assert f'href="{path}">Details</a>' in page
+        assert f'href="{path}/rejects.csv">Reject file</a>' in page
+    assert ">rejected<" in page and ">done<" in page
+    colleague = _login(app, "manager.c@example.org").get("/tips/").get_data(as_text=True)
+    assert "Your uploads" not in colleague and refused not in colleague
+
+
 def test_an_import_page_is_not_read_after_its_importer_moves_to_another_agency(app, web_world):
     """The page holds the problems and the reject file of the lead agency's import."""
     browser = _login(app, LEAD)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.db import utcnow
 from app.models import Operation
@@ -96,6 +96,16 @@ def get_import(session: Session, user, import_id: int) -> TipImport:
     if record is None:
         raise NotFound("No such import.")
     return record
+
+
+def recent_imports(session: Session, user, limit: int = 20) -> list[tuple[TipImport, bool]]:
+    """The user's latest web imports they may still read (their pages and reject files), newest
+    first, refused and failed ones too, which left no tip behind: each with whether it has a
+    reject file (which is not read here)."""
+    query = (visible_imports(user).add_columns(TipImport.reject_csv.is_not(None))
+             .options(defer(TipImport.reject_csv), defer(TipImport.errors))
+             .order_by(TipImport.started_at.desc(), TipImport.id.desc()).limit(limit))
+    return [(record, has_reject) for record, has_reject in session.execute(query)]
 
 
 def own_running_import(session: Session, user) -> TipImport | None:

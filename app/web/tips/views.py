@@ -49,7 +49,8 @@ def _require_worker() -> None:
 @login_required
 def index():
     summaries, tips = service.overview(db.session, current_user)
-    return render_template("tips/index.html", summaries=summaries, tips=tips)
+    return render_template("tips/index.html", summaries=summaries, tips=tips,
+                           uploads=imports.recent_imports(db.session, current_user))
 
 
 @bp.route("/import", methods=["GET", "POST"])
