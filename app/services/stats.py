@@ -772,6 +772,9 @@ def _outcomes(session: Session, base, receivers: list[ReceiverRow]) -> tuple[lis
     return ordered, totals
 
 
+POSSIBLE_DUPLICATE = "Your own agency: a possible duplicate"
+
+
 def _open_hits(session: Session, user, base) -> list[HitRow]:
     """Open hits on the user's own referrals in scope (the side its agency sent). A hit on
     someone else's referral of this country, seen only through the other side, is not
@@ -802,6 +805,10 @@ def _open_hits(session: Session, user, base) -> list[HitRow]:
     contacts = {row.id: row for row in session.execute(agency_contacts(a for *_, a in sides))}
     result = []
     for hit, own, other, other_agency in sides:
+        if other_agency == me:  # both referrals are the agency's own: no one else to call
+            result.append(HitRow(hit.id, hit.status.value, hit.created_at, own, references[own], POSSIBLE_DUPLICATE,
+                                 None, "", "", references[other]))
+            continue
         contact = contacts[other_agency]
         result.append(HitRow(hit.id, hit.status.value, hit.created_at, own, references[own], contact.name,
                              contact.country_code, contact.desk_email, contact.desk_phone, references[other]))

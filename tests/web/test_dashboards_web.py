@@ -319,3 +319,24 @@ def test_overdue_panel_shows_the_latest_and_links_the_full_list(app, browser, we
     listed = browser.get(link).get_data(as_text=True)
     assert late[-1] in listed  # the most late first
     assert len(_csv(browser.get("/dashboards/country/AU/overdue.csv?priority=P2"))) == 1 + 27
+
+
+def test_a_possible_duplicate_on_the_country_dashboard_names_no_other_agency(app, browser, web_world):
+    """Two referrals of Alpha's to Australia hold the same identifier: the hit between them is a
+    possible duplicate, not another agency to call."""
+    from app.services import subjects
+
+    with app.app_context():
+        first = make_referral(db.session, web_world, "sent", sender="a", receiver="b")
+        second = make_referral(db.session, web_world, "sent", sender="a", receiver="b")
+        for referral in (first, second):
+            subjects.add_subject(db.session, web_world.actor("a_liaison"), referral.id, "Holder", "twice@example.org")
+        db.session.commit()
+        alpha = db.session.get(Agency, web_world.agencies["a"].id)
+        desk = alpha.desk_email
+    browser.login("manager.a@example.org")
+    page = browser.get("/dashboards/country/AU").get_data(as_text=True)
+    hits = page[page.index('id="hits-h"'):]
+    assert "Your own agency: a possible duplicate" in hits and desk not in hits
+    header, *rows = _csv(browser.get("/dashboards/country/AU/hits.csv"))
+    assert [row[header.index("Other agency")] for row in rows] == ["Your own agency: a possible duplicate"]
