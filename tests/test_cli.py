@@ -6,7 +6,7 @@ import phonenumbers
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import Agency, AgencyKind, AuditEntry, Referral, Status, User
+from app.models import Agency, AgencyKind, AuditEntry, Hit, Referral, Status, User
 
 # Ranges reserved for films and drama: Australia's 02 5550 0xxx, Ofcom's 020 7946 0xxx,
 # North America's 555-01xx.
@@ -29,6 +29,16 @@ def test_demo_loads_every_status_and_prints_the_logins(app):
         # handoff dates are realistic: sent before acknowledged before accepted
         for r in session.scalars(select(Referral).where(Referral.accepted_at.is_not(None))):
             assert r.created_at <= r.sent_at < r.acknowledged_at < r.accepted_at
+        # Written in the order they happened: references count up with time, and no hit is
+        # older than its referrals.
+        created = session.scalars(select(Referral.created_at).where(Referral.transferred_from_id.is_(None))
+                                  .order_by(Referral.id)).all()
+        assert created == sorted(created)
+        hits = session.scalars(select(Hit)).all()
+        assert hits
+        for hit in hits:
+            for referral_id in (hit.referral_low_id, hit.referral_high_id):
+                assert session.get(Referral, referral_id).created_at <= hit.created_at
         # No desk phone is anyone's: a number no plan assigns, or one reserved for drama.
         for phone in session.scalars(select(Agency.desk_phone)):
             number = phonenumbers.parse(phone)

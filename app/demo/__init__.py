@@ -95,14 +95,23 @@ def load_demo(session: Session, passwords: Passwords, seed: int = 7, *, now: dat
     session.flush()
 
     senders = [agencies[0], agencies[0], agencies[0], agencies[2], agencies[3], agencies[1]]
+    planned = []
     for final_status, count in SPREAD.items():
         for _ in range(count):
             sender = rng.choice(senders)
             receiver = rng.choice([a for a in agencies if a.id != sender.id and a.id in users_by_agency])
-            _demo_referral(session, rng, now, sender, receiver, operation, users_by_agency, agencies, final_status)
+            # History starts between 2 and 90 days ago; some sent referrals are inside their clock.
+            start = now - timedelta(days=rng.uniform(2, 90))
+            if final_status == "sent" and rng.random() < 0.5:
+                start = now - timedelta(hours=rng.uniform(3, 22))
+            planned.append((start, final_status, sender, receiver))
+    # Written in the order they happened: references count up with time, and a hit is never
+    # older than either of its referrals.
+    for start, final_status, sender, receiver in sorted(planned, key=lambda plan: plan[0]):
+        _demo_referral(session, rng, now, start, sender, receiver, operation, users_by_agency, agencies, final_status)
 
 
-def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agency, agencies, final_status):
+def _demo_referral(session, rng, now, start, sender, receiver, operation, users_by_agency, agencies, final_status):
     sender_actor = Actor(users_by_agency[sender.id], "demo")
     receiver_actor = Actor(users_by_agency[receiver.id], "demo")
     priority = rng.choice([Priority.P1, Priority.P2, Priority.P2, Priority.P3, Priority.P3, Priority.P4])
@@ -121,16 +130,9 @@ def _demo_referral(session, rng, now, sender, receiver, operation, users_by_agen
         summary=PLACEHOLDER_SUMMARY,
     )
     referral = referrals.create_draft(session, sender_actor, data)
-    # History starts between 2 and 90 days ago; steps follow at realistic intervals.
-    at = now - timedelta(days=rng.uniform(2, 90))
-    referral.created_at = at
-    referral.events[0].at = at
-    steps = PATHS[final_status]
-    if final_status == "sent" and rng.random() < 0.5:
-        at = now - timedelta(hours=rng.uniform(1, 20))  # some inside their clock
-        referral.created_at = referral.events[0].at = at - timedelta(hours=2)
-    _demo_subject(session, rng, sender_actor, referral.id, referral.created_at)
-    for step in steps:
+    at = referral.created_at = referral.events[0].at = start
+    _demo_subject(session, rng, sender_actor, referral.id, start)
+    for step in PATHS[final_status]:  # at realistic intervals
         at = at + timedelta(hours=rng.uniform(2, 60))
         at = min(at, now - timedelta(minutes=5))
         if step == "outcome":
