@@ -282,3 +282,10 @@ def test_outcome_form_records_and_refuses_negative_counts(app, browser, web_worl
     sender.login("viewer.a@example.org")
     page = sender.get(f"/referrals/{referral.id}").get_data(as_text=True)
     assert "2026-02-03" in page and "Record an outcome" not in page
+
+
+def test_an_international_body_is_named_as_such_on_a_referral(app, browser, web_world):
+    referral = _make(app, web_world, "sent", receiver="i")
+    browser.login("liaison.a@example.org")
+    page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "Intl Bureau (international)" in page and "Intl Bureau (-)" not in page

@@ -963,3 +963,22 @@ def test_an_import_still_running_elsewhere_is_named_not_linked(app, web_world, m
     finally:
         release.set()
     _finished(app, browser, first)
+
+
+def test_an_agency_that_leads_nothing_is_told_whose_lists_these_are(app, web_world):
+    browser = _login(app, "liaison.b@example.org")
+    for page in ("/tips/review", "/tips/unrouted"):
+        text = browser.get(page).get_data(as_text=True)
+        assert "Your agency leads no operation: this list is the lead agency's work." in text
+        assert "Every holder has a focal point." not in text
+    lead = _login(app, LEAD).get("/tips/unrouted").get_data(as_text=True)
+    assert "leads no operation" not in lead and "Every holder has a focal point." in lead
+
+
+def test_the_upload_form_asks_for_the_operation_in_words(app, web_world):
+    browser = _login(app, LEAD)
+    token = csrf_token_from(browser.get("/tips/import").get_data(as_text=True))
+    page = browser.client.post("/tips/import", data={"csrf_token": token, "operation": "",
+                                                     "file": (io.BytesIO(GOOD), "tip.csv", "text/csv")},
+                               content_type="multipart/form-data")
+    assert page.status_code == 422 and "Choose the operation to import into." in page.get_data(as_text=True)

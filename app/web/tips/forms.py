@@ -11,7 +11,8 @@ from app.services.tips.holders import NOTE_MAX
 from app.web.referrals.forms import optional_int
 
 class UploadForm(FlaskForm):
-    operation = SelectField("Operation (led by your agency)", coerce=optional_int, validators=[DataRequired()])
+    operation = SelectField("Operation (led by your agency)", coerce=optional_int,
+                            validators=[DataRequired("Choose the operation to import into.")])
     # The file's name and content are checked by the import service (files.check_name), which
     # puts a refusal (an image, say) on the audit trail; `accept` only narrows the browser's picker.
     file = FileField("Tip file", description="CSV or JSON Lines, UTF-8 (docs/tip-format.md).",

@@ -158,20 +158,24 @@ def holders():
 @login_required
 def review():
     form = HolderFilterForm(formdata=request.args)
-    form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
+    led = db.session.scalars(led_operations(current_user).order_by(Operation.code)).all()
+    form.set_choices(led)
     page = service.review_list(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
     reasons = service.review_reasons(db.session, current_user, page.items)
-    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=filter_args(form))
+    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=filter_args(form),
+                           leads=bool(led))
 
 
 @bp.route("/unrouted")
 @login_required
 def unrouted():
     form = HolderFilterForm(formdata=request.args)
-    form.set_choices(db.session.scalars(led_operations(current_user).order_by(Operation.code)).all())
+    led = db.session.scalars(led_operations(current_user).order_by(Operation.code)).all()
+    form.set_choices(led)
     summary, page = service.unrouted(db.session, current_user, _filters(form),
                                      per_page=current_app.config["PAGE_SIZE"])
-    return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=filter_args(form))
+    return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=filter_args(form),
+                           leads=bool(led))
 
 
 def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, status: int = 200):
