@@ -105,8 +105,9 @@ def load_demo(session: Session, passwords: Passwords, seed: int = 7, *, now: dat
             if final_status == "sent" and rng.random() < 0.5:
                 start = now - timedelta(hours=rng.uniform(3, 22))
             planned.append((start, final_status, sender, receiver))
-    # Written in the order they happened: references count up with time, and a hit is never
-    # older than either of its referrals.
+    # Written in the order they started: references count up with time, and a hit is never
+    # older than the referrals it pairs (a transfer's successor aside: it is written with the
+    # referral it continues).
     for start, final_status, sender, receiver in sorted(planned, key=lambda plan: plan[0]):
         _demo_referral(session, rng, now, start, sender, receiver, operation, users_by_agency, agencies, final_status)
 

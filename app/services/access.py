@@ -39,7 +39,7 @@ def get_visible_referral(session: Session, user: User, referral_id: int, *, for_
     existence does not leak)."""
     query = visible_referrals(user).where(Referral.id == referral_id)
     if for_update:  # read afresh under the lock, not as an earlier read of the request left it
-        query = query.with_for_update(of=Referral).execution_options(populate_existing=True)
+        query = query.with_for_update(of=Referral, key_share=True).execution_options(populate_existing=True)
     referral = session.scalars(query).unique().one_or_none()
     if referral is None:
         raise NotFound("No such referral.")
@@ -75,7 +75,7 @@ def get_visible_hit(session: Session, user: User, hit_id: int, *, for_update: bo
     """The hit if the user's agency is a party to it; NotFound otherwise."""
     query = visible_hits(user).where(Hit.id == hit_id)
     if for_update:
-        query = query.with_for_update(of=Hit)
+        query = query.with_for_update(of=Hit, key_share=True)
     hit = session.scalars(query).unique().one_or_none()
     if hit is None:
         raise NotFound("No such hit.")

@@ -63,6 +63,14 @@ _SET_LAST_HASH = update(_HEAD).where(_HEAD.c.id == 1).values(last_hash=bindparam
 _APPEND_ENTRY = insert(AuditEntry.__table__)
 
 
+def lock_chain(session: Session) -> None:
+    """Take the audit chain's head first (PostgreSQL; SQLite has one writer anyway), for a step
+    that then locks rows an import or a reroute locks only after writing its own entries (a
+    hit, a sent referral): the step waits for them instead of deadlocking with them."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(_HEAD.c.id).where(_HEAD.c.id == 1).with_for_update())
+
+
 def _advance_head(session: Session) -> tuple[int, str]:
     row = session.execute(_ADVANCE_HEAD).one_or_none()
     if row is None:

@@ -297,6 +297,10 @@ def transition(
         from app.services.tips import holders  # the tip pipeline builds on referrals
 
         holders.lock_operation(session, operation_id, wait=False)
+    elif rule.side == "receiver":
+        # A sent referral, which an import raises or tells news after writing its own audit
+        # entries: the chain first, then the referral, in the import's order.
+        audit.lock_chain(session)
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
@@ -399,7 +403,7 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     carries it now (a transfer's successor holds the same subjects). Returns whether the
     priority changed."""
     referral_id = _after_transfers(session, referral_id)
-    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
+    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral, key_share=True)
     referral = session.scalars(locked).unique().one()
     if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
         return False
@@ -426,7 +430,7 @@ def turn_on_risk_flags(session: Session, referral_id: int, names: Iterable[str])
     transfers, as `escalate_priority` does; drafts and finished referrals are left alone.
     Returns the flags turned on."""
     referral_id = _after_transfers(session, referral_id)
-    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral)
+    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral, key_share=True)
     referral = session.scalars(locked).unique().one()
     if referral.status not in OPEN_STATUSES:
         return []
@@ -528,6 +532,7 @@ class OutcomeData:
 
 def record_outcome(session: Session, actor: Actor, referral_id: int, data: OutcomeData,
                    *, at: datetime | None = None) -> Outcome:
+    audit.lock_chain(session)  # as a receiver's step in `transition`
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     if referral.receiver_agency_id != actor.agency_id:

@@ -1540,6 +1540,27 @@ def test_a_hit_follows_its_holder_off_a_package_that_stays(session, world):
     assert json.loads(moved.detail)["reason"] == "the holders it matched left their draft"
 
 
+def test_a_merge_within_one_package_keeps_the_agreed_hit(session, world):
+    """The holder a hit is about merges into another holder of the same package: the person has
+    not left the package, and the agreement stays."""
+    from app.models import HitStatus
+
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    run_import(session, world, tip(account(1, username="solo"), account(2, email="shared@example.org")))
+    survivor, absorbed = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    assert survivor.referral_id == absorbed.referral_id
+    hit = session.scalars(select(Hit)).one()
+    deconfliction.resolve(session, world.actor("a_liaison"), hit.id, None, world.agencies["a"].id, "Alpha leads.")
+    session.flush()
+    run_import(session, world, tip(account(3, username="solo", email="shared@example.org")), file_name="m.csv")
+    session.expire_all()
+    assert session.get(Holder, absorbed.id).merged_into_id == survivor.id
+    assert [(h.id, h.status) for h in session.scalars(select(Hit))] == [(hit.id, HitStatus.RESOLVED)]
+    assert session.scalar(select(func.count()).select_from(Notification).where(  # no second "new hit"
+        Notification.kind == NotificationKind.HIT_NEW)) == 2
+
+
 def test_a_hit_keeps_the_holders_that_stay_and_drops_the_matches_of_those_that_left(session, world):
     other = make_referral(session, world, status="sent", sender="a", receiver="b")
     subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "one@example.org\ntwo@example.org")
@@ -1824,6 +1845,73 @@ def test_a_withdrawal_and_an_edit_of_a_draft_it_reroutes_into_do_not_deadlock(pg
     with make_session() as check:
         assert check.get(Referral, sent_id).status is Status.WITHDRAWN
         assert check.get(Referral, draft_id).summary == "Edited by hand."
+
+
+@pytest.mark.parametrize("step", ["acknowledge", "resolve"])
+def test_a_withdrawal_that_matches_a_hit_being_acknowledged_does_not_deadlock(pg_app, monkeypatch, step):
+    """PostgreSQL: Alpha acknowledges (or resolves) a hit on a draft while a withdrawal routes
+    holders onto that draft and matches them, which updates the hit after writing its own audit
+    entries: Alpha's step takes the audit chain before the hit, so one waits for the other."""
+    import threading
+    import time
+
+    from tests.factories import build_world
+
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        other = make_referral(setup, world, status="sent", sender="a", receiver="b")
+        subjects.add_subject(setup, world.actor("a_liaison"), other.id, "Known", "e1@example.org\ne2@example.org")
+        run_import(setup, world, tip(account(1, email="e2@example.org", uploads_a="1")))
+        sent = referrals.transition(setup, world.actor("c_liaison"), _draft_of(setup, world, "acc1").id, "send", None)
+        run_import(setup, world, tip(account(2, email="e1@example.org", uploads_a="1")), file_name="b.csv")
+        draft = _draft_of(setup, world, "acc2")
+        hit_id = setup.scalar(select(Hit.id).where((Hit.referral_low_id == draft.id) | (Hit.referral_high_id == draft.id)))
+        setup.commit()
+        sent_id, lead_id, alpha_id = sent.id, world.users["c_liaison"].id, world.users["a_liaison"].id
+        alpha_agency = world.agencies["a"].id
+    errors, holding = [], threading.Event()
+    checked = deconfliction.require_worker
+
+    def held_after_its_locks(actor, *message):
+        if actor.user_id == alpha_id:
+            holding.set()
+            time.sleep(1.0)  # the withdrawal runs meanwhile
+        return checked(actor, *message)
+
+    monkeypatch.setattr(deconfliction, "require_worker", held_after_its_locks)
+
+    def alpha_steps():
+        with make_session() as session:
+            try:
+                alpha = Actor(session.get(User, alpha_id), "127.0.0.1")
+                if step == "acknowledge":
+                    deconfliction.acknowledge(session, alpha, hit_id, None)
+                else:
+                    deconfliction.resolve(session, alpha, hit_id, None, alpha_agency, "Alpha leads.")
+                session.commit()
+            except Exception as exc:  # what the test reports
+                errors.append(repr(exc))
+
+    def withdraw():
+        with make_session() as session:
+            try:
+                referrals.transition(session, Actor(session.get(User, lead_id), "127.0.0.1"), sent_id, "withdraw",
+                                     None, "Sent by mistake.")
+                session.commit()
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    first = threading.Thread(target=alpha_steps)
+    first.start()
+    assert holding.wait(10)
+    second = threading.Thread(target=withdraw)
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert errors == []
+    with make_session() as check:
+        assert check.get(Referral, sent_id).status is Status.WITHDRAWN
 
 
 def test_a_decision_while_an_import_writes_is_told_to_wait_not_deadlocked(pg_app):

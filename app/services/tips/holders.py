@@ -292,7 +292,7 @@ def lock_operation(session: Session, operation_id: int, *, wait: bool) -> None:
     it is told to try again."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    locked = select(Operation.id).where(Operation.id == operation_id).with_for_update()
+    locked = select(Operation.id).where(Operation.id == operation_id).with_for_update(key_share=True)
     try:
         if wait:
             session.execute(locked)

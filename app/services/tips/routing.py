@@ -470,7 +470,9 @@ class Router:
             for side, mine, other in ((HitSide.LOW, row.referral_low_id, row.referral_high_id),
                                       (HitSide.HIGH, row.referral_high_id, row.referral_low_id)):
                 subjects = matched.get((row.id, side.value), set())
-                gone = subjects & carries.get(mine, {}).keys()
+                # A holder merged into one on the same draft has not left it: the person is still there.
+                gone = {subject for subject in subjects & carries.get(mine, {}).keys()
+                        if carries[mine][subject].referral_id != mine}
                 if not gone:
                     continue
                 if gone != subjects:
