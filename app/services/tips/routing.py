@@ -386,10 +386,13 @@ class Router:
                     referral_ids[start:start + 5000])).distinct()))
         drafts = {}
         for start in range(0, len(referral_ids), 5000):
+            # Locked as read: a person editing one (its summary) finishes first, and is not
+            # written over with what was read before.
             drafts.update((row.id, row) for row in session.execute(
                 select(Referral.id, Referral.reference, Referral.jurisdiction, Referral.priority, Referral.status,
                        Referral.summary)
-                .where(Referral.id.in_(referral_ids[start:start + 5000]))))
+                .where(Referral.id.in_(referral_ids[start:start + 5000])).order_by(Referral.id)
+                .with_for_update(key_share=True)))
         changed, discarded, updates = [], [], []
         for referral_id in referral_ids:
             draft = drafts.get(referral_id)
