@@ -79,6 +79,9 @@ def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
 
 def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyData) -> Agency:
     require_admin(actor)
+    # The chain before the agency's row: a rename locks it against every step that, holding
+    # the chain, writes a row naming the agency (a history step, a notification).
+    audit.lock_chain(session)
     agency = session.get(Agency, agency_id)
     if agency is None:
         raise NotFound()

@@ -163,8 +163,6 @@ def _event(referral: Referral, actor: Actor, action: str, from_status: Status | 
     )
 
 
-
-
 def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral:
     require_worker(actor)
     _validate(session, actor, data)
@@ -297,7 +295,10 @@ def transition(
         from app.services.tips import holders  # the tip pipeline builds on referrals
 
         holders.lock_operation(session, operation_id, wait=False)
-    elif rule.side == "receiver":
+    # A transfer's new reference is reserved first, as drafts (an import's too) reserve theirs
+    # before they write their audit entries.
+    reference = next_references(session)[0] if action == "transfer" else None
+    if operation_id is None and rule.side == "receiver":
         # A sent referral, which an import raises or tells news after writing its own audit
         # entries: the chain first, then the referral, in the import's order.
         audit.lock_chain(session)
@@ -319,7 +320,7 @@ def transition(
     when = at or utcnow()
     new_referral = None
     if action == "transfer":
-        new_referral = _transfer(session, actor, referral, transfer_to_agency_id, note, when)
+        new_referral = _transfer(session, actor, referral, transfer_to_agency_id, note, when, reference)
 
     previous = referral.status
     referral.status = rule.target
@@ -355,7 +356,7 @@ def _holders_operation(session: Session, referral_id: int) -> int | None:
 
 
 def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: int | None,
-              note: str, when: datetime) -> Referral:
+              note: str, when: datetime, reference: str) -> Referral:
     if awaits_transfer_consent(referral):  # a rule of the referral's handling, not of who may act
         raise DomainError("The handling code requires the sender's consent to onward transfer, which has not been "
                           "given.")
@@ -367,7 +368,7 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
     copied = ReferralData.from_referral(referral)
     copied.receiver_agency_id = target.id
     new = Referral(
-        reference=next_references(session)[0],
+        reference=reference,
         sender_agency_id=referral.receiver_agency_id,
         status=Status.SENT,
         sent_at=when,
@@ -506,6 +507,7 @@ def _past(action: str) -> str:
 
 def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, expected_version: int | None,
                            *, at: datetime | None = None) -> Referral:
+    audit.lock_chain(session)  # a sent referral: as a receiver's step in `transition`
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     if referral.sender_agency_id != actor.agency_id:

@@ -49,7 +49,7 @@ from app.models import (
     Status,
     referral_subjects,
 )
-from app.services import countries, referrals
+from app.services import audit, countries, referrals
 from app.services.audit import Actor
 from app.services.tips import bulk
 
@@ -393,6 +393,9 @@ class Router:
                        Referral.summary)
                 .where(Referral.id.in_(referral_ids[start:start + 5000])).order_by(Referral.id)
                 .with_for_update(key_share=True)))
+        # Then the audit chain, before the hits and deletes below: a hit's acknowledgement, or
+        # a step that matches a draft, holds the chain before the hit or the draft's key.
+        audit.lock_chain(session)
         changed, discarded, updates = [], [], []
         for referral_id in referral_ids:
             draft = drafts.get(referral_id)

@@ -1,0 +1,270 @@
+"""PostgreSQL lock order: two people (or a person and an import) acting at once on rows both
+touch. Each test holds one side inside a service, after its first locks, while the other side
+runs: one must wait for the other, and neither be broken off as a deadlock
+(docs/architecture.md, "Row locks let references through, and the audit chain comes in one
+order")."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from app.models import Agency, Hit, User
+from app.services import deconfliction, directory, referrals, subjects
+from app.services.audit import Actor
+from app.services.tips import holders as holder_service
+from tests.factories import build_world, draft_data, make_referral
+from tests.unit.test_tips_import import _draft_of, _sent_package, account, holder_of, run_import, tip
+
+
+def _race(first, second, holding, timeout=30):
+    errors = []
+
+    def wrap(fn):
+        def run():
+            try:
+                fn()
+            except Exception as exc:  # what the test reports
+                errors.append(repr(exc)[:400])
+        return run
+
+    a = threading.Thread(target=wrap(first))
+    a.start()
+    assert holding.wait(15)
+    b = threading.Thread(target=wrap(second))
+    b.start()
+    a.join(timeout)
+    b.join(timeout)
+    return errors
+
+
+def _pause(monkeypatch, module, name, user_id, holding, seconds=1.5):
+    original = getattr(module, name)
+
+    def paused(*args, **kwargs):
+        actor = args[0] if args else None
+        uid = getattr(actor, "user_id", None) if actor is not None else None
+        if uid is None and args and isinstance(args[0], object):
+            # get_visible_hit(session, user, ...): the user among the arguments
+            for arg in args:
+                if isinstance(arg, User):
+                    uid = arg.id
+        if uid == user_id:
+            holding.set()
+            time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, paused)
+
+
+def test_transfer_vs_create_draft(pg_app, monkeypatch):
+    """Transfer: audit head (lock_chain) -> referral -> reference counter.
+    create_draft: reference counter -> audit head."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        ref = make_referral(setup, world, status="acknowledged", sender="a", receiver="b",
+                            handling_code=referrals.HandlingCode.ONWARD_PERMITTED)
+        setup.commit()
+        ref_id, b_id, a_id, c_agency = ref.id, world.users["b_liaison"].id, world.users["a_liaison"].id, \
+            world.agencies["c"].id
+        data = draft_data(world, "b")
+    holding = threading.Event()
+    _pause(monkeypatch, referrals, "require_worker", b_id, holding)
+
+    def transfer():
+        with make_session() as s:
+            referrals.transition(s, Actor(s.get(User, b_id), "t"), ref_id, "transfer", None,
+                                 transfer_to_agency_id=c_agency)
+            s.commit()
+
+    def create():
+        with make_session() as s:
+            referrals.create_draft(s, Actor(s.get(User, a_id), "t"), data)
+            s.commit()
+
+    errors = _race(transfer, create, holding)
+    assert errors == []
+
+
+def test_transfer_vs_import_creating_a_draft(pg_app, monkeypatch):
+    """Transfer: head -> referral -> counter. Import: op -> counter (create_drafts) -> head (finish)."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        ref = make_referral(setup, world, status="acknowledged", sender="a", receiver="b",
+                            handling_code=referrals.HandlingCode.ONWARD_PERMITTED)
+        setup.commit()
+        ref_id, b_id, c_agency = ref.id, world.users["b_liaison"].id, world.agencies["c"].id
+    holding = threading.Event()
+    _pause(monkeypatch, referrals, "require_worker", b_id, holding)
+
+    def transfer():
+        with make_session() as s:
+            referrals.transition(s, Actor(s.get(User, b_id), "t"), ref_id, "transfer", None,
+                                 transfer_to_agency_id=c_agency)
+            s.commit()
+
+    def do_import():
+        with make_session() as s:
+            run_import(s, world, tip(account(1, email="new@example.org", uploads_a="1")))
+            s.commit()
+
+    errors = _race(transfer, do_import, holding)
+    assert errors == []
+
+
+def test_subject_add_on_sent_tip_referral_vs_import_escalating_it(pg_app, monkeypatch):
+    """Subject add (sender): referral -> head. Import: op -> ... -> head (finish) -> referral (escalate)."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        _holder, sent = _sent_package(setup, world, datetime.now(timezone.utc))
+        setup.commit()
+        sent_id, c_id = sent.id, world.users["c_liaison"].id
+    holding = threading.Event()
+    _pause(monkeypatch, subjects, "require_worker", c_id, holding, seconds=2)
+
+    def add():
+        with make_session() as s:
+            subjects.add_subject(s, Actor(s.get(User, c_id), "t"), sent_id, "Extra", "zz@example.org")
+            s.commit()
+
+    def do_import():
+        with make_session() as s:
+            run_import(s, world, tip(account(9, email="p@example.org", uploads_a="12"),
+                                     account(10, email="fresh@example.org", uploads_a="1")), file_name="b.csv")
+            s.commit()
+
+    errors = _race(add, do_import, holding)
+    assert errors == []
+
+
+def test_consent_on_sent_tip_referral_vs_import_escalating_it(pg_app, monkeypatch):
+    """Consent (sender): referral -> head. Import: head -> referral (escalate)."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        _holder, sent = _sent_package(setup, world, datetime.now(timezone.utc))
+        setup.commit()
+        sent_id, c_id = sent.id, world.users["c_liaison"].id
+    holding = threading.Event()
+    _pause(monkeypatch, referrals, "require_worker", c_id, holding, seconds=2)
+
+    def consent():
+        with make_session() as s:
+            referrals.grant_transfer_consent(s, Actor(s.get(User, c_id), "t"), sent_id, None)
+            s.commit()
+
+    def do_import():
+        with make_session() as s:
+            run_import(s, world, tip(account(9, email="p@example.org", uploads_a="12"),
+                                     account(10, email="fresh@example.org", uploads_a="1")), file_name="b.csv")
+            s.commit()
+
+    errors = _race(consent, do_import, holding)
+    assert errors == []
+
+
+def test_agency_rename_vs_receiver_step(pg_app, monkeypatch):
+    """Acknowledge (receiver b): head -> referral -> insert event (KEY SHARE on agency b).
+    Admin renames b: UPDATE agencies (FOR UPDATE: name is unique) -> head."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        ref = make_referral(setup, world, status="sent", sender="a", receiver="b")
+        setup.commit()
+        ref_id, b_id, admin_id, b_agency = ref.id, world.users["b_liaison"].id, world.users["a_admin"].id, \
+            world.agencies["b"].id
+    holding = threading.Event()
+    _pause(monkeypatch, referrals, "require_worker", b_id, holding)
+
+    def ack():
+        with make_session() as s:
+            referrals.transition(s, Actor(s.get(User, b_id), "t"), ref_id, "acknowledge", None)
+            s.commit()
+
+    def rename():
+        with make_session() as s:
+            agency = s.get(Agency, b_agency)
+            data = directory.AgencyData(name="Bravo Federal Police", kind=agency.kind,
+                                        country_code=agency.country_code, desk_email=agency.desk_email,
+                                        desk_phone=agency.desk_phone, timezone=agency.timezone,
+                                        is_focal_point=agency.is_focal_point)
+            directory.update_agency(s, Actor(s.get(User, admin_id), "t"), b_agency, data)
+            s.commit()
+
+    errors = _race(ack, rename, holding)
+    assert errors == []
+
+
+def test_hit_acknowledge_vs_decision_moving_the_hit(pg_app, monkeypatch):
+    """Acknowledge: head -> hit. Decision (set_jurisdiction): op -> holder -> draft -> hit
+    (_keep_hits moves it / the draft's delete cascades) -> head."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        other = make_referral(setup, world, status="sent", sender="a", receiver="b")
+        subjects.add_subject(setup, world.actor("a_liaison"), other.id, "Known", "e1@example.org")
+        run_import(setup, world, tip(account(1, email="e1@example.org", uploads_a="1")))
+        draft = _draft_of(setup, world, "acc1")
+        hit_id = setup.scalar(select(Hit.id).where((Hit.referral_low_id == draft.id) | (Hit.referral_high_id == draft.id)))
+        assert hit_id is not None
+        holder = holder_of(setup, world, "acc1")
+        setup.commit()
+        subject_id, lead_id, alpha_id = holder.subject_id, world.users["c_liaison"].id, world.users["a_liaison"].id
+    holding = threading.Event()
+    _pause(monkeypatch, deconfliction, "get_visible_hit", alpha_id, holding, seconds=2)
+
+    def ack():
+        with make_session() as s:
+            deconfliction.acknowledge(s, Actor(s.get(User, alpha_id), "t"), hit_id, None)
+            s.commit()
+
+    def decide():
+        with make_session() as s:
+            holder_service.set_jurisdiction(s, Actor(s.get(User, lead_id), "t"), subject_id, "NZ")
+            s.commit()
+
+    errors = _race(ack, decide, holding)
+    assert errors == []
+
+
+def test_subject_add_matching_a_draft_vs_decision_discarding_it(pg_app, monkeypatch):
+    """Subject add (a, on its sent referral): referral -> head -> refresh_hits inserts a hit on the
+    tip draft (KEY SHARE on it). Decision: op -> draft (locked, then DELETEd: FOR UPDATE) -> head."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        other = make_referral(setup, world, status="sent", sender="a", receiver="b")
+        run_import(setup, world, tip(account(1, email="e1@example.org", uploads_a="1")))
+        holder = holder_of(setup, world, "acc1")
+        setup.commit()
+        other_id = other.id
+        subject_id, lead_id, alpha_id = holder.subject_id, world.users["c_liaison"].id, world.users["a_liaison"].id
+    holding = threading.Event()
+    original = deconfliction.refresh_hits
+
+    def paused(session, actor, ids, **kw):
+        if actor.user_id == alpha_id:
+            holding.set()
+            time.sleep(2)
+        return original(session, actor, ids, **kw)
+
+    monkeypatch.setattr(deconfliction, "refresh_hits", paused)
+
+    def add():
+        with make_session() as s:
+            subjects.add_subject(s, Actor(s.get(User, alpha_id), "t"), other_id, "Known", "e1@example.org")
+            s.commit()
+
+    def decide():
+        with make_session() as s:
+            holder_service.set_jurisdiction(s, Actor(s.get(User, lead_id), "t"), subject_id, "NZ")
+            s.commit()
+
+    errors = _race(add, decide, holding)
+    assert errors == []
