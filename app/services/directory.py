@@ -79,16 +79,16 @@ def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
 
 def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyData) -> Agency:
     require_admin(actor)
-    # The chain before the agency's row: a rename locks it against every step that, holding
-    # the chain, writes a row naming the agency (a history step, a notification).
-    audit.lock_chain(session)
     agency = session.get(Agency, agency_id)
     if agency is None:
         raise NotFound()
     data = normalise_agency(session, data, agency_id)
     changed = [f.name for f in fields(data) if getattr(agency, f.name) != getattr(data, f.name)]
     routed = bool(ROUTING_FIELDS & set(changed))
-    operations = _lock_routing(session) if routed else []
+    operations = _lock_routing(session) if routed else []  # the operations first, as imports
+    # Then the chain, before the agency's row: a rename locks it against every step that,
+    # holding the chain, writes a row naming the agency (a history step, a notification).
+    audit.lock_chain(session)
     for name in changed:
         setattr(agency, name, getattr(data, name))
     session.flush()
