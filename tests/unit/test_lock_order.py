@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import pytest
 from sqlalchemy import select
 
 from app.models import Agency, Hit, User
@@ -60,9 +61,10 @@ def _pause(monkeypatch, module, name, user_id, holding, seconds=1.5):
     monkeypatch.setattr(module, name, paused)
 
 
-def test_transfer_vs_create_draft(pg_app, monkeypatch):
-    """Transfer: audit head (lock_chain) -> referral -> reference counter.
-    create_draft: reference counter -> audit head."""
+@pytest.mark.parametrize("other", ["a person's new draft", "an import's new draft"])
+def test_a_transfer_vs_a_new_draft(pg_app, monkeypatch, other):
+    """Both reserve a reference: the transfer before the audit chain, as a draft (an import's
+    too) reserves its own before writing its audit entries."""
     make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
     with make_session() as setup:
         world = build_world(setup, pg_app.extensions["handoff_passwords"])
@@ -81,44 +83,21 @@ def test_transfer_vs_create_draft(pg_app, monkeypatch):
                                  transfer_to_agency_id=c_agency)
             s.commit()
 
-    def create():
+    def new_draft():
         with make_session() as s:
-            referrals.create_draft(s, Actor(s.get(User, a_id), "t"), data)
+            if other == "a person's new draft":
+                referrals.create_draft(s, Actor(s.get(User, a_id), "t"), data)
+            else:
+                run_import(s, world, tip(account(1, email="new@example.org", uploads_a="1")))
             s.commit()
 
-    errors = _race(transfer, create, holding)
-    assert errors == []
+    assert _race(transfer, new_draft, holding) == []
 
 
-def test_transfer_vs_import_creating_a_draft(pg_app, monkeypatch):
-    """Transfer: head -> referral -> counter. Import: op -> counter (create_drafts) -> head (finish)."""
-    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
-    with make_session() as setup:
-        world = build_world(setup, pg_app.extensions["handoff_passwords"])
-        ref = make_referral(setup, world, status="acknowledged", sender="a", receiver="b",
-                            handling_code=referrals.HandlingCode.ONWARD_PERMITTED)
-        setup.commit()
-        ref_id, b_id, c_agency = ref.id, world.users["b_liaison"].id, world.agencies["c"].id
-    holding = threading.Event()
-    _pause(monkeypatch, referrals, "require_worker", b_id, holding)
-
-    def transfer():
-        with make_session() as s:
-            referrals.transition(s, Actor(s.get(User, b_id), "t"), ref_id, "transfer", None,
-                                 transfer_to_agency_id=c_agency)
-            s.commit()
-
-    def do_import():
-        with make_session() as s:
-            run_import(s, world, tip(account(1, email="new@example.org", uploads_a="1")))
-            s.commit()
-
-    errors = _race(transfer, do_import, holding)
-    assert errors == []
-
-
-def test_subject_add_on_sent_tip_referral_vs_import_escalating_it(pg_app, monkeypatch):
-    """Subject add (sender): referral -> head. Import: op -> ... -> head (finish) -> referral (escalate)."""
+@pytest.mark.parametrize("step", ["subject", "consent"])
+def test_a_senders_step_on_a_sent_tip_referral_vs_an_import_raising_it(pg_app, monkeypatch, step):
+    """The import raises the sent referral after writing its own audit entries; the sender's
+    step (a subject added, consent given) takes the chain before the referral."""
     make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
     with make_session() as setup:
         world = build_world(setup, pg_app.extensions["handoff_passwords"])
@@ -126,47 +105,24 @@ def test_subject_add_on_sent_tip_referral_vs_import_escalating_it(pg_app, monkey
         setup.commit()
         sent_id, c_id = sent.id, world.users["c_liaison"].id
     holding = threading.Event()
-    _pause(monkeypatch, subjects, "require_worker", c_id, holding, seconds=2)
+    _pause(monkeypatch, subjects if step == "subject" else referrals, "require_worker", c_id, holding, seconds=2)
 
-    def add():
+    def senders_step():
         with make_session() as s:
-            subjects.add_subject(s, Actor(s.get(User, c_id), "t"), sent_id, "Extra", "zz@example.org")
+            lead = Actor(s.get(User, c_id), "t")
+            if step == "subject":
+                subjects.add_subject(s, lead, sent_id, "Extra", "zz@example.org")
+            else:
+                referrals.grant_transfer_consent(s, lead, sent_id, None)
             s.commit()
 
     def do_import():
-        with make_session() as s:
+        with make_session() as s:  # raises the package to P2, and drafts a new holder first
             run_import(s, world, tip(account(9, email="p@example.org", uploads_a="12"),
                                      account(10, email="fresh@example.org", uploads_a="1")), file_name="b.csv")
             s.commit()
 
-    errors = _race(add, do_import, holding)
-    assert errors == []
-
-
-def test_consent_on_sent_tip_referral_vs_import_escalating_it(pg_app, monkeypatch):
-    """Consent (sender): referral -> head. Import: head -> referral (escalate)."""
-    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
-    with make_session() as setup:
-        world = build_world(setup, pg_app.extensions["handoff_passwords"])
-        _holder, sent = _sent_package(setup, world, datetime.now(timezone.utc))
-        setup.commit()
-        sent_id, c_id = sent.id, world.users["c_liaison"].id
-    holding = threading.Event()
-    _pause(monkeypatch, referrals, "require_worker", c_id, holding, seconds=2)
-
-    def consent():
-        with make_session() as s:
-            referrals.grant_transfer_consent(s, Actor(s.get(User, c_id), "t"), sent_id, None)
-            s.commit()
-
-    def do_import():
-        with make_session() as s:
-            run_import(s, world, tip(account(9, email="p@example.org", uploads_a="12"),
-                                     account(10, email="fresh@example.org", uploads_a="1")), file_name="b.csv")
-            s.commit()
-
-    errors = _race(consent, do_import, holding)
-    assert errors == []
+    assert _race(senders_step, do_import, holding) == []
 
 
 def test_agency_rename_vs_receiver_step(pg_app, monkeypatch):
