@@ -71,9 +71,9 @@ def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
     agency = Agency(**{f.name: getattr(data, f.name) for f in fields(data)})
     session.add(agency)
     session.flush()
-    audit.record(session, actor, "agency.create", "agency", agency.id, detail={"name": agency.name})
-    if routed:
+    if routed:  # before the audit entry: the drafts it locks come before the chain, as for imports
         _route_again(session, actor, operations)
+    audit.record(session, actor, "agency.create", "agency", agency.id, detail={"name": agency.name})
     return agency
 
 
@@ -86,15 +86,16 @@ def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyDa
     changed = [f.name for f in fields(data) if getattr(agency, f.name) != getattr(data, f.name)]
     routed = bool(ROUTING_FIELDS & set(changed))
     operations = _lock_routing(session) if routed else []  # the operations first, as imports
-    # Then the chain, before the agency's row: a rename locks it against every step that,
-    # holding the chain, writes a row naming the agency (a history step, a notification).
-    audit.lock_chain(session)
+    if "name" in changed:
+        # The chain before the agency's row: a new name (unique) locks the row against every
+        # step that, holding the chain, writes a row naming the agency (a history step).
+        audit.lock_chain(session)
     for name in changed:
         setattr(agency, name, getattr(data, name))
     session.flush()
-    audit.record(session, actor, "agency.edit", "agency", agency.id, detail={"changed": changed})
-    if routed:
+    if routed:  # before the audit entry: the drafts it locks come before the chain, as for imports
         _route_again(session, actor, operations)
+    audit.record(session, actor, "agency.edit", "agency", agency.id, detail={"changed": changed})
     return agency
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import select
 
-from app.models import Agency, Hit, User
+from app.models import Agency, Hit, Holder, Referral, User
 from app.services import deconfliction, directory, referrals, subjects
 from app.services.audit import Actor
 from app.services.tips import holders as holder_service
@@ -224,3 +224,46 @@ def test_subject_add_matching_a_draft_vs_decision_discarding_it(pg_app, monkeypa
 
     errors = _race(add, decide, holding)
     assert errors == []
+
+
+def test_a_directory_edit_that_reroutes_vs_an_edit_of_a_tip_draft(pg_app, monkeypatch):
+    """An administrator withdraws the focal point a tip draft goes to while the lead agency's
+    officer edits that draft: the reroute locks the draft before the audit chain, as the edit
+    does, so it waits for the edit."""
+    from tests.unit.test_tips_import import _agency_data
+
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        run_import(setup, world, tip(account(1, email="p@example.org", uploads_a="1")))
+        setup.commit()
+        draft_id = _draft_of(setup, world, "acc1").id
+        lead_id, admin_id, bravo_id = world.users["c_liaison"].id, world.users["a_admin"].id, world.agencies["b"].id
+    holding = threading.Event()
+    checked = referrals._keep_routing
+
+    def held_after_locking_the_draft(session, referral, data):
+        holding.set()
+        time.sleep(1.5)  # the directory edit runs meanwhile
+        return checked(session, referral, data)
+
+    monkeypatch.setattr(referrals, "_keep_routing", held_after_locking_the_draft)
+
+    def edit_draft():
+        with make_session() as s:
+            data = referrals.ReferralData.from_referral(s.get(Referral, draft_id))
+            data.summary = "Edited by hand."
+            referrals.update_draft(s, Actor(s.get(User, lead_id), "t"), draft_id, None, data)
+            s.commit()
+
+    def withdraw_focal_point():
+        with make_session() as s:
+            bravo = s.get(Agency, bravo_id)
+            directory.update_agency(s, Actor(s.get(User, admin_id), "t"), bravo_id,
+                                    _agency_data(bravo, is_focal_point=False))
+            s.commit()
+
+    assert _race(edit_draft, withdraw_focal_point, holding) == []
+    with make_session() as check:
+        holder = check.scalars(select(Holder).where(Holder.subject_id.is_not(None))).one()
+        assert holder.receiver_agency_id != bravo_id  # rerouted after the edit
