@@ -17,6 +17,7 @@ from app.models import (
 from app.models import Holder, Tip, referral_subjects
 from app.models.tip import TipImport
 from app.services import NotFound
+from app.services.audit import lock_chain
 
 
 def visibility_clause(agency_id: int):
@@ -34,11 +35,24 @@ def visible_referrals(user: User) -> Select[tuple[Referral]]:
     return select(Referral).where(visibility_clause(user.agency_id))
 
 
-def get_visible_referral(session: Session, user: User, referral_id: int, *, for_update: bool = False) -> Referral:
+def get_visible_referral(session: Session, user: User, referral_id: int, *, for_update: bool = False,
+                         chain_first: bool = True) -> Referral:
     """The referral if the user may see it; NotFound otherwise (never Forbidden, so that
-    existence does not leak)."""
+    existence does not leak).
+
+    `for_update` locks it, read afresh. A referral no longer a draft is locked after the audit
+    chain's head (`audit.lock_chain`): an import raises a sent referral, or tells it news, after
+    writing its own audit entries, and every step takes the two in that order. `chain_first`
+    False is for a step that locked its operation and moves drafts before it audits (a
+    withdrawal or decline of a referral with a tip's holders)."""
     query = visible_referrals(user).where(Referral.id == referral_id)
-    if for_update:  # read afresh under the lock, not as an earlier read of the request left it
+    if for_update:
+        if chain_first:
+            status = session.scalar(query.with_only_columns(Referral.status))
+            if status is None:
+                raise NotFound("No such referral.")
+            if status is not Status.DRAFT:
+                lock_chain(session)
         query = query.with_for_update(of=Referral, key_share=True).execution_options(populate_existing=True)
     referral = session.scalars(query).unique().one_or_none()
     if referral is None:
@@ -72,9 +86,12 @@ def visible_hits(user: User) -> Select[tuple[Hit]]:
 
 
 def get_visible_hit(session: Session, user: User, hit_id: int, *, for_update: bool = False) -> Hit:
-    """The hit if the user's agency is a party to it; NotFound otherwise."""
+    """The hit if the user's agency is a party to it; NotFound otherwise. `for_update` locks
+    it after the audit chain's head, the order of an import, which matches hits after writing
+    its own audit entries."""
     query = visible_hits(user).where(Hit.id == hit_id)
     if for_update:
+        lock_chain(session)
         query = query.with_for_update(of=Hit, key_share=True)
     hit = session.scalars(query).unique().one_or_none()
     if hit is None:

@@ -508,7 +508,6 @@ def _references(session: Session, hit: Hit) -> dict[int, str]:
 
 def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: int | None) -> Hit:
     """Stamp the acting agency's acknowledgement; both stamped makes the hit acknowledged."""
-    audit.lock_chain(session)  # before the hit: an import matching it locks it after its entries
     hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
     require_worker(actor, "Your role may read deconfliction results but not act on them.")
     if hit.status is HitStatus.RESOLVED:
@@ -537,7 +536,6 @@ def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: i
 def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int | None,
             lead_agency_id: int | None, note: str) -> Hit:
     """Record the agreed lead agency (one of the two parties) and a note."""
-    audit.lock_chain(session)  # as `acknowledge`
     hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
     require_worker(actor, "Your role may read deconfliction results but not act on them.")
     if hit.status is HitStatus.RESOLVED:

@@ -251,6 +251,13 @@ def awaits_transfer_consent(referral: Referral) -> bool:
     return referral.handling_code is HandlingCode.CONSENT_REQUIRED and referral.transfer_consent_at is None
 
 
+def transfer_waits_for_consent(referral: Referral, user) -> bool:
+    """Whether this user's agency would transfer the referral on now, but its handling code
+    waits for the sender's consent (for saying so where the button would be)."""
+    return (awaits_transfer_consent(referral) and referral.status is Status.ACKNOWLEDGED
+            and user.can_work_referrals and referral.receiver_agency_id == user.agency_id)
+
+
 def can_grant_consent(referral: Referral, user) -> bool:
     return (
         user.can_work_referrals
@@ -298,11 +305,8 @@ def transition(
     # A transfer's new reference is reserved first, as drafts (an import's too) reserve theirs
     # before they write their audit entries.
     reference = next_references(session)[0] if action == "transfer" else None
-    if operation_id is None and rule.side == "receiver":
-        # A sent referral, which an import raises or tells news after writing its own audit
-        # entries: the chain first, then the referral, in the import's order.
-        audit.lock_chain(session)
-    referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
+    referral = get_visible_referral(session, actor.user, referral_id, for_update=True,
+                                    chain_first=operation_id is None)
     require_worker(actor)
     side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
     if side_agency != actor.agency_id:
@@ -507,7 +511,6 @@ def _past(action: str) -> str:
 
 def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, expected_version: int | None,
                            *, at: datetime | None = None) -> Referral:
-    audit.lock_chain(session)  # a sent referral: as a receiver's step in `transition`
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     if referral.sender_agency_id != actor.agency_id:
@@ -534,7 +537,6 @@ class OutcomeData:
 
 def record_outcome(session: Session, actor: Actor, referral_id: int, data: OutcomeData,
                    *, at: datetime | None = None) -> Outcome:
-    audit.lock_chain(session)  # as a receiver's step in `transition`
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     if referral.receiver_agency_id != actor.agency_id:

@@ -64,8 +64,6 @@ def subjects_of(session: Session, user: User, referral_id: int) -> list[Subject]
 
 
 def _editable_referral(session: Session, actor: Actor, referral_id: int) -> Referral:
-    if get_visible_referral(session, actor.user, referral_id).status is not Status.DRAFT:
-        audit.lock_chain(session)  # a sent referral, which an import locks after its own entries
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     if referral.sender_agency_id != actor.agency_id:

@@ -45,18 +45,11 @@ def _race(first, second, holding, timeout=30):
 def _pause(monkeypatch, module, name, user_id, holding, seconds=1.5):
     original = getattr(module, name)
 
-    def paused(*args, **kwargs):
-        actor = args[0] if args else None
-        uid = getattr(actor, "user_id", None) if actor is not None else None
-        if uid is None and args and isinstance(args[0], object):
-            # get_visible_hit(session, user, ...): the user among the arguments
-            for arg in args:
-                if isinstance(arg, User):
-                    uid = arg.id
-        if uid == user_id:
+    def paused(actor, *args, **kwargs):  # require_worker(actor, ...): after the step's first locks
+        if actor.user_id == user_id:
             holding.set()
             time.sleep(seconds)
-        return original(*args, **kwargs)
+        return original(actor, *args, **kwargs)
 
     monkeypatch.setattr(module, name, paused)
 
@@ -173,7 +166,7 @@ def test_hit_acknowledge_vs_decision_moving_the_hit(pg_app, monkeypatch):
         setup.commit()
         subject_id, lead_id, alpha_id = holder.subject_id, world.users["c_liaison"].id, world.users["a_liaison"].id
     holding = threading.Event()
-    _pause(monkeypatch, deconfliction, "get_visible_hit", alpha_id, holding, seconds=2)
+    _pause(monkeypatch, deconfliction, "require_worker", alpha_id, holding, seconds=2)  # after its locks
 
     def ack():
         with make_session() as s:

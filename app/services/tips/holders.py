@@ -47,7 +47,7 @@ from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering
 from app.services.tips.routing import (
-    HOLDER_STATE_COLUMNS, RISK_COLUMNS, HolderState, Router, load_directory, state_from_row, target,
+    HOLDER_STATE_COLUMNS, RISK_COLUMNS, Directory, HolderState, Router, load_directory, state_from_row, target,
 )
 from app.services.triage import more_urgent, priority_from_flags
 
@@ -416,10 +416,10 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
     ], now)
     news = (f"holder {holder.label}: the sending agency recorded {_flags_named(flags)}."
             if changed and not raised else None)
-    before = holder.referral_id
+    sent_on = holder.referral_id
     decision = _reroute(session, actor, holder, now, news=news)
-    if before is not None and decision.holder.referral_id == before:  # the findings told above, as news or a raise
-        referrals.turn_on_risk_flags(session, before, [name for name in changed if flags.get(name)])
+    if sent_on is not None and decision.holder.referral_id == sent_on:  # the findings told above, as news or a raise
+        referrals.turn_on_risk_flags(session, sent_on, [name for name in changed if flags.get(name)])
     audit.record(session, actor, "tip.holder_risk", "holder", holder.id, detail={
         "label": holder.label, "flags": {k: v for k, v in flags.items() if v},
         "changed": changed,
@@ -476,9 +476,12 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
                 and raised.get(referral_id) != reason):
             notes.setdefault(router.current_id(referral_id), []).append(note)
     router.record_updates({referral_id: " ".join(told) for referral_id, told in notes.items()})
-    for state in states:  # a holder that stays on a sent referral carries what was found there
+    carried: dict[int, set[str]] = {}  # a sent referral -> what was found on holders staying on it
+    for state in states:
         if found.get(state.id) and router.stays(state.referral_id):
-            referrals.turn_on_risk_flags(session, router.current_id(state.referral_id), found[state.id])
+            carried.setdefault(router.current_id(state.referral_id), set()).update(found[state.id])
+    for referral_id, names in sorted(carried.items()):
+        referrals.turn_on_risk_flags(session, referral_id, sorted(names))
     route = router.finish()
     bulk.audit_many(session, actor, entries)
     if route.touched:
@@ -500,14 +503,11 @@ def reroute_after_directory_change(session: Session, actor: Actor, operations: l
     touched: list[int] = []
     for operation in operations:
         directory = load_directory(session, operation.lead_agency_id)
-        states = [state for state in map(state_from_row, session.execute(
-            select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None),
-                                                unsent).order_by(Holder.id)))
-                  if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)]
-        if states:
-            router = Router(session, actor, operation, operation.lead_agency_id, now=now, directory=directory)
-            _route(session, router, states, now, triaged=False)
-            touched += router.finish().touched
+        touched += _route_again(session, actor, operation, [
+            state for state in map(state_from_row, session.execute(
+                select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id,
+                                                    Holder.merged_into_id.is_(None), unsent).order_by(Holder.id)))
+            if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)], now, directory)
     if touched:
         deconfliction.refresh_hits(session, actor, touched, now=now)
     return touched
@@ -519,18 +519,24 @@ def reroute_after_withdrawal(session: Session, actor: Actor, operation_id: int, 
     withdrawn: they are routed again at once, as an import would route them, so that none
     drops off every work list. The withdrawn referral keeps them in its history. The caller
     locked the operation first (`lock_operation`). Returns the drafts created or changed."""
-    operation = session.get(Operation, operation_id)
-    states = [state_from_row(row) for row in session.execute(
-        select(*HOLDER_STATE_COLUMNS).where(Holder.referral_id.in_(referral_ids), Holder.merged_into_id.is_(None))
-        .order_by(Holder.id))]
-    if not states:
-        return []
-    router = Router(session, actor, operation, operation.lead_agency_id, now=now)
-    _route(session, router, states, now, triaged=False)
-    touched = router.finish().touched
+    touched = _route_again(session, actor, session.get(Operation, operation_id), [
+        state_from_row(row) for row in session.execute(
+            select(*HOLDER_STATE_COLUMNS).where(Holder.referral_id.in_(referral_ids), Holder.merged_into_id.is_(None))
+            .order_by(Holder.id))], now)
     if touched:
         deconfliction.refresh_hits(session, actor, touched, now=now)
     return touched
+
+
+def _route_again(session: Session, actor: Actor, operation: Operation, states: list[HolderState], now: datetime,
+                 directory: Directory | None = None) -> list[int]:
+    """Route these holders of an operation again, as an import routes them, and finish: the
+    drafts created or changed (the caller matches them)."""
+    if not states:
+        return []
+    router = Router(session, actor, operation, operation.lead_agency_id, now=now, directory=directory)
+    _route(session, router, states, now, triaged=False)
+    return router.finish().touched
 
 
 def lock_operations_with_holders(session: Session) -> list[Operation]:

@@ -169,7 +169,7 @@ def line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
 
 def blank_row(row: list[str]) -> bool:
     """A row with nothing in it: no fields, or empty ones (a spreadsheet's empty row, ",,,")."""
-    return not row or not (row[0].strip() or any(cell.strip() for cell in row))
+    return not any(cell.strip() for cell in row)
 
 
 def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:

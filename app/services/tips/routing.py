@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime
 
 from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, update
@@ -527,7 +528,9 @@ class Router:
                 matches.c.hit_id == hit_id, matches.c.side == opposite.value,
                 matches.c.identifier_id.in_(select(Identifier.id).where(Identifier.id.in_(theirs),
                                                                         Identifier.match_key.not_in(kept_keys)))))
-            session.execute(update(hits).where(hits.c.id == hit_id).values(version=hits.c.version + 1))
+        if stale:
+            session.execute(update(hits).where(hits.c.id.in_(sorted({hit_id for hit_id, *_ in stale})))
+                            .values(version=hits.c.version + 1))
         if drops:
             session.execute(delete(hits).where(hits.c.id.in_(sorted({hit_id for hit_id, _ in drops}))))
             entries += [("hit.remove", "hit", hit_id, {"referral": draft, "reason": "the holders it matched left "
@@ -596,30 +599,38 @@ class Router:
         bulk.audit_many(self.session, self.actor, entries)
 
 
-# What follows "Provider tip, operation <code>: " in any summary `_summary` or `_holders_left`
-# writes, and only there.
-_ROUTING_SUMMARY = re.compile(
-    r"(?:(?:one account holder|\d+ account holders?) in .+, triaged P[1-4]\. "
-    r"(?:Each holder's|The holder's) accounts and the identifiers that joined them are listed with the referral's "
-    r"subjects\.|its account holders moved to other referrals; the subjects added by hand remain\.)", re.DOTALL)
+# The summaries routing writes, one template each; `routing_wrote` recognises them by the same
+# templates, so that the two cannot drift apart.
+_SUMMARIES = {
+    "package": ("Provider tip, operation {code}: {count} account holder{s} in {country}, triaged {priority}. "
+                "Each holder's accounts and the identifiers that joined them are listed with the referral's "
+                "subjects."),
+    "single": ("Provider tip, operation {code}: one account holder in {country}, triaged {priority}. The holder's "
+               "accounts and the identifiers that joined them are listed with the referral's subjects."),
+    "left": ("Provider tip, operation {code}: its account holders moved to other referrals; the subjects added by "
+             "hand remain."),
+}
+# What each placeholder may stand for in a summary routing wrote (the code is the operation's own).
+_WILDCARDS = {"count": r"\d+", "s": "s?", "country": ".+", "priority": "P[1-4]"}
 
 
 def routing_wrote(summary: str | None, code: str) -> bool:
     """Whether a draft of operation `code` still has the summary routing wrote (not a person's)."""
-    prefix = f"Provider tip, operation {code}: "
-    summary = summary or ""
-    return summary.startswith(prefix) and _ROUTING_SUMMARY.fullmatch(summary, len(prefix)) is not None
+    return any(pattern.fullmatch(summary or "") for pattern in _summary_patterns(code))
+
+
+@lru_cache(maxsize=64)
+def _summary_patterns(code: str) -> tuple[re.Pattern, ...]:
+    fields = {"code": re.escape(code), **_WILDCARDS}
+    return tuple(re.compile(re.sub(r"\\\{(\w+)\\\}", lambda m: fields[m.group(1)], re.escape(template)), re.DOTALL)
+                 for template in _SUMMARIES.values())
 
 
 def _holders_left(code: str) -> str:
-    return f"Provider tip, operation {code}: its account holders moved to other referrals; the subjects added by hand remain."
+    return _SUMMARIES["left"].format(code=code)
 
 
 def _summary(code: str, jurisdiction: str, priority: Priority, count: int, packaged: bool) -> str:
-    country = countries.name(jurisdiction)
-    if packaged:
-        return (f"Provider tip, operation {code}: {count} account holder{'s' if count != 1 else ''} in {country}, "
-                f"triaged {priority.value}. Each holder's accounts and the identifiers that joined them are "
-                "listed with the referral's subjects.")
-    return (f"Provider tip, operation {code}: one account holder in {country}, triaged {priority.value}. "
-            "The holder's accounts and the identifiers that joined them are listed with the referral's subjects.")
+    return _SUMMARIES["package" if packaged else "single"].format(
+        code=code, count=count, s="s" if count != 1 else "", country=countries.name(jurisdiction),
+        priority=priority.value)

@@ -156,9 +156,7 @@ def detail(referral_id: int):
         transfer_form=transfer_form,
         outcome_form=outcome_form,
         can_consent=service.can_grant_consent(referral, current_user),
-        # The receiver would transfer it now, but the handling code waits for the sender.
-        transfer_waits=service.awaits_transfer_consent(referral) and referral.status is Status.ACKNOWLEDGED
-        and current_user.can_work_referrals and referral.receiver_agency_id == current_user.agency_id,
+        transfer_waits=service.transfer_waits_for_consent(referral, current_user),
         can_edit=referral.status is Status.DRAFT and current_user.can_work_referrals
         and referral.sender_agency_id == current_user.agency_id,
         **_deconfliction_context(referral),
