@@ -39,13 +39,28 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode changes a table by copying it: dropping the old one must neither refuse
+            # nor cascade for the rows that refer to it. (SQLite ignores this in a transaction.)
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # user_module_prefix="" renders app types as bare names (UTCDateTime()), which the
         # revision template imports.
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_as_batch=True, compare_type=True, user_module_prefix="")
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                _check_foreign_keys(connection)
     engine.dispose()
+
+
+def _check_foreign_keys(connection) -> None:
+    """What SQLite did not check while its foreign keys were off."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"The migration left rows whose foreign keys point nowhere: {broken[:10]}")
 
 
 if context.is_offline_mode():

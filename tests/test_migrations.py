@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Column, create_engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SAWarning
 
 import app.models  # noqa: F401
 from app.db import Base
@@ -40,9 +42,25 @@ def _diff(url: str):
     engine = create_engine(url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        diff = compare_metadata(context, Base.metadata)
+        if conn.dialect.name != "sqlite":
+            diff = compare_metadata(context, Base.metadata)
+        else:
+            # SQLAlchemy does not reflect SQLite's expression indexes, so the comparison skips
+            # them: each is looked for by name instead.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index",
+                                        SAWarning)
+                warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
+                diff = compare_metadata(context, Base.metadata)
+            present = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'").scalars())
+            diff += [("missing expression index", name) for name in sorted(_expression_indexes() - present)]
     engine.dispose()
     return diff
+
+
+def _expression_indexes() -> set[str]:
+    return {index.name for table in Base.metadata.tables.values() for index in table.indexes
+            if not all(isinstance(part, Column) for part in index.expressions)}
 
 
 def test_upgrade_from_empty_matches_the_models(empty_database):
@@ -73,3 +91,46 @@ def test_drift_would_be_noticed(empty_database):
         assert any(d[0] == "add_column" for d in _diff(empty_database))
     finally:
         table._columns.remove(extra)
+
+
+def test_agency_names_are_unique_whatever_their_case(empty_database):
+    command.upgrade(alembic_config(empty_database), "head")
+    engine = create_engine(empty_database)
+    insert = text("INSERT INTO agencies (name, kind, desk_email, desk_phone, timezone, is_focal_point, created_at) "
+                  "VALUES (:name, 'police', 'desk@example.org', '+64 4 555 0100', 'UTC', false, '2026-12-01')")
+    with engine.connect() as conn:
+        conn.execute(insert, {"name": "Alpha Police"})
+        with pytest.raises(IntegrityError):
+            conn.execute(insert, {"name": "ALPHA police"})
+    engine.dispose()
+
+
+def test_a_missing_expression_index_would_be_noticed(empty_database):
+    command.upgrade(alembic_config(empty_database), "head")
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX uq_agencies_lower_name"))
+    engine.dispose()
+    assert _diff(empty_database) != []
+
+
+def test_agencies_copied_on_sqlite_keep_the_rows_that_refer_to_them(empty_database):
+    """0014 copies `agencies` on SQLite (its name's constraint cannot be dropped in place): the
+    users and operations naming an agency keep it, and its foreign keys hold afterwards."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0013")
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO agencies (id, name, kind, desk_email, desk_phone, timezone, is_focal_point, "
+                          "created_at) VALUES (7, 'Alpha Police', 'police', 'desk@example.org', '+64 4 555 0100', "
+                          "'UTC', true, '2026-12-01')"))
+        conn.execute(text("INSERT INTO operations (code, lead_agency_id, opened_on, description, created_at) "
+                          "VALUES ('OP-1', 7, '2026-12-01', '', '2026-12-01')"))
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT a.name FROM operations o JOIN agencies a ON a.id = o.lead_agency_id")
+                            ).scalar_one() == "Alpha Police"
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    engine.dispose()
+    assert _diff(empty_database) == []

@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -30,7 +30,7 @@ class Agency(Base):
     __tablename__ = "agencies"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))  # unique whatever its case: uq_agencies_lower_name
     kind: Mapped[AgencyKind] = mapped_column(enum_column(AgencyKind, "agency_kind"))
     # ISO 3166-1 alpha-2; None for international bodies.
     country_code: Mapped[str | None] = mapped_column(String(2), index=True)
@@ -43,3 +43,10 @@ class Agency(Base):
 
     def __repr__(self) -> str:
         return f"<Agency {self.name!r}>"
+
+
+# An expression index, not a unique constraint on the column: PostgreSQL treats a column that a
+# foreign key could reference as part of the row's key, and a rename would then lock the
+# agency's row against every step writing a row that names it (docs/architecture.md, "Row
+# locks let references through").
+Index("uq_agencies_lower_name", func.lower(Agency.name), unique=True)

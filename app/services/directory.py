@@ -86,10 +86,6 @@ def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyDa
     changed = [f.name for f in fields(data) if getattr(agency, f.name) != getattr(data, f.name)]
     routed = bool(ROUTING_FIELDS & set(changed))
     operations = _lock_routing(session) if routed else []  # the operations first, as imports
-    if "name" in changed:
-        # The chain before the agency's row: a new name (unique) locks the row against every
-        # step that, holding the chain, writes a row naming the agency (a history step).
-        audit.lock_chain(session)
     for name in changed:
         setattr(agency, name, getattr(data, name))
     session.flush()

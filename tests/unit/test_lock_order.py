@@ -150,6 +150,48 @@ def test_agency_rename_vs_receiver_step(pg_app, monkeypatch):
     assert errors == []
 
 
+def _rename(make_session, admin_id, agency_id, name, **changes):
+    from tests.unit.test_tips_import import _agency_data
+
+    with make_session() as s:
+        agency = s.get(Agency, agency_id)
+        directory.update_agency(s, Actor(s.get(User, admin_id), "t"), agency_id,
+                                _agency_data(agency, name=name, **changes))
+        s.commit()
+
+
+def test_agency_rename_vs_a_new_draft_to_it(pg_app, monkeypatch):
+    """A new draft to b: insert the referral (KEY SHARE on agency b) -> head. The admin renames
+    b meanwhile: a new name must not lock b's row against the rows that name it."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        setup.commit()
+        a_id, admin_id, b_agency = world.users["a_liaison"].id, world.users["a_admin"].id, world.agencies["b"].id
+        data = draft_data(world, "b")
+    holding = threading.Event()
+    inserted = referrals.flush_or_conflict
+
+    def held_after_the_insert(session, what):
+        inserted(session, what)
+        if threading.current_thread().name == "new draft":
+            holding.set()
+            time.sleep(1.5)  # the rename runs meanwhile
+
+    monkeypatch.setattr(referrals, "flush_or_conflict", held_after_the_insert)
+
+    def new_draft():
+        threading.current_thread().name = "new draft"
+        with make_session() as s:
+            referrals.create_draft(s, Actor(s.get(User, a_id), "t"), data)
+            s.commit()
+
+    assert _race(new_draft, lambda: _rename(make_session, admin_id, b_agency, "Bravo Federal Police"), holding) == []
+    with make_session() as check:
+        assert check.get(Agency, b_agency).name == "Bravo Federal Police"
+        assert check.scalar(select(Referral.id).where(Referral.receiver_agency_id == b_agency)) is not None
+
+
 def test_hit_acknowledge_vs_decision_moving_the_hit(pg_app, monkeypatch):
     """Acknowledge: head -> hit. Decision (set_jurisdiction): op -> holder -> draft -> hit
     (_keep_hits moves it / the draft's delete cascades) -> head."""
@@ -219,10 +261,11 @@ def test_subject_add_matching_a_draft_vs_decision_discarding_it(pg_app, monkeypa
     assert errors == []
 
 
-def test_a_directory_edit_that_reroutes_vs_an_edit_of_a_tip_draft(pg_app, monkeypatch):
-    """An administrator withdraws the focal point a tip draft goes to while the lead agency's
-    officer edits that draft: the reroute locks the draft before the audit chain, as the edit
-    does, so it waits for the edit."""
+@pytest.mark.parametrize("renamed", [False, True], ids=["", "renamed too"])
+def test_a_directory_edit_that_reroutes_vs_an_edit_of_a_tip_draft(pg_app, monkeypatch, renamed):
+    """An administrator withdraws the focal point a tip draft goes to (renaming it in the same
+    save, or not) while the lead agency's officer edits that draft: the reroute locks the draft
+    before the audit chain, as the edit does, so it waits for the edit."""
     from tests.unit.test_tips_import import _agency_data
 
     make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
@@ -253,7 +296,8 @@ def test_a_directory_edit_that_reroutes_vs_an_edit_of_a_tip_draft(pg_app, monkey
         with make_session() as s:
             bravo = s.get(Agency, bravo_id)
             directory.update_agency(s, Actor(s.get(User, admin_id), "t"), bravo_id,
-                                    _agency_data(bravo, is_focal_point=False))
+                                    _agency_data(bravo, is_focal_point=False,
+                                                 name="Bravo Federal Police" if renamed else bravo.name))
             s.commit()
 
     assert _race(edit_draft, withdraw_focal_point, holding) == []
