@@ -252,6 +252,14 @@ def test_a_long_file_name_is_shortened_with_its_extension_kept():
     assert files.stored_name("folder/tip.jsonl") == "tip.jsonl"
 
 
+def test_a_file_name_cannot_show_itself_backwards():
+    """A right-to-left mark would show `tip\u202evsc.exe` as tipexe.csv on the Tips page and in
+    the audit trail."""
+    assert files.stored_name("tip\u202evsc.exe\u2069.csv") == "tip_vsc.exe_.csv"
+    assert files.stored_name("t\u200fip\x00.csv") == "t_ip_.csv"
+    assert files.stored_name("\u062a\u200c\u0627.csv") == "\u062a\u200c\u0627.csv"  # a joiner of a script stays
+
+
 @pytest.mark.parametrize("field, value", [("first_seen", "0001-01-01T00:00+01:00"),
                                           ("last_seen", "9999-12-31T23:30-01:00")])
 def test_a_date_out_of_range_once_in_utc_is_a_bad_row_not_a_crash(session, world, field, value):
@@ -401,6 +409,8 @@ TEXT_IMAGES = {
     "XPM image": [b'/* XPM */\nstatic char *x[] = {"1 1 1 1", "a c #000000", "a"};\n'],
     "XBM image": [b"#define x_width 1\n#define x_height 1\nstatic char x_bits[] = {0x00};\n"],
     "PostScript or EPS image": [b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n"],
+    "HTML page": [b"<!DOCTYPE html>\n<html><body>tip</body></html>\n", b"\n<!-- export -->\n<HTML>\n<body></body>\n"],
+    "RTF document": [b"{\\rtf1\\ansi platform,account_id}\n"],
 }
 
 
@@ -429,6 +439,27 @@ def test_an_image_or_video_carried_inside_a_tip_refuses_the_file(session, world,
         run_import(session, world, data, skip_invalid=True)
     session.rollback()
     assert snapshot(session) == before
+
+
+@pytest.mark.parametrize("line", [
+    r'{"platform": "discord", "account_id": "acc2", "username": "\u0064ata:image/png;base64,iVBORw0KGgo"}',
+    r'{"platform": "discord", "account_id": "acc2", "photo": "data:image\/png;base64,iVBORw0KGgo"}',
+    r'{"platform": "discord", "account_id": "acc2", "extra": {"thumbs": ["x", "DATA:\u0076ideo/mp4;base64,AAAA"]}}',
+])
+def test_an_image_hidden_by_json_escapes_refuses_the_file(session, world, line):
+    data = ('{"platform": "discord", "account_id": "acc1", "username": "back\\\\slash"}\n' + line + "\n").encode()
+    before = snapshot(session)
+    with pytest.raises(DomainError, match=r"encoded image, video or audio file \(a data: URL on line 2\)"):
+        run_import(session, world, data, file_name="tip.jsonl", skip_invalid=True)
+    session.rollback()
+    assert snapshot(session) == before
+
+
+def test_backslashes_that_hide_no_image_are_imported(session, world):
+    data = (b'{"platform": "discord", "account_id": "acc1", "username": "back\\\\slash", "note": "metadata:image/png"}\n'
+            b'{"platform": "discord", "account_id": "acc2", "username": "\\u0064ata"}\n')
+    assert run_import(session, world, data, file_name="tip.jsonl").new_accounts == 2
+    assert run_import(session, world, b"platform,account_id,username\ndiscord,acc3,back\\slash\n").new_accounts == 1
 
 
 # --- idempotence and the killed import ----------------------------------------------------------

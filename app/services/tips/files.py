@@ -2,8 +2,9 @@
 
 Handoff never accepts images or video. A file is refused by its name (only .csv, .jsonl and
 .ndjson) when it comes through the web, and always by its content: known image, video, audio,
-document and archive signatures (text images too: SVG, Netpbm, XPM, XBM, PostScript), an
-image, video or audio file carried inside as a data: URL, NUL bytes or other binary control
+document and archive signatures (text images too: SVG, Netpbm, XPM, XBM, PostScript; and
+HTML pages), an image, video or audio file carried inside as a data: URL (JSON escapes read),
+NUL bytes or other binary control
 characters, and anything that is not UTF-8.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import unicodedata
@@ -44,6 +46,7 @@ _SIGNATURES: list[tuple[int, bytes, str]] = [
     (0, b"fLaC", "a FLAC audio file"),
     (0, b"0&\xb2u\x8ef\xcf\x11", "a Windows Media video"),
     (0, b"%PDF", "a PDF document"),
+    (0, b"{\\rtf", "an RTF document"),
     (0, b"PK\x03\x04", "a ZIP archive or office document"),
     (0, b"\x1f\x8b", "a gzip archive"),
     (0, b"BZh", "a bzip2 archive"),
@@ -60,7 +63,7 @@ _RIFF = {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV audio
 # ISO base media (MP4, MOV, HEIC, AVIF, 3GP): "ftyp" at offset 4.
 _FTYP_IMAGES = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
 
-# Images that are text. SVG: XML declarations and processing instructions, comments or a
+# Images (and a page) that are text. SVG: XML declarations and processing instructions, comments or a
 # doctype (with an internal subset), then an <svg> element, its namespace prefix or not.
 _SVG = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?.*?\?>\s*|<!--.*?-->\s*|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>\s*)*"
                   rb"<(?:[\w.-]+:)?svg[\s>/]", re.IGNORECASE | re.DOTALL)
@@ -69,11 +72,16 @@ _TEXT_IMAGES = [
     (re.compile(rb"\A(?:\xef\xbb\xbf)?\s*/\*\s*XPM\s*\*/"), "an XPM image"),
     (re.compile(rb"\A(?:\xef\xbb\xbf)?\s*#define\s+\w*_width\s+\d+"), "an XBM image"),
     (re.compile(rb"\A(?:\xef\xbb\xbf)?%!PS"), "a PostScript or EPS image"),
+    (re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<!--.*?-->\s*)*<(?:!DOCTYPE\s+html|html)[\s>]", re.IGNORECASE | re.DOTALL),
+     "an HTML page"),
 ]
 # An image, video or audio file carried inside a text file, as a data: URL (a provider's
 # thumbnail, say): 0.07 s over a full tip's 27 MB.
 _MEDIA_URL = re.compile(rb"data:\s*(?:image|video|audio)/[\w.+-]+\s*[;,]", re.IGNORECASE)
 _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+# The same in a JSON value as read, where escapes (\u0064ata:, image\/png) could have hidden it
+# from the scan of the bytes; only lines with a backslash are read so.
+_MEDIA_URL_TEXT = re.compile(r"(?<![A-Za-z0-9_-])" + _MEDIA_URL.pattern.decode(), re.IGNORECASE)
 
 _BINARY_BYTES = reader.CONTROL_CHARACTERS.encode("ascii")
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
@@ -116,11 +124,16 @@ def _utf16_without_bom(head: bytes) -> bool:
     return False
 
 
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def stored_name(file_name: str | None) -> str:
     """The name a tip's file is recorded under: its base name (no client-side folders), at
     most 255 characters, its extension kept (the import looks at it again)."""
-    # Control characters (a NUL, a line end) have no place in a name shown and audited.
-    name = "".join("_" if unicodedata.category(c) == "Cc" else c for c in os.path.basename(file_name or "tip"))
+    # Control characters (a NUL, a line end) have no place in a name shown and audited, nor
+    # have the marks that turn text right to left (`tip\u202evsc.exe` shows as tipexe.csv).
+    name = "".join("_" if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS else c
+                   for c in os.path.basename(file_name or "tip"))
     if len(name) <= 255:
         return name
     stem, extension = os.path.splitext(name)
@@ -151,10 +164,12 @@ def check_content(data: bytes) -> None:
                           f"{line}), which no text tip holds. Handoff never accepts images, video or other binary "
                           "files.", field="file")
     # (A word before it, "metadata:", makes it none; a look-behind in the pattern costs 3x.)
-    media = next((m for m in _MEDIA_URL.finditer(data) if m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES),
-                 None)
+    media = next((m.start() for m in _MEDIA_URL.finditer(data)
+                  if m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES), None)
+    if media is None:
+        media = _escaped_media_url(data)
     if media is not None:
-        line = reader.line_ends(data, 0, media.start()) + 1
+        line = reader.line_ends(data, 0, media) + 1
         raise DomainError(f"The file holds an encoded image, video or audio file (a data: URL on line {line}). "
                           "Handoff never accepts images or video: take it out and import the file again.",
                           field="file")
@@ -164,6 +179,32 @@ def check_content(data: bytes) -> None:
         line = reader.line_ends(data, 0, exc.start) + 1
         raise DomainError(f"The file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}). "
                           "Save it as UTF-8 and import it again.", field="file") from None
+
+
+def _escaped_media_url(data: bytes) -> int | None:
+    """Where a line starts that is JSON holding a data: URL of a medium in a string once its
+    escapes are read, else None."""
+    start = 0
+    while (backslash := data.find(b"\\", start)) >= 0:
+        line_start = data.rfind(b"\n", 0, backslash) + 1
+        line_end = data.find(b"\n", backslash)
+        line_end = len(data) if line_end < 0 else line_end
+        try:
+            pending = [json.loads(data[line_start:line_end])]
+        except (ValueError, RecursionError):  # no JSON (a CSV line), or not UTF-8: checked below
+            pending = []
+        while pending:  # keys and values at any depth, without recursing
+            value = pending.pop()
+            if isinstance(value, str):
+                if _MEDIA_URL_TEXT.search(value):
+                    return line_start
+            elif isinstance(value, dict):
+                pending.extend(value)
+                pending.extend(value.values())
+            elif isinstance(value, list):
+                pending.extend(value)
+        start = line_end + 1
+    return None
 
 
 def detect_format(file_name: str, data: bytes) -> str:
