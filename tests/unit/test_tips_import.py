@@ -157,7 +157,69 @@ def test_the_reject_file_keeps_the_tip_columns_as_named_and_nothing_the_import_d
     result = run_import(session, world, data, skip_invalid=True)
     assert result.ignored_columns == ["Note", "note", "extra"]
     rows = list(csv.reader(io.StringIO(result.reject_csv)))
-    assert rows == [["Platform", " Account_ID ", "line", "field", "reason"], ["discord", "", "3", "account_id", "missing"]]
+    assert rows == [["Platform", "Account_ID", "line", "field", "reason"], ["discord", "", "3", "account_id", "missing"]]
+
+
+def test_a_second_byte_order_mark_is_a_header_problem_even_when_skipping_bad_rows(session, world):
+    """Not one bad row beside good ones: with `\ufeffplatform` for a first column, no row can be read."""
+    data = b"\xef\xbb\xbf" * 2 + tip(*(account(n) for n in range(1, 4)))
+    with pytest.raises(TipRejected, match=r"Nothing was imported: missing column in the header \(platform\)"):
+        run_import(session, world, data, skip_invalid=True)
+    assert count(session, Tip) == 0
+
+
+def test_rows_whose_values_do_not_line_up_with_the_header_keep_them_out_of_its_columns(session, world):
+    """A value past the header's named columns (an unquoted 1,500, a header ending in a comma)
+    makes a bad row, and its reject row quotes it whole rather than put the values under
+    columns, where imported again they would make a good row of the wrong count."""
+    data = (b"platform,account_id,uploads_a,\n"
+            b"discord,acc1,1,500\n"          # under the unnamed column
+            b"discord,acc2,1,\n"             # nothing there: a good row
+            b"discord,acc3,2,5,7\n")         # past the header
+    result = run_import(session, world, data, skip_invalid=True)
+    assert [(e.line, e.field) for e in result.errors] == [(2, "-"), (4, "-")]
+    assert "discord | acc1 | 1 | 500" in result.errors[0].reason and "discord | acc3 | 2 | 5 | 7" in result.errors[1].reason
+    rows = list(csv.reader(io.StringIO(result.reject_csv)))
+    assert [row[:3] for row in rows[1:]] == [["", "", ""], ["", "", ""]]
+    again = run_import(session, world, result.reject_csv.encode(), file_name="rejects.csv", skip_invalid=True)
+    assert again.new_accounts == 0 and [e.field for e in again.errors] == ["platform", "account_id"] * 2
+    assert session.scalar(select(TipAccount.uploads_a).where(TipAccount.account_key == "acc2")) == 1
+
+
+def test_a_header_name_behind_a_tab_comes_back_from_the_reject_file(session, world):
+    data = b"\tplatform,account_id,email\ndiscord,acc1,broken\n"
+    result = run_import(session, world, data, skip_invalid=True)
+    assert result.reject_csv.splitlines()[0] == "platform,account_id,email,line,field,reason"
+    fixed = result.reject_csv.replace(",broken,", ",p1@example.org,")
+    assert run_import(session, world, fixed.encode(), file_name="rejects.csv").new_accounts == 1
+
+
+@pytest.mark.parametrize("value", ["1_000", "\u0663", "1.5", "1,000", "ten"])
+def test_a_count_is_written_in_the_digits_0_to_9(value):
+    result = reader.read(io.BytesIO(tip(account(1, uploads_a=value))), "csv", b"k")
+    assert [(e.field, e.reason) for e in result.errors] == [("uploads_a", f"not a whole number: {value!r}")]
+
+
+def test_a_count_may_carry_a_sign():
+    result = reader.read(io.BytesIO(tip(account(1, uploads_a="+5"), account(2, uploads_b="-1"))), "csv", b"k")
+    assert [a.uploads_a for a in result.accounts] == [5]
+    assert [(e.line, e.field, e.reason) for e in result.errors] == [(3, "uploads_b", "cannot be negative")]
+
+
+def test_each_bad_ip_address_is_named():
+    result = reader.read(io.BytesIO(tip(account(1, ip_addresses="192.0.2.1;300.1.1.1;bogus"))), "csv", b"k")
+    assert [e.reason.split(": ")[-1] for e in result.errors] == ["'300.1.1.1'", "'bogus'"]
+
+
+def test_a_national_phone_number_is_read_in_the_rows_own_country_only():
+    """An unknown country hint is the row's problem; its IP country does not stand in for it.
+    With no country at all, the row is told which field gives one."""
+    result = reader.read(io.BytesIO(tip(account(1, phone="5", country_hint="Atlantis", ip_country="NZ"),
+                                        account(2, phone="021 555 0101", country_hint="", ip_country=""))),
+                         "csv", b"k")
+    assert [(e.line, e.field, e.reason) for e in result.errors] == [
+        (2, "country_hint", "unknown country 'Atlantis'"),
+        (3, "phone", "no country code: write it with +<country code>, or give the row's country_hint")]
 
 
 def test_a_binary_control_character_anywhere_in_a_file_refuses_it(session, world):
@@ -274,7 +336,8 @@ def test_a_row_with_more_fields_than_the_header_is_a_bad_row():
     result = reader.read(io.BytesIO(data), "csv", b"k")
     assert [a.account_id for a in result.accounts] == ["acc2"]  # empty extra cells are nothing
     assert [(e.line, e.field, e.reason) for e in result.errors] == [
-        (2, "-", "6 fields where the header names 5 (a value with a comma in it is written in quotes)")]
+        (2, "-", "6 fields where the header names 5 (a value with a comma in it is written in quotes): "
+                 "discord | acc1 | 1 | 500 | 0 | 7")]
 
 
 @pytest.mark.parametrize("blank", [",,,", "   ", '"",,'])

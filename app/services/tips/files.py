@@ -232,10 +232,13 @@ def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[
         by_line.setdefault(error.line, []).append(error)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(map(neutralise, [name for name, _key in kept] + list(REJECT_COLUMNS)))
+    # Names as the reader reads them (stripped): a name behind a formula's apostrophe would not be.
+    writer.writerow([name.strip() for name, _key in kept] + list(REJECT_COLUMNS))
     for line in sorted(by_line):
-        record = records.get(line, {})
         problems = by_line[line]
+        # A row whose values do not line up with the columns has them in its reason instead:
+        # under the columns they would make a good row of the wrong values.
+        record = {} if any(p.field == reader.WHOLE_RECORD for p in problems) else records.get(line, {})
         writer.writerow(map(neutralise, [record.get(key, "") for _name, key in kept] + [
             line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
         ]))

@@ -137,6 +137,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     if ignored is not None:
         ignored.update((name, None) for name, key in zip(header, keys) if key not in FIELDS and name.strip())
     width = len(keys)
+    unnamed = [index for index, name in enumerate(header) if not name.strip()]  # a trailing comma, say
     start = rows.line_num + 1
     while True:
         try:
@@ -156,9 +157,21 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
             elif len(row) > width and any(cell.strip() for cell in row[width:]):
                 # An unquoted comma ("1,500") would shift a value into the next column.
                 problems = [RowError(start, WHOLE_RECORD, f"{len(row)} fields where the header names {width} "
-                                                          "(a value with a comma in it is written in quotes)")]
+                                                          f"(a value with a comma in it is written in quotes): "
+                                                          f"{_as_read(row)}")]
+            if unnamed and any(row[index].strip() for index in unnamed) and not problems:
+                problems = [RowError(start, WHOLE_RECORD, "a value under a column the header leaves unnamed "
+                                                          f"(a value with a comma in it is written in quotes): "
+                                                          f"{_as_read(row)}")]
             yield start, dict(zip(keys, row)), problems
         start = rows.line_num + 1
+
+
+def _as_read(row: list[str], limit: int = 1000) -> str:
+    """A row whose fields do not line up with the header, as the reader split it, for its
+    problem: the reject file cannot put its values under their columns."""
+    text = " | ".join(row)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def line_ends(data: bytes, start: int = 0, end: int | None = None) -> int:
@@ -349,15 +362,17 @@ def duplicate(line: int, first: int) -> RowError:
     return RowError(line, "account_id", f"duplicate of line {first} (same platform and account id)")
 
 
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
 def _count(value: str, name: str, line: int, errors: list[RowError]) -> int:
     value = value.strip()
     if not value:
         return 0
-    try:
-        number = int(value)
-    except ValueError:
+    if not _WHOLE_NUMBER.fullmatch(value):  # int() would take 1_000 and other scripts' digits too
         errors.append(RowError(line, name, f"not a whole number: {value[:40]!r}"))
         return 0
+    number = int(value)
     if number < 0:
         errors.append(RowError(line, name, "cannot be negative"))
     elif number > MAX_COUNT:
@@ -413,7 +428,9 @@ class _RowChecker:
             try:
                 normalised = normalise(kind, text, platform=platform, region=region)
             except InvalidIdentifier as exc:
-                errors.append(RowError(line, field_name, exc.reason))
+                # An IP field holds several addresses: the reason names the one that is wrong.
+                reason = f"{exc.reason}: {text[:60]!r}" if kind is _IP else exc.reason
+                errors.append(RowError(line, field_name, reason))
                 return None
             value = normalised.value
             raw = value if normalised.raw == value else normalised.raw
@@ -479,11 +496,16 @@ class _RowChecker:
         email_ident = identifier(_EMAIL, "email", email, None, None, line, errors) if email else None
         phone_ident = None
         if phone:
-            region = country_hint or ip_country
-            # Without a country, a national number cannot be judged: if the row's country is
-            # wrong, that is its problem, reported already. One with its country code can.
-            country_rejected = region is None and (hint or ip_code) and not phone.startswith(("+", "00"))
-            phone_ident = identifier(_PHONE, "phone", phone, None, region, line, [] if country_rejected else errors)
+            # A national number is read in the row's country, its hint first. Without one it
+            # cannot be judged: if the row's country is wrong, that is its problem, reported
+            # already; if it has none, the number needs its country code. One with it can.
+            region = country_hint if hint else ip_country
+            national = not phone.startswith(("+", "00"))
+            if region is None and national and not (hint or ip_code):
+                errors.append(RowError(line, "phone", "no country code: write it with +<country code>, "
+                                                      "or give the row's country_hint"))
+            elif not (region is None and national):
+                phone_ident = identifier(_PHONE, "phone", phone, None, region, line, errors)
         ip_idents = [identifier(_IP, "ip_addresses", address, None, None, line, errors)
                      for address in map(str.strip, ip_addresses.split(";")) if address]
         if errors:

@@ -71,7 +71,9 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     header, body, body_first_line = _split_header(data, fmt)
     if fmt == "csv":
         result.columns = _header_columns(header)
-        check = reader.read(io.BytesIO(header), fmt, secret)
+        # Without a mark: the file's own is off already, and a second one would be read into
+        # the chunks' first column.
+        check = reader.read(io.BytesIO(header), fmt, secret, bom=False)
         result.ignored.update(dict.fromkeys(check.ignored_columns))
         if check.errors:  # a column is missing: no row can be read
             result.errors = check.errors
