@@ -209,14 +209,20 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     from app.models import Operation, User
     from app.services import Forbidden, NotFound
     from app.services.audit import Actor
-    from app.services.tips import importer
+    from app.services.tips import files, importer
 
     if reject_file:
         folder = os.path.dirname(os.path.abspath(reject_file))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise click.BadParameter(f"cannot write a file in {folder}.", param_hint="--reject-file")
-        if os.path.exists(reject_file) and os.path.samefile(reject_file, file):
-            raise click.BadParameter("is the tip itself: its bad rows would overwrite it.", param_hint="--reject-file")
+        if os.path.exists(reject_file):
+            if os.path.samefile(reject_file, file):
+                raise click.BadParameter("is the tip itself: its bad rows would overwrite it.",
+                                         param_hint="--reject-file")
+            if not _is_reject_file(reject_file):
+                raise click.BadParameter("exists and is neither empty nor a reject file (its first line does not "
+                                         "end in line,field,reason); name a new file, or remove this one first.",
+                                         param_hint="--reject-file")
     session = db.session
     operation = session.scalar(select(Operation).where(Operation.code == operation_code.strip().upper()))
     if operation is None:
@@ -226,10 +232,12 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         user = session.scalar(select(User).where(User.email == as_email.strip().lower()))
         if user is None or not user.is_active:
             raise click.ClickException(f"No active user {as_email!r}.")
-        if user.agency_id != operation.lead_agency_id:  # (the web does not say the operation exists)
-            raise click.ClickException(f"{user.email} is not of {operation.code}'s lead agency "
-                                       f"({operation.lead_agency.name}), which alone imports its tips.")
         actor = Actor(user, "cli")
+        if user.agency_id != operation.lead_agency_id:  # (the web does not say the operation exists)
+            refused = Forbidden(f"{user.email} is not of {operation.code}'s lead agency "
+                                f"({operation.lead_agency.name}), which alone imports its tips.")
+            _refused(operation, file, actor, refused)
+            raise click.ClickException(refused.message)
     with open(file, "rb") as handle:
         data = handle.read()
     click.echo(f"{os.path.basename(file)}: {len(data):,} bytes, operation {operation.code} "
@@ -253,10 +261,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         raise
     if result.errors:
         _print_row_errors(result.errors)
-        if reject_file:
-            _write_reject_file(reject_file, result.reject_csv)
-        else:
+        if not reject_file:
             click.echo(f"{result.rejected:,} invalid rows were skipped; --reject-file PATH would have kept them.")
+    if reject_file:  # of no rows too, rather than leave an earlier import's there
+        _write_reject_file(reject_file, result.reject_csv or files.reject_csv([], [], {}))
     if result.ignored_columns:
         click.echo(f"Columns not read, as they are no tip field: {', '.join(result.ignored_columns)}.", err=True)
     if result.differing_known:
@@ -287,6 +295,19 @@ def _print_row_errors(errors, limit: int = 50) -> None:
         click.echo(f"  {error}", err=True)
     if len(errors) > limit:
         click.echo(f"  ... and {len(errors) - limit:,} more", err=True)
+
+
+def _is_reject_file(path: str) -> bool:
+    """Whether a file is empty or a reject file an import wrote, and may be written over: a
+    database, or the tip, is not."""
+    from app.services.tips import files
+
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(4096)
+    except OSError:
+        return False
+    return not first or first.rstrip(b"\r\n").endswith(",".join(files.REJECT_COLUMNS).encode())
 
 
 def _write_reject_file(path: str, text: str) -> None:

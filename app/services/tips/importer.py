@@ -89,6 +89,8 @@ class TipRejected(DomainError):
             problem = validation.errors[0]
             named = "" if problem.field == reader.WHOLE_RECORD else f" ({problem.field})"
             message = f"Nothing was imported: {problem.reason}{named}."
+        elif not validation.accounts:
+            message = f"Nothing was imported: all {validation.rows:,} rows are invalid. Correct them and import again."
         else:
             message = (f"Nothing was imported: {bad:,} of {validation.rows:,} rows are invalid. Correct them, or "
                        "import with invalid rows skipped.")
@@ -180,7 +182,8 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     timings["validate"] = time.perf_counter() - started
     validation.seen.clear()  # the duplicate check is done: 150,000 keys less to carry
     reject = files.reject_csv(validation.columns, validation.errors, validation.bad_records) if validation.errors else None
-    if validation.header_error or (validation.errors and not skip_invalid):
+    # Skipping the bad rows leaves something to import, or nothing is (no empty tip on record).
+    if validation.header_error or (validation.errors and not (skip_invalid and validation.accounts)):
         raise TipRejected(validation, reject)
     if not validation.rows:
         raise DomainError("The file holds no rows.", field="file")
