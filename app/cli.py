@@ -54,7 +54,8 @@ def _finite(_context, param, value: float) -> float:
 @click.option("--scale", type=click.FloatRange(min=0.0001, max=10.0), default=1.0, show_default=True,
               callback=_finite,
               help="operation-h: scale every count (0.01 loads in seconds).")
-@click.option("--seed", type=int, default=2019, show_default=True, help="operation-h: random seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=2019, show_default=True,
+              help="operation-h: random seed (-7 would give the data of 7).")
 @with_appcontext
 def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, seed: int = 2019) -> None:
     """Load the demo: agencies in several countries, users of every role, about 30 referrals."""

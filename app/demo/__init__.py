@@ -131,7 +131,7 @@ def _demo_referral(session, rng, now, start, sender, receiver, operation, users_
         summary=PLACEHOLDER_SUMMARY,
     )
     referral = referrals.create_draft(session, sender_actor, data)
-    at = referral.created_at = referral.events[0].at = start
+    at = referral.created_at = referral.updated_at = referral.events[0].at = start
     _demo_subject(session, rng, sender_actor, referral.id, start)
     for step in PATHS[final_status]:  # at realistic intervals
         at = at + timedelta(hours=rng.uniform(2, 60))

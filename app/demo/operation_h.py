@@ -85,7 +85,7 @@ def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
         number = phones_given[country]
         phones_given[country] += 1
         phone = phones.unassigned(country, number) if number < phones.capacity(country) else ""
-        other_country = rng.choice(places)
+        other_country = rng.choice(places[1:])  # (not the lead's: its holders are the lead's own)
         active_from = TIP_START + timedelta(days=rng.randrange(500))
         for k in range(per_holder[holder]):
             serial += 1
@@ -172,7 +172,8 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 # and audit entries, which the agency it went to acknowledges (and one in five declines) as
 # the first receivers do; deconfliction runs once for the new referrals. The holders of a
 # declined referral (or of one transferred on to it) go on the review list, as a decline through
-# the services puts them. Partner desks' users share
+# the services puts them; those of a withdrawn one are routed again into new drafts, as a
+# withdrawal through the services routes them. Partner desks' users share
 # one password hash (computed once; Argon2 per user would take minutes); their creation is on
 # the audit trail. `updated_at` is the last step's date. Every date lies within the two years
 # before `now`; nothing is dated in the future.
@@ -351,7 +352,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     """Two years of handoffs for the operation's draft referrals (see the comment above)."""
     import math
 
-    from sqlalchemy import bindparam, insert, select, update
+    from sqlalchemy import bindparam, func, insert, select, update
 
     from app.models import Agency, AgencyKind, Holder, Outcome, Referral, ReferralEvent, Role, Status, User
     from app.models import referral_subjects
@@ -359,10 +360,15 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     from app.services.audit import Actor
     from app.services.referrals import next_references
     from app.services.tips import bulk
+    from app.services.tips.holders import reroute_after_withdrawal
 
+    # Each draft's clock starts at its last change (triage may have edited it after the import).
+    last_change = (select(ReferralEvent.referral_id, func.max(ReferralEvent.at).label("at"))
+                   .group_by(ReferralEvent.referral_id).subquery())
     drafts = session.execute(
         select(Referral.id, Referral.reference, Referral.priority, Referral.receiver_agency_id,
-               Referral.sender_agency_id, Referral.created_at)
+               Referral.sender_agency_id, func.coalesce(last_change.c.at, Referral.created_at).label("changed_at"))
+        .outerjoin(last_change, last_change.c.referral_id == Referral.id)
         .where(Referral.operation_id == operation.id, Referral.status == Status.DRAFT).order_by(Referral.id)
     ).all()
     if progress:
@@ -389,9 +395,10 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         plans[row.id] = steps
         if rng.random() < 0.02:
             continue  # still a draft: the lead team has not got to it
-        base = row.created_at
-        delay = {"P1": rng.uniform(1, 12), "P2": rng.uniform(24, 45 * 24), "P3": rng.uniform(7 * 24, 200 * 24),
-                 "P4": rng.uniform(20 * 24, 420 * 24)}[row.priority.value]
+        base = row.changed_at
+        # The lead team sends the urgent at once and works through the rest over the two years.
+        delay = {"P1": rng.uniform(1, 12), "P2": rng.uniform(24, 60 * 24), "P3": rng.uniform(7 * 24, 365 * 24),
+                 "P4": rng.uniform(20 * 24, 700 * 24)}[row.priority.value]
         steps.append(_Step("send", later(base, delay), "sender"))
         if rng.random() < 0.012:
             steps.append(_Step("withdraw", later(steps[-1].at, rng.uniform(1, 48)), "sender", PLACEHOLDER_NOTE))
@@ -404,9 +411,11 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
 
     # 2. Which acknowledged referrals become investigations: weighted by priority, exactly the
     # scenario's share (836 at full scale).
+    # Only referrals acknowledged long enough ago: their acceptance, within 25 days, has happened.
     weight = {"P1": 6.0, "P2": 2.0, "P3": 1.5, "P4": 1.0}
-    wanted = min(len(acknowledged), round(INVESTIGATIONS * scale))
-    keyed = sorted(acknowledged, key=lambda r: -(rng.random() ** (1 / weight[r.priority.value])))
+    decided = [row for row in acknowledged if plans[row.id][-1].at <= latest - timedelta(days=25)]
+    wanted = min(len(decided), round(INVESTIGATIONS * scale))
+    keyed = sorted(decided, key=lambda r: -(rng.random() ** (1 / weight[r.priority.value])))
     accepted = {row.id for row in keyed[:wanted]}
     outcomes: list[dict] = []
     transfers: list[tuple] = []  # (row, at, target agency)
@@ -437,10 +446,11 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
             transfers.append((row, at, target))
         elif draw < 0.25:  # the rest stay acknowledged: worked, not (yet) an investigation
             steps.append(_Step("decline", later(ack, rng.uniform(2 * 24, 40 * 24)), "receiver", PLACEHOLDER_NOTE))
-    # Children safeguarded: the scenario's total, spread over the outcome reports.
-    if outcomes:
+    # Children safeguarded: the scenario's total, spread over the outcome reports made by now.
+    reported = [outcome for outcome in outcomes if outcome["at"] <= latest]
+    if reported:
         for _ in range(round(CHILDREN_SAFEGUARDED * scale)):
-            rng.choice(outcomes)["children_safeguarded"] += 1
+            rng.choice(reported)["children_safeguarded"] += 1
 
     # 3. Cut every history at `now`: a step not reached yet has not happened.
     targets = {}
@@ -586,6 +596,11 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     if outcome_rows:
         session.execute(insert(Outcome.__table__), outcome_rows)
     bulk.audit_many(session, lead, entries)
+    # The holders of a withdrawn referral are routed again at its withdrawal, as
+    # `referrals.transition` routes them: into a new draft, rather than off every work list.
+    for withdrawn_at, referral_id in sorted((u["withdrawn_at"], u["id"]) for u in referral_updates
+                                            if u["status"] is Status.WITHDRAWN):
+        reroute_after_withdrawal(session, lead, operation.id, [referral_id], now=withdrawn_at)
     if transferred_ids:
         deconfliction.refresh_hits(session, lead, transferred_ids, now=latest)
     session.expire_all()

@@ -329,6 +329,7 @@ def transition(
     previous = referral.status
     referral.status = rule.target
     setattr(referral, rule.stamp, when)
+    referral.updated_at = when  # (a replayed step's own time, not the clock's)
     detail = {"from": previous.value, "to": rule.target.value}
     if new_referral is not None:
         note = f"Transferred to {new_referral.receiver.name} as {new_referral.reference}. {note}".strip()
@@ -377,6 +378,7 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
         status=Status.SENT,
         sent_at=when,
         created_at=when,
+        updated_at=when,
         created_by_id=actor.user_id,
         transferred_from_id=referral.id,
         **{f.name: getattr(copied, f.name) for f in fields(copied)},
@@ -385,7 +387,7 @@ def _transfer(session: Session, actor: Actor, referral: Referral, to_agency_id: 
     _event(new, actor, "create", None, Status.DRAFT, f"Transfer of {referral.reference}.", at=when)
     _event(new, actor, "send", Status.DRAFT, Status.SENT, note, at=when)
     flush_or_conflict(session, "referral")
-    subjects.copy_subjects(session, referral.id, new.id)  # same subjects
+    subjects.copy_subjects(session, referral.id, new.id, at=when)  # same subjects
     session.refresh(new, ["receiver"])
     audit.record(session, actor, "referral.create", "referral", new.id,
                  detail={"reference": new.reference, "transferred_from": referral.reference})
@@ -518,7 +520,7 @@ def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, exp
     if not can_grant_consent(referral, actor.user):
         raise DomainError("Consent is not needed or cannot be given at this stage.")
     check_version(referral, expected_version, "referral")
-    referral.transfer_consent_at = at or utcnow()
+    referral.transfer_consent_at = referral.updated_at = at or utcnow()
     _event(referral, actor, "consent", referral.status, referral.status, "Consent to onward transfer given.",
            at=referral.transfer_consent_at)
     flush_or_conflict(session, "referral")

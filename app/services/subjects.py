@@ -169,8 +169,8 @@ def add_identifiers(session: Session, actor: Actor, referral_id: int, subject_id
     return added
 
 
-def copy_subjects(session: Session, source_referral_id: int, target_referral_id: int) -> int:
-    """Link the source referral's subjects to the target too (a transfer: same subjects).
+def copy_subjects(session: Session, source_referral_id: int, target_referral_id: int, *, at: datetime) -> int:
+    """Link the source referral's subjects to the target too (a transfer, `at`: same subjects).
     One INSERT ... SELECT; returns the number of links made."""
     links = (
         select(referral_subjects.c.subject_id)
@@ -184,7 +184,7 @@ def copy_subjects(session: Session, source_referral_id: int, target_referral_id:
         select(
             literal(target_referral_id),
             links.subquery().c.subject_id,
-            literal(utcnow(), referral_subjects.c.added_at.type),
+            literal(at, referral_subjects.c.added_at.type),
         ),
     )
     return session.execute(statement).rowcount or 0

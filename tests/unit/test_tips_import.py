@@ -1812,7 +1812,9 @@ def _scenario_facts(session) -> tuple:
     return (
         rows(Referral.reference, Referral.status, Referral.priority, Referral.jurisdiction, Referral.created_at,
              Referral.sent_at, Referral.acknowledged_at, Referral.closed_at, Referral.operation_id,
-             order_by=[Referral.id]),
+             Referral.updated_at, order_by=[Referral.id]),
+        rows(referral_subjects.c.referral_id, referral_subjects.c.subject_id, referral_subjects.c.added_at,
+             order_by=[referral_subjects.c.referral_id, referral_subjects.c.subject_id]),
         rows(ReferralEvent.referral_id, ReferralEvent.action, ReferralEvent.at, ReferralEvent.note,
              order_by=[ReferralEvent.id]),
         rows(Outcome.referral_id, Outcome.occurred_on, Outcome.arrests, Outcome.recorded_at, order_by=[Outcome.id]),
@@ -1835,6 +1837,8 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     session.commit()
     assert summary.accounts == 1530
     assert 800 <= summary.holders <= 1000  # about 90,000 x 0.01
+    # The lead country's accounts are its own holders' only (no other holder's IPs place one there).
+    assert summary.lead_accounts == round(operation_h.LEAD_ACCOUNTS * 0.01)
     assert summary.holder_countries >= 120 and summary.receiving_countries >= 100  # 130 in the tip
     assert summary.investigations == round(836 * 0.01)
     assert summary.children_safeguarded == round(146 * 0.01)
@@ -1860,6 +1864,17 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     declined_ids = {r.id for r in declined} | {r.transferred_from_id for r in declined if r.transferred_from_id}
     waiting = session.execute(select(Holder.needs_review).where(Holder.referral_id.in_(declined_ids))).scalars().all()
     assert waiting and all(waiting)
+    # Each history runs in the order it was written (no send before the triage edit it
+    # follows), ends in the referral's status, and the last change is its updated_at.
+    for r in session.scalars(in_scenario):
+        assert [e.id for e in sorted(r.events, key=lambda e: (e.at, e.id))] == [e.id for e in r.events], r.reference
+        assert [e.to_status for e in r.events][-1] == r.status.value and r.updated_at == r.events[-1].at, r.reference
+    # Nothing withdrawn keeps holders off every work list: they were routed again.
+    stranded = select(func.count()).select_from(Holder).join(Referral, Referral.id == Holder.referral_id).where(
+        Referral.status == Status.WITHDRAWN, Holder.merged_into_id.is_(None))
+    assert summary.referrals.get("withdrawn") and session.scalar(stranded) == 0
+    # The two years run up to now: referrals are still being sent in the last months.
+    assert max(r.sent_at for r in sent) > now - timedelta(days=120)
     assert audit.verify(session).ok
     # The demo's subjects are dated with their referrals: an agency that declined one still
     # reads the identifiers it was sent.
@@ -2242,6 +2257,12 @@ def test_demo_command_loads_the_operation_h_scenario(app):
 def test_demo_command_refuses_a_scale_out_of_range_or_not_a_number(app, scale):
     result = app.test_cli_runner().invoke(args=["demo", "--scenario", "operation-h", "--scale", scale])
     assert result.exit_code == 2 and "--scale" in result.output, result.output
+
+
+def test_demo_command_refuses_a_negative_seed(app):
+    """Python's random takes -7 for 7: a negative seed would give another seed's data."""
+    result = app.test_cli_runner().invoke(args=["demo", "--scenario", "operation-h", "--scale", "0.01", "--seed", "-7"])
+    assert result.exit_code == 2 and "--seed" in result.output, result.output
 
 
 def test_demo_command_says_scale_and_seed_are_the_scenarios_only(app):
