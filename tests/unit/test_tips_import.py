@@ -1476,6 +1476,28 @@ def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(se
     assert "its evidence now points to New Zealand" in session.get(Referral, sent.id).events[-1].note
 
 
+def test_a_holder_waiting_for_review_stays_on_the_list_through_later_imports(session, world):
+    """A person set the holder's country; a merge then put it on a sent referral of another
+    country. Only a person takes it off the review list: an import that merely adds an account
+    to it leaves it there."""
+    nz = {"country_hint": "NZ", "ip_country": "NZ"}
+    run_import(session, world, tip(account(5, username="lefty", **nz), account(1, email="p@example.org", uploads_a="12")))
+    left, right = holder_of(session, world, "acc5"), holder_of(session, world, "acc1")
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), left.subject_id, "NZ", "Checked by hand.")
+    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org", **nz)), file_name="b.csv")
+    session.expire_all()
+    assert (session.get(Holder, left.id).referral_id, session.get(Holder, left.id).needs_review) == (sent.id, True)
+    run_import(session, world, tip(account(10, email="p@example.org", **nz)), file_name="c.csv")
+    session.expire_all()
+    merged = session.get(Holder, left.id)
+    assert (merged.accounts, merged.jurisdiction_source.value, merged.needs_review) == (4, "manual", True)
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), merged.subject_id, "AU", "Agreed with Bravo.")
+    run_import(session, world, tip(account(11, email="p@example.org", **nz)), file_name="d.csv")
+    session.expire_all()
+    assert session.get(Holder, left.id).needs_review is False
+
+
 def _merged_into_a_transferred_referral(session, world, **lefty) -> tuple[Holder, int, Referral]:
     """Lefty's package holder, merged by a later account with a P2 holder whose referral Bravo
     transferred on to the Intl Bureau: (Lefty, its package draft's id, the onward referral)."""

@@ -339,7 +339,7 @@ class _Writer:
             part = (affected_existing + absorbed_ids)[start:start + 5000]
             for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source,
                                               Holder.jurisdiction_set_by_id, Holder.jurisdiction_set_at,
-                                              Holder.number).where(Holder.id.in_(part))):
+                                              Holder.number, Holder.needs_review).where(Holder.id.in_(part))):
                 old_rows[row.id] = row
                 states[row.id] = state_from_row(row)
         # A merged holder carries the risk flags investigators set on any of its parts, and the
@@ -442,7 +442,10 @@ class _Writer:
                 "jurisdiction_set_by_id": source.jurisdiction_set_by_id if source else None,
                 "jurisdiction_set_at": source.jurisdiction_set_at if source else None,
                 "confidence": confidence,
-                "needs_review": state.for_review or (False if manual else placement.needs_review),
+                # Evidence decides unless a person did: then only a person takes the holder
+                # off the review list (an earlier merge may have put it there).
+                "needs_review": state.for_review or (old_rows[holder_id].needs_review if manual
+                                                     else placement.needs_review),
                 "evidence": placement.evidence, "routing": state.routing,
                 "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
                 "packaged": state.packaged, "updated_at": self.now,
