@@ -753,6 +753,21 @@ def test_common_identifiers_join_nobody(session, world):
                                                                                               threshold + 1)]
 
 
+def test_an_identifier_that_turned_common_is_still_shown_as_what_joined_a_holder(session, world):
+    """Twenty accounts joined by one number, then a twenty-first holding it: the number is common
+    now and joins nobody more, but the holder page still names it as what joined its twenty."""
+    threshold = session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
+    shared = "+44 20 7946 0999"
+    run_import(session, world, tip(*(account(n, phone=shared) for n in range(1, threshold + 1))))
+    run_import(session, world, tip(account(threshold + 1, phone=shared)), file_name="b.csv")
+    holder = holder_of(session, world, "acc1")
+    assert holder.accounts == threshold and holder_of(session, world, f"acc{threshold + 1}").id != holder.id
+    view = holder_service.view_holder(session, world.actor("c_liaison"), holder.subject_id)
+    assert [(e.value, e.accounts, e.common, e.operation_accounts) for e in view.shared] == [
+        ("+442079460999", threshold, True, threshold + 1)]
+    assert view.common == []
+
+
 def test_a_new_account_bridging_two_holders_merges_them_into_the_older(session, world):
     run_import(session, world, tip(account(1, email="left@example.org"), account(2, username="righty", uploads_a="10")))
     left, right = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")

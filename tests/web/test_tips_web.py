@@ -982,3 +982,15 @@ def test_the_upload_form_asks_for_the_operation_in_words(app, web_world):
                                                      "file": (io.BytesIO(GOOD), "tip.csv", "text/csv")},
                                content_type="multipart/form-data")
     assert page.status_code == 422 and "Choose the operation to import into." in page.get_data(as_text=True)
+
+
+def test_the_holder_page_names_an_identifier_that_turned_common_as_what_joined_it(app, web_world):
+    lead = _login(app, LEAD)
+    with app.app_context():
+        threshold = db.session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
+    shared = "+44 20 7946 0999"
+    _import(app, lead, web_world.operation.id, tip(*(account(n, phone=shared) for n in range(1, threshold + 1))))
+    _import(app, lead, web_world.operation.id, tip(account(threshold + 1, phone=shared)))
+    page = lead.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
+    assert f"common in the operation now ({threshold + 1} accounts): it joined these accounts before" in page
+    assert "Nothing shared within this holder" not in page and "Common identifiers (join nobody)" not in page

@@ -202,6 +202,7 @@ class Evidence:
     value: str
     accounts: int  # accounts of this holder holding it
     operation_accounts: int | None = 0  # common ones: accounts of the operation holding it (lead only)
+    common: bool = False  # common in the operation now
 
 
 @dataclass
@@ -209,7 +210,7 @@ class HolderView:
     holder: Holder
     accounts: list[TipAccount]
     shared: list[Evidence]  # what joined the accounts into one holder
-    common: list[Evidence]  # held, but common in the operation: joined nobody
+    common: list[Evidence]  # held by one of its accounts, and common in the operation: joins nobody
     merged_from: list[Holder]
     merged_into: Holder | None
     referrals: list[Referral]  # referrals the holder sits on that the user may see
@@ -255,12 +256,13 @@ def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
     shared, common = [], []
     lead = holder.operation.lead_agency_id == user.agency_id
     for (kind, platform, value), n in sorted(counts.items(), key=lambda item: (item[0][0].value, item[0][1], item[0][2])):
-        if (kind, platform, value) in common_rows:
-            # How many accounts of the whole operation hold it is the lead agency's figure.
-            operation_accounts = common_rows[(kind, platform, value)] if lead else None
-            common.append(Evidence(kind, platform, value, n, operation_accounts))
-        elif n > 1:
-            shared.append(Evidence(kind, platform, value, n))
+        is_common = (kind, platform, value) in common_rows
+        # How many accounts of the whole operation hold a common one is the lead agency's figure.
+        operation_accounts = (common_rows[(kind, platform, value)] if lead else None) if is_common else 0
+        if n > 1:  # shared within the holder: it joined these accounts, even if it has turned common since
+            shared.append(Evidence(kind, platform, value, n, operation_accounts, is_common))
+        elif is_common:
+            common.append(Evidence(kind, platform, value, n, operation_accounts, is_common))
     # Linked holders come through the scope too: a receiving agency sees only its own.
     merged_from = list(session.scalars(
         visible_holders(user).where(Holder.merged_into_id == holder.id).order_by(Holder.id)).unique())
