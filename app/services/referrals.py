@@ -50,7 +50,7 @@ from app.services import (
     require_worker,
     subjects,
 )
-from app.services.access import get_visible_referral, visible_referrals
+from app.services.access import get_visible_referral, let_go_at, visible_referrals
 from app.services.audit import Actor
 from app.services.triage import more_urgent
 
@@ -576,6 +576,15 @@ def view(session: Session, actor: Actor, referral_id: int) -> Referral:
     referral = get_visible_referral(session, actor.user, referral_id)
     audit.record(session, actor, "referral.view", "referral", referral.id)
     return referral
+
+
+def history(referral: Referral, user: User) -> list[ReferralEvent]:
+    """The referral's steps as the user may read them: to an agency that has let its subjects
+    go (`access.let_go_at`: it transferred the case on, say, and is the sender of the referral
+    that continues it), not the news later imports bring about them (`update` steps)."""
+    cutoff = let_go_at(referral, user.agency_id)
+    return [event for event in referral.events
+            if cutoff is None or event.action != "update" or event.at <= cutoff]
 
 
 # --- listing -------------------------------------------------------------------------

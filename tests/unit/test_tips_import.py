@@ -1378,13 +1378,29 @@ def test_a_decision_on_a_holder_on_a_sent_referral_reaches_its_receiver(session,
     session.expire_all()
     seen = referrals.view(session, world.actor("b_liaison"), sent.id)
     updates = [e.note for e in seen.events if e.action == "update"]
-    assert updates == [f"holder {holder.label}: the sending agency recorded "
+    assert updates == [f"holder {holder.label}: the lead agency recorded "
                        f"{holder_service._flags_named(flags)}.",
-                       f"holder {holder.label}: jurisdiction set to New Zealand by the sending agency (it was "
-                       "Australia). Note: Lives in Auckland."]
+                       f"holder {holder.label}: jurisdiction set to New Zealand by the lead agency (it was "
+                       "Australia)."]
+    # The note on the decision is the audit trail's, not the receiver's to read.
+    decided = session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.holder_jurisdiction")).one()
+    assert json.loads(decided.detail)["note"] == "Lives in Auckland."
     assert "position of authority" in updates[0] and [e.action for e in seen.events].count("escalate") == 1
     told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
     assert [n.kind for n in told].count(NotificationKind.REFERRAL_UPDATED) == 2
+
+
+def test_an_agency_that_passed_a_case_on_reads_no_news_of_its_holders(session, world):
+    """Bravo transferred the package on to the Intl Bureau, and sent the referral that continues
+    it: it reads that referral's steps, not what the lead later decides about the holders."""
+    holder, _sent, onward = _transferred_package(session, world)
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "NZ", "Lives in Auckland.")
+    session.flush()
+    session.expire_all()
+    referral = session.get(Referral, onward.id)
+    told_bureau = [e.note for e in referrals.history(referral, world.users["i_liaison"]) if e.action == "update"]
+    assert len(told_bureau) == 1 and "jurisdiction set to New Zealand" in told_bureau[0]
+    assert [e.action for e in referrals.history(referral, world.users["b_liaison"])] == ["create", "send"]
 
 
 def test_a_holder_flagged_p1_after_sending_escalates_its_sent_referral(session, world):
@@ -1769,7 +1785,7 @@ def test_flags_recorded_in_a_batch_escalate_each_sent_referral_once(session, wor
     assert [n.referral_id for n in notices if n.kind is NotificationKind.PRIORITY_RAISED] == [sent.id]
     # The other holder's flags, which did not raise it, reach the receiver as news.
     assert [e.note for e in escalated.events if e.action == "update"] == [
-        f"holder {other.label}: the sending agency recorded {holder_service._flags_named({'risk_access_to_children': True})}."]
+        f"holder {other.label}: the lead agency recorded {holder_service._flags_named({'risk_access_to_children': True})}."]
     assert [n.referral_id for n in notices if n.kind is NotificationKind.REFERRAL_UPDATED] == [sent.id]
 
 
@@ -1786,8 +1802,8 @@ def test_flags_raising_a_holder_only_to_its_referrals_priority_reach_the_receive
     seen = referrals.view(session, world.actor("b_liaison"), sent.id)
     assert seen.priority is Priority.P2 and [e.action for e in seen.events].count("escalate") == 1
     assert [e.note for e in seen.events if e.action == "update"] == [
-        f"holder {holder.label}: the sending agency recorded {holder_service._flags_named({})}.",
-        f"holder {holder.label}: the sending agency recorded {holder_service._flags_named(authority)}."]
+        f"holder {holder.label}: the lead agency recorded {holder_service._flags_named({})}.",
+        f"holder {holder.label}: the lead agency recorded {holder_service._flags_named(authority)}."]
     told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
     assert [n.kind for n in told].count(NotificationKind.REFERRAL_UPDATED) == 2
 

@@ -381,8 +381,9 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
     holder.needs_review = False
     holder.confidence = round(weights.get(code, 0) / sum(weights.values()), 3) if weights else 0.0
     holder.updated_at = now
-    news = (f"holder {holder.label}: jurisdiction set to {countries.name(code)} by the sending agency"
-            f"{' (it was ' + countries.name(previous) + ')' if previous else ''}.{' Note: ' + note if note else ''}"
+    # The note is the audit trail's: the news goes to the receiver, who reads the decision only.
+    news = (f"holder {holder.label}: jurisdiction set to {countries.name(code)} by the lead agency"
+            f"{' (it was ' + countries.name(previous) + ')' if previous else ''}."
             if code != previous else None)
     decision = _reroute(session, actor, holder, now, decided=True, news=news)
     audit.record(session, actor, "tip.holder_jurisdiction", "holder", holder.id, detail={
@@ -416,7 +417,7 @@ def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[
         (holder.referral_id, previous, holder.priority,
          escalation_reason(holder.label, previous, holder.priority, _flags_named(flags))),
     ], now)
-    news = (f"holder {holder.label}: the sending agency recorded {_flags_named(flags)}."
+    news = (f"holder {holder.label}: the lead agency recorded {_flags_named(flags)}."
             if changed and not raised else None)
     sent_on = holder.referral_id
     decision = _reroute(session, actor, holder, now, news=news)
@@ -461,7 +462,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         reason = escalation_reason(label, state.priority, level, named)
         triaged.append((state.referral_id, state.priority, level, reason))
         if flags != state.flags:
-            news[holder_id] = (state.referral_id, reason, f"holder {label}: the sending agency recorded {named}.")
+            news[holder_id] = (state.referral_id, reason, f"holder {label}: the lead agency recorded {named}.")
             found[holder_id] = [name for name, on, was in zip(RISK_COLUMNS, flags, state.flags) if on and not was]
         state.flags, state.priority = flags, level
         states.append(state)

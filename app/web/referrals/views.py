@@ -150,6 +150,7 @@ def detail(referral_id: int):
     return render_template(
         "referrals/detail.html",
         referral=referral,
+        history=service.history(referral, current_user),
         now=now,
         actions=actions,
         action_form=action_form,
