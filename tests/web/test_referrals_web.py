@@ -289,3 +289,11 @@ def test_an_international_body_is_named_as_such_on_a_referral(app, browser, web_
     browser.login("liaison.a@example.org")
     page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
     assert "Intl Bureau (international)" in page and "Intl Bureau (-)" not in page
+
+
+def test_the_edit_page_of_a_referral_sent_already_leads_back_to_it(app, browser, web_world):
+    referral = _make(app, web_world, "accepted")
+    browser.login("liaison.a@example.org")
+    response = browser.get(f"/referrals/{referral.id}/edit")
+    assert response.status_code == 303 and response.headers["Location"].endswith(f"/referrals/{referral.id}")
+    assert "was sent; only drafts are edited" in browser.get(f"/referrals/{referral.id}").get_data(as_text=True)

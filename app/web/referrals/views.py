@@ -112,6 +112,9 @@ def edit(referral_id: int):
     referral = get_visible_referral(db.session, current_user, referral_id)
     if not current_user.can_work_referrals or referral.sender_agency_id != current_user.agency_id:
         abort(403)
+    if referral.status is not Status.DRAFT:  # sent on: no form to fill in that could not be saved
+        flash(f"{referral.reference} was sent; only drafts are edited.")
+        return redirect(url_for("referrals.detail", referral_id=referral_id), 303)
     form = ReferralForm(obj=referral if request.method == "GET" else None)
     form.set_choices(_other_agencies(), _operations())
     if request.method == "GET":
