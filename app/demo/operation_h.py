@@ -158,8 +158,9 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 # `load_scenario` loads the basic demo (agencies, people), adds an agency directory for the
 # tip's countries (a focal point for most of them, an international body for the rest), opens
 # the operation, imports the tip through the same pipeline as `flask import-tip`, lets the lead
-# agency's investigators flag a few holders (the same triage and routing), then simulates two
-# years of handoffs.
+# agency's investigators flag a few holders (the same triage and routing), has partner desks
+# refer a few of the same holders on their own through the services (deconfliction finds the
+# pairs), then simulates two years of handoffs.
 #
 # What is bulk-written, and how it matches the services: the simulated lifecycle steps (send,
 # withdraw, acknowledge, accept, decline, consent, transfer, outcome, close) are not driven
@@ -184,6 +185,7 @@ INVESTIGATIONS = 836
 CHILDREN_SAFEGUARDED = 146
 WITHOUT_FOCAL_POINT = 0.12  # share of the tip's countries with no focal point in the directory
 FLAGGED = 0.004  # share of holders investigators flag (access to children, ...)
+PARTNER_LEADS = 0.002  # share of holders a partner desk refers on its own, from its own work
 INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", phones.unassigned("FR", 200))
 PLACEHOLDER_NOTE = "Synthetic demo note."
 
@@ -201,6 +203,8 @@ class ScenarioSummary:
     lead_holders: int = 0
     drafts_created: int = 0
     flagged: int = 0
+    partner_leads: int = 0
+    hits: int = 0
     referrals: dict[str, int] = field(default_factory=dict)
     receiving_countries: int = 0
     investigations: int = 0
@@ -216,6 +220,8 @@ class ScenarioSummary:
             f"  tip: {self.accounts:,} accounts, {self.holders:,} account holders in {self.holder_countries} countries "
             f"({self.lead_accounts} accounts, {self.lead_holders} holders in {LEAD_COUNTRY})",
             f"  triage: {self.flagged:,} holders flagged by investigators; {self.drafts_created:,} draft referrals",
+            f"  deconfliction: {self.partner_leads:,} holders referred by partner desks on their own; "
+            f"{self.hits:,} hits with the operation's referrals",
             f"  referrals: {statuses}; sent to {self.receiving_countries} countries",
             f"  investigations {self.investigations:,}, arrests {self.arrests:,}, "
             f"children safeguarded {self.children_safeguarded:,}",
@@ -263,6 +269,10 @@ def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, n
     clock = time.perf_counter()
     summary.flagged = _flag_holders(session, lead, operation, rng, start + timedelta(days=2))
     summary.seconds["triage"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    summary.partner_leads = _partner_leads(session, rng, operation, start + timedelta(days=3))
+    summary.seconds["partner leads"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     simulate(session, rng, operation, lead, now, scale=scale, progress=progress)
@@ -337,6 +347,52 @@ def _flag_holders(session, actor, operation, rng: random.Random, when: datetime)
         }
     record_risk_flags_batch(session, actor, operation.id, flags, now=when)
     return count
+
+
+def _partner_leads(session, rng: random.Random, operation, since: datetime) -> int:
+    """Partner desks that hold some of the tip's holders from their own work: each refers one,
+    by an e-mail address the tip holds too, to the international body within two months of
+    `since`, which acknowledges it. The lead's referral of that holder and the partner's then
+    meet as a deconfliction hit, as two agencies working one target do."""
+    from sqlalchemy import select
+
+    from app.demo import PLACEHOLDER_MATERIAL, PLACEHOLDER_SUMMARY
+    from app.models import Agency, AgencyKind, Holder, Priority, Role, TipAccount, User
+    from app.services import referrals, subjects
+    from app.services.audit import Actor
+
+    first_email: dict[int, tuple[int, str, str]] = {}  # holder -> (its receiving desk, country, e-mail)
+    for holder_id, agency_id, country, email in session.execute(
+        select(Holder.id, Holder.receiver_agency_id, Agency.country_code, TipAccount.email)
+        .join(TipAccount, TipAccount.holder_id == Holder.id)
+        .join(Agency, Agency.id == Holder.receiver_agency_id)
+        .where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None), TipAccount.email.is_not(None),
+               Agency.kind != AgencyKind.INTERNATIONAL, Agency.id != operation.lead_agency_id)
+        .order_by(Holder.id, TipAccount.id)
+    ):
+        first_email.setdefault(holder_id, (agency_id, country, email))
+    international = session.scalar(select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL,
+                                                           Agency.is_focal_point.is_(True)).order_by(Agency.id))
+    if international is None or not first_email:
+        return 0
+    desks = {}
+    for user in session.scalars(select(User).where(User.role.in_([Role.LIAISON, Role.MANAGER])).order_by(User.id)):
+        desks.setdefault(user.agency_id, Actor(user, "demo"))
+    chosen = sorted(rng.sample(sorted(first_email), max(1, round(len(first_email) * PARTNER_LEADS))))
+    for holder_id in chosen:
+        agency_id, country, email = first_email[holder_id]
+        partner = desks[agency_id]
+        at = since + timedelta(hours=rng.uniform(0, 60 * 24))
+        referral = referrals.create_draft(session, partner, referrals.ReferralData(
+            receiver_agency_id=international, jurisdiction=country, priority=Priority.P3,
+            summary=PLACEHOLDER_SUMMARY, material_description=PLACEHOLDER_MATERIAL))
+        referral.created_at = referral.updated_at = referral.events[0].at = at
+        subjects.add_subject(session, partner, referral.id, "Account holder", email, at=at)
+        sent = at + timedelta(hours=rng.uniform(1, 48))
+        referrals.transition(session, partner, referral.id, "send", None, at=sent)
+        referrals.transition(session, desks[international], referral.id, "acknowledge", None,
+                             at=sent + timedelta(hours=rng.lognormvariate(3.7, 0.9)))
+    return len(chosen)
 
 
 @dataclass
@@ -615,9 +671,9 @@ def _event(referral_id, at, action, from_status, to_status, actor, note="") -> d
 
 
 def _figures(session, operation, summary: ScenarioSummary) -> None:
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
 
-    from app.models import Holder, Outcome, Referral, Status, TipAccount
+    from app.models import Hit, Holder, Outcome, Referral, Status, TipAccount
 
     summary.accounts = session.scalar(select(func.count()).select_from(TipAccount).where(
         TipAccount.operation_id == operation.id)) or 0
@@ -638,3 +694,6 @@ def _figures(session, operation, summary: ScenarioSummary) -> None:
     arrests, children = session.execute(select(func.sum(Outcome.arrests), func.sum(Outcome.children_safeguarded))
                                         .join(Referral, Referral.id == Outcome.referral_id).where(in_operation)).one()
     summary.arrests, summary.children_safeguarded = arrests or 0, children or 0
+    in_scenario = select(Referral.id).where(in_operation).scalar_subquery()
+    summary.hits = session.scalar(select(func.count()).select_from(Hit).where(
+        or_(Hit.referral_low_id.in_(in_scenario), Hit.referral_high_id.in_(in_scenario)))) or 0

@@ -1928,6 +1928,13 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     assert summary.referrals.get("withdrawn") and session.scalar(stranded) == 0
     # The two years run up to now: referrals are still being sent in the last months.
     assert max(r.sent_at for r in sent) > now - timedelta(days=120)
+    # Partner desks referred some holders on their own: each meets the lead's referral of the
+    # holder as a hit between the two agencies, found when the second of the pair held it.
+    assert summary.partner_leads >= 1 and summary.hits >= summary.partner_leads
+    for hit in session.scalars(select(Hit).where(Hit.referral_low_id.in_(in_scenario.with_only_columns(Referral.id))
+                                                 | Hit.referral_high_id.in_(in_scenario.with_only_columns(Referral.id)))):
+        pair = [session.get(Referral, hit.referral_low_id), session.get(Referral, hit.referral_high_id)]
+        assert hit.created_at >= max(r.created_at for r in pair) and hit.agency_low_id != hit.agency_high_id
     assert audit.verify(session).ok
     # The demo's subjects are dated with their referrals: an agency that declined one still
     # reads the identifiers it was sent.
