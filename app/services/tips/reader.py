@@ -362,14 +362,12 @@ def duplicate(line: int, first: int) -> RowError:
     return RowError(line, "account_id", f"duplicate of line {first} (same platform and account id)")
 
 
-_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
-
-
 def _count(value: str, name: str, line: int, errors: list[RowError]) -> int:
     value = value.strip()
     if not value:
         return 0
-    if not _WHOLE_NUMBER.fullmatch(value):  # int() would take 1_000 and other scripts' digits too
+    digits = value[1:] if value[0] in "+-" else value
+    if not (digits.isascii() and digits.isdigit()):  # int() would take 1_000 and other scripts' digits too
         errors.append(RowError(line, name, f"not a whole number: {value[:40]!r}"))
         return 0
     number = int(value)
