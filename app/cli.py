@@ -224,6 +224,7 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
                 raise click.BadParameter("exists and is neither empty nor a reject file (its first line does not "
                                          "end in line,field,reason); name a new file, or remove this one first.",
                                          param_hint="--reject-file")
+            os.remove(reject_file)  # an earlier import's: whatever becomes of this one, it is not its
     session = db.session
     operation = session.scalar(select(Operation).where(Operation.code == operation_code.strip().upper()))
     if operation is None:
@@ -264,7 +265,7 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         _print_row_errors(result.errors)
         if not reject_file:
             click.echo(f"{result.rejected:,} invalid rows were skipped; --reject-file PATH would have kept them.")
-    if reject_file:  # of no rows too, rather than leave an earlier import's there
+    if reject_file:  # of no rows too: the import read the file
         _write_reject_file(reject_file, result.reject_csv or files.reject_csv([], [], {}))
     if result.ignored_columns:
         click.echo(f"Columns not read, as they are no tip field: {', '.join(result.ignored_columns)}.", err=True)

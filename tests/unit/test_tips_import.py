@@ -193,6 +193,9 @@ def test_rows_whose_values_do_not_line_up_with_the_header_keep_them_out_of_its_c
         run_import(session, world, result.reject_csv.encode(), file_name="rejects.csv", skip_invalid=True)
     assert [e.field for e in again.value.errors] == ["platform", "account_id"] * 2
     assert session.scalar(select(TipAccount.uploads_a).where(TipAccount.account_key == "acc2")) == 1
+    # An unnamed column before the named ones is a row index (pandas writes one), not read.
+    indexed = run_import(session, world, b",platform,account_id\n0,discord,acc4\n1,discord,acc5\n", file_name="c.csv")
+    assert indexed.errors == [] and indexed.new_accounts == 2
 
 
 def test_a_header_name_behind_a_tab_comes_back_from_the_reject_file(session, world):
@@ -517,13 +520,23 @@ def test_an_image_or_video_carried_inside_a_tip_refuses_the_file(session, world,
     r'{"platform": "discord", "account_id": "acc2", "photo": "data:image\/png;base64,iVBORw0KGgo"}',
     r'{"platform": "discord", "account_id": "acc2", "extra": {"thumbs": ["x", "DATA:\u0076ideo/mp4;base64,AAAA"]}}',
 ])
-def test_an_image_hidden_by_json_escapes_refuses_the_file(session, world, line):
-    data = ('{"platform": "discord", "account_id": "acc1", "username": "back\\\\slash"}\n' + line + "\n").encode()
+@pytest.mark.parametrize("end", ["\n", "\r", "\r\n"])
+def test_an_image_hidden_by_json_escapes_refuses_the_file(session, world, line, end):
+    data = ('{"platform": "discord", "account_id": "acc1", "username": "back\\\\slash"}' + end + line + end).encode()
     before = snapshot(session)
     with pytest.raises(DomainError, match=r"encoded image, video or audio file \(a data: URL on line 2\)"):
         run_import(session, world, data, file_name="tip.jsonl", skip_invalid=True)
     session.rollback()
     assert snapshot(session) == before
+
+
+def test_an_image_hidden_by_json_escapes_is_found_in_any_chunk_of_a_large_file(monkeypatch):
+    lines = [json.dumps({"platform": "discord", "account_id": f"acc{n}", "username": f"user\\{n}"}) for n in range(300)]
+    lines[250] = r'{"platform": "discord", "account_id": "x", "photo": ["\u0064ata:image/png;base64,iVBO"]}'
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    with pytest.raises(reader.MediaInTip) as found:
+        validation.validate(("\n".join(lines) + "\n").encode(), "jsonl", b"k", workers=2, chunk_bytes=2000)
+    assert found.value.line == 251
 
 
 def test_backslashes_that_hide_no_image_are_imported(session, world):
@@ -753,9 +766,10 @@ def test_common_identifiers_join_nobody(session, world):
                                                                                               threshold + 1)]
 
 
-def test_an_identifier_that_turned_common_is_still_shown_as_what_joined_a_holder(session, world):
+def test_an_identifier_that_turned_common_is_still_listed_among_what_a_holders_accounts_share(session, world):
     """Twenty accounts joined by one number, then a twenty-first holding it: the number is common
-    now and joins nobody more, but the holder page still names it as what joined its twenty."""
+    now and joins nobody more, but the holder page still lists it as shared by its twenty, not
+    as an identifier that joined nobody."""
     threshold = session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
     shared = "+44 20 7946 0999"
     run_import(session, world, tip(*(account(n, phone=shared) for n in range(1, threshold + 1))))
@@ -2275,6 +2289,10 @@ def test_the_reject_file_writes_over_nothing_but_an_earlier_reject_file(app, web
     clean = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--reject-file", str(rejects)])
     assert clean.exit_code == 0, clean.output
     assert list(csv.DictReader(rejects.open(encoding="utf-8"))) == []
+    # A file refused whole leaves no reject file: none of the last one's rows look like its own.
+    path.write_bytes(tip(account(4, email="broken"), account(5, username="data:image/png;base64,iVBO")))
+    runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--reject-file", str(rejects)])
+    assert not rejects.exists()
 
 
 def test_skipping_bad_rows_when_every_row_is_bad_imports_nothing(app, web_world, tmp_path):

@@ -305,6 +305,15 @@ def test_an_import_refused_in_the_background_says_why_and_writes_nothing(app, we
     assert _count(app, Tip) == 0
 
 
+def test_an_image_spelled_with_json_escapes_is_refused_in_the_background(app, web_world):
+    browser = _login(app, LEAD)
+    data = (b'{"platform": "discord", "account_id": "a1"}\r'
+            b'{"platform": "discord", "account_id": "a2", "username": "\\u0064ata:image\\/png;base64,iVBO"}\r')
+    page = _import(app, browser, web_world.operation.id, data, name="tip.jsonl", content_type="application/x-ndjson")
+    assert "encoded image, video or audio file (a data: URL on line 2)" in page.get_data(as_text=True)
+    assert _count(app, Tip) == 0 and _count(app, TipAccount) == 0
+
+
 def test_bad_rows_are_listed_with_line_field_and_reason_and_nothing_is_written(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1), account(2, email="not-an-email"), account(3, uploads_a="-4"))
@@ -984,7 +993,7 @@ def test_the_upload_form_asks_for_the_operation_in_words(app, web_world):
     assert page.status_code == 422 and "Choose the operation to import into." in page.get_data(as_text=True)
 
 
-def test_the_holder_page_names_an_identifier_that_turned_common_as_what_joined_it(app, web_world):
+def test_the_holder_page_lists_an_identifier_its_accounts_share_though_it_turned_common(app, web_world):
     lead = _login(app, LEAD)
     with app.app_context():
         threshold = db.session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
@@ -992,5 +1001,5 @@ def test_the_holder_page_names_an_identifier_that_turned_common_as_what_joined_i
     _import(app, lead, web_world.operation.id, tip(*(account(n, phone=shared) for n in range(1, threshold + 1))))
     _import(app, lead, web_world.operation.id, tip(account(threshold + 1, phone=shared)))
     page = lead.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
-    assert f"common in the operation now ({threshold + 1} accounts): it joined these accounts before" in page
+    assert f"common in the operation now ({threshold + 1} accounts): it joins no further account" in page
     assert "Nothing shared within this holder" not in page and "Common identifiers (join nobody)" not in page

@@ -3,8 +3,8 @@
 Handoff never accepts images or video. A file is refused by its name (only .csv, .jsonl and
 .ndjson) when it comes through the web, and always by its content: known image, video, audio,
 document and archive signatures (text images too: SVG, Netpbm, XPM, XBM, PostScript; and
-HTML pages), an image, video or audio file carried inside as a data: URL (JSON escapes read),
-NUL bytes or other binary control
+HTML pages), an image, video or audio file carried inside as a data: URL (in JSON Lines also
+spelled with escapes: the reader refuses those), NUL bytes or other binary control
 characters, and anything that is not UTF-8.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import unicodedata
@@ -77,11 +76,10 @@ _TEXT_IMAGES = [
 ]
 # An image, video or audio file carried inside a text file, as a data: URL (a provider's
 # thumbnail, say): 0.07 s over a full tip's 27 MB.
-_MEDIA_URL = re.compile(rb"data:\s*(?:image|video|audio)/[\w.+-]+\s*[;,]", re.IGNORECASE)
+# (JSON Lines can spell one with escapes, \u0064ata: or image\/png: the reader looks for it in
+# the values it decodes, reader.MediaInTip.)
+_MEDIA_URL = re.compile(reader.MEDIA_URL.encode(), re.IGNORECASE)
 _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-# The same in a JSON value as read, where escapes (\u0064ata:, image\/png) could have hidden it
-# from the scan of the bytes; only lines with a backslash are read so.
-_MEDIA_URL_TEXT = re.compile(r"(?<![A-Za-z0-9_-])" + _MEDIA_URL.pattern.decode(), re.IGNORECASE)
 
 _BINARY_BYTES = reader.CONTROL_CHARACTERS.encode("ascii")
 _OTHER_BYTES = bytes(b for b in range(256) if b not in _BINARY_BYTES)
@@ -166,13 +164,8 @@ def check_content(data: bytes) -> None:
     # (A word before it, "metadata:", makes it none; a look-behind in the pattern costs 3x.)
     media = next((m.start() for m in _MEDIA_URL.finditer(data)
                   if m.start() == 0 or data[m.start() - 1] not in _WORD_BYTES), None)
-    if media is None:
-        media = _escaped_media_url(data)
     if media is not None:
-        line = reader.line_ends(data, 0, media) + 1
-        raise DomainError(f"The file holds an encoded image, video or audio file (a data: URL on line {line}). "
-                          "Handoff never accepts images or video: take it out and import the file again.",
-                          field="file")
+        raise media_refusal(reader.line_ends(data, 0, media) + 1)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -181,30 +174,9 @@ def check_content(data: bytes) -> None:
                           "Save it as UTF-8 and import it again.", field="file") from None
 
 
-def _escaped_media_url(data: bytes) -> int | None:
-    """Where a line starts that is JSON holding a data: URL of a medium in a string once its
-    escapes are read, else None."""
-    start = 0
-    while (backslash := data.find(b"\\", start)) >= 0:
-        line_start = data.rfind(b"\n", 0, backslash) + 1
-        line_end = data.find(b"\n", backslash)
-        line_end = len(data) if line_end < 0 else line_end
-        try:
-            pending = [json.loads(data[line_start:line_end])]
-        except (ValueError, RecursionError):  # no JSON (a CSV line), or not UTF-8: checked below
-            pending = []
-        while pending:  # keys and values at any depth, without recursing
-            value = pending.pop()
-            if isinstance(value, str):
-                if _MEDIA_URL_TEXT.search(value):
-                    return line_start
-            elif isinstance(value, dict):
-                pending.extend(value)
-                pending.extend(value.values())
-            elif isinstance(value, list):
-                pending.extend(value)
-        start = line_end + 1
-    return None
+def media_refusal(line: int) -> DomainError:
+    return DomainError(f"The file holds an encoded image, video or audio file (a data: URL on line {line}). "
+                       "Handoff never accepts images or video: take it out and import the file again.", field="file")
 
 
 def detect_format(file_name: str, data: bytes) -> str:

@@ -259,7 +259,7 @@ def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
         is_common = (kind, platform, value) in common_rows
         # How many accounts of the whole operation hold a common one is the lead agency's figure.
         operation_accounts = (common_rows[(kind, platform, value)] if lead else None) if is_common else 0
-        if n > 1:  # shared within the holder: it joined these accounts, even if it has turned common since
+        if n > 1:  # shared within the holder (it may have joined them before it turned common)
             shared.append(Evidence(kind, platform, value, n, operation_accounts, is_common))
         elif is_common:
             common.append(Evidence(kind, platform, value, n, operation_accounts, is_common))

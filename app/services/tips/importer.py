@@ -178,7 +178,10 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
     if workers is None:
         workers = int(config.get("TIP_IMPORT_WORKERS") or 0) or None
     with _no_cyclic_gc():
-        validation = validate(data, fmt, deconfliction._secret(session), workers=workers, progress=progress)
+        try:
+            validation = validate(data, fmt, deconfliction._secret(session), workers=workers, progress=progress)
+        except reader.MediaInTip as found:
+            raise files.media_refusal(found.line) from None
     timings["validate"] = time.perf_counter() - started
     validation.seen.clear()  # the duplicate check is done: 150,000 keys less to carry
     reject = files.reject_csv(validation.columns, validation.errors, validation.bad_records) if validation.errors else None

@@ -87,6 +87,37 @@ class ReadResult:
 
 # The field of a problem that makes a whole record unreadable.
 WHOLE_RECORD = "-"
+
+# An image, video or audio file carried inside a text file, as a data: URL (a provider's
+# thumbnail, say). files.check_content looks for it in the bytes; a JSON Lines value can spell
+# it with escapes (\u0064ata:, image\/png) that only reading the JSON undoes.
+MEDIA_URL = r"data:\s*(?:image|video|audio)/[\w.+-]+\s*[;,]"
+_MEDIA_URL_TEXT = re.compile(r"(?<![A-Za-z0-9_-])" + MEDIA_URL, re.IGNORECASE)
+
+
+class MediaInTip(Exception):
+    """A JSON Lines value is a data: URL of an image, video or audio file once its escapes are
+    read: the whole file is refused (files.media_refusal), as for one in its bytes."""
+
+    def __init__(self, line: int):
+        super().__init__(line)
+        self.line = line
+
+
+def _holds_media_url(record: object) -> bool:
+    """Whether any text of a JSON value, at any depth, keys too, is a data: URL of a medium."""
+    pending: list = [record]
+    while pending:  # without recursing: an object may nest as deep as JSON lets it
+        value = pending.pop()
+        if isinstance(value, str):
+            if _MEDIA_URL_TEXT.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 _NO_PROBLEMS: tuple[RowError, ...] = ()
 
 
@@ -137,7 +168,10 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     if ignored is not None:
         ignored.update((name, None) for name, key in zip(header, keys) if key not in FIELDS and name.strip())
     width = len(keys)
-    unnamed = [index for index, name in enumerate(header) if not name.strip()]  # a trailing comma, say
+    # Unnamed columns after the last named one (a header ending in a comma): a value there is
+    # one too many, as past the header. (An unnamed column before, a spreadsheet's or pandas'
+    # row index, is one more column the import does not read.)
+    unnamed = range(max(index for index, name in enumerate(header) if name.strip()) + 1, width)
     start = rows.line_num + 1
     while True:
         try:
@@ -160,7 +194,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
                                                           f"(a value with a comma in it is written in quotes): "
                                                           f"{_as_read(row)}")]
             if unnamed and any(row[index].strip() for index in unnamed) and not problems:
-                problems = [RowError(start, WHOLE_RECORD, "a value under a column the header leaves unnamed "
+                problems = [RowError(start, WHOLE_RECORD, "a value past the header's last named column "
                                                           f"(a value with a comma in it is written in quotes): "
                                                           f"{_as_read(row)}")]
             yield start, dict(zip(keys, row)), problems
@@ -203,6 +237,8 @@ def _json_records(text: IO[str], ignored: dict[str, None]) -> Records:
             yield number, {}, [RowError(number, WHOLE_RECORD,
                                         "not valid JSON (a value too large, or nested too deeply, to read)")]
             continue
+        if "\\" in line and _holds_media_url(record):  # without an escape the bytes were checked
+            raise MediaInTip(number)
         if not isinstance(record, dict):
             yield number, {}, [RowError(number, WHOLE_RECORD, "each line must be a JSON object")]
             continue
@@ -319,7 +355,8 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
     """Parse and validate every row, computing match keys under `secret`; lines are reported
     `line_offset` further on (the stream being a chunk of a larger file, `bom` off). A good row
     whose account came earlier is an error, unless `duplicates` is off (a chunk's caller checks
-    across chunks). Raises UnicodeDecodeError for a file that is not UTF-8."""
+    across chunks). Raises UnicodeDecodeError for a file that is not UTF-8, MediaInTip for one
+    carrying an image."""
     accounts: list[Account] = []
     errors: list[RowError] = []
     bad_keys: list[tuple[int, tuple[str, str]]] = []
@@ -327,7 +364,14 @@ def read(stream: IO[bytes], fmt: str, secret: bytes, *, line_offset: int = 0, du
     seen: dict[tuple[str, str], int] = {}
     rows = 0
     checker = _RowChecker(secret)
-    for number, record, problems in _records(stream, fmt, ignored, bom=bom):
+    records = _records(stream, fmt, ignored, bom=bom)
+    while True:
+        try:
+            number, record, problems = next(records)
+        except StopIteration:
+            break
+        except MediaInTip as found:
+            raise MediaInTip(found.line + line_offset) from None
         rows += 1
         number += line_offset
         for problem in problems:
