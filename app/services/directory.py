@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import date
 from zoneinfo import available_timezones
@@ -9,6 +11,7 @@ from zoneinfo import available_timezones
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import Agency, AgencyKind, Operation, Role, User
@@ -37,7 +40,8 @@ def normalise_agency(session: Session, data: AgencyData, agency_id: int | None =
     data.name = data.name.strip()
     if not data.name:
         raise DomainError("Give the agency a name.", field="name")
-    clash = session.scalar(select(Agency.id).where(func.lower(Agency.name) == data.name.lower()))
+    # Folded by the database, as its unique index folds names (Python's lower() differs: Ö, İ).
+    clash = session.scalar(select(Agency.id).where(func.lower(Agency.name) == func.lower(data.name)))
     if clash is not None and clash != agency_id:
         raise DomainError("Another agency has this name.", field="name")
     code = (data.country_code or "").strip().upper() or None
@@ -69,8 +73,8 @@ def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:
     routed = data.is_focal_point or data.kind is AgencyKind.INTERNATIONAL
     operations = _lock_routing(session) if routed else []
     agency = Agency(**{f.name: getattr(data, f.name) for f in fields(data)})
-    session.add(agency)
-    session.flush()
+    with _name_checked_by_the_index(session):
+        session.add(agency)
     if routed:  # before the audit entry: the drafts it locks come before the chain, as for imports
         _route_again(session, actor, operations)
     audit.record(session, actor, "agency.create", "agency", agency.id, detail={"name": agency.name})
@@ -86,13 +90,28 @@ def update_agency(session: Session, actor: Actor, agency_id: int, data: AgencyDa
     changed = [f.name for f in fields(data) if getattr(agency, f.name) != getattr(data, f.name)]
     routed = bool(ROUTING_FIELDS & set(changed))
     operations = _lock_routing(session) if routed else []  # the operations first, as imports
-    for name in changed:
-        setattr(agency, name, getattr(data, name))
-    session.flush()
+    with _name_checked_by_the_index(session):
+        for name in changed:
+            setattr(agency, name, getattr(data, name))
     if routed:  # before the audit entry: the drafts it locks come before the chain, as for imports
         _route_again(session, actor, operations)
     audit.record(session, actor, "agency.edit", "agency", agency.id, detail={"changed": changed})
     return agency
+
+
+@contextmanager
+def _name_checked_by_the_index(session: Session) -> Iterator[None]:
+    """Write the agency's changes made within: a name another admin gave an agency meanwhile is
+    refused like any taken name, and the agency is left as stored (the savepoint is opened
+    before the change, as opening it flushes what is pending)."""
+    try:
+        with session.begin_nested():
+            yield
+            session.flush()
+    except IntegrityError as exc:
+        if "uq_agencies_lower_name" not in str(exc.orig):
+            raise
+        raise DomainError("Another agency has this name.", field="name") from None
 
 
 # What routing reads of an agency (app/services/tips/routing.py, `load_directory`).

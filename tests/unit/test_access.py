@@ -7,7 +7,9 @@ from datetime import date
 
 import pytest
 
-from app.models import Role
+from sqlalchemy import select
+
+from app.models import Agency, AgencyKind, Role
 from app.services import Forbidden, NotFound
 from app.services import referrals as service
 from app.services.access import get_visible_referral, visible_operations
@@ -122,3 +124,26 @@ def test_filters_cannot_widen_the_scope(session, world, referral):
                     service.ListFilters(status=referral.status), service.ListFilters(direction="in")):
         assert service.list_referrals(session, user, filters).total == 0
 
+
+
+@pytest.mark.parametrize("first, second", [("Polizei Österreich", "POLIZEI ÖSTERREICH"), ("Alpha Unit", "alpha UNIT")])
+def test_an_agency_name_taken_whatever_its_case_is_refused_beside_the_field(session, first, second, monkeypatch):
+    """The database folds case as its unique index does, so the check and the index agree; a
+    name another admin saved between the check and the write is refused the same way."""
+    from app.services import DomainError, directory
+    from app.services.audit import SYSTEM
+
+    def data(name):
+        return directory.AgencyData(name=name, kind=AgencyKind.POLICE, country_code="AT",
+                                    desk_email="desk@example.org", desk_phone="+43 1 555 0100")
+
+    directory.create_agency(session, SYSTEM, data(first))
+    with pytest.raises(DomainError) as refused:
+        directory.create_agency(session, SYSTEM, data(second))
+    assert (refused.value.field, refused.value.message) == ("name", "Another agency has this name.")
+    # Another admin's save between this one's check and its write: the index refuses it.
+    monkeypatch.setattr(directory, "normalise_agency", lambda _session, checked, agency_id=None: checked)
+    with pytest.raises(DomainError) as raced:
+        directory.create_agency(session, SYSTEM, data(second))
+    assert raced.value.field == "name"
+    assert session.scalars(select(Agency.name).where(Agency.country_code == "AT")).all() == [first]
