@@ -578,7 +578,7 @@ def view(session: Session, actor: Actor, referral_id: int) -> Referral:
     return referral
 
 
-def history(referral: Referral, user: User) -> list[ReferralEvent]:
+def history(referral: Referral, user) -> list[ReferralEvent]:
     """The referral's steps as the user may read them: to an agency that has let its subjects
     go (`access.let_go_at`: it transferred the case on, say, and is the sender of the referral
     that continues it), not the news later imports bring about them (`update` steps)."""

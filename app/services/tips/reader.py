@@ -87,6 +87,7 @@ class ReadResult:
 
 # The field of a problem that makes a whole record unreadable.
 WHOLE_RECORD = "-"
+_NO_PROBLEMS: tuple[RowError, ...] = ()
 
 # An image, video or audio file carried inside a text file, as a data: URL (a provider's
 # thumbnail, say). files.check_content looks for it in the bytes; a JSON Lines value can spell
@@ -118,7 +119,6 @@ def _holds_media_url(record: object) -> bool:
         elif isinstance(value, list):
             pending.extend(value)
     return False
-_NO_PROBLEMS: tuple[RowError, ...] = ()
 
 
 def detect_format(name: str, head: bytes) -> str:
