@@ -349,6 +349,28 @@ def _flag_holders(session, actor, operation, rng: random.Random, when: datetime)
     return count
 
 
+def _desks(session) -> dict:
+    """Who acts for each agency in the scenario: its first liaison officer or manager."""
+    from sqlalchemy import select
+
+    from app.models import Role, User
+    from app.services.audit import Actor
+
+    desks = {}
+    for user in session.scalars(select(User).where(User.role.in_([Role.LIAISON, Role.MANAGER])).order_by(User.id)):
+        desks.setdefault(user.agency_id, Actor(user, "demo"))
+    return desks
+
+
+def _international_body(session) -> int | None:
+    from sqlalchemy import select
+
+    from app.models import Agency, AgencyKind
+
+    return session.scalar(select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL,
+                                                  Agency.is_focal_point.is_(True)).order_by(Agency.id))
+
+
 def _partner_leads(session, rng: random.Random, operation, since: datetime) -> int:
     """Partner desks that hold some of the tip's holders from their own work: each refers one,
     by an e-mail address the tip holds too, to the international body within two months of
@@ -357,9 +379,8 @@ def _partner_leads(session, rng: random.Random, operation, since: datetime) -> i
     from sqlalchemy import select
 
     from app.demo import PLACEHOLDER_MATERIAL, PLACEHOLDER_SUMMARY
-    from app.models import Agency, AgencyKind, Holder, Priority, Role, TipAccount, User
+    from app.models import Agency, AgencyKind, Holder, Priority, TipAccount
     from app.services import referrals, subjects
-    from app.services.audit import Actor
 
     first_email: dict[int, tuple[int, str, str]] = {}  # holder -> (its receiving desk, country, e-mail)
     for holder_id, agency_id, country, email in session.execute(
@@ -371,13 +392,10 @@ def _partner_leads(session, rng: random.Random, operation, since: datetime) -> i
         .order_by(Holder.id, TipAccount.id)
     ):
         first_email.setdefault(holder_id, (agency_id, country, email))
-    international = session.scalar(select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL,
-                                                           Agency.is_focal_point.is_(True)).order_by(Agency.id))
+    international = _international_body(session)
     if international is None or not first_email:
         return 0
-    desks = {}
-    for user in session.scalars(select(User).where(User.role.in_([Role.LIAISON, Role.MANAGER])).order_by(User.id)):
-        desks.setdefault(user.agency_id, Actor(user, "demo"))
+    desks = _desks(session)
     chosen = sorted(rng.sample(sorted(first_email), max(1, round(len(first_email) * PARTNER_LEADS))))
     for holder_id in chosen:
         agency_id, country, email = first_email[holder_id]
@@ -410,10 +428,9 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
 
     from sqlalchemy import bindparam, func, insert, select, update
 
-    from app.models import Agency, AgencyKind, Holder, Outcome, Referral, ReferralEvent, Role, Status, User
+    from app.models import Agency, Holder, Outcome, Referral, ReferralEvent, Status
     from app.models import referral_subjects
     from app.services import deconfliction
-    from app.services.audit import Actor
     from app.services.referrals import next_references
     from app.services.tips import bulk
     from app.services.tips.holders import reroute_after_withdrawal
@@ -429,13 +446,9 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     ).all()
     if progress:
         progress("simulate", 0, len(drafts))
-    desks = {}
-    for user in session.scalars(select(User).where(User.role.in_([Role.LIAISON, Role.MANAGER])).order_by(User.id)):
-        desks.setdefault(user.agency_id, user)
-    actors = {agency_id: Actor(user, "demo") for agency_id, user in desks.items()}
+    actors = _desks(session)
     names = dict(session.execute(select(Agency.id, Agency.name)).all())
-    international = session.scalar(select(Agency.id).where(Agency.kind == AgencyKind.INTERNATIONAL,
-                                                           Agency.is_focal_point.is_(True)).order_by(Agency.id))
+    international = _international_body(session)
     focal = sorted(session.scalars(select(Agency.id).where(Agency.is_focal_point.is_(True),
                                                            Agency.id != operation.lead_agency_id)))
     latest = now - timedelta(minutes=5)
