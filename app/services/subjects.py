@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.db import utcnow
 from app.models import Identifier, Referral, Status, Subject, User, referral_subjects
-from app.services import DomainError, Forbidden, NotFound, audit, deconfliction, require_worker
+from app.services import DomainError, Forbidden, NotFound, Page, audit, deconfliction, paginate, require_worker
 from app.services.access import get_visible_referral, let_go_at
 from app.services.audit import Actor
 from app.services.identifiers import PLATFORMS, IdentifierKind
@@ -45,22 +45,32 @@ def subject_on_referral(session: Session, referral: Referral, subject_id: int) -
     return subject
 
 
+# Subjects shown on one page of a referral: a tip's package can carry thousands of holders.
+SUBJECTS_PER_PAGE = 50
+
+
 def subjects_of(session: Session, user: User, referral_id: int) -> list[Subject]:
     """The subjects of a referral the user may see, with their identifiers: to an agency that
     has let the referral go (declined, transferred on, withdrawn from it), only those known
     when it did; a holder's later imports add to it for the agencies that still hold it."""
+    return list(session.scalars(_subjects_query(session, user, referral_id).order_by(Subject.id)).unique())
+
+
+def subjects_page(session: Session, user: User, referral_id: int, page: int) -> Page:
+    """One page of `subjects_of`, in the same order."""
+    return paginate(session, _subjects_query(session, user, referral_id), page, SUBJECTS_PER_PAGE, Subject.id)
+
+
+def _subjects_query(session: Session, user: User, referral_id: int):
     referral = get_visible_referral(session, user, referral_id)
     cutoff = let_go_at(referral, user.agency_id)
     identifiers = (selectinload(Subject.identifiers) if cutoff is None else
                    selectinload(Subject.identifiers.and_(Identifier.created_at <= cutoff)))
-    return list(session.scalars(
-        select(Subject)
-        .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
-        .where(referral_subjects.c.referral_id == referral.id)
-        .options(identifiers)
-        .order_by(Subject.id)
-        .execution_options(populate_existing=True)  # not the full list another query loaded
-    ).unique())
+    return (select(Subject)
+            .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
+            .where(referral_subjects.c.referral_id == referral.id)
+            .options(identifiers)
+            .execution_options(populate_existing=True))  # not the full list another query loaded
 
 
 def _editable_referral(session: Session, actor: Actor, referral_id: int) -> Referral:

@@ -297,3 +297,23 @@ def test_the_edit_page_of_a_referral_sent_already_leads_back_to_it(app, browser,
     response = browser.get(f"/referrals/{referral.id}/edit")
     assert response.status_code == 303 and response.headers["Location"].endswith(f"/referrals/{referral.id}")
     assert "was sent; only drafts are edited" in browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+
+
+def test_a_referral_with_many_subjects_shows_them_a_page_at_a_time(app, browser, web_world, monkeypatch):
+    """A tip's package can carry thousands of holders: the referral page shows a page of them."""
+    from app.services import subjects
+
+    monkeypatch.setattr(subjects, "SUBJECTS_PER_PAGE", 2)
+    referral = _make(app, web_world, "sent")
+    with app.app_context():
+        actor = web_world.actor("a_liaison")
+        for n in range(1, 6):
+            subjects.add_subject(db.session, actor, referral.id, f"Person {n}", f"person{n}@example.org")
+        db.session.commit()
+    browser.login("liaison.b@example.org")
+    first = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "Subjects (5)" in first and "person1@example.org" in first and "person3@example.org" not in first
+    assert "Subjects 1 to 2 of 5" in first and f"subjects_page=2#subjects" in first
+    last = browser.get(f"/referrals/{referral.id}?subjects_page=99").get_data(as_text=True)
+    assert "person5@example.org" in last and "person4@example.org" not in last and "Subjects 5 to 5 of 5" in last
+    assert browser.get(f"/referrals/{referral.id}?subjects_page=abc").status_code == 200

@@ -254,10 +254,11 @@ def outcome(referral_id: int):
 def _deconfliction_context(referral) -> dict:
     """The subjects section and the hits of the referral (for the viewer's agency only)."""
     can_add = subjects_service.can_add_subjects(referral, current_user)
-    subjects = subjects_service.subjects_of(db.session, current_user, referral.id)
+    subjects = subjects_service.subjects_page(db.session, current_user, referral.id,
+                                              max(1, request.args.get("subjects_page", 1, type=int)))
     return dict(
         subjects=subjects,
-        holder_pages=holder_service.holder_pages(db.session, current_user, [s.id for s in subjects]),
+        holder_pages=holder_service.holder_pages(db.session, current_user, [s.id for s in subjects.items]),
         can_add_subjects=can_add,
         subject_form=SubjectForm(formdata=None) if can_add else None,
         hits=deconfliction.hits_for_referral(db.session, current_user, referral.id),
