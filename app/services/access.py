@@ -21,13 +21,14 @@ from app.services.audit import lock_chain
 
 
 def visibility_clause(agency_id: int):
-    """SQL condition: referrals an agency may see. A draft names its future receiver, which
-    sees nothing of it until it is sent (an import drafts hundreds, some never sent)."""
+    """SQL condition: referrals an agency may see. A draft is its sender's alone: it names its
+    future receiver, and may name an operation another agency leads, and neither sees anything
+    of it until it is sent (an import drafts hundreds, some never sent)."""
     led_operations = select(Operation.id).where(Operation.lead_agency_id == agency_id)
     return or_(
         Referral.sender_agency_id == agency_id,
-        and_(Referral.receiver_agency_id == agency_id, Referral.status != Status.DRAFT),
-        Referral.operation_id.in_(led_operations.scalar_subquery()),
+        and_(Referral.status != Status.DRAFT,
+             or_(Referral.receiver_agency_id == agency_id, Referral.operation_id.in_(led_operations.scalar_subquery()))),
     )
 
 

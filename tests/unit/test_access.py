@@ -74,7 +74,7 @@ def test_every_action_by_every_role_and_agency(session, world, action, agency, r
         referral.transfer_consent_at = referral.sent_at
         session.flush()
     key = f"{agency}_{role}"
-    if not VISIBILITY[agency] or (status == "draft" and agency == "b"):  # a draft is not b's yet
+    if not VISIBILITY[agency] or (status == "draft" and agency != "a"):  # a draft is its sender's alone
         expected = NotFound
     elif agency != side or role not in ("liaison", "manager"):
         expected = Forbidden
@@ -89,19 +89,21 @@ def test_every_action_by_every_role_and_agency(session, world, action, agency, r
         assert referral.status.value == status
 
 
-def test_a_draft_is_hidden_from_its_receiver_until_sent(session, world):
+def test_a_draft_is_hidden_from_its_receiver_and_the_operations_lead_until_sent(session, world):
     """An import drafts referrals to many agencies; none of them may see a draft (its
-    subjects, identifiers or holders) before the sender sends it."""
+    subjects, identifiers or holders) before the sender sends it. Nor may the lead of the
+    operation a partner's draft names: it is the partner's unsent work."""
     draft = make_referral(session, world, "draft", operation_id=world.operation.id)
-    receiver = world.users["b_manager"]
-    assert service.list_referrals(session, receiver, service.ListFilters()).total == 0
-    with pytest.raises(NotFound):
-        get_visible_referral(session, receiver, draft.id)
-    assert [o.code for o in session.scalars(visible_operations(receiver))] == []
-    for key in ("a_viewer", "c_viewer"):  # the sender and the operation's lead see it
-        assert get_visible_referral(session, world.users[key], draft.id).id == draft.id
+    for key in ("b_manager", "c_viewer"):  # the receiver, and the operation's lead
+        user = world.users[key]
+        assert service.list_referrals(session, user, service.ListFilters()).total == 0
+        with pytest.raises(NotFound):
+            get_visible_referral(session, user, draft.id)
+    assert [o.code for o in session.scalars(visible_operations(world.users["b_manager"]))] == []
+    assert get_visible_referral(session, world.users["a_viewer"], draft.id).id == draft.id  # the sender's
     service.transition(session, world.actor("a_liaison"), draft.id, "send", draft.version, None)
-    assert get_visible_referral(session, receiver, draft.id).id == draft.id
+    for key in ("b_manager", "c_viewer"):
+        assert get_visible_referral(session, world.users[key], draft.id).id == draft.id
 
 
 def test_creating_needs_a_working_role(session, world):
