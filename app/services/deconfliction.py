@@ -44,12 +44,14 @@ from app.models import (
     referral_subjects,
 )
 from app.services import (
+    Conflict,
     DomainError,
     Forbidden,
     Page,
     audit,
     check_version,
     flush_or_conflict,
+    last_page_at_most,
     paginate,
     require_worker,
 )
@@ -511,7 +513,7 @@ def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: i
     hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
     require_worker(actor, "Your role may read deconfliction results but not act on them.")
     if hit.status is HitStatus.RESOLVED:
-        raise DomainError("This hit is resolved already.")
+        raise Conflict("This hit is resolved already.")  # by the other party, or a colleague, meanwhile
     pending = [side for side in hit.sides_of(actor.agency_id) if hit.acknowledged_at_of(side) is None]
     if not pending:
         raise DomainError("Your agency has acknowledged this hit already.")
@@ -539,7 +541,7 @@ def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int |
     hit = get_visible_hit(session, actor.user, hit_id, for_update=True)
     require_worker(actor, "Your role may read deconfliction results but not act on them.")
     if hit.status is HitStatus.RESOLVED:
-        raise DomainError("This hit is resolved already.")
+        raise Conflict("This hit is resolved already.")  # by the other party, or a colleague, meanwhile
     check_version(hit, expected_version, "hit")
     if lead_agency_id not in (hit.agency_low_id, hit.agency_high_id):
         raise DomainError("The lead must be one of the two agencies.", field="lead_agency_id")
@@ -810,7 +812,7 @@ def list_common_identifiers(session: Session, actor: Actor, page: int = 1, per_p
     total = session.scalar(select(func.count()).select_from(CommonIdentifier)) or 0
     items = session.scalars(
         select(CommonIdentifier).order_by(CommonIdentifier.referral_count.desc(), CommonIdentifier.match_key)
-        .limit(per_page).offset((max(1, page) - 1) * per_page)
+        .limit(per_page).offset((last_page_at_most(page, total, per_page) - 1) * per_page)
     ).all()
     return items, total
 
@@ -838,8 +840,9 @@ def list_notifications(session: Session, user: User, page: int = 1, per_page: in
     last_seen = session.scalar(select(NotificationCursor.last_seen_id).where(NotificationCursor.user_id == user.id)) or 0
     query = visible_notifications(user)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = last_page_at_most(page, total, per_page)
     rows = session.scalars(
-        query.order_by(Notification.id.desc()).limit(per_page).offset((max(1, page) - 1) * per_page)
+        query.order_by(Notification.id.desc()).limit(per_page).offset((page - 1) * per_page)
     ).all()
     items = [NotificationItem(n.id, n.kind, n.hit_id, n.referral_id, n.message, n.created_at, n.id > last_seen)
              for n in rows]

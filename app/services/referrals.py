@@ -578,13 +578,17 @@ def view(session: Session, actor: Actor, referral_id: int) -> Referral:
     return referral
 
 
+# Steps that bring news of a tip's holders (what an import or the lead's triage found).
+HOLDER_NEWS = frozenset({"update", "escalate"})
+
+
 def history(referral: Referral, user) -> list[ReferralEvent]:
     """The referral's steps as the user may read them: to an agency that has let its subjects
     go (`access.let_go_at`: it transferred the case on, say, and is the sender of the referral
-    that continues it), not the news later imports bring about them (`update` steps)."""
+    that continues it), not the news later imports and triage bring about them."""
     cutoff = let_go_at(referral, user.agency_id)
     return [event for event in referral.events
-            if cutoff is None or event.action != "update" or event.at <= cutoff]
+            if cutoff is None or event.action not in HOLDER_NEWS or event.at <= cutoff]
 
 
 # --- listing -------------------------------------------------------------------------

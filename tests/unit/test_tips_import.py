@@ -1409,11 +1409,13 @@ def test_an_agency_that_passed_a_case_on_reads_no_news_of_its_holders(session, w
     it: it reads that referral's steps, not what the lead later decides about the holders."""
     holder, _sent, onward = _transferred_package(session, world)
     holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "NZ", "Lives in Auckland.")
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), holder.subject_id, {"risk_plans_to_meet": True})
     session.flush()
     session.expire_all()
     referral = session.get(Referral, onward.id)
-    told_bureau = [e.note for e in referrals.history(referral, world.users["i_liaison"]) if e.action == "update"]
-    assert len(told_bureau) == 1 and "jurisdiction set to New Zealand" in told_bureau[0]
+    told_bureau = [e for e in referrals.history(referral, world.users["i_liaison"]) if e.action in ("update", "escalate")]
+    assert [e.action for e in told_bureau] == ["update", "escalate"]
+    assert "jurisdiction set to New Zealand" in told_bureau[0].note and "plans to meet" in told_bureau[1].note
     assert [e.action for e in referrals.history(referral, world.users["b_liaison"])] == ["create", "send"]
 
 

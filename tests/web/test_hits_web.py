@@ -157,6 +157,11 @@ def test_acknowledge_and_resolve_with_the_forms(app, browser, web_world):
         assert hit.status is HitStatus.RESOLVED and hit.lead_agency_id == web_world.agencies["c"].id
         actions = db.session.scalars(select(AuditEntry.action).where(AuditEntry.object_type == "hit")).all()
         assert "hit.acknowledge" in actions and "hit.resolve" in actions and "hit.view" in actions
+    # A colleague's page, open from before: resolving again says why nothing happens.
+    response = browser.post(f"{page}/resolve", {"version": str(version + 1),
+                                                "lead_agency_id": str(web_world.agencies["a"].id),
+                                                "note": "Alpha leads."}, token_from=page)
+    assert response.status_code == 303 and "This hit is resolved already." in _html(browser.get(page))
 
 
 def test_a_viewer_sees_hits_but_cannot_act(app, browser, web_world):
@@ -339,3 +344,11 @@ def test_a_transferred_referral_shows_the_same_subjects(app, browser, web_world)
     assert "Account holder one" in html and "someone@example.org" in html
     assert "carried over from the transferred referral" in html
     assert "Add a subject" not in html  # Intl Bureau receives it; Bravo sends it
+
+
+@pytest.mark.parametrize("page", ["99999999999999999999", "-3", "abc", "7"])
+def test_a_page_number_past_the_end_shows_the_last_page(app, browser, web_world, page):
+    browser.login("admin.a@example.org")  # the admin of agency a
+    for path in ("/notifications", "/admin/common-identifiers"):
+        response = browser.get(f"{path}?page={page}")
+        assert response.status_code == 200, path

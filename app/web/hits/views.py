@@ -130,7 +130,7 @@ def notifications():
     page = max(1, request.args.get("page", 1, type=int) or 1)
     items, total = service.list_notifications(db.session, current_user, page=page, per_page=LIST_PAGE_SIZE)
     pages = max(1, -(-total // LIST_PAGE_SIZE))
-    return render_template("hits/notifications.html", items=items, total=total, page=page, pages=pages)
+    return render_template("hits/notifications.html", items=items, total=total, page=min(page, pages), pages=pages)
 
 
 admin_required = roles_required(Role.ADMIN)
@@ -142,5 +142,5 @@ def common_identifiers():
     page = max(1, request.args.get("page", 1, type=int) or 1)
     items, total = service.list_common_identifiers(db.session, current_actor(), page=page, per_page=LIST_PAGE_SIZE)
     pages = max(1, -(-total // LIST_PAGE_SIZE))
-    return render_template("hits/common.html", items=items, total=total, page=page, pages=pages,
+    return render_template("hits/common.html", items=items, total=total, page=min(page, pages), pages=pages,
                            threshold=current_app.config["COMMON_IDENTIFIER_THRESHOLD"])
