@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
+from app.db import utcnow
 from app.models import Agency, AgencyKind, Operation, Priority, Role, User
 from app.services import referrals
 from app.services.audit import Actor
@@ -72,7 +73,7 @@ def make_referral(session, world: World, status: str = "draft", sender: str = "a
     for step in PATHS[status]:
         if step == "outcome":
             referrals.record_outcome(session, world.actor(f"{receiver}_liaison"), referral.id,
-                                     referrals.OutcomeData(occurred_on=date(2026, 2, 1), arrests=1))
+                                     referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
         elif step == "consent":
             referrals.grant_transfer_consent(session, world.actor(f"{sender}_liaison"), referral.id, None)
         else:

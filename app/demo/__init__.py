@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -138,7 +139,7 @@ def _demo_referral(session, rng, now, start, sender, receiver, operation, users_
         at = min(at, now - timedelta(minutes=5))
         if step == "outcome":
             referrals.record_outcome(session, receiver_actor, referral.id, referrals.OutcomeData(
-                occurred_on=at.date(), arrests=rng.randint(0, 2), charges=rng.randint(0, 3),
+                occurred_on=at.astimezone(ZoneInfo(receiver_actor.user.display_timezone)).date(),  # the desk's day arrests=rng.randint(0, 2), charges=rng.randint(0, 3),
                 children_safeguarded=rng.randint(0, 2), note="Synthetic outcome."), at=at)
             continue
         if step == "consent":

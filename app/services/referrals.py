@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -528,6 +529,17 @@ def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, exp
     return referral
 
 
+def _today_of(actor: Actor, now: datetime) -> date:
+    """The date where the acting person is (their time zone, else their agency's; the system's
+    is UTC's, a day's leeway for the zones ahead of it)."""
+    if actor.user is None:
+        return now.date() + timedelta(days=1)
+    try:
+        return now.astimezone(ZoneInfo(actor.user.display_timezone)).date()
+    except (ZoneInfoNotFoundError, ValueError):
+        return now.date() + timedelta(days=1)
+
+
 @dataclass
 class OutcomeData:
     occurred_on: date
@@ -537,22 +549,32 @@ class OutcomeData:
     note: str = ""
 
 
+# One outcome report counts what one case led to; more than this is a typing slip.
+OUTCOME_COUNT_MAX = 1000
+
+
 def record_outcome(session: Session, actor: Actor, referral_id: int, data: OutcomeData,
-                   *, at: datetime | None = None) -> Outcome:
+                   expected_version: int | None = None, *, at: datetime | None = None) -> Outcome:
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True)
     require_worker(actor)
     if referral.receiver_agency_id != actor.agency_id:
         raise Forbidden("Only the receiving agency records outcomes.")
+    # A second submission of the same form (a double click, the back button) is a stale page.
+    check_version(referral, expected_version, "referral")
     if referral.status is not Status.ACCEPTED:
         raise DomainError("Outcomes are recorded on accepted referrals.")
     for name in ("arrests", "charges", "children_safeguarded"):
         if getattr(data, name) < 0:
             raise DomainError("Counts cannot be negative.", field=name)
-    if data.occurred_on > utcnow().date() + timedelta(days=1):
+        if getattr(data, name) > OUTCOME_COUNT_MAX:
+            raise DomainError(f"At most {OUTCOME_COUNT_MAX:,} in one report.", field=name)
+    when = at or utcnow()
+    if data.occurred_on > _today_of(actor, when):
         raise DomainError("The date cannot be in the future.", field="occurred_on")
+    if referral.sent_at is not None and data.occurred_on < (referral.sent_at - timedelta(days=1)).date():
+        raise DomainError("The date is before the referral was sent.", field="occurred_on")
     if len(data.note) > NOTE_MAX:
         raise DomainError(f"At most {NOTE_MAX} characters.", field="note")
-    when = at or utcnow()
     outcome = Outcome(
         recorded_at=when, occurred_on=data.occurred_on, arrests=data.arrests, charges=data.charges,
         children_safeguarded=data.children_safeguarded, note=data.note,

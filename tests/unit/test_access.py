@@ -3,12 +3,11 @@ action. Outsiders get NotFound everywhere, never a hint that the referral exists
 
 from __future__ import annotations
 
-from datetime import date
-
 import pytest
 
 from sqlalchemy import select
 
+from app.db import utcnow
 from app.models import Agency, AgencyKind, Role
 from app.services import Forbidden, NotFound
 from app.services import referrals as service
@@ -52,7 +51,7 @@ def _attempt(session, world, key, referral, action):
     if action == "consent":
         return service.grant_transfer_consent(session, actor, referral.id, None)
     if action == "outcome":
-        return service.record_outcome(session, actor, referral.id, service.OutcomeData(occurred_on=date(2026, 1, 1)))
+        return service.record_outcome(session, actor, referral.id, service.OutcomeData(occurred_on=utcnow().date()))
     return service.transition(session, actor, referral.id, action, None, "A reason.",
                               transfer_to_agency_id=world.agencies["i"].id)
 

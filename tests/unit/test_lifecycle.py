@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -149,7 +149,7 @@ def test_transfer_target_must_be_a_third_agency(session, world, target):
 
 def test_outcomes_on_accepted_referrals_by_the_receiver(session, world):
     sent = make_referral(session, world, "sent")
-    data = service.OutcomeData(occurred_on=date(2026, 3, 1), arrests=1, charges=2, children_safeguarded=1)
+    data = service.OutcomeData(occurred_on=utcnow().date(), arrests=1, charges=2, children_safeguarded=1)
     with pytest.raises(DomainError, match="accepted"):
         service.record_outcome(session, world.actor("b_liaison"), sent.id, data)
     accepted = make_referral(session, world, "accepted")
@@ -157,7 +157,7 @@ def test_outcomes_on_accepted_referrals_by_the_receiver(session, world):
         service.record_outcome(session, world.actor("a_liaison"), accepted.id, data)
     with pytest.raises(DomainError) as info:
         service.record_outcome(session, world.actor("b_liaison"), accepted.id,
-                               service.OutcomeData(occurred_on=date(2026, 3, 1), arrests=-1))
+                               service.OutcomeData(occurred_on=utcnow().date(), arrests=-1))
     assert info.value.field == "arrests"
     outcome = service.record_outcome(session, world.actor("b_liaison"), accepted.id, data)
     assert outcome.children_safeguarded == 1

@@ -264,24 +264,33 @@ def test_detail_view_is_audited(app, browser, web_world):
         assert entry.object_id == str(referral.id) and entry.user_id == web_world.users["b_viewer"].id
 
 
-def test_outcome_form_records_and_refuses_negative_counts(app, browser, web_world):
+def test_outcome_form_records_once_and_refuses_what_cannot_be(app, browser, web_world):
     referral = _make(app, web_world, "accepted")
     browser.login("liaison.b@example.org")
     page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
     token = csrf_token_from(page)
-    bad = browser.client.post(f"/referrals/{referral.id}/outcomes", data={
-        "csrf_token": token, "occurred_on": "2026-02-03", "arrests": "-2", "charges": "0", "children_safeguarded": "0"})
-    assert "0 or more" in browser.get(bad.headers["Location"]).get_data(as_text=True)
-    ancient = browser.client.post(f"/referrals/{referral.id}/outcomes", data={
-        "csrf_token": token, "occurred_on": "0001-01-01", "arrests": "1", "charges": "0", "children_safeguarded": "0"})
-    assert "Choose a date from 2000-01-01" in browser.get(ancient.headers["Location"]).get_data(as_text=True)
-    browser.client.post(f"/referrals/{referral.id}/outcomes", data={
-        "csrf_token": token, "occurred_on": "2026-02-03", "arrests": "2", "charges": "1", "children_safeguarded": "1"})
+    version = re.search(r'name="version" type="hidden" value="(\d+)"', page).group(1)
+    today = utcnow().date().isoformat()
+
+    def post(**values):
+        data = {"csrf_token": token, "version": version, "occurred_on": today, "arrests": "0", "charges": "0",
+                "children_safeguarded": "0", **values}
+        response = browser.client.post(f"/referrals/{referral.id}/outcomes", data=data)
+        return browser.get(response.headers["Location"]).get_data(as_text=True)
+
+    assert "from 0 to 1,000" in post(arrests="-2")
+    assert "from 0 to 1,000" in post(children_safeguarded="9999999")
+    assert "Choose a date from 2000-01-01" in post(occurred_on="0001-01-01")
+    assert "before the referral was sent" in post(occurred_on="2001-01-01")
+    assert "Outcome recorded." in post(arrests="2", charges="1", children_safeguarded="1")
+    assert "Someone else changed this referral" in post(arrests="2", charges="1", children_safeguarded="1")
+    with app.app_context():
+        assert len(db.session.get(Referral, referral.id).outcomes) == 1  # the second submission was refused
     browser.post("/logout")
     sender = Browser(browser.client)
     sender.login("viewer.a@example.org")
     page = sender.get(f"/referrals/{referral.id}").get_data(as_text=True)
-    assert "2026-02-03" in page and "Record an outcome" not in page
+    assert today in page and "Record an outcome" not in page
 
 
 def test_an_international_body_is_named_as_such_on_a_referral(app, browser, web_world):

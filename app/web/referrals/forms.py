@@ -6,7 +6,7 @@ from app.models import RISK_FLAGS, TLP, HandlingCode, Priority
 from app.services import countries
 from app.services.deconfliction import KIND_LABELS
 from app.services.identifiers import PLATFORMS
-from app.services.referrals import MATERIAL_MAX, NOTE_MAX, SUMMARY_MAX
+from app.services.referrals import MATERIAL_MAX, NOTE_MAX, OUTCOME_COUNT_MAX, SUMMARY_MAX
 from app.services.subjects import LABEL_MAX
 from app.web import plausible_date
 
@@ -75,11 +75,16 @@ class TransferForm(ActionForm):
         self.transfer_to_agency_id.choices = [("", "Choose...")] + [(a.id, _agency_label(a)) for a in agencies]
 
 
+OUTCOME_COUNT = [InputRequired(), NumberRange(min=0, max=OUTCOME_COUNT_MAX,
+                                              message=f"Enter a whole number from 0 to {OUTCOME_COUNT_MAX:,}.")]
+
+
 class OutcomeForm(FlaskForm):
+    version = HiddenField(validators=[DataRequired(), page_version])  # a second submission is stale
     occurred_on = DateField("Date", validators=[DataRequired(), plausible_date])
-    arrests = IntegerField("Arrests", default=0, validators=COUNT)
-    charges = IntegerField("Charges", default=0, validators=COUNT)
-    children_safeguarded = IntegerField("Children safeguarded", default=0, validators=COUNT)
+    arrests = IntegerField("Arrests", default=0, validators=OUTCOME_COUNT)
+    charges = IntegerField("Charges", default=0, validators=OUTCOME_COUNT)
+    children_safeguarded = IntegerField("Children safeguarded", default=0, validators=OUTCOME_COUNT)
     note = TextAreaField("Note", validators=[Length(max=NOTE_MAX)])
 
 

@@ -149,7 +149,8 @@ def detail(referral_id: int):
         transfer_form.set_choices(
             [a for a in _other_agencies() if a.id != referral.sender_agency_id]
         )
-    outcome_form = OutcomeForm(formdata=None) if service.can_record_outcome(referral, current_user) else None
+    outcome_form = (OutcomeForm(formdata=None, version=referral.version)
+                    if service.can_record_outcome(referral, current_user) else None)
     return render_template(
         "referrals/detail.html",
         referral=referral,
@@ -235,6 +236,7 @@ def outcome(referral_id: int):
                 db.session, current_actor(), referral_id,
                 service.OutcomeData(form.occurred_on.data, form.arrests.data, form.charges.data,
                                     form.children_safeguarded.data, (form.note.data or "").strip()),
+                int(form.version.data),
             )
         except DomainError as exc:
             form_refused(form, exc)
