@@ -529,14 +529,15 @@ def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, exp
     return referral
 
 
-def _today_of(actor: Actor, now: datetime) -> date:
+def _today_of(session: Session, actor: Actor, now: datetime) -> date:
     """The date where the acting person is (their time zone, else their agency's; the system's
     is UTC's, a day's leeway for the zones ahead of it)."""
     if actor.user is None:
         return now.date() + timedelta(days=1)
+    zone = actor.user.timezone or session.scalar(select(Agency.timezone).where(Agency.id == actor.agency_id))
     try:
-        return now.astimezone(ZoneInfo(actor.user.display_timezone)).date()
-    except (ZoneInfoNotFoundError, ValueError):
+        return now.astimezone(ZoneInfo(zone)).date()
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
         return now.date() + timedelta(days=1)
 
 
@@ -569,7 +570,7 @@ def record_outcome(session: Session, actor: Actor, referral_id: int, data: Outco
         if getattr(data, name) > OUTCOME_COUNT_MAX:
             raise DomainError(f"At most {OUTCOME_COUNT_MAX:,} in one report.", field=name)
     when = at or utcnow()
-    if data.occurred_on > _today_of(actor, when):
+    if data.occurred_on > _today_of(session, actor, when):
         raise DomainError("The date cannot be in the future.", field="occurred_on")
     if referral.sent_at is not None and data.occurred_on < (referral.sent_at - timedelta(days=1)).date():
         raise DomainError("The date is before the referral was sent.", field="occurred_on")
