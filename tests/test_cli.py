@@ -6,7 +6,7 @@ import phonenumbers
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import Agency, AgencyKind, AuditEntry, Hit, Referral, Status, User
+from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, User
 
 # Ranges reserved for films and drama: Australia's 02 5550 0xxx, Ofcom's 020 7946 0xxx,
 # North America's 555-01xx.
@@ -40,6 +40,9 @@ def test_demo_loads_every_status_and_prints_the_logins(app):
             for referral_id in (hit.referral_low_id, hit.referral_high_id):
                 referral = session.get(Referral, referral_id)
                 assert referral.transferred_from_id or referral.created_at <= hit.created_at
+        # Outcomes report what came of the referrals: arrests and charges among them.
+        arrests, charges = session.execute(select(func.sum(Outcome.arrests), func.sum(Outcome.charges))).one()
+        assert arrests and charges
         # No desk phone is anyone's: a number no plan assigns, or one reserved for drama.
         for phone in session.scalars(select(Agency.desk_phone)):
             number = phonenumbers.parse(phone)

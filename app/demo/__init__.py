@@ -139,8 +139,9 @@ def _demo_referral(session, rng, now, start, sender, receiver, operation, users_
         at = min(at, now - timedelta(minutes=5))
         if step == "outcome":
             referrals.record_outcome(session, receiver_actor, referral.id, referrals.OutcomeData(
-                occurred_on=at.astimezone(ZoneInfo(receiver_actor.user.display_timezone)).date(),  # the desk's day arrests=rng.randint(0, 2), charges=rng.randint(0, 3),
-                children_safeguarded=rng.randint(0, 2), note="Synthetic outcome."), at=at)
+                occurred_on=at.astimezone(ZoneInfo(receiver_actor.user.display_timezone)).date(),  # the desk's day
+                arrests=rng.randint(0, 2), charges=rng.randint(0, 3), children_safeguarded=rng.randint(0, 2),
+                note="Synthetic outcome."), at=at)
             continue
         if step == "consent":
             referrals.grant_transfer_consent(session, sender_actor, referral.id, None, at=at)
