@@ -71,15 +71,10 @@ class Page:
         return max(1, math.ceil(self.total / self.per_page))
 
 
-def last_page_at_most(page: int, total: int, per_page: int) -> int:
-    """The page to show for a page number asked for: past the last page, the last (a page
-    number of twenty digits is no offset any database takes)."""
-    return min(max(1, page), max(1, math.ceil(total / per_page)))
-
-
 def paginate(session, query, page: int, per_page: int, *order) -> Page:
-    """Count the (scoped, filtered) query and fetch one page of it in the given order."""
+    """Count the (scoped, filtered) query and fetch one page of it in the given order; past the
+    last page, the last (a page number of twenty digits is no offset any database takes)."""
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    page = last_page_at_most(page, total, per_page)
+    page = min(max(1, page), max(1, math.ceil(total / per_page)))
     items = list(session.scalars(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique())
     return Page(items, total, page, per_page)

@@ -51,7 +51,6 @@ from app.services import (
     audit,
     check_version,
     flush_or_conflict,
-    last_page_at_most,
     paginate,
     require_worker,
 )
@@ -809,12 +808,9 @@ def list_common_identifiers(session: Session, actor: Actor, page: int = 1, per_p
     """Common identifiers, for admins."""
     if actor.user is None or actor.user.role.value != "admin":
         raise Forbidden("Only administrators see common identifiers.")
-    total = session.scalar(select(func.count()).select_from(CommonIdentifier)) or 0
-    items = session.scalars(
-        select(CommonIdentifier).order_by(CommonIdentifier.referral_count.desc(), CommonIdentifier.match_key)
-        .limit(per_page).offset((last_page_at_most(page, total, per_page) - 1) * per_page)
-    ).all()
-    return items, total
+    shown = paginate(session, select(CommonIdentifier), page, per_page, CommonIdentifier.referral_count.desc(),
+                     CommonIdentifier.match_key)
+    return shown.items, shown.total
 
 
 def unread_count(session: Session, user: User) -> int:
@@ -838,19 +834,15 @@ def list_notifications(session: Session, user: User, page: int = 1, per_page: in
                        *, mark_seen: bool = True) -> tuple[list[NotificationItem], int]:
     """The agency's notifications, newest first; showing the first page marks all read."""
     last_seen = session.scalar(select(NotificationCursor.last_seen_id).where(NotificationCursor.user_id == user.id)) or 0
-    query = visible_notifications(user)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = last_page_at_most(page, total, per_page)
-    rows = session.scalars(
-        query.order_by(Notification.id.desc()).limit(per_page).offset((page - 1) * per_page)
-    ).all()
+    shown = paginate(session, visible_notifications(user), page, per_page, Notification.id.desc())
+    rows = shown.items
     items = [NotificationItem(n.id, n.kind, n.hit_id, n.referral_id, n.message, n.created_at, n.id > last_seen)
              for n in rows]
-    if mark_seen and rows and page == 1 and rows[0].id > last_seen:
+    if mark_seen and rows and shown.page == 1 and rows[0].id > last_seen:
         statement = _dialect_insert(session, NotificationCursor.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["user_id"],
             set_={"last_seen_id": statement.excluded.last_seen_id, "updated_at": statement.excluded.updated_at},
         )
         session.execute(statement, [{"user_id": user.id, "last_seen_id": rows[0].id, "updated_at": utcnow()}])
-    return items, total
+    return items, shown.total

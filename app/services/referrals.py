@@ -410,10 +410,8 @@ def escalate_priority(session: Session, actor: Actor, referral_id: int, priority
     the new priority's window. A referral transferred onward is followed to the referral that
     carries it now (a transfer's successor holds the same subjects). Returns whether the
     priority changed."""
-    referral_id = _after_transfers(session, referral_id)
-    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral, key_share=True)
-    referral = session.scalars(locked).unique().one()
-    if referral.status not in OPEN_STATUSES or not more_urgent(priority, referral.priority):
+    referral = _open_where_now(session, referral_id)
+    if referral is None or not more_urgent(priority, referral.priority):
         return False
     previous = referral.priority
     referral.priority = priority
@@ -437,16 +435,23 @@ def turn_on_risk_flags(session: Session, referral_id: int, names: Iterable[str])
     reads the referral's risk; the history, in the caller's step, says who found them. Follows
     transfers, as `escalate_priority` does; drafts and finished referrals are left alone.
     Returns the flags turned on."""
-    referral_id = _after_transfers(session, referral_id)
-    locked = select(Referral).where(Referral.id == referral_id).with_for_update(of=Referral, key_share=True)
-    referral = session.scalars(locked).unique().one()
-    if referral.status not in OPEN_STATUSES:
+    referral = _open_where_now(session, referral_id)
+    if referral is None:
         return []
     turned = [name for name in names if not getattr(referral, name)]
     for name in turned:
         setattr(referral, name, True)
     flush_or_conflict(session, "referral")
     return turned
+
+
+def _open_where_now(session: Session, referral_id: int) -> Referral | None:
+    """The referral that carries this one's case now (after its transfers), locked, if it is
+    still open: the one news of what it concerns goes to."""
+    locked = (select(Referral).where(Referral.id == _after_transfers(session, referral_id))
+              .with_for_update(of=Referral, key_share=True))
+    referral = session.scalars(locked).unique().one()
+    return referral if referral.status in OPEN_STATUSES else None
 
 
 def _before_transfers(referral_id: int):

@@ -18,7 +18,9 @@ from app.services import deconfliction, directory, referrals, subjects
 from app.services.audit import Actor
 from app.services.tips import holders as holder_service
 from tests.factories import build_world, draft_data, make_referral
-from tests.unit.test_tips_import import _draft_of, _sent_package, account, holder_of, run_import, tip
+from tests.unit.test_tips_import import (
+    _draft_of, _sent_package, account, holder_of, known_to_alpha, run_import, tip,
+)
 
 
 def _race(first, second, holding, timeout=30):
@@ -40,6 +42,15 @@ def _race(first, second, holding, timeout=30):
     a.join(timeout)
     b.join(timeout)
     return errors
+
+
+def _deciding(make_session, lead_id: int, subject_id: int):
+    """The lead's decision on a holder (its jurisdiction set to NZ), in a session of its own."""
+    def decide():
+        with make_session() as s:
+            holder_service.set_jurisdiction(s, Actor(s.get(User, lead_id), "t"), subject_id, "NZ")
+            s.commit()
+    return decide
 
 
 def _pause(monkeypatch, module, name, user_id, holding, seconds=1.5):
@@ -198,8 +209,7 @@ def test_hit_acknowledge_vs_decision_moving_the_hit(pg_app, monkeypatch):
     make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
     with make_session() as setup:
         world = build_world(setup, pg_app.extensions["handoff_passwords"])
-        other = make_referral(setup, world, status="sent", sender="a", receiver="b")
-        subjects.add_subject(setup, world.actor("a_liaison"), other.id, "Known", "e1@example.org")
+        known_to_alpha(setup, world, "e1@example.org")
         run_import(setup, world, tip(account(1, email="e1@example.org", uploads_a="1")))
         draft = _draft_of(setup, world, "acc1")
         hit_id = setup.scalar(select(Hit.id).where((Hit.referral_low_id == draft.id) | (Hit.referral_high_id == draft.id)))
@@ -215,12 +225,7 @@ def test_hit_acknowledge_vs_decision_moving_the_hit(pg_app, monkeypatch):
             deconfliction.acknowledge(s, Actor(s.get(User, alpha_id), "t"), hit_id, None)
             s.commit()
 
-    def decide():
-        with make_session() as s:
-            holder_service.set_jurisdiction(s, Actor(s.get(User, lead_id), "t"), subject_id, "NZ")
-            s.commit()
-
-    errors = _race(ack, decide, holding)
+    errors = _race(ack, _deciding(make_session, lead_id, subject_id), holding)
     assert errors == []
 
 
@@ -252,12 +257,7 @@ def test_subject_add_matching_a_draft_vs_decision_discarding_it(pg_app, monkeypa
             subjects.add_subject(s, Actor(s.get(User, alpha_id), "t"), other_id, "Known", "e1@example.org")
             s.commit()
 
-    def decide():
-        with make_session() as s:
-            holder_service.set_jurisdiction(s, Actor(s.get(User, lead_id), "t"), subject_id, "NZ")
-            s.commit()
-
-    errors = _race(add, decide, holding)
+    errors = _race(add, _deciding(make_session, lead_id, subject_id), holding)
     assert errors == []
 
 

@@ -84,6 +84,14 @@ def reject_file(session, world, data: bytes) -> str:
         return refused.reject_csv
 
 
+def known_to_alpha(session, world, identifiers: str) -> Referral:
+    """Alpha's referral sent to Bravo, with a subject holding these identifiers (one per line):
+    a tip's holder holding one meets it as a hit."""
+    other = make_referral(session, world, status="sent", sender="a", receiver="b")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", identifiers)
+    return other
+
+
 def count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
 
@@ -1607,8 +1615,7 @@ def test_an_agreed_lead_survives_a_merge_that_empties_its_draft(session, world):
     with the holder."""
     from app.models import HitStatus
 
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    other = known_to_alpha(session, world, "shared@example.org")
     run_import(session, world, tip(account(0, username="lefty", uploads_a="12"),
                                    account(1, email="shared@example.org")))
     older, younger = holder_of(session, world, "acc0"), holder_of(session, world, "acc1")
@@ -1643,8 +1650,7 @@ def test_a_hit_moving_off_a_discarded_draft_keeps_each_agencys_side(session, wor
     run_import(session, world, tip(account(1, email="shared@example.org")))
     holder = holder_of(session, world, "acc1")
     package = holder.referral_id
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    other = known_to_alpha(session, world, "shared@example.org")
     hit = session.scalars(select(Hit)).one()
     assert (hit.referral_low_id, hit.referral_high_id) == (package, other.id)
     deconfliction.acknowledge(session, world.actor("a_liaison"), hit.id, None)
@@ -1673,8 +1679,7 @@ def test_a_hit_on_a_discarded_package_does_not_move_to_a_holder_that_matches_not
     run_import(session, world, tip(account(1, email="shared@example.org"), account(2, email="own@example.org")))
     first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
     assert first.referral_id == second.referral_id
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    other = known_to_alpha(session, world, "shared@example.org")
     lead = world.actor("c_liaison")
     moved = holder_service.set_risk_flags(session, lead, first.subject_id, {"risk_plans_to_meet": True})
     decision = holder_service.set_risk_flags(session, lead, second.subject_id, {"risk_plans_to_meet": True})
@@ -1690,8 +1695,7 @@ def test_a_hit_follows_its_holder_off_a_package_that_stays(session, world):
     holder: the hit, agreement and all, follows the holder; nothing is raised twice."""
     from app.models import HitStatus
 
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    other = known_to_alpha(session, world, "shared@example.org")
     run_import(session, world, tip(account(1, email="shared@example.org"), account(2, email="own@example.org")))
     first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
     package = first.referral_id
@@ -1716,8 +1720,7 @@ def test_a_merge_within_one_package_keeps_the_agreed_hit(session, world):
     not left the package, and the agreement stays."""
     from app.models import HitStatus
 
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    known_to_alpha(session, world, "shared@example.org")
     run_import(session, world, tip(account(1, username="solo"), account(2, email="shared@example.org")))
     survivor, absorbed = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
     assert survivor.referral_id == absorbed.referral_id
@@ -1733,8 +1736,7 @@ def test_a_merge_within_one_package_keeps_the_agreed_hit(session, world):
 
 
 def test_a_hit_keeps_the_holders_that_stay_and_drops_the_matches_of_those_that_left(session, world):
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "one@example.org\ntwo@example.org")
+    other = known_to_alpha(session, world, "one@example.org\ntwo@example.org")
     run_import(session, world, tip(account(1, email="one@example.org"), account(2, email="two@example.org")))
     first, second = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
     package = first.referral_id
@@ -1758,8 +1760,7 @@ def test_a_hit_moves_only_to_a_referral_of_the_same_sender(session, world):
     """A merge makes Lefty join the referral Bravo transferred on (Bravo sends that successor):
     the hit Lefty's package had with Alpha's referral goes with the package, and deconfliction
     finds the pair anew with Bravo as its party."""
-    other = make_referral(session, world, status="sent", sender="a", receiver="b")
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Known", "shared@example.org")
+    known_to_alpha(session, world, "shared@example.org")
     left, package, onward = _merged_into_a_transferred_referral(session, world, email="shared@example.org")
     assert session.get(Holder, left.id).referral_id == onward.id and session.get(Referral, package) is None
     for hit in session.scalars(select(Hit)):
@@ -2053,8 +2054,7 @@ def test_a_withdrawal_that_matches_a_hit_being_acknowledged_does_not_deadlock(pg
     make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
     with make_session() as setup:
         world = build_world(setup, pg_app.extensions["handoff_passwords"])
-        other = make_referral(setup, world, status="sent", sender="a", receiver="b")
-        subjects.add_subject(setup, world.actor("a_liaison"), other.id, "Known", "e1@example.org\ne2@example.org")
+        known_to_alpha(setup, world, "e1@example.org\ne2@example.org")
         run_import(setup, world, tip(account(1, email="e2@example.org", uploads_a="1")))
         sent = referrals.transition(setup, world.actor("c_liaison"), _draft_of(setup, world, "acc1").id, "send", None)
         run_import(setup, world, tip(account(2, email="e1@example.org", uploads_a="1")), file_name="b.csv")

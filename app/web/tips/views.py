@@ -154,28 +154,33 @@ def holders():
                            endpoint="tips.holders")
 
 
-@bp.route("/review")
-@login_required
-def review():
+def _led_holder_filters() -> tuple[HolderFilterForm, bool]:
+    """The filters of a work list of the operations the user's agency leads, and whether it
+    leads any."""
     form = HolderFilterForm(formdata=request.args)
     led = db.session.scalars(led_operations(current_user).order_by(Operation.code)).all()
     form.set_choices(led)
+    return form, bool(led)
+
+
+@bp.route("/review")
+@login_required
+def review():
+    form, leads = _led_holder_filters()
     page = service.review_list(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
     reasons = service.review_reasons(db.session, current_user, page.items)
     return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=filter_args(form),
-                           leads=bool(led))
+                           leads=leads)
 
 
 @bp.route("/unrouted")
 @login_required
 def unrouted():
-    form = HolderFilterForm(formdata=request.args)
-    led = db.session.scalars(led_operations(current_user).order_by(Operation.code)).all()
-    form.set_choices(led)
+    form, leads = _led_holder_filters()
     summary, page = service.unrouted(db.session, current_user, _filters(form),
                                      per_page=current_app.config["PAGE_SIZE"])
     return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=filter_args(form),
-                           leads=bool(led))
+                           leads=leads)
 
 
 def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, status: int = 200):
