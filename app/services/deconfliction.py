@@ -40,6 +40,8 @@ from app.models import (
     Notification,
     NotificationCursor,
     NotificationKind,
+    Referral,
+    Subject,
     User,
     referral_subjects,
 )
@@ -76,6 +78,7 @@ from app.services.identifiers import (
 NOTE_MAX = 1000
 DEFAULT_COMMON_THRESHOLD = 20
 DEFAULT_BLIND_CHECK_LIMIT = 10_000
+IN_LIST_MAX = 10_000  # ids bound in one IN list: well under SQLite's limit on parameters
 
 KIND_LABELS = {
     IdentifierKind.EMAIL: "E-mail",
@@ -364,6 +367,12 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
         ])
         result.common = sorted(batch.common)
 
+    late = _added_after_passing_on(session, set(ids) | {h.referral_id for hs in batch.holders.values() for h in hs})
+    if late:
+        own_rows = [row for row in own_rows if (row.referral_id, row.id) not in late]
+        for key, holders in batch.holders.items():
+            batch.holders[key] = [h for h in holders if (h.referral_id, h.identifier_id) not in late]
+
     # Who holds each key, by referral: subjects and identifiers.
     subjects_of: dict[tuple[int, str], set[int]] = defaultdict(set)
     idents_of: dict[tuple[int, str], set[int]] = defaultdict(set)
@@ -463,6 +472,25 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     return result
 
 
+def _added_after_passing_on(session: Session, referral_ids: set[int]) -> set[tuple[int, int]]:
+    """(referral, identifier) pairs that match nothing: identifiers that others added to the
+    subjects of a transfer's successor after it was sent. Its sender, its party in a hit, passed
+    the case on then (`access.let_go_at`): what later imports add to the subjects it passed on
+    is not its to see, while what it records itself is its own."""
+    late: set[tuple[int, int]] = set()
+    ordered = sorted(referral_ids)
+    for start in range(0, len(ordered), IN_LIST_MAX):
+        late.update(session.execute(
+            select(referral_subjects.c.referral_id, Identifier.id)
+            .join(Referral, Referral.id == referral_subjects.c.referral_id)
+            .join(Subject, Subject.id == referral_subjects.c.subject_id)
+            .join(Identifier, Identifier.subject_id == Subject.id)
+            .where(Referral.id.in_(ordered[start:start + IN_LIST_MAX]), Referral.transferred_from_id.is_not(None),
+                   Identifier.created_at > Referral.sent_at, Subject.agency_id != Referral.sender_agency_id)
+        ).tuples())
+    return late
+
+
 def _hit_notifications(hit_id, kind, low, high, reference_of, names, now) -> list[dict]:
     (low_ref, low_agency), (high_ref, high_agency) = low, high
     if low_agency == high_agency:
@@ -492,10 +520,9 @@ def _audit_refresh(session: Session, actor: Actor, ids: list[int], result: Refre
 
 # --- the hit workflow ------------------------------------------------------------------------
 
-
-
-def _notify_parties(session: Session, hit: Hit, kind: NotificationKind, message: str) -> None:
-    for agency_id in sorted({hit.agency_low_id, hit.agency_high_id}):
+def _notify_other_party(session: Session, hit: Hit, actor: Actor, kind: NotificationKind, message: str) -> None:
+    """Tell the other agency of the hit what the actor's agency did (it knows already)."""
+    for agency_id in sorted({hit.agency_low_id, hit.agency_high_id} - {actor.agency_id}):
         session.add(Notification(agency_id=agency_id, kind=kind, hit_id=hit.id, message=message))
 
 
@@ -526,7 +553,7 @@ def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: i
     hit.updated_at = now
     flush_or_conflict(session, "hit")
     refs = _references(session, hit)
-    _notify_parties(session, hit, NotificationKind.HIT_ACKNOWLEDGED,
+    _notify_other_party(session, hit, actor, NotificationKind.HIT_ACKNOWLEDGED,
                     f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} acknowledged by "
                     f"{actor.user.agency.name}.")
     session.flush()
@@ -563,7 +590,7 @@ def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int |
     flush_or_conflict(session, "hit")
     session.refresh(hit, ["lead_agency"])
     refs = _references(session, hit)
-    _notify_parties(session, hit, NotificationKind.HIT_RESOLVED,
+    _notify_other_party(session, hit, actor, NotificationKind.HIT_RESOLVED,
                     f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} resolved by "
                     f"{actor.user.agency.name}: {hit.lead_agency.name} leads.")
     session.flush()

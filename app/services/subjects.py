@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, literal, select
+from sqlalchemy import func, insert, literal, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.db import utcnow
@@ -64,8 +64,10 @@ def subjects_page(session: Session, user: User, referral_id: int, page: int) -> 
 def _subjects_query(session: Session, user: User, referral_id: int):
     referral = get_visible_referral(session, user, referral_id)
     cutoff = let_go_at(referral, user.agency_id)
-    identifiers = (selectinload(Subject.identifiers) if cutoff is None else
-                   selectinload(Subject.identifiers.and_(Identifier.created_at <= cutoff)))
+    # Once it let them go, an agency reads what others add to the subjects no more; what it
+    # records itself stays its own.
+    identifiers = (selectinload(Subject.identifiers) if cutoff is None else selectinload(Subject.identifiers.and_(
+        or_(Identifier.created_at <= cutoff, Identifier.subject.has(Subject.agency_id == user.agency_id)))))
     return (select(Subject)
             .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
             .where(referral_subjects.c.referral_id == referral.id)

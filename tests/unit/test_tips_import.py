@@ -43,7 +43,7 @@ from app.models import (
     referral_subjects,
 )
 from app.services import Conflict, DomainError, NotFound, audit, deconfliction, directory, referrals, subjects
-from app.services.access import get_visible_holder, visible_holders, visible_referrals, visible_tips
+from app.services.access import get_visible_holder, own_hit_matches, visible_holders, visible_referrals, visible_tips
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import holders as holder_service
@@ -1491,6 +1491,35 @@ def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiv
     run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="p@example.org")))
     session.expire_all()
     assert session.get(Referral, sent.id).events[-1].id == event.id
+
+
+def test_an_agency_that_passed_a_case_on_is_no_party_to_what_later_imports_add(session, world):
+    """Bravo passed the package on to the Intl Bureau. A later import adds a phone to a holder,
+    and Alpha's referral then names it: the lead, which sent the original, hears of it; Bravo,
+    which sent the referral that continues it, neither hears of it nor reads the phone in a hit."""
+    holder, sent, onward = _transferred_package(session, world)
+    run_import(session, world, tip(account(7, email="p@example.org", phone="+61293744000")), file_name="later.csv")
+    other = known_to_alpha(session, world, "+61 2 9374 4000")
+    session.expire_all()
+    pairs = {(h.referral_low_id, h.referral_high_id) for h in session.scalars(select(Hit))}
+    assert pairs == {(sent.id, other.id)}
+    bravo = world.users["b_liaison"]
+    assert deconfliction.list_hits(session, bravo, deconfliction.HitFilters()).items == []
+    told, _total = deconfliction.list_notifications(session, bravo, mark_seen=False)
+    assert not {NotificationKind.HIT_NEW, NotificationKind.HIT_UPDATED} & {n.kind for n in told}
+    # What the holder held when Bravo passed it on pairs Bravo's referral, as it did then.
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Second", "p@example.org")
+    session.flush()
+    hits = list(session.scalars(select(Hit).where(Hit.referral_low_id == onward.id)))
+    assert [(h.referral_high_id, h.agency_low_id) for h in hits] == [(other.id, world.agencies["b"].id)]
+    assert [row.value for row in session.execute(own_hit_matches(bravo, [hits[0].id]))] == ["p@example.org"]
+    # What Bravo records itself on that referral is its own: it matches, and Bravo reads it.
+    found = subjects.add_subject(session, world.actor("b_liaison"), onward.id, "Found by Bravo", "+61 2 9374 4000")
+    session.flush()
+    assert sorted(row.value for row in session.execute(own_hit_matches(bravo, [hits[0].id]))) == [
+        "+61293744000", "p@example.org"]
+    shown = {s.id: sorted(i.value for i in s.identifiers) for s in subjects.subjects_of(session, bravo, onward.id)}
+    assert shown[found.id] == ["+61293744000"] and "+61293744000" not in shown[holder.subject_id]
 
 
 def test_a_transferred_referral_reached_two_ways_in_one_import_gets_one_update(session, world):
