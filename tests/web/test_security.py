@@ -352,6 +352,23 @@ def test_managers_see_their_agencys_trail_and_admins_everything(app, web_world):
     assert len(_actions(app, "audit.export")) == 2
 
 
+def test_an_export_too_large_is_refused_whole_rather_than_cut(app, web_world, monkeypatch):
+    from app.web.admin import views
+
+    Browser(app.test_client()).login("liaison.a@example.org")
+    manager = Browser(app.test_client())
+    manager.login("manager.a@example.org")
+    monkeypatch.setattr(views, "AUDIT_EXPORT_MAX", 1)
+    response = manager.get("/admin/audit.csv?action=auth.login")
+    assert response.status_code == 303 and response.location.endswith("/admin/audit?action=auth.login")
+    page = manager.get(response.location).get_data(as_text=True)
+    assert "More than 1 entries match these filters" in page
+    assert _actions(app, "audit.export") == []
+    monkeypatch.setattr(views, "AUDIT_EXPORT_MAX", 10_000)
+    lines = manager.get("/admin/audit.csv?action=auth.login").get_data(as_text=True).splitlines()
+    assert len(lines) == 1 + len(_actions(app, "auth.login"))
+
+
 @pytest.mark.parametrize("role", ["liaison", "viewer"])
 def test_the_trail_is_closed_to_other_roles(browser, web_world, role):
     browser.login(f"{role}.a@example.org")
