@@ -57,6 +57,7 @@ from app.models.tip import holder_label
 from app.services import DomainError, Forbidden, NotFound, audit, countries, deconfliction, referrals
 from app.services.access import visible_operations
 from app.services.audit import Actor
+from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering, files, holders, jurisdiction, reader
 from app.services.tips.routing import (
     HOLDER_STATE_COLUMNS,
@@ -265,25 +266,33 @@ class _Writer:
 
         # --- clustering ---------------------------------------------------------------------
         self.progress("cluster", 0, len(existing) + len(new))
-        counts: Counter = Counter()
+        new_keys = [clustering.joining_keys(a.platform, a.username, a.email, a.phone) for a in new]
+        counts: Counter = Counter(key for keys in new_keys for key in keys)
+        # Only a stored account that shares a key with a new one can join it (stored holders
+        # stay whole): a small tip into a large operation clusters the few it touches, and
+        # counts its keys over every stored account, to tell which are common.
+        emails = {value for kind, _platform, value in counts if kind is IdentifierKind.EMAIL}
+        phones = {value for kind, _platform, value in counts if kind is IdentifierKind.PHONE}
+        usernames = {(platform, value) for kind, platform, value in counts if kind is IdentifierKind.USERNAME}
+        related = []
         keys_per_account: list[list] = []
         for row in existing:
-            keys = clustering.joining_keys(row.platform, row.username, row.email, row.phone)
-            counts.update(keys)
-            keys.append(("holder", row.holder_id))  # existing holders stay whole
-            keys_per_account.append(keys)
-        for account in new:
-            keys = clustering.joining_keys(account.platform, account.username, account.email, account.phone)
-            counts.update(keys)
-            keys_per_account.append(keys)
+            if row.email in emails or row.phone in phones or (row.platform, row.username) in usernames:
+                keys = [key for key in clustering.joining_keys(row.platform, row.username, row.email, row.phone)
+                        if key in counts]
+                counts.update(keys)
+                keys.append(("holder", row.holder_id))
+                keys_per_account.append(keys)
+                related.append(row)
+        keys_per_account += new_keys
         common = {key for key, n in counts.items() if n > self.threshold}
         labels = clustering.cluster(keys_per_account, common)
-        n_old = len(existing)
+        n_old = len(related)
         holders_of: dict[int, set[int]] = defaultdict(set)
         new_of: dict[int, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
             if index < n_old:
-                holders_of[label].add(existing[index].holder_id)
+                holders_of[label].add(related[index].holder_id)
             else:
                 new_of[label].append(index - n_old)
         merge_into: dict[int, int] = {}
@@ -326,9 +335,9 @@ class _Writer:
         affected = set(affected_existing)
         # The stored accounts of the holders that changed (survivors of a merge take their
         # absorbed holders' accounts), then the new accounts: both have the same fields.
-        stored = ((merge_into.get(row.holder_id, row.holder_id), row) for row in existing)
-        for holder_id, account in chain(((h, row) for h, row in stored if h in affected),
-                                        zip(holder_of_new, new)):
+        changed = affected | merge_into.keys()
+        stored = ((merge_into.get(row.holder_id, row.holder_id), row) for row in existing if row.holder_id in changed)
+        for holder_id, account in chain(stored, zip(holder_of_new, new)):
             evidence[holder_id].append((account.country_hint, account.ip_country))
             summed = grades[holder_id]
             summed[0] += account.uploads_a
