@@ -119,10 +119,11 @@ def own_hit_matches(user: User, hit_ids: Iterable[int]) -> Select:
 
 def match_counterparts() -> Select:
     """What a match may reveal of any referral: its id, reference and sending agency. Never
-    its summary, material, subjects or other identifiers."""
+    its summary, material, subjects or other identifiers. (Whether it continues a transfer is
+    for matching alone: it decides what of the referral matches.)"""
     return select(
         Referral.id.label("referral_id"), Referral.reference.label("reference"),
-        Referral.sender_agency_id.label("agency_id"),
+        Referral.sender_agency_id.label("agency_id"), Referral.transferred_from_id.label("transferred_from_id"),
     )
 
 

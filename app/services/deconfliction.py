@@ -213,6 +213,8 @@ class BatchMatch:
     holders: dict[str, list[Holder]] = field(default_factory=dict)
     # keys held by more referrals than the threshold
     common: set[str] = field(default_factory=set)
+    # (referral, identifier) held but left out of `holders` (see `_added_after_passing_on`)
+    late: set[tuple[int, int]] = field(default_factory=set)
 
 
 def _keys_relation(dialect_name: str):
@@ -264,7 +266,7 @@ def match_statement(dialect_name: str, shared_only: bool):
     counterparts = match_counterparts().subquery("counterparts")
     return (
         select(counts.c.match_key, counts.c.n, held.c.referral_id, counterparts.c.reference,
-               counterparts.c.agency_id, held.c.subject_id, held.c.identifier_id)
+               counterparts.c.agency_id, held.c.subject_id, held.c.identifier_id, counterparts.c.transferred_from_id)
         .select_from(counts)
         .outerjoin(held, and_(held.c.match_key == counts.c.match_key, counts.c.n <= threshold))
         .outerjoin(counterparts, counterparts.c.referral_id == held.c.referral_id)
@@ -292,12 +294,23 @@ def match_batch(session: Session, keys: Iterable[str], *, threshold: int | None 
         {"match_keys": _bound_keys(dialect_name, unique_keys), "threshold": threshold},
     ).all()
     counts, holders, common = result.counts, result.holders, result.common
-    for key, n, referral_id, reference, agency_id, subject_id, identifier_id in rows:
+    successors = set()
+    for key, n, referral_id, reference, agency_id, subject_id, identifier_id, transferred_from_id in rows:
         counts[key] = n
         if n > threshold:
             common.add(key)
         elif referral_id is not None:
             holders.setdefault(key, []).append(Holder(referral_id, reference, agency_id, subject_id, identifier_id))
+            if transferred_from_id is not None:
+                successors.add(referral_id)
+    result.late = _added_after_passing_on(session, successors) if successors else set()
+    if result.late:
+        for key in list(holders):
+            kept = [h for h in holders[key] if (h.referral_id, h.identifier_id) not in result.late]
+            if kept:
+                holders[key] = kept
+            else:
+                del holders[key]
     return result
 
 
@@ -367,11 +380,8 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
         ])
         result.common = sorted(batch.common)
 
-    late = _added_after_passing_on(session, set(ids) | {h.referral_id for hs in batch.holders.values() for h in hs})
-    if late:
-        own_rows = [row for row in own_rows if (row.referral_id, row.id) not in late]
-        for key, holders in batch.holders.items():
-            batch.holders[key] = [h for h in holders if (h.referral_id, h.identifier_id) not in late]
+    if batch.late:
+        own_rows = [row for row in own_rows if (row.referral_id, row.id) not in batch.late]
 
     # Who holds each key, by referral: subjects and identifiers.
     subjects_of: dict[tuple[int, str], set[int]] = defaultdict(set)
@@ -472,21 +482,23 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     return result
 
 
-def _added_after_passing_on(session: Session, referral_ids: set[int]) -> set[tuple[int, int]]:
-    """(referral, identifier) pairs that match nothing: identifiers that others added to the
-    subjects of a transfer's successor after it was sent. Its sender, its party in a hit, passed
-    the case on then (`access.let_go_at`): what later imports add to the subjects it passed on
-    is not its to see, while what it records itself is its own."""
+def _added_after_passing_on(session: Session, successors: set[int]) -> set[tuple[int, int]]:
+    """(referral, identifier) pairs that match nothing: on these successors of transfers, the
+    identifiers others added after the successor was sent, to its subjects or with subjects
+    linked to it since (a holder merged onto it). Its sender, its party in a hit, passed the case
+    on then (`access.let_go_at`): what grows on it later is not its to see, while what it
+    records itself is its own."""
     late: set[tuple[int, int]] = set()
-    ordered = sorted(referral_ids)
+    ordered = sorted(successors)
     for start in range(0, len(ordered), IN_LIST_MAX):
         late.update(session.execute(
             select(referral_subjects.c.referral_id, Identifier.id)
             .join(Referral, Referral.id == referral_subjects.c.referral_id)
             .join(Subject, Subject.id == referral_subjects.c.subject_id)
             .join(Identifier, Identifier.subject_id == Subject.id)
-            .where(Referral.id.in_(ordered[start:start + IN_LIST_MAX]), Referral.transferred_from_id.is_not(None),
-                   Identifier.created_at > Referral.sent_at, Subject.agency_id != Referral.sender_agency_id)
+            .where(Referral.id.in_(ordered[start:start + IN_LIST_MAX]),
+                   or_(Identifier.created_at > Referral.sent_at, referral_subjects.c.added_at > Referral.sent_at),
+                   Subject.agency_id != Referral.sender_agency_id)
         ).tuples())
     return late
 

@@ -296,10 +296,11 @@ def transition(
     if rule is None:
         raise DomainError(f"Unknown action '{action}'.")
     get_visible_referral(session, actor.user, referral_id)  # NotFound before anything is locked
-    operation_id = _holders_operation(session, referral_id) if action in ("withdraw", "decline") else None
+    operation_id = _holders_operation(session, referral_id) if action in ("withdraw", "decline", "transfer") else None
     if operation_id is not None:
-        # The step moves a tip's holders: their operation is locked first, as imports and
-        # decisions lock it, so that they follow one another instead of deadlocking.
+        # The step moves a tip's holders, or lets them go: their operation is locked first, as
+        # imports and decisions lock it, so that they follow one another instead of deadlocking,
+        # and an import's additions are wholly before the step or wholly after it.
         from app.services.tips import holders  # the tip pipeline builds on referrals
 
         holders.lock_operation(session, operation_id, wait=False)

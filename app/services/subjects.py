@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, literal, or_, select
+from sqlalchemy import func, insert, literal, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
 from app.db import utcnow
@@ -68,9 +68,11 @@ def _subjects_query(session: Session, user: User, referral_id: int):
     # records itself stays its own.
     identifiers = (selectinload(Subject.identifiers) if cutoff is None else selectinload(Subject.identifiers.and_(
         or_(Identifier.created_at <= cutoff, Identifier.subject.has(Subject.agency_id == user.agency_id)))))
+    linked_in_time = (true() if cutoff is None else
+                      or_(referral_subjects.c.added_at <= cutoff, Subject.agency_id == user.agency_id))
     return (select(Subject)
             .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
-            .where(referral_subjects.c.referral_id == referral.id)
+            .where(referral_subjects.c.referral_id == referral.id, linked_in_time)
             .options(identifiers)
             .execution_options(populate_existing=True))  # not the full list another query loaded
 

@@ -304,3 +304,39 @@ def test_a_directory_edit_that_reroutes_vs_an_edit_of_a_tip_draft(pg_app, monkey
     with make_session() as check:
         holder = check.scalars(select(Holder).where(Holder.subject_id.is_not(None))).one()
         assert holder.receiver_agency_id != bravo_id  # rerouted after the edit
+
+
+def test_an_import_waiting_for_a_transfer_adds_after_it(pg_app, monkeypatch):
+    """Bravo transfers a tip package on while the lead imports more on its holder: the import
+    waits for the transfer, and what it adds is after it, so not Bravo's to read or match."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        _holder, sent = _sent_package(setup, world, datetime.now(timezone.utc))
+        referrals.transition(setup, world.actor("b_liaison"), sent.id, "acknowledge", None)
+        referrals.grant_transfer_consent(setup, world.actor("c_liaison"), sent.id, None)
+        setup.commit()
+        sent_id, b_id, bureau = sent.id, world.users["b_liaison"].id, world.agencies["i"].id
+    holding = threading.Event()
+    _pause(monkeypatch, referrals, "require_worker", b_id, holding)
+
+    def transfer():
+        with make_session() as s:
+            referrals.transition(s, Actor(s.get(User, b_id), "t"), sent_id, "transfer", None,
+                                 transfer_to_agency_id=bureau)
+            s.commit()
+
+    def later_import():
+        with make_session() as s:
+            run_import(s, world, tip(account(7, email="p@example.org", phone="+61293744000")), file_name="later.csv")
+            s.commit()
+
+    assert _race(transfer, later_import, holding) == []
+    with make_session() as s:
+        onward = s.scalars(select(Referral).where(Referral.transferred_from_id == sent_id)).one()
+        known_to_alpha(s, world, "+61 2 9374 4000")
+        s.flush()
+        bravo = s.get(User, b_id)
+        assert deconfliction.list_hits(s, bravo, deconfliction.HitFilters()).items == []
+        shown = {i.value for subject in subjects.subjects_of(s, bravo, onward.id) for i in subject.identifiers}
+        assert "+61293744000" not in shown and "p@example.org" in shown

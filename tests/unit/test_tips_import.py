@@ -1522,6 +1522,19 @@ def test_an_agency_that_passed_a_case_on_is_no_party_to_what_later_imports_add(s
     assert shown[found.id] == ["+61293744000"] and "+61293744000" not in shown[holder.subject_id]
 
 
+def test_an_agency_that_passed_a_case_on_cannot_blind_check_what_later_imports_added(session, world):
+    holder, sent, onward = _transferred_package(session, world)
+    run_import(session, world, tip(account(7, email="p@example.org", phone="+61293744000")), file_name="later.csv")
+    [bravo_line] = deconfliction.blind_check(session, world.actor("b_liaison"), "phone: +61 2 9374 4000").lines
+    assert bravo_line.own_references == []  # the lead's original holds it, as any agency may learn
+    # Alpha is told to call the lead, which holds the number, not Bravo, which never did.
+    [alpha_line] = deconfliction.blind_check(session, world.actor("a_liaison"), "phone: +61 2 9374 4000").lines
+    assert [(c.agency_name, c.reference) for c in alpha_line.contacts] == [(world.agencies["c"].name, sent.reference)]
+    # What the holder held when Bravo passed it on is still Bravo's.
+    [known] = deconfliction.blind_check(session, world.actor("b_liaison"), "p@example.org").lines
+    assert known.own_references == [onward.reference]
+
+
 def test_a_transferred_referral_reached_two_ways_in_one_import_gets_one_update(session, world):
     run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_a="1"),
                                    account(2, email="q@example.org", uploads_b="2")))
@@ -1598,6 +1611,23 @@ def _merged_into_a_transferred_referral(session, world, **lefty) -> tuple[Holder
     run_import(session, world, tip(account(9, username="lefty", email="p@example.org")))
     session.expire_all()
     return left, package, onward
+
+
+def test_a_holder_merged_onto_a_case_passed_on_is_not_shown_to_the_agency_that_passed_it(session, world):
+    """Lefty was on a draft never sent; a merge puts it on the referral that continues the case
+    Bravo passed on. Bravo sent that referral, but never had Lefty: it neither reads Lefty there
+    nor becomes a party to Lefty's hits."""
+    known_to_alpha(session, world, "shared@example.org")
+    left, _package, onward = _merged_into_a_transferred_referral(session, world, email="shared@example.org")
+    bravo = world.users["b_liaison"]
+    assert deconfliction.list_hits(session, bravo, deconfliction.HitFilters()).items == []
+    told, _total = deconfliction.list_notifications(session, bravo, mark_seen=False)
+    assert not {NotificationKind.HIT_NEW, NotificationKind.HIT_UPDATED} & {n.kind for n in told}
+    shown = {i.value for s in subjects.subjects_of(session, bravo, onward.id) for i in s.identifiers}
+    assert shown == {"acc1", "p@example.org"}
+    # The Intl Bureau, which has the case now, reads Lefty on it.
+    bureau = {i.value for s in subjects.subjects_of(session, world.users["i_liaison"], onward.id) for i in s.identifiers}
+    assert {"lefty", "shared@example.org"} <= bureau
 
 
 def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):

@@ -193,7 +193,7 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
         raise DomainError("The file holds no rows.", field="file")
 
     peaks = {"validate": _peak_mb()}
-    writer = _Writer(session, actor, operation, agency_id, settings.common_threshold, now or utcnow(), progress,
+    writer = _Writer(session, actor, operation, agency_id, settings.common_threshold, now, progress,
                      timings, peaks)
     tip = Tip(operation_id=operation.id, agency_id=agency_id, imported_by_id=actor.user_id,
               file_name=files.stored_name(file_name), file_sha256=hashlib.sha256(data).hexdigest(),
@@ -212,13 +212,14 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
 
 class _Writer:
     def __init__(self, session: Session, actor: Actor, operation: Operation, agency_id: int, threshold: int,
-                 now: datetime, progress: Progress | None, timings: dict[str, float], peaks: dict[str, float]):
+                 now: datetime | None, progress: Progress | None, timings: dict[str, float], peaks: dict[str, float]):
         self.session = session
         self.actor = actor
         self.operation = operation
         self.agency_id = agency_id
         self.threshold = threshold
-        self.now = now
+        self.clock_given = now
+        self.now = now or utcnow()
         self.progress = progress or (lambda stage, done, total: None)
         self.timings = timings
         self.peaks = peaks
@@ -239,6 +240,10 @@ class _Writer:
         holders.lock_operation(session, op.id, wait=True)
         session.add(tip)
         session.flush()  # on SQLite this takes the write lock for the whole import
+        if self.clock_given is None:
+            # The import's time is once it holds the locks: a step it waited for (a transfer
+            # that let its holders go, say) comes before what it adds.
+            self.now = tip.imported_at = utcnow()
         self._clock = time.perf_counter()
 
         existing = session.execute(
