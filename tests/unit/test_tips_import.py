@@ -1817,14 +1817,15 @@ def test_a_hit_keeps_the_holders_that_stay_and_drops_the_matches_of_those_that_l
 
 def test_a_hit_moves_only_to_a_referral_of_the_same_sender(session, world):
     """A merge makes Lefty join the referral Bravo transferred on (Bravo sends that successor):
-    the hit Lefty's package had with Alpha's referral goes with the package, and deconfliction
-    finds the pair anew with Bravo as its party."""
+    the hit Lefty's package had with Alpha's referral goes with the package, and is not moved
+    onto a referral of another sender."""
     known_to_alpha(session, world, "shared@example.org")
     left, package, onward = _merged_into_a_transferred_referral(session, world, email="shared@example.org")
     assert session.get(Holder, left.id).referral_id == onward.id and session.get(Referral, package) is None
     for hit in session.scalars(select(Hit)):
         senders = tuple(session.get(Referral, r).sender_agency_id for r in (hit.referral_low_id, hit.referral_high_id))
-        assert (hit.agency_low_id, hit.agency_high_id) == senders
+        assert (hit.agency_low_id, hit.agency_high_id) == senders and onward.id not in (hit.referral_low_id,
+                                                                                      hit.referral_high_id)
 
 
 def test_a_sent_referral_is_never_lowered_and_drafts_are_routed_not_escalated(session, world):
