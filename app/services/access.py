@@ -164,7 +164,10 @@ def led_operations(user: User) -> Select[tuple[Operation]]:
 
 def visible_imports(user: User) -> Select[tuple[TipImport]]:
     """Web imports a user may read (progress, problems, reject file): the ones they started,
-    while their agency still leads the operation."""
+    while their agency still leads the operation and their role still works referrals (the
+    problems and reject file quote the tip's identifiers)."""
+    if not user.can_work_referrals:
+        return select(TipImport).where(false())
     return select(TipImport).where(
         TipImport.user_id == user.id,
         TipImport.operation_id.in_(led_operations(user).with_only_columns(Operation.id).scalar_subquery()))

@@ -1003,3 +1003,48 @@ def test_the_holder_page_lists_an_identifier_its_accounts_share_though_it_turned
     page = lead.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
     assert f"common in the operation now ({threshold + 1} accounts): it joins no further account" in page
     assert "Nothing shared within this holder" not in page and "Common identifiers (join nobody)" not in page
+
+
+def test_a_decision_from_the_review_list_returns_to_the_list_as_filtered(app, web_world):
+    """Working a filtered review list (one operation, one country, page 2) one decision at a
+    time: each decision must come back to that list, not to the unfiltered first page."""
+    app.config["PAGE_SIZE"] = 1
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(*(account(n, country_hint="AU", ip_country="NZ")
+                                                        for n in range(1, 4))))
+    listed = f"/tips/review?operation={web_world.operation.id}&country=AU&page=2"
+    page = browser.get(listed).get_data(as_text=True)
+    form = re.search(r'<form method="post" action="(/tips/holders/\d+/jurisdiction)" class="inline">(.*?)</form>', page, re.S)
+    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2)))
+    response = browser.client.post(form.group(1), data=fields)
+    assert response.status_code == 303 and "H-000002" in page  # the second holder, on page 2
+    location = response.headers["Location"]
+    assert f"operation={web_world.operation.id}" in location and "country=AU" in location, location
+    assert "page=2" in location
+    # The decided holder left the list: page 2 is past its end now, and shows the last page.
+    after = browser.get(location).get_data(as_text=True)
+    assert "Jurisdiction set." in after and "H-000002" not in after
+
+
+def test_the_unrouted_summary_keeps_the_operation_filter(app, web_world):
+    """The 'By country' links of a list filtered to one operation lead to that operation's
+    holders of the country, not to every operation's."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, country_hint="FR", ip_country="FR")))
+    page = browser.get(f"/tips/unrouted?operation={web_world.operation.id}").get_data(as_text=True)
+    link = re.search(r'<a href="(/tips/unrouted\?[^"]*country=FR[^"]*)"', page).group(1)
+    assert f"operation={web_world.operation.id}" in link, link
+
+
+def test_a_liaison_officer_made_a_viewer_no_longer_downloads_reject_files(app, web_world):
+    """Reject files hold the suspects' identifiers the import did not take: only a liaison
+    officer or manager of the lead agency downloads them."""
+    browser = _login(app, LEAD)
+    page = _import(app, browser, web_world.operation.id,
+                   tip(account(1), account(2, email="not-an-email")), skip=True)
+    assert "Download the reject file" in page.get_data(as_text=True)
+    with app.app_context():
+        db.session.scalar(select(User).where(User.email == LEAD)).role = "viewer"
+        db.session.commit()
+    assert browser.get("/tips/import").status_code == 403  # may no longer import
+    assert browser.get(f"{page.request.path}/rejects.csv").status_code in (403, 404)

@@ -226,13 +226,19 @@ def set_jurisdiction(subject_id: int):
             form_refused(form, exc)
         else:
             _decided(decision, "Jurisdiction set.")
-            back = request.form.get("back")
-            if back == "review":
-                return redirect(url_for("tips.review"), 303)
+            if request.form.get("back") == "review":
+                return redirect(url_for("tips.review", **_review_list_args()), 303)
             return redirect(url_for("tips.holder", subject_id=subject_id), 303)
     if not form.errors and not form.form_errors:
         form.form_errors.append("The form could not be read; try again.")
     return _render_holder(subject_id, jurisdiction_form=form, status=422)
+
+
+def _review_list_args() -> dict[str, str]:
+    """The filters and page of the review list a decision was taken on (its `back_` fields):
+    the person goes on working the list as they had it."""
+    names = HolderFilterForm(formdata=None)._fields
+    return {name: request.form[f"back_{name}"] for name in names if request.form.get(f"back_{name}")}
 
 
 @bp.route("/holders/<int:subject_id>/risk", methods=["POST"])
