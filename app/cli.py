@@ -315,9 +315,11 @@ def _is_reject_file(path: str) -> bool:
 def _write_reject_file(path: str, text: str) -> None:
     """Checked before the import, the path can still fail (a full disk): say so and go on, as
     the import's outcome stands either way."""
+    from app.services.tips import files
+
     try:
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        with open(path, "wb") as handle:
+            handle.write(files.reject_file_bytes(text))
     except OSError as exc:
         click.echo(f"The reject file could not be written ({exc.strerror}: {path}); the rows above are the "
                    f"rejected ones.", err=True)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,19 @@ def test_the_reject_file_keeps_the_tip_columns_as_named_and_nothing_the_import_d
     assert result.ignored_columns == ["Note", "note", "extra"]
     rows = list(csv.reader(io.StringIO(result.reject_csv)))
     assert rows == [["Platform", "Account_ID", "line", "field", "reason"], ["discord", "", "3", "account_id", "missing"]]
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"platform;account_id;email\r\ndiscord;acc1;a@example.org\r\n", "separated by semicolons; a tip's CSV "
+                                                                       "separates them with commas"),
+    (b"platform\taccount_id\ndiscord\tacc1\n", "separated by tabs"),
+    (b'{"platform": "discord", "account_id": "acc1"}\n', "looks like JSON Lines, not CSV: name it .jsonl"),
+    (b"platform,email\ndiscord,a@example.org\n", "missing column in the header (account_id)"),
+])
+def test_a_header_a_spreadsheet_or_a_misnamed_file_wrote_is_refused_saying_what_to_do(session, world, data, reason):
+    with pytest.raises(TipRejected, match=re.escape(reason)):
+        run_import(session, world, data, file_name="tip.csv")
+    assert count(session, Tip) == 0
 
 
 def test_a_second_byte_order_mark_is_a_header_problem_even_when_skipping_bad_rows(session, world):
@@ -2302,7 +2316,8 @@ def test_import_tip_command_reports_rows_and_writes_the_reject_file(app, web_wor
                                "--reject-file", str(rejects), "--as", "liaison.c@example.org"])
     assert done.exit_code == 0, done.output
     assert "Validating rows" in done.output and "2 new accounts" in done.output and "1 rejected" in done.output
-    assert [r["line"] for r in csv.DictReader(rejects.open(encoding="utf-8"))] == ["3"]
+    assert rejects.read_bytes().startswith(b"\xef\xbb\xbf")  # a spreadsheet reads it as UTF-8
+    assert [r["line"] for r in csv.DictReader(rejects.open(encoding="utf-8-sig"))] == ["3"]
     other = runner.invoke(args=["import-tip", str(path), "--operation", "LANTERN", "--as", "liaison.b@example.org"])
     assert other.exit_code != 0 and "is not of LANTERN's lead agency (Charlie Customs)" in other.output
     assert "No such operation" not in other.output  # the command has named it already

@@ -338,7 +338,8 @@ def test_bad_rows_are_listed_with_line_field_and_reason_and_nothing_is_written(a
     download = browser.get(link.group(1))
     assert download.status_code == 200 and download.mimetype == "text/csv"
     assert download.headers["Content-Disposition"] == f'attachment; filename="handoff-import-{link.group(2)}-rejects.csv"'
-    rows = list(csv.DictReader(io.StringIO(download.get_data(as_text=True))))
+    assert download.get_data().startswith(b"\xef\xbb\xbf")  # a spreadsheet reads it as UTF-8
+    rows = list(csv.DictReader(io.StringIO(download.get_data().decode("utf-8-sig"))))
     assert list(rows[0])[-3:] == ["line", "field", "reason"] and list(rows[0])[:len(reader.FIELDS)] == list(reader.FIELDS)
     assert [(r["line"], r["field"], r["email"]) for r in rows] == [("3", "email", "not-an-email"),
                                                                    ("4", "uploads_a", "")]
@@ -1048,3 +1049,17 @@ def test_a_liaison_officer_made_a_viewer_no_longer_downloads_reject_files(app, w
         db.session.commit()
     assert browser.get("/tips/import").status_code == 403  # may no longer import
     assert browser.get(f"{page.request.path}/rejects.csv").status_code in (403, 404)
+
+
+def test_a_corrected_reject_file_imports_without_a_warning_about_its_own_columns(app, web_world):
+    """The documented workflow: download the reject file, correct it, import it. Its summary
+    names no unknown columns: the reject file's own three are not the person's mistake."""
+    browser = _login(app, LEAD)
+    first = _import(app, browser, web_world.operation.id, tip(account(1), account(2, email="not-an-email")),
+                    skip=True)
+    rejects = browser.get(f"{first.request.path}/rejects.csv").get_data()
+    corrected = rejects.replace(b"not-an-email", b"two@example.org")
+    page = _import(app, browser, web_world.operation.id, corrected, name="rejects-corrected.csv").get_data(
+        as_text=True)
+    assert "Imported into LANTERN" in page and "New accounts</dt><dd>1" in page
+    assert "Columns not read" not in page, re.search(r"Columns not read[^<]*", page).group(0)

@@ -10,6 +10,7 @@ characters, and anything that is not UTF-8.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -185,7 +186,14 @@ def detect_format(file_name: str, data: bytes) -> str:
 
 # --- the reject file ------------------------------------------------------------------------
 
-REJECT_COLUMNS = ("line", "field", "reason")
+REJECT_COLUMNS = reader.REJECT_COLUMNS
+
+
+def reject_file_bytes(text: str) -> bytes:
+    """A reject file as handed out: UTF-8 behind a byte-order mark, without which a spreadsheet
+    reads the file in the computer's own code page and garbles every name outside ASCII (the
+    reader takes the mark off again)."""
+    return codecs.BOM_UTF8 + text.encode("utf-8")
 
 
 def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[int, dict[str, str]]) -> str:

@@ -87,6 +87,9 @@ class ReadResult:
 
 # The field of a problem that makes a whole record unreadable.
 WHOLE_RECORD = "-"
+# The columns a reject file adds after the tip's (files.reject_csv): read again, corrected, they
+# are neither read nor named as unknown columns.
+REJECT_COLUMNS = ("line", "field", "reason")
 _NO_PROBLEMS: tuple[RowError, ...] = ()
 
 # An image, video or audio file carried inside a text file, as a data: URL (a provider's
@@ -131,6 +134,20 @@ def detect_format(name: str, head: bytes) -> str:
     return "jsonl" if stripped.startswith(b"{") else "csv"
 
 
+def _missing_columns(line: int, header: list[str], missing: list[str]) -> RowError:
+    """The header names no platform or account_id: said as a person can act on it when a
+    spreadsheet saved the CSV with semicolons or tabs, or a JSON Lines file is named .csv."""
+    written = ",".join(header)
+    if written.lstrip().startswith("{"):
+        return RowError(line, WHOLE_RECORD, "the file looks like JSON Lines, not CSV: name it .jsonl")
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        if separator in written:
+            return RowError(line, WHOLE_RECORD, f"the header's columns are separated by {name}; a tip's CSV "
+                                                "separates them with commas (in a spreadsheet, save as CSV UTF-8, "
+                                                "comma delimited)")
+    return RowError(line, ",".join(missing), "missing column in the header")
+
+
 Records = Iterator[tuple[int, dict[str, str], "list[RowError] | tuple[RowError, ...]"]]
 
 
@@ -159,14 +176,16 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     keys = record_keys(header)
     missing = [f for f in ("platform", "account_id") if f not in keys]
     if missing:
-        yield line, {}, [RowError(line, ",".join(missing), "missing column in the header")]
+        yield line, {}, [_missing_columns(line, header, missing)]
         return
     twice = sorted({key for key in keys if key in FIELDS and keys.count(key) > 1})
     if twice:
         yield line, {}, [RowError(line, ",".join(twice), "column named twice in the header")]
         return
     if ignored is not None:
-        ignored.update((name, None) for name, key in zip(header, keys) if key not in FIELDS and name.strip())
+        added = tuple(name.strip().lower() for name in header[-len(REJECT_COLUMNS):]) == REJECT_COLUMNS
+        own = len(header) - len(REJECT_COLUMNS) if added else None
+        ignored.update((name, None) for name, key in zip(header[:own], keys[:own]) if key not in FIELDS and name.strip())
     width = len(keys)
     # Unnamed columns after the last named one (a header ending in a comma): a value there is
     # one too many, as past the header. (An unnamed column before, a spreadsheet's or pandas'

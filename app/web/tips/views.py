@@ -17,7 +17,7 @@ from app.models.tip import TipImport
 from app.services import DomainError, NotFound
 from app.services.access import get_visible_holder, led_operations, visible_operations
 from app.services.tips import holders as service
-from app.services.tips import imports
+from app.services.tips import files, imports
 from app.services.tips.reader import RowError
 from app.services.tips.routing import RISK_COLUMNS
 from app.web import current_actor, filter_args, form_refused
@@ -124,7 +124,7 @@ def import_status(import_id: int):
 @login_required
 def reject_file(import_id: int):
     record = imports.get_import(db.session, current_user, import_id)
-    body = imports.record_reject_download(db.session, current_actor(), record)
+    body = files.reject_file_bytes(imports.record_reject_download(db.session, current_actor(), record))
     return Response(body, mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="handoff-import-{record.id}-rejects.csv"'})
 
