@@ -190,6 +190,28 @@ def test_a_header_a_spreadsheet_or_a_misnamed_file_wrote_is_refused_saying_what_
     assert count(session, Tip) == 0
 
 
+def test_a_quote_written_wrong_is_a_bad_row_not_a_value_read_otherwise(session, world):
+    """`"John "Johnny" Smith` would read as `John Johnny" Smith`, a name the provider never sent,
+    and match as one: the row is bad, saying how quotes are written, and the next rows are read."""
+    data = b'platform,account_id,username\ndiscord,acc1,one\ndiscord,acc2,"John "Johnny" Smith\ndiscord,acc3,three\n'
+    result = run_import(session, world, data, skip_invalid=True)
+    assert [(e.line, e.field) for e in result.errors] == [(3, "-")]
+    assert "a quote inside a quoted value is written twice" in result.errors[0].reason
+    assert sorted(session.scalars(select(TipAccount.username))) == ["one", "three"]
+
+
+@pytest.mark.parametrize("rest", ["", 'discord,acc9,"quoted"\n', 'discord,acc9,brien"\n'],
+                         ids=["never closed", "a later quote breaks off", "a later quote closes it"])
+def test_a_quote_left_open_says_so_instead_of_swallowing_the_file_unsaid(session, world, rest):
+    lines = ["platform,account_id,username"] + [f"discord,acc{n},user{n}" for n in range(1, 300)]
+    lines[2] = 'discord,acc2,"John Smith'
+    data = ("\n".join(lines) + "\n" + rest).encode()
+    with pytest.raises(TipRejected) as refused:
+        run_import(session, world, data)
+    [error] = [e for e in refused.value.errors if e.line == 3] or refused.value.errors
+    assert "quote opened on this line" in error.reason, refused.value.errors
+
+
 def test_a_second_byte_order_mark_is_a_header_problem_even_when_skipping_bad_rows(session, world):
     """Not one bad row beside good ones: with `\ufeffplatform` for a first column, no row can be read."""
     data = b"\xef\xbb\xbf" * 2 + tip(*(account(n) for n in range(1, 4)))

@@ -13,7 +13,7 @@ import functools
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -134,6 +134,31 @@ def detect_format(name: str, head: bytes) -> str:
     return "jsonl" if stripped.startswith(b"{") else "csv"
 
 
+def csv_rows(lines: Iterable[str]):
+    """The csv module's reader as every reading of a tip's CSV uses it: strict, so that a
+    quote inside a quoted value that is not doubled, or a quote never closed, is an error
+    (`_unreadable`) instead of a value quietly read otherwise than written."""
+    return csv.reader(lines, strict=True)
+
+
+# What the csv module's errors mean to the person who wrote the file.
+_CSV_ERRORS = {
+    "',' expected after '\"'": "a quote inside a quoted value is written twice (\"\"), and a quoted value ends "
+                                "where its closing quote is followed by a comma",
+    "unexpected end of data": "a quote opened on this line is never closed: the rest of the file was read as one "
+                              "value",
+}
+
+
+def _unreadable(exc: csv.Error, lines_after: int) -> str:
+    """Why a record is unreadable; `lines_after`: how many lines after its first the csv module
+    read into it before giving up (a quote left open)."""
+    if lines_after and str(exc) != "unexpected end of data":
+        return (f"not readable as CSV: a quote opened on this line is not closed where its value ends, and the "
+                f"next {lines_after:,} lines were read into it")
+    return f"not readable as CSV: {_CSV_ERRORS.get(str(exc), str(exc))}"
+
+
 def _missing_columns(line: int, header: list[str], missing: list[str]) -> RowError:
     """The header names no platform or account_id: said as a person can act on it when a
     spreadsheet saved the CSV with semicolons or tabs, or a JSON Lines file is named .csv."""
@@ -162,7 +187,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     if fmt == "jsonl":
         yield from _json_records(text, {} if ignored is None else ignored)
         return
-    rows = csv.reader(text)
+    rows = csv_rows(text)
     header: list[str] = []
     line = 1  # the header's: blank lines before it are no header
     try:
@@ -198,7 +223,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
         except StopIteration:
             return
         except csv.Error as exc:  # the csv module goes on with the next line
-            yield start, {}, [RowError(start, WHOLE_RECORD, f"not readable as CSV ({exc})")]
+            yield start, {}, [RowError(start, WHOLE_RECORD, _unreadable(exc, rows.line_num - start))]
             start = rows.line_num + 1
             continue
         if not blank_row(row):  # a blank line, or one of separators only, is no record
@@ -216,7 +241,15 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
                 problems = [RowError(start, WHOLE_RECORD, "a value past the header's last named column "
                                                           f"(a value with a comma in it is written in quotes): "
                                                           f"{_as_read(row)}")]
-            yield start, dict(zip(keys, row)), problems
+            record = dict(zip(keys, row))
+            if rows.line_num > start and not problems:
+                # No tip field holds a line break: a quote left open swallowed the lines after it.
+                problems = [RowError(start, key, f"a quote opened on this line is closed only "
+                                                 f"{rows.line_num - start:,} lines later: the lines in between were "
+                                                 "read as this value")
+                            for key in FIELDS if "\n" in record.get(key, "") or "\r" in record.get(key, "")]
+                problems = problems or _NO_PROBLEMS
+            yield start, record, problems
         start = rows.line_num + 1
 
 
@@ -505,7 +538,8 @@ class _RowChecker:
         `unread` could not be read (their problem is reported already) and are checked as if
         empty, as is a field too long to check."""
         self.key = None
-        too_long = [name for name in FIELDS if len(record.get(name, "")) > MAX_FIELD]  # unknown columns are not read
+        too_long = [name for name in FIELDS  # unknown columns are not read
+                    if name not in unread and len(record.get(name, "")) > MAX_FIELD]
         if too_long:
             errors.extend(RowError(line, name, f"longer than {MAX_FIELD} characters") for name in too_long)
             unread = {*unread, *too_long}

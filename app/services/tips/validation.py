@@ -193,7 +193,7 @@ def _record_ends(data: bytes) -> Iterator[int]:
                 end += len(part)
                 yield part.decode("utf-8", errors="replace")
 
-    records = csv.reader(lines())
+    records = reader.csv_rows(lines())
     while True:
         try:
             next(records)
@@ -207,7 +207,7 @@ def _record_ends(data: bytes) -> Iterator[int]:
 def _header_columns(header: bytes) -> list[str]:
     text = header.decode("utf-8", errors="replace")
     try:
-        return next((row for row in csv.reader(io.StringIO(text, newline="")) if not reader.blank_row(row)), [])
+        return next((row for row in reader.csv_rows(io.StringIO(text, newline="")) if not reader.blank_row(row)), [])
     except csv.Error:  # a header the reader refuses too, saying why
         return []
 
@@ -215,7 +215,7 @@ def _header_columns(header: bytes) -> list[str]:
 def _blank_line(line: bytes) -> bool:
     """Whether a line before a CSV's header is blank, as the reader judges it."""
     try:
-        return reader.blank_row(next(csv.reader(io.StringIO(line.decode("utf-8", errors="replace"))), []))
+        return reader.blank_row(next(reader.csv_rows(io.StringIO(line.decode("utf-8", errors="replace"))), []))
     except csv.Error:
         return False
 
