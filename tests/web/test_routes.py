@@ -288,7 +288,7 @@ def test_the_matrix_import_is_open_to_the_officer_who_started_it(app, objects):
     assert browser.login("liaison.c@example.org").status_code == 302
     import_id = objects["own"]["import_id"]
     assert "tip.csv" in browser.get(f"/tips/imports/{import_id}").get_data(as_text=True)
-    assert browser.get(f"/tips/imports/{import_id}/rejects.csv").get_data(as_text=True).startswith("line,field")
+    assert browser.get(f"/tips/imports/{import_id}/rejects.csv").get_data().startswith(b"\xef\xbb\xbfline,field")
 
 
 def test_ids_and_pages_beyond_what_the_database_holds_are_not_errors(app, objects):

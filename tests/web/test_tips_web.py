@@ -1063,3 +1063,31 @@ def test_a_corrected_reject_file_imports_without_a_warning_about_its_own_columns
         as_text=True)
     assert "Imported into LANTERN" in page and "New accounts</dt><dd>1" in page
     assert "Columns not read" not in page, re.search(r"Columns not read[^<]*", page).group(0)
+
+
+def test_a_draft_with_holders_awaiting_review_is_sent_only_knowingly(app, web_world):
+    """Once sent, a holder stays with the receiver whatever its review decides: the draft says
+    which of its holders await one, and sends only when the person ticks that they go as they are."""
+    from app.models import Holder
+
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id,
+            tip(account(1, email="sure@example.org"), account(2, country_hint="AU", ip_country="NZ")))
+    with app.app_context():
+        doubtful = db.session.scalar(select(Holder).where(Holder.needs_review.is_(True)))
+        referral_id, label, subject_id = doubtful.referral_id, doubtful.label, doubtful.subject_id
+    path = f"/referrals/{referral_id}"
+    page = browser.get(path).get_data(as_text=True)
+    assert "1 account holder awaits a jurisdiction" in page and f">{label}</a>" in page
+    assert f'href="/tips/holders/{subject_id}#jurisdiction"' in page
+    version = re.search(r'name="version" type="hidden" value="(\d+)"', page).group(1)
+    refused = browser.post(f"{path}/send", {"version": version, "note": ""}, token_from=path)
+    assert refused.status_code == 303
+    assert "Not sent: 1 account holder awaits a jurisdiction review" in browser.get(path).get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(Referral, referral_id).status.value == "draft"
+    sent = browser.post(f"{path}/send", {"version": version, "note": "", "send_awaiting_review": "1"}, token_from=path)
+    assert sent.status_code == 303
+    with app.app_context():
+        assert db.session.get(Referral, referral_id).status.value == "sent"
+

@@ -231,10 +231,13 @@ def holder_pages(session: Session, user, subject_ids: list[int]) -> set[int]:
                                .where(Holder.subject_id.in_(subject_ids))))
 
 
-def on_referral(session: Session, user, referral_id: int, shown: int = 20) -> tuple[list[Holder], int]:
+def on_referral(session: Session, user, referral_id: int, shown: int = 20, *,
+                awaiting_review: bool = False) -> tuple[list[Holder], int]:
     """The first `shown` account holders a referral carries that the user may see, and how many
-    it carries in all."""
+    it carries in all; with `awaiting_review`, only those on the review list."""
     carried = visible_holders(user).where(Holder.referral_id == referral_id, Holder.merged_into_id.is_(None))
+    if awaiting_review:
+        carried = carried.where(Holder.needs_review.is_(True))
     total = session.scalar(carried.with_only_columns(func.count()).order_by(None))
     return list(session.scalars(carried.order_by(Holder.number).limit(shown))), total
 

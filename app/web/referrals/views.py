@@ -151,6 +151,8 @@ def detail(referral_id: int):
         )
     outcome_form = (OutcomeForm(formdata=None, version=referral.version)
                     if service.can_record_outcome(referral, current_user) else None)
+    awaiting, awaiting_total = (holder_service.on_referral(db.session, current_user, referral.id, awaiting_review=True)
+                                if "send" in actions else ([], 0))
     return render_template(
         "referrals/detail.html",
         referral=referral,
@@ -164,6 +166,8 @@ def detail(referral_id: int):
         transfer_waits=service.transfer_waits_for_consent(referral, current_user),
         can_edit=referral.status is Status.DRAFT and current_user.can_work_referrals
         and referral.sender_agency_id == current_user.agency_id,
+        awaiting=awaiting,
+        awaiting_total=awaiting_total,
         **_deconfliction_context(referral),
     )
 
@@ -190,6 +194,14 @@ def act(referral_id: int, action: str):
             for error in errors:
                 flash(error, "error")
         return redirect(back, 303)
+    if action == "send" and not request.form.get("send_awaiting_review"):
+        # Once sent, a holder stays with the receiver whatever its review decides: the person
+        # sends such a draft knowingly, or decides the holders first.
+        _awaiting, waiting = holder_service.on_referral(db.session, current_user, referral_id, 0, awaiting_review=True)
+        if waiting:
+            flash(f"Not sent: {waiting:,} account holder{' awaits' if waiting == 1 else 's await'} a jurisdiction "
+                  "review on this draft. Decide them first, or tick that they go as they are.", "error")
+            return redirect(back, 303)
     try:
         result = service.transition(
             db.session, current_actor(), referral_id, action, int(form.version.data),
