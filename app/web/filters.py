@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask
@@ -26,12 +26,16 @@ def localtime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
     return value.astimezone(_viewer_zone()).strftime(fmt)
 
 
-def utcdate(value: datetime | None) -> str:
-    """A date a provider reported (often a day, stored as its midnight UTC) as the UTC date it
-    names: in the viewer's zone, west of UTC, it would show as the day before."""
+def provider_time(value: datetime | None) -> str:
+    """A time a provider reported. A day alone (stored as its midnight UTC) shows as the UTC
+    date it names: in the viewer's zone, west of UTC, it would be the day before. A time of
+    day shows in the viewer's zone, as every time does."""
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    in_utc = value.astimezone(timezone.utc)
+    if in_utc.time() == time.min:
+        return in_utc.strftime("%Y-%m-%d")
+    return localtime(value)
 
 
 def duration(delta: timedelta) -> str:
@@ -79,7 +83,7 @@ def _notifications_label() -> str:
 
 def register(app: Flask) -> None:
     app.add_template_filter(localtime)
-    app.add_template_filter(utcdate)
+    app.add_template_filter(provider_time)
     app.add_template_filter(duration)
     app.add_template_filter(countries.name, "country")
     app.add_template_global(utcnow, "utcnow")

@@ -1091,3 +1091,20 @@ def test_a_draft_with_holders_awaiting_review_is_sent_only_knowingly(app, web_wo
     with app.app_context():
         assert db.session.get(Referral, referral_id).status.value == "sent"
 
+
+def test_a_provider_timestamp_shows_its_time_in_the_viewers_zone(app, web_world):
+    """last_seen given as a date-time (an IP's login time, say) keeps its time on the page, in
+    the viewer's zone; a date alone stays the date the provider named."""
+    with app.app_context():
+        db.session.scalar(select(User).where(User.email == LEAD)).timezone = "America/New_York"
+        db.session.commit()
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id,
+            tip(account(1, ip_addresses="192.0.2.7", first_seen="2020-03-01T10:15:00Z",
+                        last_seen="2020-03-02T03:30:00Z")))
+    page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
+    # 03:30 UTC on 2 March is 22:30 on 1 March in New York.
+    assert "<td>2020-03-01 05:15 EST – 2020-03-01 22:30 EST</td>" in page, re.search(r"<td>[^<]*–[^<]*</td>", page)
+    _import(app, browser, web_world.operation.id, tip(account(2, first_seen="2020-03-01", last_seen="2020-03-02")))
+    page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc2')}").get_data(as_text=True)
+    assert "<td>2020-03-01 – 2020-03-02</td>" in page  # not the day before, as New York would have it
