@@ -213,8 +213,8 @@ class BatchMatch:
     holders: dict[str, list[Holder]] = field(default_factory=dict)
     # keys held by more referrals than the threshold
     common: set[str] = field(default_factory=set)
-    # (referral, identifier) held but left out of `holders` (see `_added_after_passing_on`)
-    late: set[tuple[int, int]] = field(default_factory=set)
+    # (referral, identifier) held but left out of `holders` (see `_carried_over`)
+    carried: set[tuple[int, int]] = field(default_factory=set)
 
 
 def _keys_relation(dialect_name: str):
@@ -303,10 +303,10 @@ def match_batch(session: Session, keys: Iterable[str], *, threshold: int | None 
             holders.setdefault(key, []).append(Holder(referral_id, reference, agency_id, subject_id, identifier_id))
             if transferred_from_id is not None:
                 successors.add(referral_id)
-    result.late = _added_after_passing_on(session, successors) if successors else set()
-    if result.late:
+    result.carried = _carried_over(session, successors) if successors else set()
+    if result.carried:
         for key in list(holders):
-            kept = [h for h in holders[key] if (h.referral_id, h.identifier_id) not in result.late]
+            kept = [h for h in holders[key] if (h.referral_id, h.identifier_id) not in result.carried]
             if kept:
                 holders[key] = kept
             else:
@@ -380,8 +380,8 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
         ])
         result.common = sorted(batch.common)
 
-    if batch.late:
-        own_rows = [row for row in own_rows if (row.referral_id, row.id) not in batch.late]
+    if batch.carried:
+        own_rows = [row for row in own_rows if (row.referral_id, row.id) not in batch.carried]
 
     # Who holds each key, by referral: subjects and identifiers.
     subjects_of: dict[tuple[int, str], set[int]] = defaultdict(set)
@@ -482,25 +482,23 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     return result
 
 
-def _added_after_passing_on(session: Session, successors: set[int]) -> set[tuple[int, int]]:
+def _carried_over(session: Session, successors: set[int]) -> set[tuple[int, int]]:
     """(referral, identifier) pairs that match nothing: on these successors of transfers, the
-    identifiers others added after the successor was sent, to its subjects or with subjects
-    linked to it since (a holder merged onto it). Its sender, its party in a hit, passed the case
-    on then (`access.let_go_at`): what grows on it later is not its to see, while what it
-    records itself is its own."""
-    late: set[tuple[int, int]] = set()
+    identifiers of every subject their sender did not record itself. Those subjects match
+    through the referral the case came in on, whose sender is their party; the agency that
+    passed the case on is a party only to what it recorded (`access.let_go_at`: what grows on
+    the case later is not its to see, and it is no one's contact for the case any more)."""
+    carried: set[tuple[int, int]] = set()
     ordered = sorted(successors)
     for start in range(0, len(ordered), IN_LIST_MAX):
-        late.update(session.execute(
+        carried.update(session.execute(
             select(referral_subjects.c.referral_id, Identifier.id)
             .join(Referral, Referral.id == referral_subjects.c.referral_id)
             .join(Subject, Subject.id == referral_subjects.c.subject_id)
             .join(Identifier, Identifier.subject_id == Subject.id)
-            .where(Referral.id.in_(ordered[start:start + IN_LIST_MAX]),
-                   or_(Identifier.created_at > Referral.sent_at, referral_subjects.c.added_at > Referral.sent_at),
-                   Subject.agency_id != Referral.sender_agency_id)
+            .where(Referral.id.in_(ordered[start:start + IN_LIST_MAX]), Subject.agency_id != Referral.sender_agency_id)
         ).tuples())
-    return late
+    return carried
 
 
 def _hit_notifications(hit_id, kind, low, high, reference_of, names, now) -> list[dict]:

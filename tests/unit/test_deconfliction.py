@@ -324,15 +324,20 @@ def test_a_transfer_carries_the_same_subjects_and_raises_no_hit_with_itself(sess
     assert [s.id for s in subjects.subjects_of(session, world.users["i_liaison"], new.id)] == [subject.id]
     assert count(session, Hit) == 0  # the same subject on both is no news
 
-    # A third agency's referral on the same identifier meets both.
+    # A third agency's referral on the same identifier meets the case where it came in: Alpha
+    # is the one to call, not Bravo, which passed it on.
     other = make_referral(session, world, "draft", sender="c", receiver="i")
     add(session, world, other, "c", "shared@example.org")
     assert len(hits_between(session, other, original)) == 1
-    assert len(hits_between(session, other, new)) == 1
-    # Bravo may add a subject of its own to the new referral, but not identifiers to Alpha's.
+    assert hits_between(session, other, new) == []
+    # Bravo may add a subject of its own to the new referral, but not identifiers to Alpha's;
+    # what it records itself makes it a party.
     with pytest.raises(Forbidden):
         subjects.add_identifiers(session, world.actor("b_liaison"), new.id, subject.id, "192.0.2.11")
     add(session, world, new, "b", "192.0.2.12", label="Found by Bravo")
+    add(session, world, other, "c", "192.0.2.12", label="Seen by Charlie")
+    [hit] = hits_between(session, other, new)
+    assert {hit.agency_low_id, hit.agency_high_id} == {world.agencies["b"].id, world.agencies["c"].id}
 
 
 # --- common identifiers ---------------------------------------------------------------------

@@ -1529,13 +1529,16 @@ def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiv
     assert session.get(Referral, sent.id).events[-1].id == event.id
 
 
-def test_an_agency_that_passed_a_case_on_is_no_party_to_what_later_imports_add(session, world):
-    """Bravo passed the package on to the Intl Bureau. A later import adds a phone to a holder,
-    and Alpha's referral then names it: the lead, which sent the original, hears of it; Bravo,
-    which sent the referral that continues it, neither hears of it nor reads the phone in a hit."""
+def test_an_agency_that_passed_a_case_on_is_no_party_to_it_but_to_what_it_records(session, world):
+    """Bravo passed the package on to the Intl Bureau. What the holder holds, then or after a
+    later import, meets Alpha's referral through the lead's original, whose sender is the one
+    to call; Bravo neither hears of it nor reads the holder's identifiers in a hit. What Bravo
+    records itself on the referral that continues the case is its own, and makes it a party."""
     holder, sent, onward = _transferred_package(session, world)
     run_import(session, world, tip(account(7, email="p@example.org", phone="+61293744000")), file_name="later.csv")
     other = known_to_alpha(session, world, "+61 2 9374 4000")
+    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Second", "p@example.org")
+    session.flush()
     session.expire_all()
     pairs = {(h.referral_low_id, h.referral_high_id) for h in session.scalars(select(Hit))}
     assert pairs == {(sent.id, other.id)}
@@ -1543,17 +1546,12 @@ def test_an_agency_that_passed_a_case_on_is_no_party_to_what_later_imports_add(s
     assert deconfliction.list_hits(session, bravo, deconfliction.HitFilters()).items == []
     told, _total = deconfliction.list_notifications(session, bravo, mark_seen=False)
     assert not {NotificationKind.HIT_NEW, NotificationKind.HIT_UPDATED} & {n.kind for n in told}
-    # What the holder held when Bravo passed it on pairs Bravo's referral, as it did then.
-    subjects.add_subject(session, world.actor("a_liaison"), other.id, "Second", "p@example.org")
-    session.flush()
-    hits = list(session.scalars(select(Hit).where(Hit.referral_low_id == onward.id)))
-    assert [(h.referral_high_id, h.agency_low_id) for h in hits] == [(other.id, world.agencies["b"].id)]
-    assert [row.value for row in session.execute(own_hit_matches(bravo, [hits[0].id]))] == ["p@example.org"]
-    # What Bravo records itself on that referral is its own: it matches, and Bravo reads it.
     found = subjects.add_subject(session, world.actor("b_liaison"), onward.id, "Found by Bravo", "+61 2 9374 4000")
     session.flush()
-    assert sorted(row.value for row in session.execute(own_hit_matches(bravo, [hits[0].id]))) == [
-        "+61293744000", "p@example.org"]
+    [hit] = session.scalars(select(Hit).where(Hit.referral_low_id == onward.id))
+    assert (hit.referral_high_id, hit.agency_low_id) == (other.id, world.agencies["b"].id)
+    assert [row.value for row in session.execute(own_hit_matches(bravo, [hit.id]))] == ["+61293744000"]
+    # Bravo's page of the referral: what it passed on, as it was then, and what it recorded.
     shown = {s.id: sorted(i.value for i in s.identifiers) for s in subjects.subjects_of(session, bravo, onward.id)}
     assert shown[found.id] == ["+61293744000"] and "+61293744000" not in shown[holder.subject_id]
 
@@ -1566,9 +1564,9 @@ def test_an_agency_that_passed_a_case_on_cannot_blind_check_what_later_imports_a
     # Alpha is told to call the lead, which holds the number, not Bravo, which never did.
     [alpha_line] = deconfliction.blind_check(session, world.actor("a_liaison"), "phone: +61 2 9374 4000").lines
     assert [(c.agency_name, c.reference) for c in alpha_line.contacts] == [(world.agencies["c"].name, sent.reference)]
-    # What the holder held when Bravo passed it on is still Bravo's.
+    # Even what the holder held when Bravo passed it on: the lead's original is the contact.
     [known] = deconfliction.blind_check(session, world.actor("b_liaison"), "p@example.org").lines
-    assert known.own_references == [onward.reference]
+    assert known.own_references == [] and [c.reference for c in known.contacts] == [sent.reference]
 
 
 def test_a_transferred_referral_reached_two_ways_in_one_import_gets_one_update(session, world):
