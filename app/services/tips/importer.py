@@ -286,7 +286,7 @@ class _Writer:
                 keys = [key for key in clustering.joining_keys(row.platform, row.username, row.email, row.phone)
                         if key in counts]
                 counts.update(keys)
-                keys.append(("holder", row.holder_id))
+                keys.append(("holder", row.holder_id))  # its holder stays whole
                 keys_per_account.append(keys)
                 related.append(row)
         keys_per_account += new_keys
