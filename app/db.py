@@ -33,6 +33,18 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def dialect_insert(session: Session, table):
+    """INSERT for the session's engine, with its ON CONFLICT clauses (upserts)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the two supported engines
+        raise RuntimeError(f"Unsupported database {name!r}")
+    return insert(table)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores naive UTC, returns aware UTC.
 

@@ -248,7 +248,8 @@ class TipAccount(Base):
 
 class TipCommonIdentifier(Base):
     """A joining identifier (e-mail, phone, username) held by more accounts of the operation
-    than the common-identifier threshold: it joined nobody. Rewritten by every import."""
+    than the common-identifier threshold: it joined nobody. Each import writes the ones it
+    met, with their counts over the whole operation."""
 
     __tablename__ = "tip_common_identifiers"
     __table_args__ = (

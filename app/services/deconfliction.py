@@ -28,7 +28,7 @@ from typing import NamedTuple
 from sqlalchemy import Integer, String, and_, bindparam, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import dialect_insert, utcnow
 from app.models import (
     Agency,
     CommonIdentifier,
@@ -323,17 +323,6 @@ class RefreshResult:
     common: list[str] = field(default_factory=list)  # common keys met
 
 
-def _dialect_insert(session: Session, table):
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - the two supported engines
-        raise RuntimeError(f"Unsupported database {name!r}")
-    return insert(table)
-
-
 def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int, *,
                               now: datetime | None = None) -> RefreshResult:
     return refresh_hits(session, actor, [referral_id], now=now)
@@ -368,7 +357,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     # Common keys: marked (or their count refreshed) for the admins' list; they raise nothing.
     if batch.common:
         sample = {row.match_key: row for row in own_rows if row.match_key in batch.common}
-        statement = _dialect_insert(session, CommonIdentifier.__table__)
+        statement = dialect_insert(session, CommonIdentifier.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["match_key"],
             set_={"referral_count": statement.excluded.referral_count, "updated_at": statement.excluded.updated_at},
@@ -430,7 +419,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     new_pairs = sorted(pair for pair in pairs if pair not in existing)
     created: dict[tuple[int, int], int] = {}
     if new_pairs:
-        statement = _dialect_insert(session, Hit.__table__).on_conflict_do_nothing(
+        statement = dialect_insert(session, Hit.__table__).on_conflict_do_nothing(
             index_elements=["referral_low_id", "referral_high_id"]
         ).returning(Hit.id, Hit.referral_low_id, Hit.referral_high_id)
         rows = session.execute(statement, [
@@ -449,7 +438,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     hit_id_of = {**existing, **created}
 
     # Matched identifiers, per side; the ones recorded already are left alone.
-    statement = _dialect_insert(session, HitMatch.__table__).on_conflict_do_nothing(
+    statement = dialect_insert(session, HitMatch.__table__).on_conflict_do_nothing(
         index_elements=["hit_id", "side", "identifier_id"]
     ).returning(HitMatch.hit_id)
     added = session.execute(statement, [
@@ -876,7 +865,7 @@ def list_notifications(session: Session, user: User, page: int = 1, per_page: in
     items = [NotificationItem(n.id, n.kind, n.hit_id, n.referral_id, n.message, n.created_at, n.id > last_seen)
              for n in rows]
     if mark_seen and rows and shown.page == 1 and rows[0].id > last_seen:
-        statement = _dialect_insert(session, NotificationCursor.__table__)
+        statement = dialect_insert(session, NotificationCursor.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["user_id"],
             set_={"last_seen_id": statement.excluded.last_seen_id, "updated_at": statement.excluded.updated_at},

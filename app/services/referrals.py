@@ -307,8 +307,10 @@ def transition(
     # A transfer's new reference is reserved first, as drafts (an import's too) reserve theirs
     # before they write their audit entries.
     reference = next_references(session)[0] if action == "transfer" else None
+    # A withdrawal or decline moves drafts before it audits; a transfer audits first, as a step
+    # that takes no operation lock (consent, say) does: both lock the chain, then the referral.
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True,
-                                    chain_first=operation_id is None)
+                                    chain_first=operation_id is None or action == "transfer")
     require_worker(actor)
     side_agency = referral.sender_agency_id if rule.side == "sender" else referral.receiver_agency_id
     if side_agency != actor.agency_id:

@@ -182,6 +182,8 @@ def test_the_reject_file_keeps_the_tip_columns_as_named_and_nothing_the_import_d
                                                                        "separates them with commas"),
     (b"platform\taccount_id\ndiscord\tacc1\n", "separated by tabs"),
     (b'{"platform": "discord", "account_id": "acc1"}\n', "looks like JSON Lines, not CSV: name it .jsonl"),
+    (b'{"platform":"discord","account_id":"acc1"}\n', "so does JSON Lines named .csv (name it .jsonl)"),
+    (b'"platform";"account_id"\r\n"discord";"acc1"\r\n', "A header separated by semicolons reads so"),
     (b"platform,email\ndiscord,a@example.org\n", "missing column in the header (account_id)"),
 ])
 def test_a_header_a_spreadsheet_or_a_misnamed_file_wrote_is_refused_saying_what_to_do(session, world, data, reason):
@@ -808,6 +810,24 @@ def test_common_identifiers_join_nobody(session, world):
     view = holder_service.view_holder(session, world.actor("c_liaison"), holder_of(session, world, "acc1").subject_id)
     assert view.shared == [] and [(e.value, e.operation_accounts) for e in view.common] == [("+442079460999",
                                                                                               threshold + 1)]
+
+
+def test_a_later_tip_keeps_the_common_identifiers_of_earlier_ones(session, world):
+    """A second tip whose accounts do not hold the common number leaves it common, and counts it
+    again when one does."""
+    threshold = session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
+    shared = "+44 20 7946 0999"
+    run_import(session, world, tip(*(account(n, phone=shared, email=f"c{n}@example.org")
+                                     for n in range(1, threshold + 2))))
+    second = run_import(session, world, tip(account(500, email="other@example.org")), file_name="b.csv")
+    assert second.common_identifiers == 0  # none among its accounts
+    lead = world.actor("c_liaison")
+    view = holder_service.view_holder(session, lead, holder_of(session, world, "acc1").subject_id)
+    assert [(e.value, e.operation_accounts) for e in view.common] == [("+442079460999", threshold + 1)]
+    third = run_import(session, world, tip(account(501, phone=shared)), file_name="c.csv")
+    assert third.common_identifiers == 1
+    view = holder_service.view_holder(session, lead, holder_of(session, world, "acc1").subject_id)
+    assert [(e.value, e.operation_accounts) for e in view.common] == [("+442079460999", threshold + 2)]
 
 
 def test_an_identifier_that_turned_common_is_still_listed_among_what_a_holders_accounts_share(session, world):
@@ -1651,7 +1671,7 @@ def test_a_holder_merged_onto_a_case_passed_on_is_not_shown_to_the_agency_that_p
     """Lefty was on a draft never sent; a merge puts it on the referral that continues the case
     Bravo passed on. Bravo sent that referral, but never had Lefty: it neither reads Lefty there
     nor becomes a party to Lefty's hits."""
-    known_to_alpha(session, world, "shared@example.org")
+    alpha = known_to_alpha(session, world, "shared@example.org")
     left, _package, onward = _merged_into_a_transferred_referral(session, world, email="shared@example.org")
     bravo = world.users["b_liaison"]
     assert deconfliction.list_hits(session, bravo, deconfliction.HitFilters()).items == []
@@ -1662,6 +1682,17 @@ def test_a_holder_merged_onto_a_case_passed_on_is_not_shown_to_the_agency_that_p
     # The Intl Bureau, which has the case now, reads Lefty on it.
     bureau = {i.value for s in subjects.subjects_of(session, world.users["i_liaison"], onward.id) for i in s.identifiers}
     assert {"lefty", "shared@example.org"} <= bureau
+    # Lefty matches where the case came in: Alpha's referral meets the lead's original, and a
+    # blind check of Lefty's handle is answered with the lead as the contact.
+    original = session.get(Referral, onward.transferred_from_id)
+    [hit] = session.scalars(select(Hit))
+    assert {(hit.referral_low_id, hit.agency_low_id), (hit.referral_high_id, hit.agency_high_id)} == {
+        (original.id, world.agencies["c"].id), (alpha.id, world.agencies["a"].id)}
+    [line] = deconfliction.blind_check(session, world.actor("a_liaison"), "lefty", kind=IdentifierKind.USERNAME,
+                                       platform="discord").lines
+    assert [(c.agency_name, c.reference) for c in line.contacts] == [(world.agencies["c"].name, original.reference)]
+    # Bravo, the original's receiver, let it go when it passed the case on: it does not read Lefty there.
+    assert "lefty" not in {i.value for s in subjects.subjects_of(session, bravo, original.id) for i in s.identifiers}
 
 
 def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):

@@ -35,10 +35,10 @@ from datetime import datetime
 from itertools import chain
 from operator import itemgetter
 
-from sqlalchemy import bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import bindparam, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import dialect_insert, utcnow
 from app.models import (
     Holder,
     Identifier,
@@ -556,7 +556,7 @@ class _Writer:
             state = states[holder_id]
             if state.referral_id and state.referral_id not in route.touched:
                 sent_with_new.add(state.referral_id)
-        referral_ids = sorted(set(route.touched) | sent_with_new)
+        referral_ids = sorted(set(route.touched) | sent_with_new | router.came_in_on)
         per_referral: Counter = Counter()
         for state in states.values():
             if state.referral_id:
@@ -709,14 +709,18 @@ class _Writer:
         ))
 
     def _write_common(self, counts: Counter, common: set) -> None:
-        table = TipCommonIdentifier.__table__
-        self.session.execute(delete(table).where(table.c.operation_id == self.operation.id))
-        if common:
-            self.session.execute(insert(table), [
-                {"operation_id": self.operation.id, "kind": kind, "platform": platform, "value": value,
-                 "accounts": counts[(kind, platform, value)]}
-                for kind, platform, value in sorted(common)
-            ])
+        """The common identifiers this import met, with their counts over the whole operation;
+        the ones of earlier imports that it did not meet stay as they are (counts only grow)."""
+        if not common:
+            return
+        statement = dialect_insert(self.session, TipCommonIdentifier.__table__)
+        statement = statement.on_conflict_do_update(index_elements=["operation_id", "kind", "platform", "value"],
+                                                    set_={"accounts": statement.excluded.accounts})
+        self.session.execute(statement, [
+            {"operation_id": self.operation.id, "kind": kind, "platform": platform, "value": value,
+             "accounts": counts[(kind, platform, value)]}
+            for kind, platform, value in sorted(common)
+        ])
 
     def _finish(self, tip: Tip, result: ImportResult, merges) -> None:
         tip.new_accounts = result.new_accounts

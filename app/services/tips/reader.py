@@ -159,6 +159,14 @@ def _unreadable(exc: csv.Error, lines_after: int) -> str:
     return f"not readable as CSV: {_CSV_ERRORS.get(str(exc), str(exc))}"
 
 
+def _header_unreadable(exc: csv.Error) -> str:
+    if str(exc) == "',' expected after '\"'":  # `"platform";"account_id"`, or `{"platform":"discord"}`
+        return ("the header is not readable as CSV: a quoted name is followed by something other than a comma. "
+                "A header separated by semicolons reads so (in a spreadsheet, save as CSV UTF-8, comma "
+                "delimited), and so does JSON Lines named .csv (name it .jsonl)")
+    return f"the header is not readable as CSV ({_CSV_ERRORS.get(str(exc), str(exc))})"
+
+
 def _missing_columns(line: int, header: list[str], missing: list[str]) -> RowError:
     """The header names no platform or account_id: said as a person can act on it when a
     spreadsheet saved the CSV with semicolons or tabs, or a JSON Lines file is named .csv."""
@@ -196,7 +204,7 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
                 break
             line = rows.line_num + 1
     except csv.Error as exc:
-        yield line, {}, [RowError(line, WHOLE_RECORD, f"the header is not readable as CSV ({exc})")]
+        yield line, {}, [RowError(line, WHOLE_RECORD, _header_unreadable(exc))]
         return
     keys = record_keys(header)
     missing = [f for f in ("platform", "account_id") if f not in keys]

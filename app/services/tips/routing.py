@@ -179,6 +179,8 @@ class Router:
         self._discarded_references: dict[int, str] = {}
         # The subjects each draft lost, with the states that carry their cases now.
         self._left: dict[int, list[tuple[int, HolderState]]] = {}
+        # Sent referrals a merged holder was linked to as well (`follow_sent`): they match anew.
+        self.came_in_on: set[int] = set()
 
     # --- planning -------------------------------------------------------------------------
 
@@ -230,6 +232,12 @@ class Router:
             survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
             self.links.append((current.id, survivor))
+            if current.id != part.referral_id:
+                # Passed on since: the referral the case came in on carries it too, so that it
+                # matches there, its sender a hit's party, not the agency that passed it on
+                # (`deconfliction._carried_over`).
+                self.links.append((part.referral_id, survivor))
+                self.came_in_on.add(part.referral_id)
             survivor.for_review = survivor.jurisdiction != current.jurisdiction
             joined[survivor.id] = (current.priority, part.id)
         return joined
