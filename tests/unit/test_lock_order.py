@@ -53,6 +53,16 @@ def _deciding(make_session, lead_id: int, subject_id: int):
     return decide
 
 
+def _transferring(make_session, user_id: int, referral_id: int, to_agency_id: int):
+    """That user's transfer of the referral to the agency, in a session of its own."""
+    def transfer():
+        with make_session() as s:
+            referrals.transition(s, Actor(s.get(User, user_id), "t"), referral_id, "transfer", None,
+                                 transfer_to_agency_id=to_agency_id)
+            s.commit()
+    return transfer
+
+
 def _pause(monkeypatch, module, name, user_id, holding, seconds=1.5):
     original = getattr(module, name)
 
@@ -81,11 +91,7 @@ def test_a_transfer_vs_a_new_draft(pg_app, monkeypatch, other):
     holding = threading.Event()
     _pause(monkeypatch, referrals, "require_worker", b_id, holding)
 
-    def transfer():
-        with make_session() as s:
-            referrals.transition(s, Actor(s.get(User, b_id), "t"), ref_id, "transfer", None,
-                                 transfer_to_agency_id=c_agency)
-            s.commit()
+    transfer = _transferring(make_session, b_id, ref_id, c_agency)
 
     def new_draft():
         with make_session() as s:
@@ -320,11 +326,7 @@ def test_an_import_waiting_for_a_transfer_adds_after_it(pg_app, monkeypatch):
     holding = threading.Event()
     _pause(monkeypatch, referrals, "require_worker", b_id, holding)
 
-    def transfer():
-        with make_session() as s:
-            referrals.transition(s, Actor(s.get(User, b_id), "t"), sent_id, "transfer", None,
-                                 transfer_to_agency_id=bureau)
-            s.commit()
+    transfer = _transferring(make_session, b_id, sent_id, bureau)
 
     def later_import():
         with make_session() as s:
