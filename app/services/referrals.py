@@ -466,6 +466,13 @@ def _before_transfers(referral_id: int):
     return select(chain.c.id)
 
 
+def came_in_on(session: Session, referral_id: int) -> int:
+    """The referral a case came in on: the first of the transfers that led to this one (itself
+    if none did)."""
+    return session.scalar(select(Referral.id).where(Referral.id.in_(_before_transfers(referral_id)),
+                                                    Referral.transferred_from_id.is_(None)))
+
+
 class TransferChains:
     """Referrals read with the referrals their transfers made, in one set-based query per step
     of the longest chain, however many referrals. `fetch` runs one query for a condition on

@@ -830,6 +830,26 @@ def test_a_later_tip_keeps_the_common_identifiers_of_earlier_ones(session, world
     assert [(e.value, e.operation_accounts) for e in view.common] == [("+442079460999", threshold + 2)]
 
 
+def test_a_common_key_a_raised_threshold_lets_join_is_no_longer_listed_common(session, world):
+    """Delete-all-then-insert dropped a met key that is no longer common; the upsert keeps it
+    with its old count, so the holder page calls a key that joined four accounts 'common, 3'."""
+    config = session.info["config"]
+    old = config["COMMON_IDENTIFIER_THRESHOLD"]
+    try:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+        shared = "+44 20 7946 0999"
+        first = run_import(session, world, tip(*(account(n, phone=shared) for n in range(1, 4))))
+        assert first.common_identifiers == 1
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 10
+        second = run_import(session, world, tip(account(4, phone=shared)), file_name="b.csv")
+        assert second.common_identifiers == 0 and second.merges  # it joins them all now
+        view = holder_service.view_holder(session, world.actor("c_liaison"),
+                                          holder_of(session, world, "acc1").subject_id)
+        assert [(e.value, e.accounts, e.common) for e in view.shared] == [("+442079460999", 4, False)]
+    finally:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = old
+
+
 def test_an_identifier_that_turned_common_is_still_listed_among_what_a_holders_accounts_share(session, world):
     """Twenty accounts joined by one number, then a twenty-first holding it: the number is common
     now and joins nobody more, but the holder page still lists it as shared by its twenty, not
@@ -1693,6 +1713,32 @@ def test_a_holder_merged_onto_a_case_passed_on_is_not_shown_to_the_agency_that_p
     assert [(c.agency_name, c.reference) for c in line.contacts] == [(world.agencies["c"].name, original.reference)]
     # Bravo, the original's receiver, let it go when it passed the case on: it does not read Lefty there.
     assert "lefty" not in {i.value for s in subjects.subjects_of(session, bravo, original.id) for i in s.identifiers}
+
+
+def test_a_holder_merged_with_one_that_followed_a_transfer_matches_where_the_case_came_in(session, world):
+    """Oldie (oldest, on a draft) merges with Lefty, who an earlier merge put on the onward
+    referral (Lefty.referral_id is the successor). Oldie should match through the lead's
+    original referral, as Lefty does; it is linked only to the successor, where nothing matches."""
+    alpha = known_to_alpha(session, world, "o@example.org")
+    run_import(session, world, tip(account(0, email="o@example.org"), account(5, username="lefty"),
+                                   account(1, email="p@example.org", uploads_a="12")))
+    oldie, right = holder_of(session, world, "acc0"), holder_of(session, world, "acc1")
+    sent = referrals.transition(session, world.actor("c_liaison"), right.referral_id, "send", None)
+    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")), file_name="b.csv")
+    session.expire_all()
+    assert holder_of(session, world, "acc5").referral_id == onward.id
+    run_import(session, world, tip(account(10, username="lefty", email="o@example.org")), file_name="c.csv")
+    session.expire_all()
+    merged = session.get(Holder, oldie.id)
+    assert merged.merged_into_id is None and merged.referral_id == onward.id
+    linked = set(session.scalars(select(referral_subjects.c.referral_id)
+                                 .where(referral_subjects.c.subject_id == merged.subject_id)))
+    hits = {(h.referral_low_id, h.referral_high_id) for h in session.scalars(select(Hit))}
+    assert tuple(sorted((sent.id, alpha.id))) in hits, (hits, linked)
 
 
 def test_a_merged_holder_joins_a_transferred_referral_where_it_is_now(session, world):

@@ -35,7 +35,7 @@ from datetime import datetime
 from itertools import chain
 from operator import itemgetter
 
-from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from app.db import dialect_insert, utcnow
@@ -710,10 +710,18 @@ class _Writer:
 
     def _write_common(self, counts: Counter, common: set) -> None:
         """The common identifiers this import met, with their counts over the whole operation;
-        the ones of earlier imports that it did not meet stay as they are (counts only grow)."""
+        the ones of earlier imports that it did not meet stay as they are (counts only grow),
+        and one it met that is no longer common (the threshold was raised) is taken off."""
+        table = TipCommonIdentifier.__table__
+        stale = [row.id for row in self.session.execute(
+            select(table.c.id, table.c.kind, table.c.platform, table.c.value).where(
+                table.c.operation_id == self.operation.id))
+            if (row.kind, row.platform, row.value) in counts and (row.kind, row.platform, row.value) not in common]
+        if stale:
+            self.session.execute(delete(table).where(table.c.id.in_(stale)))
         if not common:
             return
-        statement = dialect_insert(self.session, TipCommonIdentifier.__table__)
+        statement = dialect_insert(self.session, table)
         statement = statement.on_conflict_do_update(index_elements=["operation_id", "kind", "platform", "value"],
                                                     set_={"accounts": statement.excluded.accounts})
         self.session.execute(statement, [

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, update
+from sqlalchemy import Integer, bindparam, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -232,12 +232,14 @@ class Router:
             survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
             self.links.append((current.id, survivor))
-            if current.id != part.referral_id:
+            first = referrals.came_in_on(self.session, part.referral_id)
+            if first != current.id and not self.session.scalar(select(exists().where(
+                    referral_subjects.c.referral_id == first, referral_subjects.c.subject_id == survivor.subject_id))):
                 # Passed on since: the referral the case came in on carries it too, so that it
                 # matches there, its sender a hit's party, not the agency that passed it on
                 # (`deconfliction._carried_over`).
-                self.links.append((part.referral_id, survivor))
-                self.came_in_on.add(part.referral_id)
+                self.links.append((first, survivor))
+                self.came_in_on.add(first)
             survivor.for_review = survivor.jurisdiction != current.jurisdiction
             joined[survivor.id] = (current.priority, part.id)
         return joined
