@@ -141,6 +141,9 @@ def csv_rows(lines: Iterable[str]):
     return csv.reader(lines, strict=True)
 
 
+# What a person does about a header a spreadsheet saved with another separator.
+_SAVE_WITH_COMMAS = "in a spreadsheet, save as CSV UTF-8, comma delimited"
+
 # What the csv module's errors mean to the person who wrote the file.
 _CSV_ERRORS = {
     "',' expected after '\"'": "a quote inside a quoted value is written twice (\"\"), and a quoted value ends "
@@ -162,8 +165,8 @@ def _unreadable(exc: csv.Error, lines_after: int) -> str:
 def _header_unreadable(exc: csv.Error) -> str:
     if str(exc) == "',' expected after '\"'":  # `"platform";"account_id"`, or `{"platform":"discord"}`
         return ("the header is not readable as CSV: a quoted name is followed by something other than a comma. "
-                "A header separated by semicolons reads so (in a spreadsheet, save as CSV UTF-8, comma "
-                "delimited), and so does JSON Lines named .csv (name it .jsonl)")
+                f"A header separated by semicolons reads so ({_SAVE_WITH_COMMAS}), and so does JSON Lines "
+                "named .csv (name it .jsonl)")
     return f"the header is not readable as CSV ({_CSV_ERRORS.get(str(exc), str(exc))})"
 
 
@@ -176,8 +179,7 @@ def _missing_columns(line: int, header: list[str], missing: list[str]) -> RowErr
     for separator, name in ((";", "semicolons"), ("\t", "tabs")):
         if separator in written:
             return RowError(line, WHOLE_RECORD, f"the header's columns are separated by {name}; a tip's CSV "
-                                                "separates them with commas (in a spreadsheet, save as CSV UTF-8, "
-                                                "comma delimited)")
+                                                f"separates them with commas ({_SAVE_WITH_COMMAS})")
     return RowError(line, ",".join(missing), "missing column in the header")
 
 

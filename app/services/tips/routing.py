@@ -232,7 +232,10 @@ class Router:
             survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
             self.links.append((current.id, survivor))
-            first = referrals.came_in_on(self.session, part.referral_id)
+            # Holders stay on the referral they were sent on; one that joined a case after its
+            # transfer sits on the successor, and only then is the chain walked back.
+            first = (part.referral_id if self._chains.rows[part.referral_id].transferred_from_id is None
+                     else referrals.came_in_on(self.session, part.referral_id))
             if first != current.id and not self.session.scalar(select(exists().where(
                     referral_subjects.c.referral_id == first, referral_subjects.c.subject_id == survivor.subject_id))):
                 # Passed on since: the referral the case came in on carries it too, so that it
