@@ -12,6 +12,10 @@ PostgreSQL):
 
     python -m bench.bench_import --engine sqlite|postgresql|both [--scale 1.0] [--workers N] [--runs 3]
 
+After the baselines, a follow-up tip of 100 accounts goes into the operation just imported, as
+a provider's later, small tip would: its time is what a follow-up costs once the operation is
+full (it reads and matches what it touches, not the whole operation).
+
 Each run prints the wall time of each stage, the ratios to the baselines, the peak resident
 memory (ru_maxrss) of the importing process and of the worker processes, and the machine's
 load around it; after the runs of an engine, their median and spread. The machine is shared,
@@ -210,6 +214,8 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> dic
         peak_import = _peak_mb(resource.RUSAGE_SELF)
         baseline, rows = _baseline(engine, data)
         written = _new_rows(engine, before)
+        with app.app_context():
+            follow_up = _follow_up(db.session, data)
     written_baseline, per_table = _written_baseline(engine_name, written)
     written_rows = sum(len(rows) for _name, _columns, rows in written)
     written_tables = len(written)
@@ -230,6 +236,9 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> dic
     print("  peak memory after each stage (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in result.peaks.items()))
     print(f"  peak memory (ru_maxrss): the import's process {peak_import:.0f} MB, "
           f"largest worker {_peak_mb(resource.RUSAGE_CHILDREN):.0f} MB (target under 1 GB)")
+    print(f"  a follow-up tip of {FOLLOW_UP} accounts into the operation just imported ({FOLLOW_UP // 2} of them "
+          f"joining stored holders): {follow_up.timings['total']:.2f} s  [" + ", ".join(
+              f"{name} {seconds:.2f}" for name, seconds in follow_up.timings.items() if name != "total") + "]")
     print(f"  wrote {counts['accounts']:,} accounts, {counts['holders']:,} holders in {countries_placed} countries, "
           f"{counts['identifiers']:,} identifiers, {counts['referrals']:,} draft referrals "
           f"({len(result.routing.created):,} created); {result.common_identifiers} common identifiers; "
@@ -239,6 +248,35 @@ def run(engine_name: str, scale: float, workers: int | None, data: bytes) -> dic
           flush=True)
     return {"import": total, "baseline": baseline, "matching": matching, "written_baseline": written_baseline,
             "peak_mb": max(peak_import, _peak_mb(resource.RUSAGE_CHILDREN))}
+
+
+FOLLOW_UP = 100
+
+
+def _follow_up(session, data: bytes):
+    """A later, small tip into the operation, committed: FOLLOW_UP new accounts of the tip's
+    people, half of them sharing a stored account's e-mail, phone and username (they join its
+    holder), half with identifiers of their own. What a follow-up from the provider costs once
+    the operation is full."""
+    from app.models import Operation, User
+    from app.services.audit import Actor
+    from app.services.tips.importer import import_tip
+
+    user, operation = session.scalar(select(User)), session.scalar(select(Operation))
+    header, *rows = csv.reader(io.StringIO(data.decode("utf-8")))
+    columns = {name: index for index, name in enumerate(header)}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for index, row in enumerate(random.Random(SEED).sample(rows, FOLLOW_UP)):
+        row[columns["account_id"]] = f"follow{index:05d}"
+        if index % 2:
+            row[columns["username"]], row[columns["phone"]] = f"follow_user_{index}", ""
+            row[columns["email"]] = f"follow{index}@mail.example.org"
+        writer.writerow(row)
+    result = import_tip(session, Actor(user, "bench"), operation.id, out.getvalue().encode(), "follow-up.csv")
+    session.commit()
+    return result
 
 
 def _summary(engine_name: str, runs: list[dict[str, float]]) -> None:

@@ -323,16 +323,29 @@ class RefreshResult:
     common: list[str] = field(default_factory=list)  # common keys met
 
 
+def gained_since(since: datetime | None) -> list:
+    """The condition on a join of referral_subjects and identifiers for what a referral gained
+    from `since` on (nothing to add without it)."""
+    if since is None:
+        return []
+    return [or_(Identifier.created_at >= since, referral_subjects.c.added_at >= since)]
+
+
 def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int, *,
                               now: datetime | None = None) -> RefreshResult:
     return refresh_hits(session, actor, [referral_id], now=now)
 
 
 def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
-                 now: datetime | None = None) -> RefreshResult:
+                 now: datetime | None = None, since: datetime | None = None) -> RefreshResult:
     """Match the identifiers of these referrals against every referral's and record what is
     new: hits, matched identifiers of each side, notifications, common identifiers. `now`
     stamps them (the time of the step that matched: an import's, or the demo's replay).
+
+    With `since`, only what the referrals gained from then on is matched: identifiers written
+    since, and every identifier of a subject linked to them since. What they held before was
+    matched when it came, and a step that adds a few holders to a package of thousands
+    matches those few, not the package.
 
     A bounded number of statements, whatever the number of identifiers: one to read these
     referrals' identifiers, one to match them, and a few batched reads and writes."""
@@ -345,7 +358,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
         select(referral_subjects.c.referral_id, Identifier.subject_id, Identifier.id, Identifier.match_key,
                Identifier.kind, Identifier.platform, Identifier.value)
         .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
-        .where(referral_subjects.c.referral_id.in_(ids))
+        .where(referral_subjects.c.referral_id.in_(ids), *gained_since(since))
     ).all()
     if not own_rows:
         return result

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Column, ForeignKey, ForeignKeyConstraint, Integer, MetaData, String, Table, Text, \
     UniqueConstraint, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from app.services.tips import bulk
 
@@ -189,3 +190,20 @@ def test_keys_of_several_columns_and_deferred_unique_checks_are_left_to_the_data
             assert conn.execute(select(func.count()).select_from(deferred)).scalar() == 0
     finally:
         metadata.drop_all(engine)
+
+
+def test_a_transaction_that_grew_a_table_gives_the_planner_its_size_before_it_commits(probe):
+    engine, parent, child = probe
+
+    def planned_rows(conn, table) -> float:
+        return conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = :name"), {"name": table.name}).scalar()
+
+    with engine.connect() as conn, conn.begin():
+        session = Session(bind=conn)
+        conn.execute(child.insert(), [{"id": i, "parent_id": 1} for i in range(1, 81)])
+        assert planned_rows(conn, child) < 80  # what the planner would plan the next reads with
+        assert bulk.analyze_grown(session, {child: 80, parent: 0}) == [child.name]
+        assert planned_rows(conn, child) == 80
+        # A few rows more than it knows of are not worth a new look, as autovacuum would judge.
+        conn.execute(child.insert(), [{"id": i, "parent_id": 2} for i in range(81, 101)])
+        assert bulk.analyze_grown(session, {child: 20}) == []

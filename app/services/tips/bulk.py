@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, select, text, update
+from sqlalchemy import JSON, Connection, String, Table, bindparam, cast, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -118,6 +118,36 @@ def _local_setting(connection: Connection, name: str, value: str):
     connection.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
     yield
     connection.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": previous})
+
+
+def analyze_grown(session: Session, added: Mapping[Table, int]) -> list[str]:
+    """On PostgreSQL, ANALYZE each of these tables that this transaction grew by more than
+    autovacuum waits for (50 rows and a tenth of what the planner thought it held), at once
+    rather than a minute after the commit, or never where autovacuum is off. A follow-up tip's
+    routing planned for the empty tables a full tip had just filled took 7 s instead of 0.1 s.
+    Inside the transaction, so the rows it wrote count and a rollback undoes the statistics.
+    Returns the tables analyzed."""
+    if dialect_name(session) != "postgresql":
+        return []
+    connection = session.connection()
+    estimates = dict(connection.execute(
+        text("SELECT relname, reltuples FROM pg_class WHERE oid = ANY(CAST(:names AS regclass[]))"),
+        {"names": [_qualified(connection, table) for table in added]}).all())
+    grown = [table for table, rows in added.items()
+             if rows > 50 + 0.1 * max(estimates.get(table.name, 0), 0)]  # reltuples is -1 until analyzed
+    for table in grown:
+        connection.exec_driver_sql(f"ANALYZE {_qualified(connection, table)}")
+    return [table.name for table in grown]
+
+
+def text_values(session: Session, name: str, values: Iterable[str]):
+    """These strings as a one-column table (`.c.value`), bound as the one JSON parameter `name`:
+    a set of any size in one statement on either engine, whatever the drivers' limits on the
+    number of parameters."""
+    param = bindparam(name, json.dumps(sorted(set(values))), type_=String)
+    if dialect_name(session) == "postgresql":
+        return func.json_array_elements_text(cast(param, JSON)).table_valued("value").render_derived(name)
+    return func.json_each(param).table_valued("value").alias(name)
 
 
 def allocate_ids(session: Session, table: Table, count: int) -> list[int]:

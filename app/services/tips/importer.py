@@ -35,7 +35,7 @@ from datetime import datetime
 from itertools import chain
 from operator import itemgetter
 
-from sqlalchemy import bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import dialect_insert, utcnow
@@ -45,6 +45,7 @@ from app.models import (
     JurisdictionSource,
     Operation,
     Priority,
+    Referral,
     RISK_FLAGS,
     Subject,
     Tip,
@@ -246,12 +247,7 @@ class _Writer:
             self.now = tip.imported_at = utcnow()
         self._clock = time.perf_counter()
 
-        existing = session.execute(
-            select(TipAccount.holder_id, TipAccount.platform, TipAccount.account_key, TipAccount.username,
-                   TipAccount.email, TipAccount.phone, TipAccount.ip_addresses, TipAccount.country_hint,
-                   TipAccount.ip_country, TipAccount.uploads_a, TipAccount.uploads_b, TipAccount.uploads_c)
-            .where(TipAccount.operation_id == op.id).order_by(TipAccount.id)
-        ).all()
+        existing = self._stored_near(accounts)
         known = {(row.platform, row.account_key): row for row in existing}
         new = []
         for account in accounts:
@@ -270,12 +266,12 @@ class _Writer:
             return
 
         # --- clustering ---------------------------------------------------------------------
-        self.progress("cluster", 0, len(existing) + len(new))
+        self.progress("cluster", 0, len(new))
         new_keys = [clustering.joining_keys(a.platform, a.username, a.email, a.phone) for a in new]
         counts: Counter = Counter(key for keys in new_keys for key in keys)
         # Only a stored account that shares a key with a new one can join it (stored holders
         # stay whole): a small tip into a large operation clusters the few it touches, and
-        # counts its keys over every stored account, to tell which are common.
+        # counts its keys over every stored account (all read above), to tell which are common.
         emails = {value for kind, _platform, value in counts if kind is IdentifierKind.EMAIL}
         phones = {value for kind, _platform, value in counts if kind is IdentifierKind.PHONE}
         usernames = {(platform, value) for kind, platform, value in counts if kind is IdentifierKind.USERNAME}
@@ -340,8 +336,11 @@ class _Writer:
         affected = set(affected_existing)
         # The stored accounts of the holders that changed (survivors of a merge take their
         # absorbed holders' accounts), then the new accounts: both have the same fields.
-        changed = affected | merge_into.keys()
-        stored = ((merge_into.get(row.holder_id, row.holder_id), row) for row in existing if row.holder_id in changed)
+        changed = sorted(affected | merge_into.keys())
+        stored_rows = sorted((row for start in range(0, len(changed), 5000) for row in session.execute(
+            select(TipAccount.id, *STORED_ACCOUNT).where(TipAccount.holder_id.in_(changed[start:start + 5000])))),
+            key=itemgetter(0))  # in the order stored, as a holder's evidence lists them
+        stored = ((merge_into.get(row.holder_id, row.holder_id), row) for row in stored_rows)
         for holder_id, account in chain(stored, zip(holder_of_new, new)):
             evidence[holder_id].append((account.country_hint, account.ip_country))
             summed = grades[holder_id]
@@ -564,10 +563,42 @@ class _Writer:
         result.hits = self._match(referral_ids, per_referral)
         self._lap("match")
         self.progress("match", 1, 1)
+        # The next import, and the pages, plan their reads with these tables' new sizes.
+        bulk.analyze_grown(session, {
+            TipAccount.__table__: result.new_accounts, Holder.__table__: len(holder_ids),
+            Subject.__table__: len(holder_ids), Identifier.__table__: sum(weight.values()),
+            referral_subjects: len(router.links), Referral.__table__: len(route.created)})
+        self._lap("statistics")
 
         result.new_holders = len(holder_ids)
         result.joined_holders = len(joined)
         self._finish(tip, result, result.merges)
+
+    def _stored_near(self, accounts: list[Account]) -> list:
+        """The operation's stored accounts that the file's accounts can meet, in the order they
+        were stored: the same account (natural key), or one sharing a joining key with one of
+        them. A small tip into a large operation reads a few, not every stored account."""
+        emails, phones, natural, usernames = set(), set(), set(), set()
+        for a in accounts:
+            natural.add(f"{a.platform}{_SEPARATOR}{a.account_key}")
+            if a.email:
+                emails.add(a.email)
+            if a.phone:
+                phones.add(a.phone)
+            if a.username:
+                usernames.add(f"{a.platform}{_SEPARATOR}{a.username}")
+        session = self.session
+
+        def among(column, values: set, name: str):
+            return column.in_(select(bulk.text_values(session, name, values).c.value))
+
+        separator = literal(_SEPARATOR)
+        return session.execute(select(*STORED_ACCOUNT).where(TipAccount.operation_id == self.operation.id, or_(
+            among(TipAccount.platform + separator + TipAccount.account_key, natural, "natural_keys"),
+            among(TipAccount.email, emails, "emails"),
+            among(TipAccount.phone, phones, "phones"),
+            among(TipAccount.platform + separator + TipAccount.username, usernames, "usernames"),
+        )).order_by(TipAccount.id)).all()
 
     def _record_sent_news(self, router: Router, tip: Tip, affected: list[int], states: dict[int, HolderState],
                           old_rows: dict, new_accounts_of: Counter, merged_from: dict[int, list[int]],
@@ -618,8 +649,10 @@ class _Writer:
     def _match(self, referral_ids: list[int], identifiers: Counter) -> deconfliction.RefreshResult | None:
         """`deconfliction.refresh_hits` for the referrals the import created or changed: set-based,
         over batches of referrals holding about MATCH_BATCH new identifiers each (one batch for
-        all but the largest tips), so that memory stays bounded. Matching is against every
-        stored identifier, the import's own included, so the hits are the same as one call's."""
+        all but the largest tips), so that memory stays bounded. What each referral gained in
+        this import (identifiers written, subjects linked) is matched against every stored
+        identifier, the import's own included, so the hits are the same as one call's; what it
+        held before was matched when it came."""
         referral_ids = self._needing_refresh(referral_ids, identifiers)
         if not referral_ids:
             return None
@@ -638,7 +671,8 @@ class _Writer:
 
     def _needing_refresh(self, referral_ids: list[int], identifiers: Counter) -> list[int]:
         """The referrals among these whose refresh can find anything; refreshing the others
-        would write nothing. A hit needs a match key held through another subject, and so does a
+        would write nothing. A hit needs a match key that the referral gained in this import,
+        held through another subject too, and so does a
         common identifier unless a subject sits on several referrals (a transfer): at import
         scale almost every identifier is its holder's alone. A referral whose shared keys are all
         common can only mark them common, and one refresh per common key does that (with the
@@ -657,7 +691,8 @@ class _Writer:
             for referral_id, key in session.execute(
                 select(referral_subjects.c.referral_id, Identifier.match_key)
                 .join(Identifier, Identifier.subject_id == referral_subjects.c.subject_id)
-                .where(referral_subjects.c.referral_id.in_(part), Identifier.match_key.in_(shared_keys))
+                .where(referral_subjects.c.referral_id.in_(part), Identifier.match_key.in_(shared_keys),
+                       *deconfliction.gained_since(self.now))
             ):
                 holding[key].add(referral_id)
             needed.update(session.scalars(select(referral_subjects.c.referral_id).where(
@@ -673,7 +708,7 @@ class _Writer:
         return [referral_id for referral_id in referral_ids if referral_id in needed]
 
     def _refresh(self, batch: list[int], total: deconfliction.RefreshResult) -> None:
-        part = deconfliction.refresh_hits(self.session, self.actor, batch, now=self.now)
+        part = deconfliction.refresh_hits(self.session, self.actor, batch, now=self.now, since=self.now)
         total.created.extend(part.created)
         created = set(total.created)
         total.updated.extend(h for h in part.updated if h not in created)
@@ -751,6 +786,15 @@ class _Writer:
         }))
         bulk.audit_many(self.session, self.actor, entries)
         self._lap("finish")
+
+
+# Between a platform and a value in the keys `_stored_near` matches on: no platform has it.
+_SEPARATOR = "\x1f"
+
+# What an import reads of a stored account: its holder, natural key, identifiers and evidence.
+STORED_ACCOUNT = (TipAccount.holder_id, TipAccount.platform, TipAccount.account_key, TipAccount.username,
+                  TipAccount.email, TipAccount.phone, TipAccount.ip_addresses, TipAccount.country_hint,
+                  TipAccount.ip_country, TipAccount.uploads_a, TipAccount.uploads_b, TipAccount.uploads_c)
 
 
 def _stored_otherwise(row, account: Account) -> bool:
