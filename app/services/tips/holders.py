@@ -352,7 +352,7 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
         router.record_updates({router.current_id(before): news})
     route = router.finish()
     if route.touched:
-        deconfliction.refresh_hits(session, actor, route.touched, now=now)
+        deconfliction.refresh_hits(session, actor, route.touched, now=now, since=now)
     session.expire(holder)
     stays = None
     if state.referral_id and state.referral_id == before:
@@ -491,7 +491,7 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
     route = router.finish()
     bulk.audit_many(session, actor, entries)
     if route.touched:
-        deconfliction.refresh_hits(session, actor, route.touched, now=now)
+        deconfliction.refresh_hits(session, actor, route.touched, now=now, since=now)
     return route.touched
 
 
@@ -515,7 +515,7 @@ def reroute_after_directory_change(session: Session, actor: Actor, operations: l
                                                     Holder.merged_into_id.is_(None), unsent).order_by(Holder.id)))
             if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)], now, directory)
     if touched:
-        deconfliction.refresh_hits(session, actor, touched, now=now)
+        deconfliction.refresh_hits(session, actor, touched, now=now, since=now)
     return touched
 
 
@@ -530,7 +530,7 @@ def reroute_after_withdrawal(session: Session, actor: Actor, operation_id: int, 
             select(*HOLDER_STATE_COLUMNS).where(Holder.referral_id.in_(referral_ids), Holder.merged_into_id.is_(None))
             .order_by(Holder.id))], now)
     if touched:
-        deconfliction.refresh_hits(session, actor, touched, now=now)
+        deconfliction.refresh_hits(session, actor, touched, now=now, since=now)
     return touched
 
 
