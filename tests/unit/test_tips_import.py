@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from app.db import utcnow
 from app.models import (
     Agency,
     AgencyKind,
@@ -1644,7 +1645,76 @@ def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(se
     lead = world.users["c_liaison"]
     assert holder_service.review_reasons(session, lead, [merged])[merged.id] == (
         f"on {sent.reference}, sent for Australia; its accounts point elsewhere")
-    assert "its evidence now points to New Zealand" in session.get(Referral, sent.id).events[-1].note
+    assert "it is now placed in New Zealand" in session.get(Referral, sent.id).events[-1].note
+
+
+@pytest.mark.parametrize("declined_part", ["younger", "older"])
+def test_a_merge_with_a_person_a_receiver_declined_is_held_back_from_it_whichever_part_is_older(
+        session, world, declined_part):
+    """Bravo declined one part; a later account shows both parts are one person. The merged
+    holder is not routed back to Bravo on a new draft: it waits on the declined referral, on
+    the review list, whether the part declined was the older (the survivor) or the younger."""
+    run_import(session, world, tip(account(1, email="left@example.org"), account(2, username="righty", uploads_a="12")))
+    part = holder_of(session, world, "acc2" if declined_part == "younger" else "acc1")
+    declined = referrals.transition(session, world.actor("c_liaison"), part.referral_id, "send", None)
+    referrals.transition(session, world.actor("b_liaison"), declined.id, "acknowledge", None)
+    referrals.transition(session, world.actor("b_liaison"), declined.id, "decline", None, "Not ours.")
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.referral_id, merged.needs_review) == (declined.id, True)
+    drafts_with_it = session.scalars(select(Referral.reference).join(
+        referral_subjects, referral_subjects.c.referral_id == Referral.id).where(
+        referral_subjects.c.subject_id == merged.subject_id, Referral.status == Status.DRAFT)).all()
+    assert drafts_with_it == []
+    reason = holder_service.review_reasons(session, world.users["c_liaison"], [merged])[merged.id]
+    assert reason == f"{declined.reference} was declined by {world.agencies['b'].name}"
+
+
+@pytest.mark.parametrize("decided_part", ["younger", "older"])
+def test_a_merged_holder_a_person_placed_elsewhere_than_its_sent_referral_goes_to_review(
+        session, world, decided_part):
+    """One part is on a referral sent for Australia; a person placed the other in New Zealand.
+    Merged, the holder keeps the person's decision, stays on the sent referral and waits for a
+    person, and the receiver is told where it is placed now: whichever part was older."""
+    run_import(session, world, tip(account(1, email="left@example.org", uploads_b="1"),
+                                   account(2, username="righty")))
+    sent_part, decided = ((holder_of(session, world, "acc1"), holder_of(session, world, "acc2"))
+                          if decided_part == "younger" else
+                          (holder_of(session, world, "acc2"), holder_of(session, world, "acc1")))
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), decided.subject_id, "NZ", "Checked by hand.")
+    sent = referrals.transition(session, world.actor("c_liaison"), sent_part.referral_id, "send", None)
+    assert sent.jurisdiction == "AU"
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.referral_id, merged.jurisdiction, merged.needs_review) == (sent.id, "NZ", True)
+    assert "it is now placed in New Zealand" in session.get(Referral, sent.id).events[-1].note
+
+
+def test_a_merged_holder_stays_on_the_open_referral_of_a_part_rather_than_its_own_closed_one(session, world):
+    """The older part's case is closed; the younger part's referral is still open with Bravo.
+    The merged person's new material goes to the open case, which is raised and told."""
+    run_import(session, world, tip(account(1, email="left@example.org", uploads_a="12"),
+                                   account(2, username="righty", uploads_b="1")))
+    bravo = world.actor("b_liaison")
+    closed = referrals.transition(session, world.actor("c_liaison"), holder_of(session, world, "acc1").referral_id,
+                                  "send", None)
+    for action in ("acknowledge", "accept"):
+        referrals.transition(session, bravo, closed.id, action, None)
+    referrals.record_outcome(session, bravo, closed.id, referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
+    referrals.transition(session, bravo, closed.id, "close", None)
+    open_ = referrals.transition(session, world.actor("c_liaison"), holder_of(session, world, "acc2").referral_id,
+                                 "send", None)
+    assert (closed.status, open_.priority) == (Status.CLOSED, Priority.P3)
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty", uploads_a="50")),
+               file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert merged.referral_id == open_.id
+    again = session.get(Referral, open_.id)
+    assert again.priority is Priority.P2
+    assert any("joined this referral by a merge" in e.note for e in again.events if e.action == "update")
 
 
 def test_a_holder_waiting_for_review_stays_on_the_list_through_later_imports(session, world):

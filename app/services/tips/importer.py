@@ -612,14 +612,14 @@ class _Writer:
                 continue  # on no referral, or on a draft (routed above)
             referral_id = router.current_id(states[h].referral_id)  # two holders may reach it two ways
             label = holder_label(old_rows[h].number)
+            elsewhere = (f" (it is now placed in {countries.name(states[h].jurisdiction)}: the sending agency "
+                         "reviews it)" if states[h].for_review and states[h].jurisdiction else "")
             if h in followed:
-                elsewhere = (f" (its evidence now points to {countries.name(states[h].jurisdiction)}: the sending "
-                             "agency reviews it)" if states[h].for_review and states[h].jurisdiction else "")
                 news[referral_id].append(f"holder {label} joined this referral by a merge with holder "
                                          f"{holder_label(old_rows[followed[h][1]].number)}, which is on it{elsewhere}")
             elif h in merged_from:
                 parts = ", ".join(holder_label(old_rows[a].number) for a in merged_from[h])
-                news[referral_id].append(f"holder {label} took in the accounts of holder {parts} by a merge")
+                news[referral_id].append(f"holder {label} took in the accounts of holder {parts} by a merge{elsewhere}")
             if h in followed or h in merged_from:
                 # Risk flags investigators found on a part now belong to the whole person.
                 turned = referrals.turn_on_risk_flags(self.session, referral_id, [

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
+from operator import itemgetter
 
 from sqlalchemy import Integer, bindparam, case, cast, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -133,6 +134,10 @@ def state_from_row(row) -> HolderState:
     )
 
 
+# Where a merged holder stays, best first: an open referral, a closed one, a declined one.
+_STAY_RANK = {**dict.fromkeys(referrals.OPEN_STATUSES, 0), Status.CLOSED: 1, Status.DECLINED: 2}
+
+
 @dataclass
 class _Draft:
     receiver_agency_id: int
@@ -214,23 +219,30 @@ class Router:
 
     def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, tuple[Priority, int]]:
         """Each merged holder (survivor, absorbed parts) stays on a sent referral one of its
-        parts is on: its own, else the oldest part's, which it then joins (off its own draft),
-        where that referral is now if it was transferred onward; if its evidence now points
-        elsewhere than that referral's jurisdiction, a person is to look. Returns, by survivor id, the
-        priority of the referral it joined (the import raises it if the holder is now more
-        urgent) and the part that was on it."""
+        parts is on, an open one before a closed one: its own, else the oldest part's, which it
+        then joins (off its own draft), where that referral is now if it was transferred onward;
+        if its jurisdiction is not that referral's, a person is to look. On no sent referral, it
+        joins one that a part's receiver declined, as that part would have stayed there: `plan`
+        then holds it back from the decliner until a person sets its jurisdiction. Returns, by
+        survivor id, the priority of the sent referral it joined (the import raises it if the
+        holder is now more urgent) and the part that was on it."""
         self._chains.load(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
         joined: dict[int, tuple[Priority, int]] = {}
         for survivor, parts in merges:
-            if self.stays(survivor.referral_id):
-                continue
-            part = next((p for p in parts if self.stays(p.referral_id)), None)
-            if part is None:
-                continue
+            part = self._staying_part(survivor, parts)
+            if part is None or (part is survivor and not self.stays(survivor.referral_id)):
+                continue  # on no sent referral, or on its own declined one: `plan` routes it
             current = self._chains.where_now(part.referral_id)
+            if part is survivor:
+                survivor.for_review = survivor.jurisdiction != current.jurisdiction
+                continue
             self.detach(survivor)
-            survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
-            survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
+            survivor.referral_id, survivor.packaged, survivor.routing = part.referral_id, part.packaged, part.routing
+            survivor.receiver_agency_id, survivor.changed = part.receiver_agency_id, True
+            if not self.stays(part.referral_id):  # declined
+                self.links.append((part.referral_id, survivor))
+                continue
+            survivor.referral_id, survivor.receiver_agency_id = current.id, current.receiver_agency_id
             self.links.append((current.id, survivor))
             # Holders stay on the referral they were sent on; one that joined a case after its
             # transfer sits on the successor, and only then is the chain walked back.
@@ -246,6 +258,17 @@ class Router:
             survivor.for_review = survivor.jurisdiction != current.jurisdiction
             joined[survivor.id] = (current.priority, part.id)
         return joined
+
+    def _staying_part(self, survivor: HolderState, parts: list[HolderState]) -> HolderState | None:
+        """Of a merge's survivor and parts (oldest first), the one whose referral the merged
+        holder stays on: the first on an open referral, else on a closed one, else on a
+        declined one; None when none was sent."""
+        ranked = []
+        for order, state in enumerate((survivor, *parts)):
+            current = self._chains.where_now(state.referral_id)
+            if current is not None and current.status in _STAY_RANK:
+                ranked.append((_STAY_RANK[current.status], order, state))
+        return min(ranked, key=itemgetter(0, 1))[2] if ranked else None
 
     def plan(self, states: list[HolderState], *, decided: frozenset[int] = frozenset()) -> None:
         """Route these holders. Those in `decided` had their jurisdiction set by a person just
