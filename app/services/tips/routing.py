@@ -236,14 +236,16 @@ class Router:
             if part is survivor:
                 survivor.for_review = survivor.jurisdiction != current.jurisdiction
                 continue
+            # Declined: it waits where the part waits, where its chain starts (`plan` reads it).
+            declined = not self.stays(part.referral_id)
+            on, receiver = ((part.referral_id, part.receiver_agency_id) if declined
+                            else (current.id, current.receiver_agency_id))
             self.detach(survivor)
-            survivor.referral_id, survivor.packaged, survivor.routing = part.referral_id, part.packaged, part.routing
-            survivor.receiver_agency_id, survivor.changed = part.receiver_agency_id, True
-            if not self.stays(part.referral_id):  # declined
-                self.links.append((part.referral_id, survivor))
+            survivor.referral_id, survivor.packaged, survivor.routing = on, part.packaged, part.routing
+            survivor.receiver_agency_id, survivor.changed = receiver, True
+            self.links.append((on, survivor))
+            if declined:
                 continue
-            survivor.referral_id, survivor.receiver_agency_id = current.id, current.receiver_agency_id
-            self.links.append((current.id, survivor))
             # Holders stay on the referral they were sent on; one that joined a case after its
             # transfer sits on the successor, and only then is the chain walked back.
             first = (part.referral_id if self._chains.rows[part.referral_id].transferred_from_id is None
