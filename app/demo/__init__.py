@@ -131,7 +131,7 @@ def _demo_referral(session, rng, now, start, sender, receiver, operation, users_
         material_description=PLACEHOLDER_MATERIAL,
         summary=PLACEHOLDER_SUMMARY,
     )
-    referral = referrals.create_draft(session, sender_actor, data)
+    referral = referrals.create_draft(session, sender_actor, data, year=start.year)
     at = referral.created_at = referral.updated_at = referral.events[0].at = start
     _demo_subject(session, rng, sender_actor, referral.id, start)
     for step in PATHS[final_status]:  # at realistic intervals

@@ -403,7 +403,7 @@ def _partner_leads(session, rng: random.Random, operation, since: datetime) -> i
         at = since + timedelta(hours=rng.uniform(0, 60 * 24))
         referral = referrals.create_draft(session, partner, referrals.ReferralData(
             receiver_agency_id=international, jurisdiction=country, priority=Priority.P3,
-            summary=PLACEHOLDER_SUMMARY, material_description=PLACEHOLDER_MATERIAL))
+            summary=PLACEHOLDER_SUMMARY, material_description=PLACEHOLDER_MATERIAL), year=at.year)
         referral.created_at = referral.updated_at = referral.events[0].at = at
         subjects.add_subject(session, partner, referral.id, "Account holder", email, at=at)
         sent = at + timedelta(hours=rng.uniform(1, 48))

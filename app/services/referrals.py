@@ -164,11 +164,12 @@ def _event(referral: Referral, actor: Actor, action: str, from_status: Status | 
     )
 
 
-def create_draft(session: Session, actor: Actor, data: ReferralData) -> Referral:
+def create_draft(session: Session, actor: Actor, data: ReferralData, *, year: int | None = None) -> Referral:
+    """`year` numbers a draft the demo loader replays in the year it is dated (the current one by default)."""
     require_worker(actor)
     _validate(session, actor, data)
     referral = Referral(
-        reference=next_references(session)[0],
+        reference=next_references(session, year=year)[0],
         sender_agency_id=actor.agency_id,
         status=Status.DRAFT,
         created_by_id=actor.user_id,
@@ -290,7 +291,8 @@ def transition(
 ) -> Referral:
     """Apply one lifecycle step. Returns the referral (for a transfer: the new one).
 
-    `at` lets the demo loader replay history; requests always use the current time.
+    `at` lets the demo loader replay history (a transfer's new reference is numbered in its
+    year); requests always use the current time.
     """
     rule = TRANSITIONS.get(action)
     if rule is None:
@@ -306,7 +308,7 @@ def transition(
         holders.lock_operation(session, operation_id, wait=False)
     # A transfer's new reference is reserved first, as drafts (an import's too) reserve theirs
     # before they write their audit entries.
-    reference = next_references(session)[0] if action == "transfer" else None
+    reference = next_references(session, year=(at or utcnow()).year)[0] if action == "transfer" else None
     # A withdrawal or decline moves drafts before it audits; a transfer audits first, as a step
     # that takes no operation lock (consent, say) does: both lock the chain, then the referral.
     referral = get_visible_referral(session, actor.user, referral_id, for_update=True,

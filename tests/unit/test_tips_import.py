@@ -2209,6 +2209,26 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     assert _scenario_facts(session) == facts
 
 
+# A small scenario dated just after a new year: the basic demo's referrals start in the old
+# one, and neither is the year the tests run in.
+SCENARIO_NOW = datetime(2025, 1, 20, tzinfo=timezone.utc)
+
+
+def _small_scenario(any_app, session) -> None:
+    from app.demo import operation_h
+
+    operation_h.load_scenario(session, any_app.extensions["handoff_passwords"], scale=0.01, seed=4,
+                              now=SCENARIO_NOW)
+    session.commit()
+
+
+def test_operation_h_numbers_each_referral_in_the_year_it_was_created(any_app, session):
+    _small_scenario(any_app, session)
+    created = session.execute(select(Referral.reference, Referral.created_at)).all()
+    assert {at.year for _, at in created} == {2023, 2024, 2025}
+    assert [(reference, at) for reference, at in created if not reference.startswith(f"HND-{at.year}-")] == []
+
+
 def _committed_review_holder(pg_app):
     """A world with one holder on the review list, committed: (world, holder id, subject id)."""
     from tests.factories import build_world
