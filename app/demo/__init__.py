@@ -100,7 +100,10 @@ def load_demo(session: Session, passwords: Passwords, seed: int = 7, *, now: dat
     for final_status, count in SPREAD.items():
         for _ in range(count):
             sender = rng.choice(senders)
-            receiver = rng.choice([a for a in agencies if a.id != sender.id and a.id in users_by_agency])
+            receivers = [a for a in agencies if a.id != sender.id and a.id in users_by_agency]
+            if final_status == "transferred":  # a country's agency passes the case on to the bureau
+                receivers = [a for a in receivers if a.kind is not AgencyKind.INTERNATIONAL]
+            receiver = rng.choice(receivers)
             # History starts between 2 and 90 days ago; some sent referrals are inside their clock.
             start = now - timedelta(days=rng.uniform(2, 90))
             if final_status == "sent" and rng.random() < 0.5:
@@ -149,8 +152,8 @@ def _demo_referral(session, rng, now, start, sender, receiver, operation, users_
         actor = sender_actor if referrals.TRANSITIONS[step].side == "sender" else receiver_actor
         note = "Synthetic demo note." if step in ("decline", "withdraw", "transfer") else ""
         target = None
-        if step == "transfer":
-            target = next(a for a in agencies if a.id not in (sender.id, receiver.id) and a.id in users_by_agency)
+        if step == "transfer":  # to the international bureau (another country's agency has no part in the case)
+            target = next(a for a in agencies if a.kind is AgencyKind.INTERNATIONAL)
         referrals.transition(session, actor, referral.id, step, None, note, transfer_to_agency_id=target and target.id, at=at)
 
 

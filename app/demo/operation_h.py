@@ -171,7 +171,9 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 # details) chained like audit.record, outcomes rows, and for a transfer a new referral already
 # sent, linked by transferred_from_id, carrying the same subjects, with its create/send events
 # and audit entries, which the agency it went to acknowledges (and one in five declines) as
-# the first receivers do; deconfliction runs once for the new referrals. The holders of a
+# the first receivers do (a country's desk passes a case on to the international body, which
+# passes it to the focal point of the case's country, or keeps it when there is none);
+# deconfliction runs once for the new referrals. The holders of a
 # declined referral (or of one transferred on to it) go on the review list, as a decline through
 # the services puts them; those of a withdrawn one are routed again into new drafts, as a
 # withdrawal through the services routes them. Partner desks' users share
@@ -434,12 +436,13 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     from app.services.referrals import next_references
     from app.services.tips import bulk
     from app.services.tips.holders import reroute_after_withdrawal
+    from app.services.tips.routing import load_directory
 
     # Each draft's clock starts at its last change (triage may have edited it after the import).
     last_change = (select(ReferralEvent.referral_id, func.max(ReferralEvent.at).label("at"))
                    .group_by(ReferralEvent.referral_id).subquery())
     drafts = session.execute(
-        select(Referral.id, Referral.reference, Referral.priority, Referral.receiver_agency_id,
+        select(Referral.id, Referral.reference, Referral.priority, Referral.jurisdiction, Referral.receiver_agency_id,
                Referral.sender_agency_id, func.coalesce(last_change.c.at, Referral.created_at).label("changed_at"))
         .outerjoin(last_change, last_change.c.referral_id == Referral.id)
         .where(Referral.operation_id == operation.id, Referral.status == Status.DRAFT).order_by(Referral.id)
@@ -449,12 +452,17 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     actors = _desks(session)
     names = dict(session.execute(select(Agency.id, Agency.name)).all())
     international = _international_body(session)
-    focal = sorted(session.scalars(select(Agency.id).where(Agency.is_focal_point.is_(True),
-                                                           Agency.id != operation.lead_agency_id)))
+    focal_of = load_directory(session, operation.lead_agency_id).focal  # country -> its focal point, as routed
     latest = now - timedelta(minutes=5)
 
     def later(at: datetime, hours: float) -> datetime:
         return at + timedelta(hours=hours)
+
+    def onward(row) -> int | None:
+        """Where a receiver passes a case on: a country's desk to the international body, the
+        international body to the focal point of the case's country (None: nowhere to pass it)."""
+        target = focal_of.get(row.jurisdiction) if row.receiver_agency_id == international else international
+        return None if target in (row.receiver_agency_id, row.sender_agency_id) else target
 
     # 1. Send, withdraw, acknowledge: each referral's own clock.
     plans: dict[int, list[_Step]] = {}
@@ -505,11 +513,11 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
             continue
         draw = rng.random()
         if draw < 0.08:
+            target = onward(row)
+            if target is None:
+                continue  # the receiver keeps the case and works it
             # The tip's drafts carry H2: the sender consents before the receiver transfers.
             steps.append(_Step("consent", later(ack, rng.uniform(1, 48)), "sender"))
-            target = international if international not in (None, row.receiver_agency_id) else None
-            if target is None:
-                target = rng.choice([a for a in focal if a != row.receiver_agency_id])
             at = later(steps[-1].at, rng.uniform(24, 20 * 24))
             steps.append(_Step("transfer", at, "receiver", PLACEHOLDER_NOTE))
             transfers.append((row, at, target))

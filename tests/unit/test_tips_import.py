@@ -2229,6 +2229,15 @@ def test_operation_h_numbers_each_referral_in_the_year_it_was_created(any_app, s
     assert [(reference, at) for reference, at in created if not reference.startswith(f"HND-{at.year}-")] == []
 
 
+def test_operation_h_passes_cases_on_to_the_international_body_or_a_desk_of_their_country(any_app, session):
+    _small_scenario(any_app, session)
+    onward = session.scalars(select(Referral).where(Referral.transferred_from_id.is_not(None))).all()
+    assert len(onward) > 10
+    elsewhere = [(r.reference, r.jurisdiction, r.receiver.name) for r in onward
+                 if r.receiver.kind is not AgencyKind.INTERNATIONAL and r.receiver.country_code != r.jurisdiction]
+    assert elsewhere == []
+
+
 def _committed_review_holder(pg_app):
     """A world with one holder on the review list, committed: (world, holder id, subject id)."""
     from tests.factories import build_world
