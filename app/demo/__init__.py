@@ -25,17 +25,17 @@ PLACEHOLDER_MATERIAL = "Graded material, description held by sending agency."
 PLACEHOLDER_SUMMARY = "Synthetic demo referral. Account holder details held by the sending agency."
 
 # name, kind, country, desk e-mail, desk phone, time zone, focal point. Desk phones are in the
-# ranges reserved for drama where a country has one (AU, GB, North America), else in a range
-# no numbering plan assigns: no one's number.
+# ranges reserved for drama where a country has one (AU, GB, North America), else among the desk
+# numbers of a range no numbering plan assigns: no one's number, and no suspect's.
 AGENCIES = [
-    ("Wellington Online Safety Unit", AgencyKind.POLICE, "NZ", "desk@wosu.example.org", phones.unassigned("NZ", 200), "Pacific/Auckland", True),
-    ("Harbour Customs Intelligence", AgencyKind.CUSTOMS, "NZ", "intel@hci.example.org", phones.unassigned("NZ", 201), "Pacific/Auckland", False),
+    ("Wellington Online Safety Unit", AgencyKind.POLICE, "NZ", "desk@wosu.example.org", phones.desk("NZ"), "Pacific/Auckland", True),
+    ("Harbour Customs Intelligence", AgencyKind.CUSTOMS, "NZ", "intel@hci.example.org", phones.desk("NZ", 1), "Pacific/Auckland", False),
     ("Southern Cyber Investigations", AgencyKind.POLICE, "AU", "referrals@sci.example.org", "+61 2 5550 0102", "Australia/Sydney", True),
     ("Thames Child Protection Command", AgencyKind.POLICE, "GB", "liaison@tcpc.example.org", "+44 20 7946 0103", "Europe/London", True),
     ("Prairie Internet Crimes Unit", AgencyKind.POLICE, "CA", "desk@picu.example.org", "+1 613 555 0104", "America/Toronto", True),
-    ("Rhine Cybercrime Office", AgencyKind.POLICE, "DE", "kontakt@rco.example.org", phones.unassigned("DE", 200), "Europe/Berlin", True),
-    ("Archipelago Protection Task Force", AgencyKind.GOVERNMENT, "PH", "desk@aptf.example.org", phones.unassigned("PH", 200), "Asia/Manila", True),
-    ("Interagency Liaison Bureau", AgencyKind.INTERNATIONAL, None, "bureau@ilb.example.org", phones.unassigned("FR", 200), "Europe/Paris", False),
+    ("Rhine Cybercrime Office", AgencyKind.POLICE, "DE", "kontakt@rco.example.org", phones.desk("DE"), "Europe/Berlin", True),
+    ("Archipelago Protection Task Force", AgencyKind.GOVERNMENT, "PH", "desk@aptf.example.org", phones.desk("PH"), "Asia/Manila", True),
+    ("Interagency Liaison Bureau", AgencyKind.INTERNATIONAL, None, "bureau@ilb.example.org", phones.desk("FR", 1), "Europe/Paris", False),
 ]
 
 # e-mail, name, role, agency index
@@ -163,7 +163,7 @@ SHARED_IDENTIFIERS = ["harbour.lights@example.org", phones.unassigned("NZ", 990_
 
 
 def _demo_subject(session, rng, actor, referral_id, at: datetime) -> None:
-    phone = phones.unassigned("AU", rng.randrange(10**8) % phones.capacity("AU"))
+    phone = phones.unassigned("AU", phones.DESKS + rng.randrange(10**8) % (phones.capacity("AU") - phones.DESKS))
     lines = [f"holder{referral_id:03d}@example.org", phone]
     if rng.random() < 0.3:
         lines.append(rng.choice(SHARED_IDENTIFIERS))

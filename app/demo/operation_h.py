@@ -31,7 +31,8 @@ LEAD_ACCOUNTS = 125
 LEAD_HOLDERS = 71
 # A handful of numbers every provider sees on unrelated accounts (test numbers, a shared
 # family phone): they must become common identifiers and join nobody. One of a range the UK
-# reserves for drama, and the last of New Zealand's unassigned range (its holders take the first).
+# reserves for drama, and the last of New Zealand's unassigned range (its desks and holders
+# take the first).
 SHARED_NUMBERS = ("+44 20 7946 0999", phones.unassigned("NZ", 999_999))
 SHARED_NUMBER_USES = 40
 
@@ -82,7 +83,7 @@ def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
     phones_given: Counter = Counter()  # country -> numbers of its free range given out
     for holder, country in enumerate(holder_country):
         email = f"holder{holder}.{rng.randrange(10 ** 6):06d}@mail{holder % 97}.example.org"
-        number = phones_given[country]
+        number = phones.DESKS + phones_given[country]  # after the desks' numbers
         phones_given[country] += 1
         phone = phones.unassigned(country, number) if number < phones.capacity(country) else ""
         other_country = rng.choice(places[1:])  # (not the lead's: its holders are the lead's own)
@@ -188,7 +189,8 @@ CHILDREN_SAFEGUARDED = 146
 WITHOUT_FOCAL_POINT = 0.12  # share of the tip's countries with no focal point in the directory
 FLAGGED = 0.004  # share of holders investigators flag (access to children, ...)
 PARTNER_LEADS = 0.002  # share of holders a partner desk refers on its own, from its own work
-INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", phones.unassigned("FR", 200))
+# In Paris: France's desk numbers 0 and 1 are its focal point's and the basic demo's bureau's.
+INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", phones.desk("FR", 2))
 PLACEHOLDER_NOTE = "Synthetic demo note."
 
 
@@ -306,7 +308,7 @@ def _directory(session, passwords, rng: random.Random, places: list[str]) -> int
     for code in sorted(open_places[uncovered:]):
         country = pycountry.countries.get(alpha_2=code)
         name = getattr(country, "common_name", None) or country.name
-        phone = phones.unassigned(code, 100)  # every place has a mobile numbering plan
+        phone = phones.desk(code)  # every place has a mobile numbering plan
         created.append(directory.create_agency(session, SYSTEM, directory.AgencyData(
             name=f"{name} Online Child Protection Desk"[:200], kind=rng.choice(kinds), country_code=code,
             desk_email=f"focal.{code.lower()}@partners.example.org", desk_phone=phone, timezone="UTC",

@@ -4,7 +4,8 @@ Each country gets a range of numbers of its mobile numbers' length that its numb
 does not assign: phonenumbers finds them possible (the right length, so the tip reader takes
 them) but valid for no kind of line, so no subscriber can hold one. Only a few countries
 reserve numbers for fiction, and a real country's example number with other last digits may
-well be someone's.
+well be someone's. Each range starts with the agencies' desk phones (`desk`); the people a
+scenario invents take the numbers after them, so no desk shares a number with a suspect.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from phonenumbers import PhoneNumberType, ValidationResult
 # included). Numbering plans assign by leading digits, and these take every value of the
 # suffix's first three; the tests check every number of a small scenario besides.
 SAMPLES = 1000
+# The first numbers of each range, kept for desk phones.
+DESKS = 100
 
 
 @functools.cache
@@ -57,6 +60,13 @@ def _nobodys(country_code: int, national: str) -> bool:
 def capacity(country: str) -> int:
     """How many numbers the country's free range holds."""
     return 10 ** free_range(country)[2]
+
+
+def desk(country: str, index: int = 0) -> str:
+    """A desk phone in the country: index 0 is its focal point's, the next ones its other agencies'."""
+    if not 0 <= index < DESKS:
+        raise ValueError(f"{DESKS} desk numbers per country")
+    return unassigned(country, index)
 
 
 def unassigned(country: str, serial: int) -> str:

@@ -2238,6 +2238,18 @@ def test_operation_h_passes_cases_on_to_the_international_body_or_a_desk_of_thei
     assert elsewhere == []
 
 
+def test_operation_h_desk_phones_are_neither_a_suspects_nor_another_desks(any_app, session):
+    import phonenumbers
+
+    _small_scenario(any_app, session)
+    desks = [phonenumbers.format_number(phonenumbers.parse(phone), phonenumbers.PhoneNumberFormat.E164)
+             for phone in session.scalars(select(Agency.desk_phone))]
+    suspects = set(session.scalars(select(Identifier.value).where(Identifier.kind == IdentifierKind.PHONE)))
+    assert len(desks) > 100 and len(suspects) > 500
+    assert len(set(desks)) == len(desks)
+    assert set(desks) & suspects == set()
+
+
 def _committed_review_holder(pg_app):
     """A world with one holder on the review list, committed: (world, holder id, subject id)."""
     from tests.factories import build_world
