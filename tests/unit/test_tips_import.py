@@ -2250,6 +2250,27 @@ def test_operation_h_desk_phones_are_neither_a_suspects_nor_another_desks(any_ap
     assert set(desks) & suspects == set()
 
 
+def test_operation_h_dates_an_outcome_on_the_day_of_the_desk_that_recorded_it(any_app, session, monkeypatch):
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import update
+
+    from app.demo import operation_h
+
+    simulate, kiritimati = operation_h.simulate, ZoneInfo("Pacific/Kiritimati")
+
+    def far_east(session, *args, **kwargs):  # the desks' staff work 14 hours ahead of UTC
+        session.execute(update(User).values(timezone=kiritimati.key))
+        return simulate(session, *args, **kwargs)
+
+    monkeypatch.setattr(operation_h, "simulate", far_east)
+    _small_scenario(any_app, session)
+    recorded = session.execute(select(Outcome.occurred_on, Outcome.recorded_at).join(Referral).join(Operation).where(
+        Operation.code == operation_h.OPERATION_CODE)).all()
+    assert any(at.date() != at.astimezone(kiritimati).date() for _, at in recorded)  # past 10:00 UTC
+    assert [(day, at) for day, at in recorded if day != at.astimezone(kiritimati).date()] == []
+
+
 def _committed_review_holder(pg_app):
     """A world with one holder on the review list, committed: (world, holder id, subject id)."""
     from tests.factories import build_world
