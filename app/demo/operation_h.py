@@ -435,7 +435,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
     from app.models import Agency, Holder, Outcome, Referral, ReferralEvent, Status
     from app.models import referral_subjects
     from app.services import deconfliction
-    from app.services.referrals import _today_of, next_references
+    from app.services.referrals import today_of, next_references
     from app.services.tips import bulk
     from app.services.tips.holders import reroute_after_withdrawal
     from app.services.tips.routing import load_directory
@@ -565,7 +565,7 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
                         f"{outcome['children_safeguarded']}.")
                 # The recording desk's own day (`record_outcome` refuses a later one as in the future).
                 outcome_rows.append({
-                    "referral_id": referral_id, "occurred_on": _today_of(session, actor, step.at),
+                    "referral_id": referral_id, "occurred_on": today_of(session, actor, step.at),
                     "arrests": outcome["arrests"], "charges": outcome["charges"],
                     "children_safeguarded": outcome["children_safeguarded"],
                     "note": "Synthetic outcome.", "recorded_at": step.at, "recorded_by_id": actor.user_id,

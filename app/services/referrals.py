@@ -546,7 +546,7 @@ def grant_transfer_consent(session: Session, actor: Actor, referral_id: int, exp
     return referral
 
 
-def _today_of(session: Session, actor: Actor, now: datetime) -> date:
+def today_of(session: Session, actor: Actor, now: datetime) -> date:
     """The date where the acting person is (their time zone, else their agency's; the system's
     is UTC's, a day's leeway for the zones ahead of it)."""
     if actor.user is None:
@@ -587,7 +587,7 @@ def record_outcome(session: Session, actor: Actor, referral_id: int, data: Outco
         if getattr(data, name) > OUTCOME_COUNT_MAX:
             raise DomainError(f"At most {OUTCOME_COUNT_MAX:,} in one report.", field=name)
     when = at or utcnow()
-    if data.occurred_on > _today_of(session, actor, when):
+    if data.occurred_on > today_of(session, actor, when):
         raise DomainError("The date cannot be in the future.", field="occurred_on")
     if referral.sent_at is not None and data.occurred_on < (referral.sent_at - timedelta(days=1)).date():
         raise DomainError("The date is before the referral was sent.", field="occurred_on")
