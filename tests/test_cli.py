@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+
 import phonenumbers
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, User
+from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, TipAccount, User
 
 # Ranges reserved for films and drama: Australia's 02 5550 0xxx, Ofcom's 020 7946 0xxx,
 # North America's 555-01xx.
@@ -88,3 +90,30 @@ def test_audit_verify_notices_tampering(app, web_world):
         db.session.commit()
     broken = runner.invoke(args=["audit", "verify"])
     assert broken.exit_code == 1 and f"entry {seq}" in broken.output
+
+
+# --- import-tip ---------------------------------------------------------------------------------
+
+def import_tip(app, path, *options):
+    return app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTERN", *options])
+
+
+def count(app, model) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(model))
+
+
+def test_import_tip_skipping_a_quote_left_open_imports_every_row_after_it(app, web_world, tmp_path):
+    """The quote opened on line 2 runs past the csv module's field limit (1,800 lines of these):
+    line 2 alone is the bad row, and every line after it a row of its own."""
+    lines = ["platform,account_id,username,email", 'instagram,UQ0,"oops,uq0@example.org']
+    lines += [f"instagram,UQ{n},user_uq_{n}_padding_padding_padding,uq{n}@example.org" for n in range(1, 2501)]
+    path = tmp_path / "tip.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "rejects.csv"
+    result = import_tip(app, path, "--skip-invalid", "--reject-file", str(rejects))
+    assert result.exit_code == 0, result.output
+    assert "line 2: -: not readable as CSV: a quote opened on this line is not closed on it" in result.output
+    assert "2,501 rows, 1 rejected; 2,500 new accounts" in result.output
+    assert [row["line"] for row in csv.DictReader(rejects.open(encoding="utf-8-sig"))] == ["2"]
+    assert count(app, TipAccount) == 2500

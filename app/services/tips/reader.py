@@ -141,6 +141,45 @@ def csv_rows(lines: Iterable[str]):
     return csv.reader(lines, strict=True)
 
 
+class RecordLines:
+    """The lines of a CSV text for the csv module, those of the record being read kept, so
+    that a record it cannot read can be its first line alone: a quote left open there ran
+    into the lines after it, which are then read again as rows of their own instead of lost
+    with it (up to the csv module's field limit, thousands of good rows)."""
+
+    def __init__(self, lines: Iterable[str]):
+        self._lines = iter(lines)
+        self._again: list[str] = []  # lines to read again, the next one last
+        self._record: list[str] = []  # the lines of the record being read
+
+    def __iter__(self) -> RecordLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._again.pop() if self._again else next(self._lines)
+        self._record.append(line)
+        return line
+
+    def end_record(self) -> int:
+        """The record read is done: how many lines it took."""
+        taken = len(self._record)
+        self._record.clear()
+        return taken
+
+    def end_unreadable_record(self) -> int:
+        """The record read is its first line alone: the lines after it are read again. How
+        many they are."""
+        after = self._record[1:]
+        self._again.extend(reversed(after))
+        self._record.clear()
+        return len(after)
+
+    @property
+    def reading_again(self) -> bool:
+        """Whether lines an unreadable record ran into are still to be read again."""
+        return bool(self._again)
+
+
 # What a person does about a header a spreadsheet saved with another separator.
 _SAVE_WITH_COMMAS = "in a spreadsheet, save as CSV UTF-8, comma delimited"
 
@@ -148,18 +187,18 @@ _SAVE_WITH_COMMAS = "in a spreadsheet, save as CSV UTF-8, comma delimited"
 _CSV_ERRORS = {
     "',' expected after '\"'": "a quote inside a quoted value is written twice (\"\"), and a quoted value ends "
                                 "where its closing quote is followed by a comma",
-    "unexpected end of data": "a quote opened on this line is never closed: the rest of the file was read as one "
-                              "value",
+    "unexpected end of data": "a quote opened on this line is never closed",
 }
 
 
 def _unreadable(exc: csv.Error, lines_after: int) -> str:
     """Why a record is unreadable; `lines_after`: how many lines after its first the csv module
-    read into it before giving up (a quote left open)."""
-    if lines_after and str(exc) != "unexpected end of data":
-        return (f"not readable as CSV: a quote opened on this line is not closed where its value ends, and the "
-                f"next {lines_after:,} lines were read into it")
-    return f"not readable as CSV: {_CSV_ERRORS.get(str(exc), str(exc))}"
+    read into it before giving up (a quote left open), which are read again."""
+    if not lines_after:
+        return f"not readable as CSV: {_CSV_ERRORS.get(str(exc), str(exc))}"
+    closed = "is never closed" if str(exc) == "unexpected end of data" else "is not closed on it"
+    return (f"not readable as CSV: a quote opened on this line {closed} (no tip field holds a line break); "
+            "the lines after it are read as rows of their own")
 
 
 def _header_unreadable(exc: csv.Error) -> str:
@@ -197,14 +236,15 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     if fmt == "jsonl":
         yield from _json_records(text, {} if ignored is None else ignored)
         return
-    rows = csv_rows(text)
+    lines = RecordLines(text)
+    rows = csv_rows(lines)
     header: list[str] = []
     line = 1  # the header's: blank lines before it are no header
     try:
         for header in rows:
             if not blank_row(header):
                 break
-            line = rows.line_num + 1
+            line += lines.end_record()
     except csv.Error as exc:
         yield line, {}, [RowError(line, WHOLE_RECORD, _header_unreadable(exc))]
         return
@@ -226,16 +266,17 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
     # one too many, as past the header. (An unnamed column before, a spreadsheet's or pandas'
     # row index, is one more column the import does not read.)
     unnamed = range(max(index for index, name in enumerate(header) if name.strip()) + 1, width)
-    start = rows.line_num + 1
+    start = line + lines.end_record()
     while True:
         try:
             row = next(rows)
         except StopIteration:
             return
-        except csv.Error as exc:  # the csv module goes on with the next line
-            yield start, {}, [RowError(start, WHOLE_RECORD, _unreadable(exc, rows.line_num - start))]
-            start = rows.line_num + 1
+        except csv.Error as exc:  # the next record starts on the next line, whatever the csv module read
+            yield start, {}, [RowError(start, WHOLE_RECORD, _unreadable(exc, lines.end_unreadable_record()))]
+            start += 1
             continue
+        taken = lines.end_record()
         if not blank_row(row):  # a blank line, or one of separators only, is no record
             if "'" in "".join(row):
                 row = list(map(restore_cell, row))
@@ -252,15 +293,15 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
                                                           f"(a value with a comma in it is written in quotes): "
                                                           f"{_as_read(row)}")]
             record = dict(zip(keys, row))
-            if rows.line_num > start and not problems:
+            if taken > 1 and not problems:
                 # No tip field holds a line break: a quote left open swallowed the lines after it.
                 problems = [RowError(start, key, f"a quote opened on this line is closed only "
-                                                 f"{rows.line_num - start:,} lines later: the lines in between were "
+                                                 f"{taken - 1:,} lines later: the lines in between were "
                                                  "read as this value")
                             for key in FIELDS if "\n" in record.get(key, "") or "\r" in record.get(key, "")]
                 problems = problems or _NO_PROBLEMS
             yield start, record, problems
-        start = rows.line_num + 1
+        start += taken
 
 
 def _as_read(row: list[str], limit: int = 1000) -> str:

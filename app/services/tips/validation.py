@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
@@ -135,7 +136,7 @@ def _split_header(data: bytes, fmt: str) -> tuple[bytes, bytes, int]:
     if fmt != "csv":
         return b"", data, 1
     start = end = 0
-    for end in _record_ends(data):  # blank lines (or of separators only) before the header go with it
+    for end in _record_ends(data, read_again=False):  # blank lines (or of separators only) before the header go with it
         if not _blank_line(data[start:end]):
             break
         start = end
@@ -180,28 +181,41 @@ def _quoted_csv_chunks(body: bytes, chunk_bytes: int) -> list[tuple[int, int]]:
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
-def _record_ends(data: bytes) -> Iterator[int]:
+def _record_ends(data: bytes, *, read_again: bool = True) -> Iterator[int]:
     """The offset just after each CSV record of `data`, reading it line by line as a chunk's
     reader will (a lone CR ends a line, as in the reader's text stream). A record the csv
-    module cannot read ends where it gave up, as in the reader, which reports it and goes on."""
-    end = 0
+    module cannot read is its first line alone, as in the reader, which reports it and reads
+    the lines after it again: no record ends before those are read (a chunk cut among them
+    would read them otherwise). `read_again` off: as the reader reads the header, which it
+    does not read beyond when it cannot."""
+    sizes: deque[int] = deque()  # the bytes of each line read and not yet in a record
 
     def lines():
-        nonlocal end
         for line in io.BytesIO(data):
             for part in filter(None, _LONE_CR.split(line)) if b"\r" in line else (line,):
-                end += len(part)
+                sizes.append(len(part))
                 yield part.decode("utf-8", errors="replace")
 
-    records = reader.csv_rows(lines())
+    source = reader.RecordLines(lines())
+    records = reader.csv_rows(source)
+    end = 0
     while True:
         try:
             next(records)
         except StopIteration:
             return
         except csv.Error:
-            pass
-        yield end
+            if read_again:
+                source.end_unreadable_record()
+                taken = 1
+            else:
+                taken = source.end_record()
+        else:
+            taken = source.end_record()
+        for _line in range(taken):
+            end += sizes.popleft()
+        if not source.reading_again:
+            yield end
 
 
 def _header_columns(header: bytes) -> list[str]:
