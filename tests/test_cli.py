@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import phonenumbers
 from sqlalchemy import func, select
@@ -98,6 +99,14 @@ def import_tip(app, path, *options):
     return app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTERN", *options])
 
 
+def import_audit(app) -> list[tuple[str, str]]:
+    """(outcome, reason) of each tip.import entry on the audit trail."""
+    with app.app_context():
+        entries = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")
+                                     .order_by(AuditEntry.seq))
+        return [(entry.outcome, json.loads(entry.detail).get("reason")) for entry in entries]
+
+
 def count(app, model) -> int:
     with app.app_context():
         return db.session.scalar(select(func.count()).select_from(model))
@@ -117,3 +126,14 @@ def test_import_tip_skipping_a_quote_left_open_imports_every_row_after_it(app, w
     assert "2,501 rows, 1 rejected; 2,500 new accounts" in result.output
     assert [row["line"] for row in csv.DictReader(rejects.open(encoding="utf-8-sig"))] == ["2"]
     assert count(app, TipAccount) == 2500
+
+
+def test_import_tip_of_empty_rows_names_the_first_line_for_the_header(app, web_world, tmp_path):
+    path = tmp_path / "tip.csv"
+    path.write_text(",,,\n,,,\n")
+    result = import_tip(app, path)
+    assert result.exit_code != 0
+    assert "line 1: -: no header: the file holds only empty rows" in result.output
+    assert "line 3" not in result.output
+    assert import_audit(app) == [("failure", "Nothing was imported: no header: the file holds only empty rows, and a "
+                                             "tip's first row names its columns (platform and account_id at least).")]

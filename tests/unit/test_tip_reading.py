@@ -1,4 +1,5 @@
-"""Reading a tip's rows: a quote left open, by one reader and the chunked validation alike."""
+"""Reading a tip's rows: a quote left open, and a file with no header; by one reader and the
+chunked validation alike."""
 
 from __future__ import annotations
 
@@ -75,3 +76,12 @@ def test_chunked_validation_agrees_with_one_reader_around_quotes_left_open(monke
         rows = [HEADER + ",notes"] + [rng.choice(pieces).format(n=n) for n in range(rng.randint(1, 25))]
         data = "".join(row + rng.choice(["\n", "\r\n", "\r"]) for row in rows).encode()
         read_both(data, rng.randint(1, 60), monkeypatch)
+
+
+@pytest.mark.parametrize("data", [b",,,\n,,,\n", b"\n,,\r\n \n", b"\xef\xbb\xbf,,,"])
+def test_a_file_of_empty_rows_has_no_header_on_its_first_line(monkeypatch, data):
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    for result in (reader.read(io.BytesIO(data), "csv", b"k"), validation.validate(data, "csv", b"k", workers=2)):
+        assert [str(e) for e in result.errors] == [
+            "line 1: -: no header: the file holds only empty rows, and a tip's first row names its columns "
+            "(platform and account_id at least)"]

@@ -180,6 +180,10 @@ class RecordLines:
         return bool(self._again)
 
 
+# A CSV of empty rows only (blank lines, or separators: a spreadsheet's empty sheet).
+NO_HEADER = ("no header: the file holds only empty rows, and a tip's first row names its columns "
+             "(platform and account_id at least)")
+
 # What a person does about a header a spreadsheet saved with another separator.
 _SAVE_WITH_COMMAS = "in a spreadsheet, save as CSV UTF-8, comma delimited"
 
@@ -238,13 +242,15 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
         return
     lines = RecordLines(text)
     rows = csv_rows(lines)
-    header: list[str] = []
     line = 1  # the header's: blank lines before it are no header
     try:
         for header in rows:
             if not blank_row(header):
                 break
             line += lines.end_record()
+        else:
+            yield 1, {}, [RowError(1, WHOLE_RECORD, NO_HEADER)]
+            return
     except csv.Error as exc:
         yield line, {}, [RowError(line, WHOLE_RECORD, _header_unreadable(exc))]
         return
