@@ -1,5 +1,5 @@
-"""Reading a tip's rows: a quote left open, and a file with no header; by one reader and the
-chunked validation alike."""
+"""Reading a tip's rows: a quote left open, phone numbers with their country code written in
+other ways, and a file with no header; one reader and the chunked validation alike."""
 
 from __future__ import annotations
 
@@ -76,6 +76,22 @@ def test_chunked_validation_agrees_with_one_reader_around_quotes_left_open(monke
         rows = [HEADER + ",notes"] + [rng.choice(pieces).format(n=n) for n in range(rng.randint(1, 25))]
         data = "".join(row + rng.choice(["\n", "\r\n", "\r"]) for row in rows).encode()
         read_both(data, rng.randint(1, 60), monkeypatch)
+
+
+@pytest.mark.parametrize("phone", ["(+64) 21 555 0101", "\uff0b64 21 555 0101", "\u202a+64 21 555 0101\u202c",
+                                   "tel:+64-21-555-0101", "0064 21 555 0101", "tel:21-555-0101;phone-context=+64"])
+def test_a_phone_number_with_its_country_code_needs_no_country(phone):
+    data = f"platform,account_id,phone\ninstagram,1,{phone}\n".encode()
+    result = reader.read(io.BytesIO(data), "csv", b"k")
+    assert result.errors == [] and [a.phone for a in result.accounts] == ["+64215550101"]
+
+
+@pytest.mark.parametrize("phone", ["021 555 0101", "(021) 555 0101", "\u202a021 555 0101\u202c"])
+def test_a_national_phone_number_without_a_country_is_told_what_to_add(phone):
+    data = f"platform,account_id,phone\ninstagram,1,{phone}\n".encode()
+    result = reader.read(io.BytesIO(data), "csv", b"k")
+    assert [str(e) for e in result.errors] == [
+        "line 2: phone: no country code: write it with +<country code>, or give the row's country_hint"]
 
 
 @pytest.mark.parametrize("data", [b",,,\n,,,\n", b"\n,,\r\n \n", b"\xef\xbb\xbf,,,"])

@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -552,6 +553,23 @@ def _utc_datetime(value: str) -> datetime:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
+# Where phonenumbers starts reading a number: at its first plus sign or digit (what comes
+# before, a bracket, `tel:` or a direction mark, it passes over).
+_PHONE_START = re.compile(r"[+\d]")
+
+
+def _has_country_code(phone: str) -> bool:
+    """Whether a phone number carries its country code as the identifier normaliser reads it
+    (identifiers._canonical_phone): in NFKC (a full-width plus is a plus), behind a leading
+    "00", behind a plus where phonenumbers starts reading (`(+64) 21 555 0101` too), or in an
+    RFC 3966 context (`tel:021-555-0101;phone-context=+64`)."""
+    text = unicodedata.normalize("NFKC", phone)
+    if text.startswith("00") or ";phone-context=+" in text:
+        return True
+    start = _PHONE_START.search(text)
+    return start is not None and start.group() == "+"
+
+
 # The kinds as plain globals and their values as plain strings: on Python 3.11 each
 # `IdentifierKind.X` and `.value` is a descriptor call, and the checker needs them for every
 # identifier of every row.
@@ -652,12 +670,11 @@ class _RowChecker:
             # cannot be judged: if the row's country is wrong, that is its problem, reported
             # already; if it has none, the number needs its country code. One with it can.
             region = country_hint if hint else ip_country
-            national = not phone.startswith(("+", "00"))
-            if region is None and national and not (hint or ip_code):
+            if region is not None or _has_country_code(phone):
+                phone_ident = identifier(_PHONE, "phone", phone, None, region, line, errors)
+            elif not (hint or ip_code):
                 errors.append(RowError(line, "phone", "no country code: write it with +<country code>, "
                                                       "or give the row's country_hint"))
-            elif not (region is None and national):
-                phone_ident = identifier(_PHONE, "phone", phone, None, region, line, errors)
         ip_idents = [identifier(_IP, "ip_addresses", address, None, None, line, errors)
                      for address in map(str.strip, ip_addresses.split(";")) if address]
         if errors:
