@@ -128,6 +128,17 @@ def test_import_tip_skipping_a_quote_left_open_imports_every_row_after_it(app, w
     assert count(app, TipAccount) == 2500
 
 
+def test_import_tip_leaves_no_reject_file_for_a_header_refused_whole(app, web_world, tmp_path):
+    path = tmp_path / "tip.csv"
+    path.write_text("instagram,1\n")
+    rejects = tmp_path / "rejects.csv"
+    rejects.write_text("platform,account_id,line,field,reason\r\n")  # an earlier import's
+    result = import_tip(app, path, "--skip-invalid", "--reject-file", str(rejects))
+    assert result.exit_code != 0
+    assert "Nothing was imported: missing column in the header (platform,account_id)." in result.output
+    assert not rejects.exists() and "Reject file written" not in result.output
+
+
 def test_import_tip_of_empty_rows_names_the_first_line_for_the_header(app, web_world, tmp_path):
     path = tmp_path / "tip.csv"
     path.write_text(",,,\n,,,\n")
