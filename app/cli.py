@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+from contextlib import contextmanager
 
 import click
 from flask import Flask, current_app
@@ -246,9 +248,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
                f"(lead agency {operation.lead_agency.name}).")
     started = time.perf_counter()
     try:
-        result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
-                                     workers=workers, progress=_stage_printer())
-        session.commit()
+        with _terminate_raises():
+            result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
+                                         workers=workers, progress=_stage_printer())
+            session.commit()
     except importer.TipRejected as exc:
         _refused(operation, file, actor, exc)
         _print_row_errors(exc.errors)
@@ -259,6 +262,11 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     except (NotFound, Forbidden, DomainError) as exc:
         _refused(operation, file, actor, exc)
         raise click.ClickException(exc.message) from exc
+    except (KeyboardInterrupt, _Terminated) as stopped:  # Ctrl-C or SIGTERM: on record, as any import broken off
+        _refused(operation, file, actor, None)
+        signal_number = signal.SIGINT if isinstance(stopped, KeyboardInterrupt) else signal.SIGTERM
+        click.echo(f"\nThe import was stopped ({signal_number.name}): nothing of it was written.", err=True)
+        sys.exit(128 + signal_number)  # the shell's status for a command a signal ended
     except Exception:  # broken off (as it committed, too): on record, then the traceback
         _refused(operation, file, actor, None)
         raise
@@ -282,6 +290,26 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         f"{len(result.routing.changed):,} updated; "
         f"{len(result.hits.created) if result.hits else 0:,} new deconfliction hits."
     )
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the import is, as Ctrl-C raises KeyboardInterrupt (and, like it, no
+    Exception, which the import's own handlers would catch)."""
+
+
+@contextmanager
+def _terminate_raises():
+    """SIGTERM (a service manager stopping the command, say) raises _Terminated inside the
+    block instead of ending the process there, so that the import is rolled back and its
+    failure recorded; outside the block it does what it did before."""
+    def terminate(_signal_number, _frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _refused(operation, file: str, actor, refused) -> None:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import phonenumbers
+import pytest
 from sqlalchemy import func, select
 
+from app.cli import _terminate_raises
 from app.extensions import db
-from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, TipAccount, User
+from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, Tip, TipAccount, User
+from app.services import audit
+from app.services.tips import validation
+from app.services.tips.importer import PAUSE_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Ranges reserved for films and drama: Australia's 02 5550 0xxx, Ofcom's 020 7946 0xxx,
 # North America's 555-01xx.
@@ -148,3 +160,47 @@ def test_import_tip_of_empty_rows_names_the_first_line_for_the_header(app, web_w
     assert "line 3" not in result.output
     assert import_audit(app) == [("failure", "Nothing was imported: no header: the file holds only empty rows, and a "
                                              "tip's first row names its columns (platform and account_id at least).")]
+
+
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"])
+def test_import_tip_stopped_writes_nothing_and_is_on_the_audit_trail(any_app, session, world, tmp_path, stop, status):
+    """The command in a subprocess pauses (test hook) right after writing the accounts inside
+    its transaction, and is stopped there as a person or a service manager stops it."""
+    session.commit()
+    path = tmp_path / "tip.csv"
+    path.write_text("platform,account_id,email\n" + "".join(f"discord,acc{n},s{n}@example.org\n" for n in range(40)))
+    env = {**os.environ, "HANDOFF_CONFIG": "testing", "HANDOFF_DATABASE_URL": any_app.config["DATABASE_URL"],
+           PAUSE_ENV: "60"}
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "import-tip", str(path), "--operation", "LANTERN"]
+    # Ctrl-C raises KeyboardInterrupt only where SIGINT is not ignored (a background job's is).
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in process.stderr:
+            if "import paused" in line:
+                break
+        else:
+            pytest.fail(f"the import never paused: {process.stdout.read()}")
+        process.send_signal(stop)
+        _out, errors = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == status, errors
+    assert f"The import was stopped ({stop.name}): nothing of it was written." in errors
+    session.rollback()
+    assert [session.scalar(select(func.count()).select_from(model)) for model in (Tip, TipAccount)] == [0, 0]
+    entries = session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).all()
+    assert [(entry.outcome, json.loads(entry.detail)["reason"]) for entry in entries] == [("failure", "broke off")]
+    assert audit.verify(session).ok
+
+
+def test_import_tip_validation_workers_end_quietly_under_its_sigterm_handling(monkeypatch, capfd):
+    """The pool ends its workers with SIGTERM: the command's handling of one (raising where the
+    import is) must not reach them, or every parallel import would end with their tracebacks."""
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    data = ("platform,account_id\n" + "".join(f"instagram,{n}\n" for n in range(3000))).encode()
+    with _terminate_raises():
+        result = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=2000)
+    assert len(result.accounts) == 3000
+    assert "Traceback" not in capfd.readouterr().err

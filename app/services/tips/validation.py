@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -99,9 +100,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     if parallel:
         _load_phone_metadata()  # once here, not once per worker: forked workers share it
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        # Workers are short-lived and build millions of small acyclic objects: the cyclic garbage
-        # collector only slows them down.
-        with context.Pool(min(workers, len(tasks)), initializer=gc.disable) as pool:
+        with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
             for task, part in zip(tasks, pool.imap(_read_chunk, tasks)):
                 _merge(result, part, task)
                 done += len(task[2])
@@ -114,6 +113,15 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
             if progress:
                 progress("validate", done, total)
     return result
+
+
+def _start_worker() -> None:
+    # Workers are short-lived and build millions of small acyclic objects: the cyclic garbage
+    # collector only slows them down.
+    gc.disable()
+    # The pool ends its workers with SIGTERM: whatever the importing process does on one (the
+    # command line records the import as broken off), a worker just ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _load_phone_metadata() -> None:
