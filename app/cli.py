@@ -255,8 +255,7 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     except importer.TipRejected as exc:
         _refused(operation, file, actor, exc)
         _print_row_errors(exc.errors)
-        # A file refused whole (its header) leaves no reject file: it has no rows to correct.
-        if reject_file and exc.reject_csv and not exc.validation.header_error:
+        if reject_file and exc.reject_csv:
             _write_reject_file(reject_file, exc.reject_csv)
         raise click.ClickException(exc.message + ("" if reject_file else " (--reject-file PATH writes the bad rows)"))
     except (NotFound, Forbidden, DomainError) as exc:

@@ -186,7 +186,9 @@ def import_tip(session: Session, actor: Actor, operation_id: int, data: bytes, f
             raise files.media_refusal(found.line) from None
     timings["validate"] = time.perf_counter() - started
     validation.seen.clear()  # the duplicate check is done: 150,000 keys less to carry
-    reject = files.reject_csv(validation.columns, validation.errors, validation.bad_records) if validation.errors else None
+    # A file refused whole (its header) has no rows to correct: no reject file.
+    reject = (files.reject_csv(validation.columns, validation.errors, validation.bad_records)
+              if validation.errors and not validation.header_error else None)
     # Skipping the bad rows leaves something to import, or nothing is (no empty tip on record).
     if validation.header_error or (validation.errors and not (skip_invalid and validation.accounts)):
         raise TipRejected(validation, reject)
