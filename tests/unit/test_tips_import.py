@@ -1671,6 +1671,50 @@ def test_a_merge_with_a_person_a_receiver_declined_is_held_back_from_it_whicheve
     assert reason == f"{declined.reference} was declined by {world.agencies['b'].name}"
 
 
+def _declined(session, world, holder: Holder, by: str) -> Referral:
+    """The holder's referral sent, acknowledged and declined by agency `by`."""
+    referral = referrals.transition(session, world.actor("c_liaison"), holder.referral_id, "send", None)
+    referrals.transition(session, world.actor(f"{by}_liaison"), referral.id, "acknowledge", None)
+    return referrals.transition(session, world.actor(f"{by}_liaison"), referral.id, "decline", None, "Not ours.")
+
+
+def test_a_merged_holder_routed_past_a_part_declined_elsewhere_is_not_put_on_that_referral(session, world):
+    """Bravo declined the younger part; a person placed the older one in New Zealand. Merged,
+    the holder goes to New Zealand's agency: the referral Bravo declined does not gain it."""
+    run_import(session, world, tip(account(1, email="left@example.org"), account(2, username="righty", uploads_a="12")))
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder_of(session, world, "acc1").subject_id,
+                                    "NZ", "Checked by hand.")
+    declined = _declined(session, world, holder_of(session, world, "acc2"), "b")
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    now_on = session.get(Referral, merged.referral_id)
+    assert (now_on.status, now_on.receiver_agency_id, merged.needs_review) == (
+        Status.DRAFT, world.agencies["a"].id, False)
+    on_declined = session.scalars(select(referral_subjects.c.subject_id).where(
+        referral_subjects.c.referral_id == declined.id)).all()
+    assert merged.subject_id not in on_declined
+
+
+def test_a_merged_holder_is_held_back_from_every_agency_that_declined_a_part(session, world):
+    """Alpha declined the part a person placed in New Zealand, Bravo the other. Merged, the
+    holder keeps the person's New Zealand: it waits on Alpha's declined referral for a person,
+    not on a new draft back to Alpha."""
+    run_import(session, world, tip(account(1, email="left@example.org"), account(2, username="righty")))
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder_of(session, world, "acc2").subject_id,
+                                    "NZ", "Checked by hand.")
+    by_alpha = _declined(session, world, holder_of(session, world, "acc2"), "a")
+    _declined(session, world, holder_of(session, world, "acc1"), "b")
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.jurisdiction, merged.referral_id, merged.needs_review) == ("NZ", by_alpha.id, True)
+    drafts_with_it = session.scalars(select(Referral.id).join(
+        referral_subjects, referral_subjects.c.referral_id == Referral.id).where(
+        referral_subjects.c.subject_id == merged.subject_id, Referral.status == Status.DRAFT)).all()
+    assert drafts_with_it == []
+
+
 @pytest.mark.parametrize("decided_part", ["younger", "older"])
 def test_a_merged_holder_a_person_placed_elsewhere_than_its_sent_referral_goes_to_review(
         session, world, decided_part):

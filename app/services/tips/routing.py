@@ -134,8 +134,8 @@ def state_from_row(row) -> HolderState:
     )
 
 
-# Where a merged holder stays, best first: an open referral, a closed one, a declined one.
-_STAY_RANK = {**dict.fromkeys(referrals.OPEN_STATUSES, 0), Status.CLOSED: 1, Status.DECLINED: 2}
+# Where a merged holder stays, best first: an open referral, a closed one.
+_STAY_RANK = {**dict.fromkeys(referrals.OPEN_STATUSES, 0), Status.CLOSED: 1}
 
 
 @dataclass
@@ -186,6 +186,9 @@ class Router:
         self._left: dict[int, list[tuple[int, HolderState]]] = {}
         # Sent referrals a merged holder was linked to as well (`follow_sent`): they match anew.
         self.came_in_on: set[int] = set()
+        # Merged holders on no sent referral: the agencies that declined one of their parts,
+        # each with that part (`follow_sent`).
+        self._declined_parts: dict[int, dict[int, HolderState]] = {}
 
     # --- planning -------------------------------------------------------------------------
 
@@ -221,31 +224,26 @@ class Router:
         """Each merged holder (survivor, absorbed parts) stays on a sent referral one of its
         parts is on, an open one before a closed one: its own, else the oldest part's, which it
         then joins (off its own draft), where that referral is now if it was transferred onward;
-        if its jurisdiction is not that referral's, a person is to look. On no sent referral, it
-        joins one that a part's receiver declined, as that part would have stayed there: `plan`
-        then holds it back from the decliner until a person sets its jurisdiction. Returns, by
-        survivor id, the priority of the sent referral it joined (the import raises it if the
-        holder is now more urgent) and the part that was on it."""
+        if its jurisdiction is not that referral's, a person is to look. On no sent referral,
+        `plan` routes it, held back from every agency that declined one of its parts, as from
+        one that declined it. Returns, by survivor id, the priority of the sent referral it
+        joined (the import raises it if the holder is now more urgent) and the part that was on
+        it."""
         self._chains.load(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
         joined: dict[int, tuple[Priority, int]] = {}
         for survivor, parts in merges:
             part = self._staying_part(survivor, parts)
-            if part is None or (part is survivor and not self.stays(survivor.referral_id)):
-                continue  # on no sent referral, or on its own declined one: `plan` routes it
+            if part is None:
+                self._note_declined_parts(survivor, parts)
+                continue
             current = self._chains.where_now(part.referral_id)
+            survivor.for_review = survivor.jurisdiction != current.jurisdiction
             if part is survivor:
-                survivor.for_review = survivor.jurisdiction != current.jurisdiction
                 continue
-            # Declined: it waits where the part waits, where its chain starts (`plan` reads it).
-            declined = not self.stays(part.referral_id)
-            on, receiver = ((part.referral_id, part.receiver_agency_id) if declined
-                            else (current.id, current.receiver_agency_id))
             self.detach(survivor)
-            survivor.referral_id, survivor.packaged, survivor.routing = on, part.packaged, part.routing
-            survivor.receiver_agency_id, survivor.changed = receiver, True
-            self.links.append((on, survivor))
-            if declined:
-                continue
+            survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
+            survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
+            self.links.append((current.id, survivor))
             # Holders stay on the referral they were sent on; one that joined a case after its
             # transfer sits on the successor, and only then is the chain walked back.
             first = (part.referral_id if self._chains.rows[part.referral_id].transferred_from_id is None
@@ -257,20 +255,30 @@ class Router:
                 # (`deconfliction._carried_over`).
                 self.links.append((first, survivor))
                 self.came_in_on.add(first)
-            survivor.for_review = survivor.jurisdiction != current.jurisdiction
             joined[survivor.id] = (current.priority, part.id)
         return joined
 
     def _staying_part(self, survivor: HolderState, parts: list[HolderState]) -> HolderState | None:
-        """Of a merge's survivor and parts (oldest first), the one whose referral the merged
-        holder stays on: the first on an open referral, else on a closed one, else on a
-        declined one; None when none was sent."""
+        """Of a merge's survivor and parts (oldest first), the one whose sent referral the
+        merged holder stays on: the first on an open referral, else on a closed one."""
         ranked = []
         for order, state in enumerate((survivor, *parts)):
             current = self._chains.where_now(state.referral_id)
             if current is not None and current.status in _STAY_RANK:
                 ranked.append((_STAY_RANK[current.status], order, state))
         return min(ranked, key=itemgetter(0, 1))[2] if ranked else None
+
+    def _note_declined_parts(self, survivor: HolderState, parts: list[HolderState]) -> None:
+        """The agencies that declined a part of this merged holder (or passed a part on to one
+        that declined), each with the oldest such part: `plan` holds the holder back from them."""
+        declined: dict[int, HolderState] = {}
+        for part in parts:
+            chain = self._chains.chain(part.referral_id)
+            if chain and chain[-1].status is Status.DECLINED:
+                for referral in chain:
+                    declined.setdefault(referral.receiver_agency_id, part)
+        if declined:
+            self._declined_parts[survivor.id] = declined
 
     def plan(self, states: list[HolderState], *, decided: frozenset[int] = frozenset()) -> None:
         """Route these holders. Those in `decided` had their jurisdiction set by a person just
@@ -285,12 +293,17 @@ class Router:
                 continue  # sent already: it stays where it went
             chain = self._chains.chain(state.referral_id)
             current = chain[-1] if chain else None
+            # Declined by the agency it would go to, or after that agency passed it on: its own
+            # referral, or a part's it took in by a merge, where it then waits.
+            declined_parts = self._declined_parts.get(state.id, {})
+            own = current is not None and current.status is Status.DECLINED and receiver in {
+                r.receiver_agency_id for r in chain}
+            if state.id not in decided and (own or receiver in declined_parts):
+                state.for_review = True
+                if not own:
+                    self._wait_with(state, declined_parts[receiver])
+                continue
             if current is not None and current.status is not Status.DRAFT:
-                # Declined, by the agency it would go to or after that agency passed it on.
-                if (current.status is Status.DECLINED and state.id not in decided
-                        and receiver in {r.receiver_agency_id for r in chain}):
-                    state.for_review = True
-                    continue
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
             packaged = state.priority not in SINGLE
             if current is not None:
@@ -317,6 +330,14 @@ class Router:
                 self.changed.add(draft)
             self.links.append((draft, state))
             self._set(state, routing, receiver, draft if isinstance(draft, int) else None, packaged)
+
+    def _wait_with(self, state: HolderState, part: HolderState) -> None:
+        """A merged holder held back from the agency that declined one of its parts waits on
+        that part's declined referral, as the part did (off its own draft)."""
+        self.detach(state)
+        state.referral_id, state.packaged, state.routing = part.referral_id, part.packaged, part.routing
+        state.receiver_agency_id, state.changed = part.receiver_agency_id, True
+        self.links.append((part.referral_id, state))
 
     def detach(self, state: HolderState, *, into: HolderState | None = None) -> None:
         """Take a holder off its draft (a sent referral keeps it); `into` is the holder that
