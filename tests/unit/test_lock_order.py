@@ -11,12 +11,14 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from app.models import Agency, Hit, Holder, Referral, User
+from app.models import Agency, Hit, Holder, Operation, Referral, User
 from app.services import deconfliction, directory, referrals, subjects
 from app.services.audit import Actor
+from app.services.tips import bulk
 from app.services.tips import holders as holder_service
+from app.services.tips.importer import import_tip
 from tests.factories import build_world, draft_data, make_referral
 from tests.unit.test_tips_import import (
     _draft_of, _sent_package, account, holder_of, known_to_alpha, run_import, tip,
@@ -342,3 +344,43 @@ def test_an_import_waiting_for_a_transfer_adds_after_it(pg_app, monkeypatch):
         assert deconfliction.list_hits(s, bravo, deconfliction.HitFilters()).items == []
         shown = {i.value for subject in subjects.subjects_of(s, bravo, onward.id) for i in subject.identifiers}
         assert "+61293744000" not in shown and "p@example.org" in shown
+
+
+def test_two_imports_into_two_operations_each_refreshing_the_planners_statistics(pg_app, monkeypatch):
+    """Each import analyzes the tables it grew before it commits (bulk.analyze_grown), which
+    locks them against the other's ANALYZE until then. One holding the audit chain (it wrote
+    drafts) must not wait there for one that analyzed first and now waits for the chain: both
+    take the chain first."""
+    make_session = pg_app.extensions["handoff_db"]["sessionmaker"]
+    with make_session() as setup:
+        world = build_world(setup, pg_app.extensions["handoff_passwords"])
+        second = Operation(code="BEACON", lead_agency_id=world.agencies["c"].id, opened_on=world.operation.opened_on)
+        setup.add(second)
+        setup.commit()
+        second_id = second.id
+    holding = threading.Event()
+    original = bulk.analyze_grown
+
+    def analyze_later(session, added):  # the first to get here, with drafts written, waits a while
+        if not holding.is_set():
+            holding.set()
+            time.sleep(2)
+        return original(session, added)
+
+    monkeypatch.setattr(bulk, "analyze_grown", analyze_later)
+
+    def with_drafts():
+        with make_session() as s:
+            import_tip(s, Actor(s.get(User, world.users["c_liaison"].id), "t"), second_id,
+                       tip(*(account(n, email=f"au{n}@example.org") for n in range(100))), "au.csv")
+            s.commit()
+
+    def at_home():  # holders in the lead's own country: no draft, no audit entry until the end
+        with make_session() as s:
+            run_import(s, world, tip(*(account(n, email=f"gb{n}@example.org", country_hint="GB", ip_country="GB")
+                                       for n in range(60))), file_name="gb.csv")
+            s.commit()
+
+    assert _race(with_drafts, at_home, holding) == []
+    with make_session() as s:
+        assert s.scalar(select(func.count()).select_from(Holder)) == 160

@@ -125,8 +125,11 @@ def analyze_grown(session: Session, added: Mapping[Table, int]) -> list[str]:
     autovacuum waits for (50 rows and a tenth of what the planner thought it held), at once
     rather than a minute after the commit, or never where autovacuum is off. A follow-up tip's
     routing planned for the empty tables a full tip had just filled took 7 s instead of 0.1 s.
-    Inside the transaction, so the rows it wrote count and a rollback undoes the statistics.
-    Returns the tables analyzed."""
+    Inside the transaction, so that the rows it wrote count. (A rollback undoes the column
+    statistics but not the table's size estimate, which PostgreSQL writes in place: after a
+    rolled-back import the planner expects too many rows until the next ANALYZE, which costs
+    little.) ANALYZE locks each table against another ANALYZE until the commit: the caller
+    takes its other locks first. Returns the tables analyzed."""
     if dialect_name(session) != "postgresql":
         return []
     connection = session.connection()

@@ -565,7 +565,10 @@ class _Writer:
         result.hits = self._match(referral_ids, per_referral)
         self._lap("match")
         self.progress("match", 1, 1)
-        # The next import, and the pages, plan their reads with these tables' new sizes.
+        # The next import, and the pages, plan their reads with these tables' new sizes. The
+        # audit chain first: ANALYZE locks the tables against another import's until the commit,
+        # and an import that holds the chain (its drafts are audited) must not wait for them.
+        audit.lock_chain(session)
         bulk.analyze_grown(session, {
             TipAccount.__table__: result.new_accounts, Holder.__table__: len(holder_ids),
             Subject.__table__: len(holder_ids), Identifier.__table__: sum(weight.values()),
