@@ -1631,6 +1631,26 @@ def test_a_transferred_referral_reached_two_ways_in_one_import_gets_one_update(s
     assert [n.kind for n in told].count(NotificationKind.REFERRAL_UPDATED) == 1
 
 
+def test_what_a_holder_that_joined_a_case_after_its_transfer_gains_later_is_matched(session, world):
+    """A holder merged onto a package after Bravo passed it on sits on the transfer's
+    successor. A later account of it brings a phone Alpha's referral holds: the lead's referral
+    the case came in on meets Alpha's as a hit."""
+    run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_b="2")))
+    package = holder_of(session, world, "acc1").referral_id
+    referrals.transition(session, world.actor("c_liaison"), package, "send", None)
+    referrals.transition(session, world.actor("b_liaison"), package, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), package, None)
+    onward = referrals.transition(session, world.actor("b_liaison"), package, "transfer", None,
+                                  transfer_to_agency_id=world.agencies["i"].id)
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")), file_name="b.csv")
+    assert holder_of(session, world, "acc9").referral_id == onward.id
+    alphas = known_to_alpha(session, world, "+61 2 9374 4000")
+    run_import(session, world, tip(account(10, username="lefty", phone="+61293744000")), file_name="c.csv")
+    hits = session.scalars(select(Hit).where(Hit.referral_low_id.in_([package, alphas.id]),
+                                             Hit.referral_high_id.in_([package, alphas.id]))).all()
+    assert len(hits) == 1
+
+
 def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(session, world):
     nz = {"country_hint": "NZ", "ip_country": "NZ"}
     run_import(session, world, tip(account(5, username="lefty", **nz), account(6, username="lefty", **nz),
