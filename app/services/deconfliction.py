@@ -325,10 +325,13 @@ class RefreshResult:
 
 def gained_since(since: datetime | None) -> list:
     """The condition on a join of referral_subjects and identifiers for what a referral gained
-    from `since` on (nothing to add without it)."""
+    from `since` on (nothing to add without it), and for what it holds of the keys marked
+    common: they raised no hit when they came, and may now (fewer referrals hold them, or the
+    threshold was raised)."""
     if since is None:
         return []
-    return [or_(Identifier.created_at >= since, referral_subjects.c.added_at >= since)]
+    return [or_(Identifier.created_at >= since, referral_subjects.c.added_at >= since,
+                Identifier.match_key.in_(select(CommonIdentifier.match_key)))]
 
 
 def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int, *,
@@ -342,10 +345,10 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     new: hits, matched identifiers of each side, notifications, common identifiers. `now`
     stamps them (the time of the step that matched: an import's, or the demo's replay).
 
-    With `since`, only what the referrals gained from then on is matched: identifiers written
-    since, and every identifier of a subject linked to them since. What they held before was
-    matched when it came, and a step that adds a few holders to a package of thousands
-    matches those few, not the package.
+    With `since`, only what the referrals gained from then on is matched (`gained_since`):
+    identifiers written since, and every identifier of a subject linked to them since, besides
+    the common keys they hold. What they held before was matched when it came, and a step
+    that adds a few holders to a package of thousands matches those few, not the package.
 
     A bounded number of statements, whatever the number of identifiers: one to read these
     referrals' identifiers, one to match them, and a few batched reads and writes."""

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 
 from app.db import utcnow
 from app.models import (
@@ -847,6 +847,26 @@ def test_a_common_key_a_raised_threshold_lets_join_is_no_longer_listed_common(se
         view = holder_service.view_holder(session, world.actor("c_liaison"),
                                           holder_of(session, world, "acc1").subject_id)
         assert [(e.value, e.accounts, e.common) for e in view.shared] == [("+442079460999", 4, False)]
+    finally:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = old
+
+
+def test_an_identifier_common_when_it_came_raises_its_hits_when_its_referral_next_changes(session, world):
+    """Two of Alpha's referrals and the tip's package held an address, common under a threshold
+    of 1: no hit. With the threshold raised, the next import onto the package finds both."""
+    config = session.info["config"]
+    old = config["COMMON_IDENTIFIER_THRESHOLD"]
+    try:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 1
+        alphas = [known_to_alpha(session, world, "ip: 203.0.113.7").id for _ in range(2)]
+        run_import(session, world, tip(account(1, email="one@example.org", ip_addresses="203.0.113.7")))
+        package = holder_of(session, world, "acc1").referral_id
+        touching = or_(Hit.referral_low_id == package, Hit.referral_high_id == package)
+        assert session.scalars(select(Hit).where(touching)).all() == []
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 20
+        run_import(session, world, tip(account(2, email="two@example.org")), file_name="b.csv")
+        assert holder_of(session, world, "acc2").referral_id == package
+        assert sorted({h.referral_low_id for h in session.scalars(select(Hit).where(touching))}) == alphas
     finally:
         config["COMMON_IDENTIFIER_THRESHOLD"] = old
 
