@@ -138,8 +138,11 @@ def analyze_grown(session: Session, added: Mapping[Table, int]) -> list[str]:
         {"names": [_qualified(connection, table) for table in added]}).all())
     grown = [table for table, rows in added.items()
              if rows > 50 + 0.1 * max(estimates.get(table.name, 0), 0)]  # reltuples is -1 until analyzed
-    for table in grown:
-        connection.exec_driver_sql(f"ANALYZE {_qualified(connection, table)}")
+    # A sample of 3,000 rows instead of 30,000: the sizes are what the next plans were missing,
+    # and it costs a full tip 0.15 s instead of 0.7; autovacuum refines the rest later.
+    with _local_setting(connection, "default_statistics_target", "10"):
+        for table in grown:
+            connection.exec_driver_sql(f"ANALYZE {_qualified(connection, table)}")
     return [table.name for table in grown]
 
 

@@ -588,6 +588,9 @@ class _Writer:
         """The operation's stored accounts that the file's accounts can meet, in the order they
         were stored: the same account (natural key), or one sharing a joining key with one of
         them. A small tip into a large operation reads a few, not every stored account."""
+        session = self.session
+        if session.scalar(select(TipAccount.id).where(TipAccount.operation_id == self.operation.id).limit(1)) is None:
+            return []  # the operation's first tip
         emails, phones, natural, usernames = set(), set(), set(), set()
         for a in accounts:
             natural.add(f"{a.platform}{_SEPARATOR}{a.account_key}")
@@ -597,7 +600,6 @@ class _Writer:
                 phones.add(a.phone)
             if a.username:
                 usernames.add(f"{a.platform}{_SEPARATOR}{a.username}")
-        session = self.session
 
         def among(column, values: set, name: str):
             return column.in_(select(bulk.text_values(session, name, values).c.value))
