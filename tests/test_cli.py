@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import phonenumbers
@@ -19,7 +16,7 @@ from app.extensions import db
 from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, Tip, TipAccount, User
 from app.services import audit
 from app.services.tips import validation
-from app.services.tips.importer import PAUSE_ENV
+from tests.unit.test_tips_import import start_paused_import
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,18 +166,9 @@ def test_import_tip_stopped_writes_nothing_and_is_on_the_audit_trail(any_app, se
     session.commit()
     path = tmp_path / "tip.csv"
     path.write_text("platform,account_id,email\n" + "".join(f"discord,acc{n},s{n}@example.org\n" for n in range(40)))
-    env = {**os.environ, "HANDOFF_CONFIG": "testing", "HANDOFF_DATABASE_URL": any_app.config["DATABASE_URL"],
-           PAUSE_ENV: "60"}
-    command = [sys.executable, "-m", "flask", "--app", "wsgi", "import-tip", str(path), "--operation", "LANTERN"]
     # Ctrl-C raises KeyboardInterrupt only where SIGINT is not ignored (a background job's is).
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = start_paused_import(any_app, path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        for line in process.stderr:
-            if "import paused" in line:
-                break
-        else:
-            pytest.fail(f"the import never paused: {process.stdout.read()}")
         process.send_signal(stop)
         _out, errors = process.communicate(timeout=30)
     finally:

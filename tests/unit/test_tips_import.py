@@ -625,6 +625,28 @@ def test_reimporting_the_same_or_an_overlapping_file_adds_only_what_is_new(sessi
     assert set(session.scalars(select(Subject.created_by_id))) == {None}
 
 
+def cli_env(any_app) -> dict[str, str]:
+    """The environment of a command run on the test's database."""
+    return {**os.environ, "HANDOFF_CONFIG": "testing", "HANDOFF_DATABASE_URL": any_app.config["DATABASE_URL"]}
+
+
+def import_command(path) -> list[str]:
+    return [sys.executable, "-m", "flask", "--app", "wsgi", "import-tip", str(path), "--operation", "LANTERN"]
+
+
+def start_paused_import(any_app, path, **popen) -> subprocess.Popen:
+    """The import-tip command on `path` in a subprocess, once it has paused (test hook) right
+    after writing the accounts inside its transaction."""
+    process = subprocess.Popen(import_command(path), cwd=ROOT, env={**cli_env(any_app), PAUSE_ENV: "60"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    for line in process.stderr:
+        if "import paused" in line:
+            return process
+    process.kill()
+    process.wait()
+    pytest.fail(f"the import never paused: {process.stdout.read()}")
+
+
 def test_a_killed_import_leaves_nothing_and_running_it_again_completes(any_app, session, world, tmp_path):
     """The CLI in a subprocess pauses (test hook) right after writing the accounts inside its
     transaction; it is killed with SIGKILL there. The database is as before; a second run
@@ -633,23 +655,16 @@ def test_a_killed_import_leaves_nothing_and_running_it_again_completes(any_app, 
     before = snapshot(session)
     path = tmp_path / "tip.csv"
     path.write_bytes(tip(*(account(n, email=f"k{n}@example.org") for n in range(1, 41))))
-    env = {**os.environ, "HANDOFF_CONFIG": "testing", "HANDOFF_DATABASE_URL": any_app.config["DATABASE_URL"]}
-    command = [sys.executable, "-m", "flask", "--app", "wsgi", "import-tip", str(path), "--operation", "LANTERN"]
-    process = subprocess.Popen(command, cwd=ROOT, env={**env, PAUSE_ENV: "60"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = start_paused_import(any_app, path)
     try:
-        for line in process.stderr:
-            if "import paused" in line:
-                break
-        else:
-            pytest.fail(f"the import never paused: {process.stdout.read()}")
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
     session.rollback()
     assert snapshot(session) == before
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(import_command(path), cwd=ROOT, env=cli_env(any_app), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert "40 new accounts" in done.stdout
     session.rollback()
@@ -1177,11 +1192,16 @@ def _transferred_package(session, world) -> tuple[Holder, Referral, Referral]:
     """`_sent_package`, acknowledged by agency b and transferred on to agency i (with the
     lead's consent): (holder, the original, the referral it is on now)."""
     holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
-    referrals.transition(session, world.actor("b_liaison"), sent.id, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent.id, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), sent.id, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
-    return holder, sent, onward
+    return holder, sent, _passed_on(session, world, sent.id)
+
+
+def _passed_on(session, world, sent_id: int) -> Referral:
+    """The lead's sent referral acknowledged by agency b and transferred on to agency i, with
+    the lead's consent: the referral that carries the case now."""
+    referrals.transition(session, world.actor("b_liaison"), sent_id, "acknowledge", None)
+    referrals.grant_transfer_consent(session, world.actor("c_liaison"), sent_id, None)
+    return referrals.transition(session, world.actor("b_liaison"), sent_id, "transfer", None,
+                                transfer_to_agency_id=world.agencies["i"].id)
 
 
 def test_a_merge_with_a_holder_on_a_sent_referral_stays_on_it_and_raises_it(session, world):
@@ -1635,10 +1655,7 @@ def test_a_transferred_referral_reached_two_ways_in_one_import_gets_one_update(s
                                    account(2, email="q@example.org", uploads_b="2")))
     package = holder_of(session, world, "acc1").referral_id
     referrals.transition(session, world.actor("c_liaison"), package, "send", None)
-    referrals.transition(session, world.actor("b_liaison"), package, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), package, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), package, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
+    onward = _passed_on(session, world, package)
     # acc7 joins a holder on the package (transferred since); acc9 merges the draft holder of
     # acc5 with the package's other holder, and the merged holder joins where the package is now.
     run_import(session, world, tip(account(7, email="p@example.org"),
@@ -1658,10 +1675,7 @@ def test_what_a_holder_that_joined_a_case_after_its_transfer_gains_later_is_matc
     run_import(session, world, tip(account(5, username="lefty"), account(1, email="p@example.org", uploads_b="2")))
     package = holder_of(session, world, "acc1").referral_id
     referrals.transition(session, world.actor("c_liaison"), package, "send", None)
-    referrals.transition(session, world.actor("b_liaison"), package, "acknowledge", None)
-    referrals.grant_transfer_consent(session, world.actor("c_liaison"), package, None)
-    onward = referrals.transition(session, world.actor("b_liaison"), package, "transfer", None,
-                                  transfer_to_agency_id=world.agencies["i"].id)
+    onward = _passed_on(session, world, package)
     run_import(session, world, tip(account(9, username="lefty", email="p@example.org")), file_name="b.csv")
     assert holder_of(session, world, "acc9").referral_id == onward.id
     alphas = known_to_alpha(session, world, "+61 2 9374 4000")
