@@ -683,12 +683,12 @@ class _Writer:
 
     def _needing_refresh(self, referral_ids: list[int], identifiers: Counter) -> list[int]:
         """The referrals among these whose refresh can find anything; refreshing the others
-        would write nothing. A hit needs a match key that the referral gained in this import,
-        held through another subject too, and so does a
-        common identifier unless a subject sits on several referrals (a transfer): at import
-        scale almost every identifier is its holder's alone. A referral whose shared keys are all
-        common can only mark them common, and one refresh per common key does that (with the
-        referral holding the fewest identifiers)."""
+        would write nothing. A hit needs a match key that the referral gained in this import
+        held through another subject too, and so does a common identifier unless a subject
+        sits on several referrals (a transfer): at import scale almost every identifier is its
+        holder's alone. A referral whose shared keys are all common can only mark them common,
+        and one refresh per common key does that (with the referral holding the fewest
+        identifiers)."""
         session = self.session
         shared_keys = (select(Identifier.match_key).group_by(Identifier.match_key)
                        .having(func.count() > 1).scalar_subquery())
