@@ -101,3 +101,21 @@ def test_a_file_of_empty_rows_has_no_header_on_its_first_line(monkeypatch, data)
         assert [str(e) for e in result.errors] == [
             "line 1: -: no header: the file holds only empty rows, and a tip's first row names its columns "
             "(platform and account_id at least)"]
+
+
+def test_a_quoted_value_may_span_at_most_a_hundred_lines(monkeypatch):
+    """A value of a column the import does not read may hold line breaks, up to a hundred lines:
+    past that it is a quote left open, and the lines after its first are read as rows. (Every
+    line of a file of quotes left open would otherwise be read again to the file's end.)"""
+    header = HEADER + ",notes"
+
+    def tip_with_note(lines: int) -> bytes:
+        note = "\n".join(f"note line {n}" for n in range(lines))
+        return "\n".join([header, f'instagram,UQ0,user0,uq0@example.org,"{note}"', *good_rows(1, 3)]).encode() + b"\n"
+
+    fits = read_both(tip_with_note(reader.RECORD_LINES_MAX), 100, monkeypatch)
+    assert (fits.errors, len(fits.accounts)) == ([], 4)
+    too_long = read_both(tip_with_note(reader.RECORD_LINES_MAX + 1), 100, monkeypatch)
+    assert [(e.line, e.field) for e in too_long.errors][:1] == [(2, reader.WHOLE_RECORD)]
+    assert "the lines after it are read as rows of their own" in too_long.errors[0].reason
+    assert [a.account_id for a in too_long.accounts][-3:] == ["UQ1", "UQ2", "UQ3"]

@@ -142,6 +142,11 @@ def csv_rows(lines: Iterable[str]):
     return csv.reader(lines, strict=True)
 
 
+# The most lines one record may span (no tip field holds a line break; a column the import
+# does not read may).
+RECORD_LINES_MAX = 100
+
+
 class RecordLines:
     """The lines of a CSV text for the csv module, those of the record being read kept, so
     that a record it cannot read can be its first line alone: a quote left open there ran
@@ -157,6 +162,10 @@ class RecordLines:
         return self
 
     def __next__(self) -> str:
+        if len(self._record) == RECORD_LINES_MAX:
+            # A quote left open reads no further: otherwise every line of a file of such lines
+            # would be read again to its end, and reading it would take the square of its length.
+            raise csv.Error(f"a quoted value runs on past {RECORD_LINES_MAX} lines")
         line = self._again.pop() if self._again else next(self._lines)
         self._record.append(line)
         return line
