@@ -248,9 +248,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
                f"(lead agency {operation.lead_agency.name}).")
     started = time.perf_counter()
     try:
-        with _terminate_raises():
+        with _stopping_at_the_next_step() as stop:
             result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
-                                         workers=workers, progress=_stage_printer())
+                                         workers=workers, progress=stop.checking(_stage_printer()))
+            stop.check()
             session.commit()
     except importer.TipRejected as exc:
         _refused(operation, file, actor, exc)
@@ -261,11 +262,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     except (NotFound, Forbidden, DomainError) as exc:
         _refused(operation, file, actor, exc)
         raise click.ClickException(exc.message) from exc
-    except (KeyboardInterrupt, _Terminated) as stopped:  # Ctrl-C or SIGTERM: on record, as any import broken off
+    except _Stopped as stopped:  # Ctrl-C or SIGTERM: on record, as any import broken off
         _refused(operation, file, actor, None)
-        signal_number = signal.SIGINT if isinstance(stopped, KeyboardInterrupt) else signal.SIGTERM
-        click.echo(f"\nThe import was stopped ({signal_number.name}): nothing of it was written.", err=True)
-        sys.exit(128 + signal_number)  # the shell's status for a command a signal ended
+        click.echo(f"\nThe import was stopped ({stopped.signal.name}): nothing of it was written.", err=True)
+        sys.exit(128 + stopped.signal)  # the shell's status for a command a signal ended
     except Exception:  # broken off (as it committed, too): on record, then the traceback
         _refused(operation, file, actor, None)
         raise
@@ -291,24 +291,55 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     )
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised where the import is, as Ctrl-C raises KeyboardInterrupt (and, like it, no
-    Exception, which the import's own handlers would catch)."""
+class _Stopped(BaseException):
+    """Ctrl-C or SIGTERM during an import (no Exception, which the import's own handlers would
+    catch)."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal = signal.Signals(signal_number)
+
+
+class _StopRequests:
+    """Ctrl-C or SIGTERM received during an import, acted on at its next step."""
+
+    def __init__(self):
+        self.received: list[int] = []
+
+    def check(self) -> None:
+        if self.received:
+            raise _Stopped(self.received[0])
+
+    def checking(self, progress):
+        """The progress callback, checking first: the import's steps report progress."""
+        def report(stage: str, done: int, total: int) -> None:
+            self.check()
+            progress(stage, done, total)
+        return report
 
 
 @contextmanager
-def _terminate_raises():
-    """SIGTERM (a service manager stopping the command, say) raises _Terminated inside the
-    block instead of ending the process there, so that the import is rolled back and its
-    failure recorded; outside the block it does what it did before."""
-    def terminate(_signal_number, _frame):
-        raise _Terminated()
+def _stopping_at_the_next_step():
+    """Ctrl-C or SIGTERM (a service manager stopping the command) inside the block stops the
+    import at its next step (a progress report, or the commit), raising _Stopped there, so that
+    it is rolled back and its failure recorded. Raised at once, inside a statement, it left the
+    connection broken with the database still locked (SQLite) or the audit chain held
+    (PostgreSQL), and the failure could not be recorded. A second signal stops it at once. A
+    SIGINT that was ignored (a background job's) stays ignored."""
+    requests = _StopRequests()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    def note(signal_number, _frame):
+        if requests.received:
+            raise _Stopped(signal_number)
+        requests.received.append(signal_number)
+
+    signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    previous = {number: signal.signal(number, note) for number in signals}
     try:
-        yield
+        yield requests
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _refused(operation, file: str, actor, refused) -> None:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import phonenumbers
 import pytest
 from sqlalchemy import func, select
 
-from app.cli import _terminate_raises
+from app.cli import _stopping_at_the_next_step
+from app.demo.operation_h import tip_csv
 from app.extensions import db
 from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, Tip, TipAccount, User
 from app.services import audit
 from app.services.tips import validation
-from tests.unit.test_tips_import import start_paused_import
+from tests.unit.test_tips_import import cli_env, import_command, start_paused_import
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,12 +165,15 @@ def test_import_tip_of_empty_rows_names_the_first_line_for_the_header(app, web_w
 @pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"])
 def test_import_tip_stopped_writes_nothing_and_is_on_the_audit_trail(any_app, session, world, tmp_path, stop, status):
     """The command in a subprocess pauses (test hook) right after writing the accounts inside
-    its transaction, and is stopped there as a person or a service manager stops it."""
+    its transaction, and is stopped there as a person or a service manager stops it: it stops at
+    its next step."""
     session.commit()
     path = tmp_path / "tip.csv"
     path.write_text("platform,account_id,email\n" + "".join(f"discord,acc{n},s{n}@example.org\n" for n in range(40)))
     # Ctrl-C raises KeyboardInterrupt only where SIGINT is not ignored (a background job's is).
-    process = start_paused_import(any_app, path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # The command stops at its next step, when the pause is over.
+    process = start_paused_import(any_app, path, seconds=2,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         process.send_signal(stop)
         _out, errors = process.communicate(timeout=30)
@@ -183,12 +189,40 @@ def test_import_tip_stopped_writes_nothing_and_is_on_the_audit_trail(any_app, se
     assert audit.verify(session).ok
 
 
+@pytest.mark.parametrize("stage", ["Validating rows", "Writing"])
+def test_import_tip_stopped_with_its_workers_while_it_reads_or_writes(any_app, session, world, tmp_path, stage):
+    """A service manager stops the command and its validation workers alike (SIGTERM to the
+    process group), while rows are read in worker processes or written: whenever it lands,
+    the import stops at its next step, writes nothing and is on the audit trail (raised inside
+    a statement, it left SQLite locked and no record of it; with its workers gone, it waited
+    for them for ever)."""
+    session.commit()
+    path = tmp_path / "tip.csv"
+    path.write_bytes(tip_csv(0.1, 3))  # 15,300 rows: read by two workers
+    process = subprocess.Popen(import_command(path), cwd=ROOT, env={**cli_env(any_app), "PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in process.stdout:
+            if line.startswith(stage):
+                break
+        os.killpg(process.pid, signal.SIGTERM)
+        _out, errors = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 143, errors
+    session.rollback()
+    assert [session.scalar(select(func.count()).select_from(model)) for model in (Tip, TipAccount)] == [0, 0]
+    entries = session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.import")).all()
+    assert [(entry.outcome, json.loads(entry.detail)["reason"]) for entry in entries] == [("failure", "broke off")]
+
+
 def test_import_tip_validation_workers_end_quietly_under_its_sigterm_handling(monkeypatch, capfd):
-    """The pool ends its workers with SIGTERM: the command's handling of one (raising where the
-    import is) must not reach them, or every parallel import would end with their tracebacks."""
+    """The pool ends its workers with SIGTERM: the command's handling of one (noting it, to stop
+    the import at its next step) must not reach them, or they would outlive the pool."""
     monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
     data = ("platform,account_id\n" + "".join(f"instagram,{n}\n" for n in range(3000))).encode()
-    with _terminate_raises():
+    with _stopping_at_the_next_step():
         result = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=2000)
     assert len(result.accounts) == 3000
     assert "Traceback" not in capfd.readouterr().err

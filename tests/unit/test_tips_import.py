@@ -634,10 +634,10 @@ def import_command(path) -> list[str]:
     return [sys.executable, "-m", "flask", "--app", "wsgi", "import-tip", str(path), "--operation", "LANTERN"]
 
 
-def start_paused_import(any_app, path, **popen) -> subprocess.Popen:
-    """The import-tip command on `path` in a subprocess, once it has paused (test hook) right
-    after writing the accounts inside its transaction."""
-    process = subprocess.Popen(import_command(path), cwd=ROOT, env={**cli_env(any_app), PAUSE_ENV: "60"},
+def start_paused_import(any_app, path, seconds: int = 60, **popen) -> subprocess.Popen:
+    """The import-tip command on `path` in a subprocess, once it has paused (test hook) for
+    `seconds` right after writing the accounts inside its transaction."""
+    process = subprocess.Popen(import_command(path), cwd=ROOT, env={**cli_env(any_app), PAUSE_ENV: str(seconds)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     for line in process.stderr:
         if "import paused" in line:

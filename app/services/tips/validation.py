@@ -101,7 +101,17 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
         _load_phone_metadata()  # once here, not once per worker: forked workers share it
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
-            for task, part in zip(tasks, pool.imap(_read_chunk, tasks)):
+            parts = pool.imap(_read_chunk, tasks)
+            for task in tasks:
+                while True:
+                    try:
+                        part = parts.next(timeout=PROGRESS_EVERY)
+                        break
+                    except multiprocessing.TimeoutError:
+                        # Said again while a chunk is read, so that the caller may stop here (the
+                        # command line, on Ctrl-C): a worker ended from outside never answers.
+                        if progress:
+                            progress("validate", done, total)
                 _merge(result, part, task)
                 done += len(task[2])
                 if progress:
@@ -115,13 +125,19 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     return result
 
 
+# Seconds between progress reports while the workers read.
+PROGRESS_EVERY = 0.5
+
+
 def _start_worker() -> None:
     # Workers are short-lived and build millions of small acyclic objects: the cyclic garbage
     # collector only slows them down.
     gc.disable()
     # The pool ends its workers with SIGTERM: whatever the importing process does on one (the
-    # command line records the import as broken off), a worker just ends.
+    # command line stops the import at its next step), a worker just ends; and Ctrl-C, which
+    # reaches every process of the terminal's group, is the importing process's to act on.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load_phone_metadata() -> None:
