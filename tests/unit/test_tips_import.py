@@ -1769,6 +1769,46 @@ def test_a_merged_holder_is_held_back_from_every_agency_that_declined_a_part(ses
     assert drafts_with_it == []
 
 
+def _joined_after_transfer(session, world) -> tuple[Referral, Referral]:
+    """acc1's package sent to Bravo and passed on to the bureau; then acc9 merges acc5's draft
+    holder with acc1's, and the merged holder sits on the transfer's successor. (The package,
+    the successor.)"""
+    run_import(session, world, tip(account(40, email="s@example.org"), account(5, username="lefty"),
+                                   account(1, email="p@example.org", uploads_b="2")))
+    package = holder_of(session, world, "acc1").referral_id
+    referrals.transition(session, world.actor("c_liaison"), package, "send", None)
+    onward = _passed_on(session, world, package)
+    run_import(session, world, tip(account(9, username="lefty", email="p@example.org")), file_name="b.csv")
+    assert holder_of(session, world, "acc9").referral_id == onward.id
+    referrals.transition(session, world.actor("i_liaison"), onward.id, "acknowledge", None)
+    referrals.transition(session, world.actor("i_liaison"), onward.id, "decline", None, "Not ours.")
+    return session.get(Referral, package), onward
+
+
+def test_a_holder_that_joined_a_case_passed_on_is_held_back_from_the_agency_that_passed_it_on(session, world):
+    """The bureau declined the case Bravo passed on to it, which a holder joined after the
+    transfer. A later account of the holder routes it again: not back to Bravo."""
+    _package, onward = _joined_after_transfer(session, world)
+    run_import(session, world, tip(account(12, username="lefty")), file_name="c.csv")
+    session.expire_all()
+    holder = holder_of(session, world, "acc12")
+    assert (holder.referral_id, holder.needs_review) == (onward.id, True)
+
+
+def test_a_holder_merged_with_one_that_joined_a_case_passed_on_waits_where_the_case_came_in(session, world):
+    """The older holder takes in the one on the declined successor: it waits for a person on
+    the lead's referral the case came in on, where it matches, not on the successor, where
+    nothing of it would."""
+    package, onward = _joined_after_transfer(session, world)
+    alphas = known_to_alpha(session, world, "s@example.org")
+    run_import(session, world, tip(account(50, username="lefty", email="s@example.org")), file_name="c.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc50")
+    assert (merged.referral_id, merged.needs_review) == (package.id, True)
+    pair = (min(package.id, alphas.id), max(package.id, alphas.id))
+    assert session.scalar(select(Hit.id).where(Hit.referral_low_id == pair[0], Hit.referral_high_id == pair[1]))
+
+
 @pytest.mark.parametrize("decided_part", ["younger", "older"])
 def test_a_merged_holder_a_person_placed_elsewhere_than_its_sent_referral_goes_to_review(
         session, world, decided_part):

@@ -184,7 +184,8 @@ class Router:
         self._discarded_references: dict[int, str] = {}
         # The subjects each draft lost, with the states that carry their cases now.
         self._left: dict[int, list[tuple[int, HolderState]]] = {}
-        # Sent referrals a merged holder was linked to as well (`follow_sent`): they match anew.
+        # Sent referrals a merged holder was linked to as well, or waits on (`follow_sent`,
+        # `_wait_with`): they match anew.
         self.came_in_on: set[int] = set()
         # Merged holders on no sent referral: the agencies that declined one of their parts,
         # each with that part (`follow_sent`).
@@ -244,10 +245,7 @@ class Router:
             survivor.referral_id, survivor.packaged, survivor.routing = current.id, part.packaged, part.routing
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
             self.links.append((current.id, survivor))
-            # Holders stay on the referral they were sent on; one that joined a case after its
-            # transfer sits on the successor, and only then is the chain walked back.
-            first = (part.referral_id if self._chains.rows[part.referral_id].transferred_from_id is None
-                     else referrals.came_in_on(self.session, part.referral_id))
+            first, _chain = self._whole_chain(part.referral_id)
             if first != current.id and not self.session.scalar(select(exists().where(
                     referral_subjects.c.referral_id == first, referral_subjects.c.subject_id == survivor.subject_id))):
                 # Passed on since: the referral the case came in on carries it too, so that it
@@ -268,15 +266,27 @@ class Router:
                 ranked.append((_STAY_RANK[current.status], order, state))
         return min(ranked, key=itemgetter(0, 1))[2] if ranked else None
 
+    def _whole_chain(self, referral_id: int | None) -> tuple[int | None, list]:
+        """The referral a case came in on and its whole transfer chain, from a referral on it.
+        Holders stay on the referral they were sent on; one that joined a case after its
+        transfer sits on the successor, and only then is the chain walked back."""
+        chain = self._chains.chain(referral_id)
+        if not chain or chain[0].transferred_from_id is None:
+            return referral_id, chain
+        first = referrals.came_in_on(self.session, referral_id)
+        self._chains.load([first])
+        return first, self._chains.chain(first)
+
     def _note_declined_parts(self, survivor: HolderState, parts: list[HolderState]) -> None:
         """The agencies that declined a part of this merged holder (or passed a part on to one
-        that declined), each with the oldest such part: `plan` holds the holder back from them."""
-        declined: dict[int, HolderState] = {}
+        that declined), each with the oldest such part and the referral its case came in on:
+        `plan` holds the holder back from them."""
+        declined: dict[int, tuple[HolderState, int]] = {}
         for part in parts:
-            chain = self._chains.chain(part.referral_id)
+            first, chain = self._whole_chain(part.referral_id)
             if chain and chain[-1].status is Status.DECLINED:
                 for referral in chain:
-                    declined.setdefault(referral.receiver_agency_id, part)
+                    declined.setdefault(referral.receiver_agency_id, (part, first))
         if declined:
             self._declined_parts[survivor.id] = declined
 
@@ -297,11 +307,11 @@ class Router:
             # referral, or a part's it took in by a merge, where it then waits.
             declined_parts = self._declined_parts.get(state.id, {})
             own = current is not None and current.status is Status.DECLINED and receiver in {
-                r.receiver_agency_id for r in chain}
+                r.receiver_agency_id for r in self._whole_chain(state.referral_id)[1]}
             if state.id not in decided and (own or receiver in declined_parts):
                 state.for_review = True
                 if not own:
-                    self._wait_with(state, declined_parts[receiver])
+                    self._wait_with(state, *declined_parts[receiver])
                 continue
             if current is not None and current.status is not Status.DRAFT:
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
@@ -331,13 +341,15 @@ class Router:
             self.links.append((draft, state))
             self._set(state, routing, receiver, draft if isinstance(draft, int) else None, packaged)
 
-    def _wait_with(self, state: HolderState, part: HolderState) -> None:
-        """A merged holder held back from the agency that declined one of its parts waits on
-        that part's declined referral, as the part did (off its own draft)."""
+    def _wait_with(self, state: HolderState, part: HolderState, first: int) -> None:
+        """A merged holder held back from the agency that declined one of its parts waits with
+        that part (off its own draft), on the referral its case came in on: the whole chain to
+        the decline is then its own, and it matches there, its sender a hit's party."""
         self.detach(state)
-        state.referral_id, state.packaged, state.routing = part.referral_id, part.packaged, part.routing
+        state.referral_id, state.packaged, state.routing = first, part.packaged, part.routing
         state.receiver_agency_id, state.changed = part.receiver_agency_id, True
-        self.links.append((part.referral_id, state))
+        self.links.append((first, state))
+        self.came_in_on.add(first)
 
     def detach(self, state: HolderState, *, into: HolderState | None = None) -> None:
         """Take a holder off its draft (a sent referral keeps it); `into` is the holder that
