@@ -252,7 +252,11 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
             result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
                                          workers=workers, progress=stop.checking(_stage_printer()))
             stop.check()
+            stop.committing = True  # the commit runs to its end: a signal now comes too late
             session.commit()
+        if stop.received:
+            click.echo(f"\n{signal.Signals(stop.received[0]).name} came as the import was committed: it stands.",
+                       err=True)
     except importer.TipRejected as exc:
         _refused(operation, file, actor, exc)
         _print_row_errors(exc.errors)
@@ -305,6 +309,7 @@ class _StopRequests:
 
     def __init__(self):
         self.received: list[int] = []
+        self.committing = False
 
     def check(self) -> None:
         if self.received:
@@ -324,13 +329,17 @@ def _stopping_at_the_next_step():
     import at its next step (a progress report, or the commit), raising _Stopped there, so that
     it is rolled back and its failure recorded. Raised at once, inside a statement, it left the
     connection broken with the database still locked (SQLite) or the audit chain held
-    (PostgreSQL), and the failure could not be recorded. A second signal stops it at once. A
-    SIGINT that was ignored (a background job's) stays ignored."""
+    (PostgreSQL), and the failure could not be recorded. A second signal stops it at once,
+    unless the commit has begun: that runs to its end. A SIGINT that was ignored (a background
+    job's) stays ignored."""
     requests = _StopRequests()
 
     def note(signal_number, _frame):
-        if requests.received:
+        if requests.received and not requests.committing:
             raise _Stopped(signal_number)
+        if not requests.received and not requests.committing:
+            click.echo(f"\n{signal.Signals(signal_number).name}: stopping at the import's next step "
+                       "(again to stop at once) ...", err=True)
         requests.received.append(signal_number)
 
     signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])

@@ -12,6 +12,7 @@ from pathlib import Path
 import phonenumbers
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from app.cli import _stopping_at_the_next_step
 from app.demo.operation_h import tip_csv
@@ -160,6 +161,26 @@ def test_import_tip_of_empty_rows_names_the_first_line_for_the_header(app, web_w
     assert "line 3" not in result.output
     assert import_audit(app) == [("failure", "Nothing was imported: no header: the file holds only empty rows, and a "
                                              "tip's first row names its columns (platform and account_id at least).")]
+
+
+def test_import_tip_stopped_as_it_commits_stands_and_says_so(app, web_world, tmp_path, monkeypatch):
+    """Ctrl-C twice while the import commits: the commit runs to its end, and the command says
+    the import stands rather than that nothing was written."""
+    path = tmp_path / "tip.csv"
+    path.write_text("platform,account_id,email\n" + "".join(f"discord,acc{n},s{n}@example.org\n" for n in range(5)))
+    commit = Session.commit
+
+    def interrupted_commit(session):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return commit(session)
+
+    monkeypatch.setattr(Session, "commit", interrupted_commit)
+    result = import_tip(app, path)
+    monkeypatch.undo()
+    assert result.exit_code == 0, result.output
+    assert "SIGINT came as the import was committed: it stands." in result.output
+    assert count(app, TipAccount) == 5 and import_audit(app) == [("success", None)]
 
 
 @pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"])

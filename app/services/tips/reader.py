@@ -147,6 +147,10 @@ def csv_rows(lines: Iterable[str]):
 RECORD_LINES_MAX = 100
 
 
+RECORD_TOO_LONG = (f"a quote opened on this line is not closed on it, nor in the {RECORD_LINES_MAX - 1} lines after "
+                   "it (no tip field holds a line break)")
+
+
 class RecordLines:
     """The lines of a CSV text for the csv module, those of the record being read kept, so
     that a record it cannot read can be its first line alone: a quote left open there ran
@@ -165,7 +169,7 @@ class RecordLines:
         if len(self._record) == RECORD_LINES_MAX:
             # A quote left open reads no further: otherwise every line of a file of such lines
             # would be read again to its end, and reading it would take the square of its length.
-            raise csv.Error(f"a quoted value runs on past {RECORD_LINES_MAX} lines")
+            raise csv.Error(RECORD_TOO_LONG)
         line = self._again.pop() if self._again else next(self._lines)
         self._record.append(line)
         return line
@@ -210,6 +214,8 @@ def _unreadable(exc: csv.Error, lines_after: int) -> str:
     read into it before giving up (a quote left open), which are read again."""
     if not lines_after:
         return f"not readable as CSV: {_CSV_ERRORS.get(str(exc), str(exc))}"
+    if str(exc) == RECORD_TOO_LONG:
+        return f"not readable as CSV: {RECORD_TOO_LONG}; the lines after it are read as rows of their own"
     closed = "is never closed" if str(exc) == "unexpected end of data" else "is not closed on it"
     return (f"not readable as CSV: a quote opened on this line {closed} (no tip field holds a line break); "
             "the lines after it are read as rows of their own")

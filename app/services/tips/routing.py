@@ -347,7 +347,7 @@ class Router:
         the decline is then its own, and it matches there, its sender a hit's party."""
         self.detach(state)
         state.referral_id, state.packaged, state.routing = first, part.packaged, part.routing
-        state.receiver_agency_id, state.changed = part.receiver_agency_id, True
+        state.receiver_agency_id, state.changed = self._chains.rows[first].receiver_agency_id, True
         self.links.append((first, state))
         self.came_in_on.add(first)
 
