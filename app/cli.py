@@ -335,9 +335,9 @@ def _stopping_at_the_next_step():
     requests = _StopRequests()
 
     def note(signal_number, _frame):
-        if requests.received and not requests.committing:
-            raise _Stopped(signal_number)
-        if not requests.received and not requests.committing:
+        if not requests.committing:
+            if requests.received:
+                raise _Stopped(signal_number)
             click.echo(f"\n{signal.Signals(signal_number).name}: stopping at the import's next step "
                        "(again to stop at once) ...", err=True)
         requests.received.append(signal_number)

@@ -468,11 +468,17 @@ def _before_transfers(referral_id: int):
     return select(chain.c.id)
 
 
-def came_in_on(session: Session, referral_id: int) -> int:
-    """The referral a case came in on: the first of the transfers that led to this one (itself
-    if none did)."""
-    return session.scalar(select(Referral.id).where(Referral.id.in_(_before_transfers(referral_id)),
-                                                    Referral.transferred_from_id.is_(None)))
+def came_in_on(session: Session, referral_ids: Iterable[int]) -> dict[int, int]:
+    """The referral each case came in on: the first of the transfers that led to each of these
+    referrals (itself if none did), by referral, in one recursive query for them all."""
+    ids = sorted(set(referral_ids))
+    if not ids:
+        return {}
+    chain = (select(Referral.id.label("start"), Referral.id, Referral.transferred_from_id)
+             .where(Referral.id.in_(ids)).cte(recursive=True))
+    chain = chain.union_all(select(chain.c.start, Referral.id, Referral.transferred_from_id)
+                            .join(chain, Referral.id == chain.c.transferred_from_id))
+    return dict(session.execute(select(chain.c.start, chain.c.id).where(chain.c.transferred_from_id.is_(None))).all())
 
 
 class TransferChains:

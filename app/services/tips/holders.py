@@ -351,8 +351,7 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
     if news and state.referral_id == before and router.stays(before):
         router.record_updates({router.current_id(before): news})
     route = router.finish()
-    if route.touched:
-        deconfliction.refresh_hits(session, actor, route.touched, now=now, since=now)
+    _match_routed(session, actor, route.touched, now)
     session.expire(holder)
     stays = None
     if state.referral_id and state.referral_id == before:
@@ -490,9 +489,15 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         referrals.turn_on_risk_flags(session, referral_id, sorted(names))
     route = router.finish()
     bulk.audit_many(session, actor, entries)
-    if route.touched:
-        deconfliction.refresh_hits(session, actor, route.touched, now=now, since=now)
+    _match_routed(session, actor, route.touched, now)
     return route.touched
+
+
+def _match_routed(session: Session, actor: Actor, touched: list[int], now: datetime) -> None:
+    """Deconfliction for the drafts a routing step created or changed, on what they gained
+    from it (the holders it linked at `now`)."""
+    if touched:
+        deconfliction.refresh_hits(session, actor, touched, now=now, since=now)
 
 
 def reroute_after_directory_change(session: Session, actor: Actor, operations: list[Operation], *,
@@ -514,8 +519,7 @@ def reroute_after_directory_change(session: Session, actor: Actor, operations: l
                 select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id,
                                                     Holder.merged_into_id.is_(None), unsent).order_by(Holder.id)))
             if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)], now, directory)
-    if touched:
-        deconfliction.refresh_hits(session, actor, touched, now=now, since=now)
+    _match_routed(session, actor, touched, now)
     return touched
 
 
@@ -529,8 +533,7 @@ def reroute_after_withdrawal(session: Session, actor: Actor, operation_id: int, 
         state_from_row(row) for row in session.execute(
             select(*HOLDER_STATE_COLUMNS).where(Holder.referral_id.in_(referral_ids), Holder.merged_into_id.is_(None))
             .order_by(Holder.id))], now)
-    if touched:
-        deconfliction.refresh_hits(session, actor, touched, now=now, since=now)
+    _match_routed(session, actor, touched, now)
     return touched
 
 

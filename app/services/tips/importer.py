@@ -560,8 +560,8 @@ class _Writer:
         # A holder that joined a case after its transfer sits on the successor, where what its
         # sender did not record matches nothing (`deconfliction._carried_over`): what it gained
         # matches on the referral the case came in on, which carries it too.
-        sent_with_new |= {referrals.came_in_on(session, referral_id) for referral_id in session.scalars(
-            select(Referral.id).where(Referral.id.in_(sorted(sent_with_new)), Referral.transferred_from_id.is_not(None)))}
+        sent_with_new |= set(referrals.came_in_on(session, session.scalars(select(Referral.id).where(
+            Referral.id.in_(sorted(sent_with_new)), Referral.transferred_from_id.is_not(None)))).values())
         referral_ids = sorted(set(route.touched) | sent_with_new | router.came_in_on)
         per_referral: Counter = Counter()
         for state in states.values():

@@ -188,8 +188,8 @@ class Router:
         # `_wait_with`): they match anew.
         self.came_in_on: set[int] = set()
         # Merged holders on no sent referral: the agencies that declined one of their parts,
-        # each with that part (`follow_sent`).
-        self._declined_parts: dict[int, dict[int, HolderState]] = {}
+        # each with that part and the referral its case came in on (`follow_sent`).
+        self._declined_parts: dict[int, dict[int, tuple[HolderState, int]]] = {}
 
     # --- planning -------------------------------------------------------------------------
 
@@ -273,7 +273,7 @@ class Router:
         chain = self._chains.chain(referral_id)
         if not chain or chain[0].transferred_from_id is None:
             return referral_id, chain
-        first = referrals.came_in_on(self.session, referral_id)
+        first = referrals.came_in_on(self.session, [referral_id])[referral_id]
         self._chains.load([first])
         return first, self._chains.chain(first)
 
