@@ -1769,6 +1769,92 @@ def test_a_merged_holder_is_held_back_from_every_agency_that_declined_a_part(ses
     assert drafts_with_it == []
 
 
+def _merged_past_two_declines(session, world) -> tuple[Holder, Referral, Referral]:
+    """Bravo declined the Australian part, Alpha the New Zealand one; a later account shows
+    both are one person, placed in Australia by the evidence: (the merged holder, Alpha's
+    declined referral, Bravo's)."""
+    run_import(session, world, tip(account(1, email="left@example.org"),
+                                   account(2, username="righty", country_hint="NZ", ip_country="NZ")))
+    by_bravo = _declined(session, world, holder_of(session, world, "acc1"), "b")
+    by_alpha = _declined(session, world, holder_of(session, world, "acc2"), "a")
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.jurisdiction, merged.referral_id, merged.needs_review) == ("AU", by_bravo.id, True)
+    return merged, by_alpha, by_bravo
+
+
+def _drafts_holding(session, holder: Holder) -> list[int]:
+    return session.scalars(select(Referral.id).join(
+        referral_subjects, referral_subjects.c.referral_id == Referral.id).where(
+        referral_subjects.c.subject_id == holder.subject_id, Referral.status == Status.DRAFT)).all()
+
+
+def test_a_merged_holder_stays_held_back_from_a_part_s_decliner_in_later_imports(session, world):
+    """Merged past two declines, the holder waits on Bravo's. Later accounts point it to New
+    Zealand: it is not drafted to Alpha, which declined a part; it waits on Alpha's declined
+    referral, on the review list. Still later ones point it back to Australia: it waits on
+    Bravo's again."""
+    merged, by_alpha, by_bravo = _merged_past_two_declines(session, world)
+    run_import(session, world, tip(*(account(n, username="righty", country_hint="NZ", ip_country="NZ")
+                                     for n in (4, 5, 6))), file_name="c.csv")
+    session.expire_all()
+    merged = session.get(Holder, merged.id)
+    assert (merged.jurisdiction, merged.referral_id, merged.needs_review) == ("NZ", by_alpha.id, True)
+    assert _drafts_holding(session, merged) == []
+    reason = holder_service.review_reasons(session, world.users["c_liaison"], [merged])[merged.id]
+    assert reason == f"{by_alpha.reference} was declined by {world.agencies['a'].name}"
+
+    run_import(session, world, tip(*(account(n, email="left@example.org") for n in range(7, 12))), file_name="d.csv")
+    session.expire_all()
+    merged = session.get(Holder, merged.id)
+    assert (merged.jurisdiction, merged.referral_id, merged.needs_review) == ("AU", by_bravo.id, True)
+    assert _drafts_holding(session, merged) == []
+
+
+def test_a_holder_routed_away_from_its_decliner_is_held_back_when_its_evidence_points_back(session, world):
+    """Bravo declined the holder; later accounts place it in New Zealand (drafted to Alpha),
+    then back in Australia: it is not drafted to Bravo again but waits on Bravo's declined
+    referral for a person, off Alpha's draft."""
+    run_import(session, world, tip(account(1, email="left@example.org")))
+    by_bravo = _declined(session, world, holder_of(session, world, "acc1"), "b")
+    run_import(session, world, tip(*(account(n, email="left@example.org", country_hint="NZ", ip_country="NZ")
+                                     for n in (2, 3))), file_name="b.csv")
+    session.expire_all()
+    holder = holder_of(session, world, "acc1")
+    to_alpha = session.get(Referral, holder.referral_id)
+    assert (to_alpha.status, to_alpha.receiver_agency_id) == (Status.DRAFT, world.agencies["a"].id)
+    run_import(session, world, tip(*(account(n, email="left@example.org") for n in (4, 5, 6))), file_name="c.csv")
+    session.expire_all()
+    holder = holder_of(session, world, "acc1")
+    assert (holder.jurisdiction, holder.referral_id, holder.needs_review) == ("AU", by_bravo.id, True)
+    assert _drafts_holding(session, holder) == []
+
+
+def test_a_person_s_decision_after_a_part_s_decline_holds_in_later_imports(session, world):
+    """A person places the merged holder in New Zealand, knowing Alpha declined a part: it is
+    drafted to Alpha, and a later account of it leaves it there. Once it merges with another
+    holder, it is no longer the holder the person placed: it is held back from Alpha again."""
+    merged, by_alpha, _by_bravo = _merged_past_two_declines(session, world)
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), merged.subject_id, "NZ", "Checked by hand.")
+    session.expire_all()
+    draft = session.get(Holder, merged.id).referral_id
+    assert session.get(Referral, draft).receiver_agency_id == world.agencies["a"].id
+    run_import(session, world, tip(account(4, username="righty"), account(5, username="loner")), file_name="c.csv")
+    session.expire_all()
+    merged = session.get(Holder, merged.id)
+    assert (merged.referral_id, merged.needs_review) == (draft, False)
+    assert _drafts_holding(session, merged) == [draft]
+
+    run_import(session, world, tip(account(6, username="righty", email="loner@example.org"),
+                                   account(7, username="loner", email="loner@example.org")), file_name="d.csv")
+    session.expire_all()
+    merged = session.get(Holder, merged.id)
+    assert holder_of(session, world, "acc5").id == merged.id  # the loner merged into it
+    assert (merged.jurisdiction, merged.referral_id, merged.needs_review) == ("NZ", by_alpha.id, True)
+    assert _drafts_holding(session, merged) == []
+
+
 def _joined_after_transfer(session, world) -> tuple[Referral, Referral]:
     """acc1's package sent to Bravo and passed on to the bureau; then acc9 merges acc5's draft
     holder with acc1's, and the merged holder sits on the transfer's successor. (The package,

@@ -8,6 +8,7 @@ router as the import, and is on the audit trail.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -47,7 +48,8 @@ from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import bulk, clustering
 from app.services.tips.routing import (
-    HOLDER_STATE_COLUMNS, RISK_COLUMNS, Directory, HolderState, Router, load_directory, state_from_row, target,
+    HOLDER_STATE_COLUMNS, RISK_COLUMNS, Directory, HolderState, RouteResult, Router, load_directory, state_from_row,
+    target,
 )
 from app.services.triage import more_urgent, priority_from_flags
 
@@ -331,18 +333,17 @@ def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetim
     return holder
 
 
-def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, decided: bool = False,
-             news: str | None = None) -> Decision:
-    """Route one holder again after a decision, exactly as an import would; `decided` when
-    the decision was its jurisdiction (then it may go back to an agency that declined it).
-    A holder that stays on a sent referral tells its receiver the `news` of the decision, if
+def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, news: str | None = None) -> Decision:
+    """Route one holder again after a decision, exactly as an import would (after a decision
+    on its jurisdiction, it may go back to an agency that declined it: the person knew). A
+    holder that stays on a sent referral tells its receiver the `news` of the decision, if
     any, as an import tells what it added."""
     session.flush()
     row = session.execute(select(*HOLDER_STATE_COLUMNS).where(Holder.id == holder.id)).one()
     state = state_from_row(row)
     before = state.referral_id
     router = Router(session, actor, holder.operation, holder.operation.lead_agency_id, now=now)
-    router.plan([state], decided=frozenset({holder.id}) if decided else frozenset())
+    router.plan([state])
     router.create_drafts()
     session.execute(update(Holder.__table__).where(Holder.__table__.c.id == holder.id).values(
         routing=state.routing, receiver_agency_id=state.receiver_agency_id, referral_id=state.referral_id,
@@ -351,7 +352,7 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, d
     if news and state.referral_id == before and router.stays(before):
         router.record_updates({router.current_id(before): news})
     route = router.finish()
-    _match_routed(session, actor, route.touched, now)
+    _match_routed(session, actor, route.to_match, now)
     session.expire(holder)
     stays = None
     if state.referral_id and state.referral_id == before:
@@ -387,7 +388,7 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
     news = (f"holder {holder.label}: jurisdiction set to {countries.name(code)} by the lead agency"
             f"{' (it was ' + countries.name(previous) + ')' if previous else ''}."
             if code != previous else None)
-    decision = _reroute(session, actor, holder, now, decided=True, news=news)
+    decision = _reroute(session, actor, holder, now, news=news)
     audit.record(session, actor, "tip.holder_jurisdiction", "holder", holder.id, detail={
         "label": holder.label, "from": previous, "to": code, "note": note,
         "referral": decision.holder.referral_id,
@@ -489,15 +490,16 @@ def record_risk_flags_batch(session: Session, actor: Actor, operation_id: int, f
         referrals.turn_on_risk_flags(session, referral_id, sorted(names))
     route = router.finish()
     bulk.audit_many(session, actor, entries)
-    _match_routed(session, actor, route.touched, now)
+    _match_routed(session, actor, route.to_match, now)
     return route.touched
 
 
-def _match_routed(session: Session, actor: Actor, touched: list[int], now: datetime) -> None:
-    """Deconfliction for the drafts a routing step created or changed, on what they gained
-    from it (the holders it linked at `now`)."""
-    if touched:
-        deconfliction.refresh_hits(session, actor, touched, now=now, since=now)
+def _match_routed(session: Session, actor: Actor, referral_ids: Iterable[int], now: datetime) -> None:
+    """Deconfliction for the referrals a routing step linked holders to (`RouteResult.to_match`),
+    on what they gained from it (the holders it linked at `now`)."""
+    referral_ids = sorted(referral_ids)
+    if referral_ids:
+        deconfliction.refresh_hits(session, actor, referral_ids, now=now, since=now)
 
 
 def reroute_after_directory_change(session: Session, actor: Actor, operations: list[Operation], *,
@@ -511,15 +513,17 @@ def reroute_after_directory_change(session: Session, actor: Actor, operations: l
     now = now or utcnow()
     unsent = or_(Holder.referral_id.is_(None),
                  Holder.referral_id.in_(select(Referral.id).where(Referral.status == Status.DRAFT)))
-    touched: list[int] = []
+    touched, to_match = [], set()
     for operation in operations:
         directory = load_directory(session, operation.lead_agency_id)
-        touched += _route_again(session, actor, operation, [
+        route = _route_again(session, actor, operation, [
             state for state in map(state_from_row, session.execute(
                 select(*HOLDER_STATE_COLUMNS).where(Holder.operation_id == operation.id,
                                                     Holder.merged_into_id.is_(None), unsent).order_by(Holder.id)))
             if target(directory, state.jurisdiction) != (state.routing, state.receiver_agency_id)], now, directory)
-    _match_routed(session, actor, touched, now)
+        touched += route.touched
+        to_match.update(route.to_match)
+    _match_routed(session, actor, to_match, now)
     return touched
 
 
@@ -529,23 +533,23 @@ def reroute_after_withdrawal(session: Session, actor: Actor, operation_id: int, 
     withdrawn: they are routed again at once, as an import would route them, so that none
     drops off every work list. The withdrawn referral keeps them in its history. The caller
     locked the operation first (`lock_operation`). Returns the drafts created or changed."""
-    touched = _route_again(session, actor, session.get(Operation, operation_id), [
+    route = _route_again(session, actor, session.get(Operation, operation_id), [
         state_from_row(row) for row in session.execute(
             select(*HOLDER_STATE_COLUMNS).where(Holder.referral_id.in_(referral_ids), Holder.merged_into_id.is_(None))
             .order_by(Holder.id))], now)
-    _match_routed(session, actor, touched, now)
-    return touched
+    _match_routed(session, actor, route.to_match, now)
+    return route.touched
 
 
 def _route_again(session: Session, actor: Actor, operation: Operation, states: list[HolderState], now: datetime,
-                 directory: Directory | None = None) -> list[int]:
-    """Route these holders of an operation again, as an import routes them, and finish: the
-    drafts created or changed (the caller matches them)."""
+                 directory: Directory | None = None) -> RouteResult:
+    """Route these holders of an operation again, as an import routes them, and finish (the
+    caller matches what they were linked to)."""
     if not states:
-        return []
+        return RouteResult()
     router = Router(session, actor, operation, operation.lead_agency_id, now=now, directory=directory)
     _route(session, router, states, now, triaged=False)
-    return router.finish().touched
+    return router.finish()
 
 
 def lock_operations_with_holders(session: Session) -> list[Operation]:

@@ -356,8 +356,8 @@ class _Writer:
         for start in range(0, len(affected_existing) + len(absorbed_ids), 5000):
             part = (affected_existing + absorbed_ids)[start:start + 5000]
             for row in session.execute(select(*HOLDER_STATE_COLUMNS, Holder.jurisdiction_source,
-                                              Holder.jurisdiction_set_by_id, Holder.jurisdiction_set_at,
-                                              Holder.number, Holder.needs_review).where(Holder.id.in_(part))):
+                                              Holder.jurisdiction_set_by_id, Holder.number, Holder.needs_review)
+                                       .where(Holder.id.in_(part))):
                 old_rows[row.id] = row
                 states[row.id] = state_from_row(row)
         # A merged holder carries the risk flags investigators set on any of its parts, and the
@@ -391,7 +391,7 @@ class _Writer:
             placements[holder_id] = (placement, len(items), manual, evidence_json)
             if state is None:
                 state = states[holder_id] = HolderState(  # a new holder; its subject id follows
-                    id=holder_id, subject_id=0, priority=level, jurisdiction=placement.country, changed=True)
+                    id=holder_id, subject_id=0, priority=level, jurisdiction=placement.country, changed=True, new=True)
             state.grade_a, state.grade_b, state.grade_c = a, b, c
             if state.priority != level:
                 state.priority, state.changed = level, True
@@ -562,7 +562,7 @@ class _Writer:
         # matches on the referral the case came in on, which carries it too.
         sent_with_new |= set(referrals.came_in_on(session, session.scalars(select(Referral.id).where(
             Referral.id.in_(sorted(sent_with_new)), Referral.transferred_from_id.is_not(None)))).values())
-        referral_ids = sorted(set(route.touched) | sent_with_new | router.came_in_on)
+        referral_ids = sorted(set(route.to_match) | sent_with_new)
         per_referral: Counter = Counter()
         for state in states.values():
             if state.referral_id:

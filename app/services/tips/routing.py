@@ -12,7 +12,8 @@ wait on the review list.
 Packaging: a P1 or P2 holder gets a draft referral of its own; P3 and P4 holders are packaged
 into one draft per receiving agency, jurisdiction and priority (for a focal point that is one
 per agency and priority; an international body gets one per country it stands in for).
-Only drafts move: a holder whose referral was sent stays where it went.
+Only drafts move: a holder whose referral was sent stays where it went. A holder is not
+routed to an agency that declined its case or a merged part's (`Router._load_declines`).
 
 Every draft the pipeline creates, changes or discards gets its history event and audit entry,
 as `referrals.create_draft` would write them, but in bulk.
@@ -118,11 +119,14 @@ class HolderState:
     # Routing wants a person to look: the agency it would go to declined it, or it joined a
     # sent referral of another jurisdiction than its own (a merge).
     for_review: bool = False
+    placed_at: datetime | None = None  # when a person last set its jurisdiction
+    new: bool = False  # made by this step: no referral has held it
 
 
 HOLDER_STATE_COLUMNS = (Holder.id, Holder.subject_id, Holder.priority, Holder.jurisdiction, Holder.grade_a,
                         Holder.grade_b, Holder.grade_c, *(getattr(Holder, c) for c in RISK_COLUMNS),
-                        Holder.referral_id, Holder.packaged, Holder.routing, Holder.receiver_agency_id)
+                        Holder.referral_id, Holder.packaged, Holder.routing, Holder.receiver_agency_id,
+                        Holder.jurisdiction_set_at)
 
 
 def state_from_row(row) -> HolderState:
@@ -130,7 +134,7 @@ def state_from_row(row) -> HolderState:
         id=row.id, subject_id=row.subject_id, priority=row.priority, jurisdiction=row.jurisdiction,
         grade_a=row.grade_a, grade_b=row.grade_b, grade_c=row.grade_c,
         flags=tuple(getattr(row, c) for c in RISK_COLUMNS), referral_id=row.referral_id, packaged=row.packaged,
-        routing=row.routing, receiver_agency_id=row.receiver_agency_id,
+        routing=row.routing, receiver_agency_id=row.receiver_agency_id, placed_at=row.jurisdiction_set_at,
     )
 
 
@@ -153,10 +157,16 @@ class RouteResult:
     created: list[int] = field(default_factory=list)  # new draft referral ids
     changed: list[int] = field(default_factory=list)  # existing drafts whose holders changed
     discarded: list[int] = field(default_factory=list)  # drafts left empty, deleted
+    came_in_on: list[int] = field(default_factory=list)  # sent referrals merged holders were linked to
 
     @property
     def touched(self) -> list[int]:
         return sorted(set(self.created) | set(self.changed))
+
+    @property
+    def to_match(self) -> list[int]:
+        """The referrals that gained holders: what deconfliction matches after the step."""
+        return sorted(set(self.touched) | set(self.came_in_on))
 
 
 class Router:
@@ -180,16 +190,19 @@ class Router:
         # The referrals holders are on, with where transfers took them.
         self._chains = referrals.TransferChains(lambda condition: session.execute(
             select(Referral.id, Referral.status, Referral.receiver_agency_id, Referral.jurisdiction,
-                   Referral.priority, Referral.transferred_from_id).where(condition)))
+                   Referral.priority, Referral.transferred_from_id, Referral.declined_at).where(condition)))
         self._discarded_references: dict[int, str] = {}
         # The subjects each draft lost, with the states that carry their cases now.
         self._left: dict[int, list[tuple[int, HolderState]]] = {}
-        # Sent referrals a merged holder was linked to as well, or waits on (`follow_sent`,
-        # `_wait_with`): they match anew.
+        # Sent referrals a merged holder was linked to as well, or a held-back holder waits on
+        # (`follow_sent`, `_wait_on`): they match anew (`RouteResult.to_match`).
         self.came_in_on: set[int] = set()
-        # Merged holders on no sent referral: the agencies that declined one of their parts,
-        # each with that part and the referral its case came in on (`follow_sent`).
-        self._declined_parts: dict[int, dict[int, tuple[HolderState, int]]] = {}
+        # Holders routed: the agencies that declined their cases or those of their merged parts,
+        # each with the referral that case came in on (`_load_declines`).
+        self._held_back: dict[int, dict[int, int]] = {}
+        # This step's merges: absorbed holder -> survivor, and the absorbed holders' subjects.
+        self._merged_now: dict[int, int] = {}
+        self._parts_now: dict[int, int] = {}
 
     # --- planning -------------------------------------------------------------------------
 
@@ -231,12 +244,14 @@ class Router:
         joined (the import raises it if the holder is now more urgent) and the part that was on
         it."""
         self._chains.load(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
+        for survivor, parts in merges:
+            self._merged_now.update((part.id, survivor.id) for part in parts)
+            self._parts_now.update((part.subject_id, survivor.id) for part in parts)
         joined: dict[int, tuple[Priority, int]] = {}
         for survivor, parts in merges:
             part = self._staying_part(survivor, parts)
             if part is None:
-                self._note_declined_parts(survivor, parts)
-                continue
+                continue  # `plan` routes it, held back where a part was declined
             current = self._chains.where_now(part.referral_id)
             survivor.for_review = survivor.jurisdiction != current.jurisdiction
             if part is survivor:
@@ -246,13 +261,11 @@ class Router:
             survivor.receiver_agency_id, survivor.changed = current.receiver_agency_id, True
             self.links.append((current.id, survivor))
             first, _chain = self._whole_chain(part.referral_id)
-            if first != current.id and not self.session.scalar(select(exists().where(
-                    referral_subjects.c.referral_id == first, referral_subjects.c.subject_id == survivor.subject_id))):
+            if first != current.id:
                 # Passed on since: the referral the case came in on carries it too, so that it
                 # matches there, its sender a hit's party, not the agency that passed it on
                 # (`deconfliction._carried_over`).
-                self.links.append((first, survivor))
-                self.came_in_on.add(first)
+                self._link_to_came_in_on(first, survivor)
             joined[survivor.id] = (current.priority, part.id)
         return joined
 
@@ -277,25 +290,58 @@ class Router:
         self._chains.load([first])
         return first, self._chains.chain(first)
 
-    def _note_declined_parts(self, survivor: HolderState, parts: list[HolderState]) -> None:
-        """The agencies that declined a part of this merged holder (or passed a part on to one
-        that declined), each with the oldest such part and the referral its case came in on:
-        `plan` holds the holder back from them."""
-        declined: dict[int, tuple[HolderState, int]] = {}
-        for part in parts:
-            first, chain = self._whole_chain(part.referral_id)
-            if chain and chain[-1].status is Status.DECLINED:
-                for referral in chain:
-                    declined.setdefault(referral.receiver_agency_id, (part, first))
-        if declined:
-            self._declined_parts[survivor.id] = declined
+    def _load_declines(self, states: list[HolderState]) -> None:
+        """Note, for each of these holders, the agencies of every declined case that held it or
+        a part merged into it (the agency that declined and those that passed the case on to
+        it), each with the referral the case came in on: `plan` holds the holder back from them.
+        Not the cases a person knew of: declined before the person last set the holder's
+        jurisdiction, with no merge since (a merge makes it another holder than the one they
+        placed). Every declined referral keeps the subjects it held."""
+        routed = {state.id: state for state in states}
+        stored = [state.id for state in states if not state.new]
+        owner_of = {routed[h].subject_id: h for h in stored}  # subject -> the holder it is or was merged into
+        last_merge: dict[int, datetime] = {}
+        for subject, survivor in self._parts_now.items():
+            if survivor in routed:
+                owner_of[subject], last_merge[survivor] = survivor, self.now
+        absorbers = sorted(set(stored) | set(self._merged_now))
+        for start in range(0, len(absorbers), 5000):
+            for subject_id, into, merged_at in self.session.execute(
+                select(Holder.subject_id, Holder.merged_into_id, Holder.merged_at)
+                .where(Holder.merged_into_id.in_(absorbers[start:start + 5000]))
+            ):
+                owner = self._merged_now.get(into, into)
+                if owner in routed:
+                    owner_of.setdefault(subject_id, owner)
+                    last_merge[owner] = max(last_merge.get(owner, merged_at), merged_at)
+        subjects = sorted(owner_of)
+        declined = []
+        for start in range(0, len(subjects), 5000):
+            declined += self.session.execute(
+                select(referral_subjects.c.referral_id, referral_subjects.c.subject_id)
+                .join(Referral, Referral.id == referral_subjects.c.referral_id)
+                .where(referral_subjects.c.subject_id.in_(subjects[start:start + 5000]),
+                       Referral.status == Status.DECLINED)
+            ).all()
+        declined.sort()
+        self._chains.load(referral_id for referral_id, _subject in declined)
+        for referral_id, subject_id in declined:
+            holder_id = owner_of[subject_id]
+            first, chain = self._whole_chain(referral_id)
+            placed_at, declined_at = routed[holder_id].placed_at, chain[-1].declined_at
+            if placed_at is not None and placed_at >= max(declined_at, last_merge.get(holder_id, declined_at)):
+                continue
+            held_back = self._held_back.setdefault(holder_id, {})
+            for referral in chain:
+                held_back.setdefault(referral.receiver_agency_id, first)
 
-    def plan(self, states: list[HolderState], *, decided: frozenset[int] = frozenset()) -> None:
-        """Route these holders. Those in `decided` had their jurisdiction set by a person just
-        now: they may go back to an agency that declined them, or passed them on to one that
-        declined; any other holder that would is held back (it stays on the declined referral,
-        on the review list)."""
+    def plan(self, states: list[HolderState]) -> None:
+        """Route these holders. One that would go to an agency that declined its case or a
+        merged part's, or passed such a case on to one that declined, is held back: it waits
+        on that case, on the review list, unless a person placed it knowing of the decline
+        (`_load_declines`)."""
         self._chains.load(state.referral_id for state in states)
+        self._load_declines([state for state in states if not self.stays(state.referral_id)])
         packages = self._load_packages()
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
@@ -303,15 +349,10 @@ class Router:
                 continue  # sent already: it stays where it went
             chain = self._chains.chain(state.referral_id)
             current = chain[-1] if chain else None
-            # Declined by the agency it would go to, or after that agency passed it on: its own
-            # referral, or a part's it took in by a merge, where it then waits.
-            declined_parts = self._declined_parts.get(state.id, {})
-            own = current is not None and current.status is Status.DECLINED and receiver in {
-                r.receiver_agency_id for r in self._whole_chain(state.referral_id)[1]}
-            if state.id not in decided and (own or receiver in declined_parts):
+            came_in_on = self._held_back.get(state.id, {}).get(receiver)
+            if came_in_on is not None:
                 state.for_review = True
-                if not own:
-                    self._wait_with(state, *declined_parts[receiver])
+                self._wait_on(state, came_in_on, routing)
                 continue
             if current is not None and current.status is not Status.DRAFT:
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
@@ -341,15 +382,27 @@ class Router:
             self.links.append((draft, state))
             self._set(state, routing, receiver, draft if isinstance(draft, int) else None, packaged)
 
-    def _wait_with(self, state: HolderState, part: HolderState, first: int) -> None:
-        """A merged holder held back from the agency that declined one of its parts waits with
-        that part (off its own draft), on the referral its case came in on: the whole chain to
-        the decline is then its own, and it matches there, its sender a hit's party."""
+    def _wait_on(self, state: HolderState, came_in_on: int, routing: HolderRouting) -> None:
+        """A holder held back from an agency waits on the declined case that agency had, unless
+        it is on that case already: off its draft, on the referral the case came in on, where
+        it matches, its sender a hit's party."""
+        if state.referral_id in {referral.id for referral in self._chains.chain(came_in_on)}:
+            return
         self.detach(state)
-        state.referral_id, state.packaged, state.routing = first, part.packaged, part.routing
-        state.receiver_agency_id, state.changed = self._chains.rows[first].receiver_agency_id, True
-        self.links.append((first, state))
-        self.came_in_on.add(first)
+        state.referral_id, state.routing = came_in_on, routing
+        state.receiver_agency_id = self._chains.rows[came_in_on].receiver_agency_id
+        state.packaged = bool(self.session.scalar(select(exists().where(
+            Holder.referral_id == came_in_on, Holder.packaged.is_(True)))))
+        state.changed = True
+        self._link_to_came_in_on(came_in_on, state)
+
+    def _link_to_came_in_on(self, referral_id: int, state: HolderState) -> None:
+        """Link a holder to the sent referral its case came in on (once: it may have waited
+        there before), which then matches anew."""
+        if not self.session.scalar(select(exists().where(
+                referral_subjects.c.referral_id == referral_id, referral_subjects.c.subject_id == state.subject_id))):
+            self.links.append((referral_id, state))
+        self.came_in_on.add(referral_id)
 
     def detach(self, state: HolderState, *, into: HolderState | None = None) -> None:
         """Take a holder off its draft (a sent referral keeps it); `into` is the holder that
@@ -431,7 +484,7 @@ class Router:
     def finish(self) -> RouteResult:
         """Recompute the changed drafts' figures from their holders, discard drafts left with
         no subject, and write history events and audit entries for all of it."""
-        result = RouteResult(created=[d.id for d in self.new_drafts])
+        result = RouteResult(created=[d.id for d in self.new_drafts], came_in_on=sorted(self.came_in_on))
         changed = sorted(self.changed - set(result.created))
         if changed:
             result.changed, result.discarded = self._refresh(changed)
