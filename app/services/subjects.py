@@ -66,8 +66,10 @@ def _subjects_query(session: Session, user: User, referral_id: int):
     cutoff = let_go_at(referral, user.agency_id)
     # Once it let them go, an agency reads what others add to the subjects no more; what it
     # records itself stays its own.
+    # Grouped by hand: selectinload joins the criteria to its IN clause without parentheses, and
+    # the OR would then read every identifier of the agency's own subjects, on any referral.
     identifiers = (selectinload(Subject.identifiers) if cutoff is None else selectinload(Subject.identifiers.and_(
-        or_(Identifier.created_at <= cutoff, Identifier.subject.has(Subject.agency_id == user.agency_id)))))
+        or_(Identifier.created_at <= cutoff, Identifier.subject.has(Subject.agency_id == user.agency_id)).self_group())))
     linked_in_time = (true() if cutoff is None else
                       or_(referral_subjects.c.added_at <= cutoff, Subject.agency_id == user.agency_id))
     return (select(Subject)
