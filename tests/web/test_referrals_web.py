@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from html.parser import HTMLParser
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select
@@ -241,6 +243,68 @@ def test_list_pages(app, browser, web_world):
     second = browser.get("/referrals?sort=reference&order=asc&page=2").get_data(as_text=True)
     assert refs[0] in first and refs[1] in first and refs[2] not in first
     assert refs[2] in second and "Page 2 of 2" in second
+
+
+class _FiltersAsSent(HTMLParser):
+    """What a browser sends for the page's filter form untouched: each select's selected option
+    (its first when none is), each text field's value, each ticked box."""
+
+    def __init__(self):
+        super().__init__()
+        self.fields: list[tuple[str, str]] = []
+        self._in_filters = False
+        self._select: str | None = None
+        self._options: list[tuple[str, bool]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and "filters" in (attrs.get("class") or ""):
+            self._in_filters = True
+        elif not self._in_filters:
+            return
+        elif tag == "select":
+            self._select, self._options = attrs["name"], []
+        elif tag == "option" and self._select:
+            self._options.append((attrs.get("value", ""), "selected" in attrs))
+        elif tag == "input" and (attrs.get("type") != "checkbox" or "checked" in attrs):
+            self.fields.append((attrs["name"], attrs.get("value") or ""))
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._in_filters = False
+        elif tag == "select" and self._select:
+            chosen = [value for value, selected in self._options if selected] or [self._options[0][0]]
+            self.fields.append((self._select, chosen[-1]))
+            self._select = None
+
+
+def _apply_unchanged(browser, page: str):
+    parser = _FiltersAsSent()
+    parser.feed(page)
+    return browser.get("/referrals?" + urlencode(parser.fields)).get_data(as_text=True)
+
+
+def _listed(page: str) -> list[str]:
+    return re.findall(r">(HND-\d{4}-\d{6})</a>", page)
+
+
+def test_the_sort_control_shows_the_order_applied_and_apply_keeps_it(app, browser, web_world):
+    """By default the list is sorted by when each referral last changed, newest first, which is
+    not the order of references: the control says so, the column shows it, and pressing Apply
+    without a change keeps that order (it re-sorted by reference)."""
+    oldest, middle, newest = (_make(app, web_world, "sent") for _ in range(3))
+    with app.app_context():
+        db.session.get(Referral, oldest.id).summary = "Changed last."
+        db.session.commit()
+    browser.login("viewer.a@example.org")
+    page = browser.get("/referrals").get_data(as_text=True)
+    assert _listed(page) == [oldest.reference, newest.reference, middle.reference]
+    assert re.search(r'<option selected value="updated">Updated</option>', page)
+    assert "<th>Updated</th>" in page
+    assert _listed(_apply_unchanged(browser, page)) == _listed(page)
+    nonsense = browser.get("/referrals?sort=nonsense").get_data(as_text=True)
+    assert "were not understood" in nonsense and _listed(nonsense) == _listed(page)
+    assert _listed(_apply_unchanged(browser, nonsense)) == _listed(page)
 
 
 def test_times_are_shown_in_the_viewers_time_zone(app, client, web_world):

@@ -101,7 +101,7 @@ class ListFilterForm(FlaskForm):
     direction = SelectField("Direction", choices=[("", "All"), ("in", "Received"), ("out", "Sent")],
                             validators=[Optional()])
     overdue = BooleanField("Overdue only")
-    sort = SelectField("Sort", validators=[Optional()])
+    sort = SelectField("Sort", default="updated", validators=[Optional()])
     order = SelectField("Order", choices=[("desc", "Descending"), ("asc", "Ascending")], validators=[Optional()])
     page = IntegerField("Page", default=1, validators=[Optional(), NumberRange(min=1)])
 

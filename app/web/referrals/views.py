@@ -51,7 +51,10 @@ def index():
     form.sort.choices = [(key, key.capitalize()) for key in service.SORTS]
     if not form.validate():
         flash("Some filters were not understood and were ignored.", "error")
-    data = {name: (None if field.errors else field.data) for name, field in form._fields.items()}
+        for field in form:
+            if field.errors:  # ignored: the control shows what the list applies instead
+                field.data = field.default
+    data = {name: field.data for name, field in form._fields.items()}
     filters = service.ListFilters(
         status=Status(data["status"]) if data["status"] else None,
         jurisdiction=data["jurisdiction"] or None,
