@@ -703,8 +703,8 @@ def _overdue(session: Session, base, now: datetime, limit: int | None) -> list[O
     if limit is None:
         parts = [query]
     else:
-        # Within one window the earliest sent is the latest; P1's window is shorter, so the
-        # most late `limit` are among the first `limit` of each window.
+        # Within one window the earliest sent is the most overdue; P1's window is shorter, so the
+        # most overdue `limit` are among the first `limit` of each window.
         parts = [query.where(Referral.priority == Priority.P1).limit(limit),
                  query.where(Referral.priority != Priority.P1).limit(limit)]
     rows = []

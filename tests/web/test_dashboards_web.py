@@ -307,13 +307,16 @@ def test_outsiders_dashboards_and_exports_do_not_move(app, browser, web_world):
     assert changed == []
 
 
-def test_overdue_panel_shows_the_latest_and_links_the_full_list(app, browser, web_world):
+def test_overdue_panel_shows_the_most_overdue_and_says_so_and_links_the_full_list(app, browser, web_world):
+    """The panel shows the referrals sent earliest, which are the most overdue, not the latest."""
     late = [_make(app, web_world, "sent", sent=NOW - timedelta(hours=80 + hours), priority=Priority.P2).reference
             for hours in range(27)]
     browser.login("manager.a@example.org")
     html = browser.get("/dashboards/country/AU?priority=P2").get_data(as_text=True)
-    assert "The 25 latest of 27 are shown" in html
-    assert late[-1] in html and late[0] not in html and late[1] not in html
+    panel = html[html.index('id="overdue-h"'):]
+    panel = panel[:panel.index("</section>")]
+    assert "The 25 most overdue of 27 are shown" in panel and "latest" not in panel
+    assert re.findall(r">(HND-\d{4}-\d{6})</a>", panel)[:25] == late[:1:-1]
     link = re.search(r'<a href="([^"]+)">the referral list</a>', html).group(1).replace("&amp;", "&")
     assert "jurisdiction=AU" in link and "overdue=y" in link and "priority=P2" in link
     listed = browser.get(link).get_data(as_text=True)
