@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import AuditEntry, AuditHead, User
+from app.services import Page, paginate
 
 GENESIS_HASH = "0" * 64
 
@@ -187,3 +188,8 @@ def filtered(query, filters: TrailFilters):
     if filters.date_to:
         query = query.where(AuditEntry.at < filters.date_to)
     return query.order_by(AuditEntry.seq.desc())
+
+
+def trail_page(session: Session, query, page: int, per_page: int) -> Page:
+    """One page of `filtered` entries, newest first; past the last page, the last."""
+    return paginate(session, query, page, per_page)

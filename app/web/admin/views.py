@@ -175,6 +175,8 @@ def operation_new():
 
 _manager_or_admin = roles_required(Role.ADMIN, Role.MANAGER)
 
+AUDIT_PAGE_SIZE = 50
+
 
 def _audit_query():
     form = AuditFilterForm(formdata=request.args)
@@ -195,11 +197,8 @@ def _audit_query():
 @_manager_or_admin
 def audit_trail():
     form, query = _audit_query()
-    page = max(1, form.page.data or 1) if not form.page.errors else 1
-    per_page = 50
-    entries = db.session.scalars(query.limit(per_page + 1).offset((page - 1) * per_page)).all()
-    return render_template("admin/audit.html", form=form, entries=entries[:per_page], page=page,
-                           has_next=len(entries) > per_page, args=filter_args(form))
+    page = audit.trail_page(db.session, query, 1 if form.page.errors else form.page.data or 1, AUDIT_PAGE_SIZE)
+    return render_template("admin/audit.html", form=form, page=page, args=filter_args(form))
 
 
 # Entries in one export: a file a spreadsheet opens, built within a request.
