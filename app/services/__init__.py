@@ -73,8 +73,10 @@ class Page:
 
 def paginate(session, query, page: int, per_page: int, *order) -> Page:
     """Count the (scoped, filtered) query and fetch one page of it in the given order; past the
-    last page, the last (a page number of twenty digits is no offset any database takes)."""
+    last page, the last (a page number of twenty digits is no offset any database takes). A
+    query of one entity gives its objects; of an entity and columns joined to it, rows."""
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     page = min(max(1, page), max(1, math.ceil(total / per_page)))
-    items = list(session.scalars(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique())
+    result = session.execute(query.order_by(*order).limit(per_page).offset((page - 1) * per_page)).unique()
+    items = list(result.scalars() if len(query.column_descriptions) == 1 else result)
     return Page(items, total, page, per_page)

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.models import AuditEntry, AuditHead, User
+from app.models import Agency, AuditEntry, AuditHead, User
 from app.services import Page, paginate
 
 GENESIS_HASH = "0" * 64
@@ -191,5 +191,10 @@ def filtered(query, filters: TrailFilters):
 
 
 def trail_page(session: Session, query, page: int, per_page: int) -> Page:
-    """One page of `filtered` entries, newest first; past the last page, the last."""
-    return paginate(session, query, page, per_page)
+    """One page of `filtered` entries, newest first, as rows of the entry and the names of its
+    user and agency, joined in the same query; a name is None where the entry names nobody, or
+    someone no longer in the directory (the trail outlives its users)."""
+    named = (query.add_columns(User.name.label("user_name"), Agency.name.label("agency_name"))
+             .outerjoin(User, User.id == AuditEntry.user_id)
+             .outerjoin(Agency, Agency.id == AuditEntry.agency_id))
+    return paginate(session, named, page, per_page)

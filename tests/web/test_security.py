@@ -17,6 +17,7 @@ from app.services import DomainError
 from app.services.users import check_password
 from tests.conftest import Browser
 from tests.factories import PASSWORD
+from tests.web.statements import statements
 
 LOGIN_FAILED = "Invalid e-mail or password."
 
@@ -350,6 +351,23 @@ def test_managers_see_their_agencys_trail_and_admins_everything(app, web_world):
     csv_text = admin.get("/admin/audit.csv?action=auth.login").get_data(as_text=True)
     assert str(web_world.users["b_liaison"].id) in {line.split(",")[2] for line in csv_text.splitlines()[1:]}
     assert len(_actions(app, "audit.export")) == 2
+
+
+def test_the_trail_names_each_entrys_user_and_agency_without_a_lookup_per_row(app, web_world):
+    """Names, not bare ids; read with the entries, so a full page takes no more statements than
+    a page of one entry."""
+    Browser(app.test_client()).login("liaison.b@example.org")
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    with statements(app) as one_entry:
+        page = admin.get("/admin/audit?action=auth.login&user_id=" + str(web_world.users["b_liaison"].id))
+    rows = re.findall(r"<tr><td>\d+</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>", page.get_data(as_text=True))
+    assert rows == [("liaison b", "Bravo Police")]
+    with statements(app) as full_page:
+        page = admin.get("/admin/audit").get_data(as_text=True)
+    rows = re.findall(r"<tr><td>\d+</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>", page)
+    assert len(rows) > 10 and ("admin a", "Alpha Police") in rows and ("-", "-") in rows  # the directory's setup
+    assert len(full_page) == len(one_entry)
 
 
 def test_an_export_too_large_is_refused_whole_rather_than_cut(app, web_world, monkeypatch):
