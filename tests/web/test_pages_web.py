@@ -13,6 +13,7 @@ from app.services import subjects
 from tests.conftest import Browser
 from tests.factories import build_world, make_referral
 from tests.unit.test_tips_import import account, run_import, tip
+from tests.web.statements import statements
 
 LISTS = ("/referrals", "/hits", "/notifications", "/tips/holders", "/tips/review", "/tips/unrouted",
          "/admin/common-identifiers", "/admin/audit")
@@ -64,3 +65,22 @@ def test_a_page_number_out_of_range_shows_the_last_or_the_first_page(admin_c, pa
         assert _shown(admin_c, path, page) == (pages, pages), page
     for page in BEFORE_THE_FIRST:
         assert _shown(admin_c, path, page) == (1, pages), page
+
+
+def test_a_deep_page_of_holders_sorts_the_ids_before_it_not_the_holders_whole(any_app):
+    """Page 3,600 of 90,000 holders took several times page 1: every holder before it was sorted
+    with all its columns and the rows joined to it. The offset now runs over holder ids alone,
+    and the page shows the same holders in the same order."""
+    any_app.config["PAGE_SIZE"] = 2
+    with any_app.app_context():
+        world = build_world(db.session, any_app.extensions["handoff_passwords"])
+        run_import(db.session, world, tip(*(account(n, email=f"h{n}@example.org") for n in range(1, 8))))
+        db.session.commit()
+    lead = Browser(any_app.test_client())
+    assert lead.login("viewer.c@example.org").status_code == 302
+    with statements(any_app) as seen:
+        page = lead.get("/tips/holders?page=3").get_data(as_text=True)
+    assert re.findall(r">(H-\d{6})</a>", page) == ["H-000005", "H-000006"] and "Page 3 of 4" in page
+    offsets = [statement for statement in seen if "OFFSET" in statement]
+    assert offsets and all(re.match(r"SELECT tip_holders\.id\s+FROM tip_holders\s", statement)
+                           and "LEFT OUTER JOIN" not in statement for statement in offsets), offsets

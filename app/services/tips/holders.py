@@ -93,7 +93,14 @@ def list_holders(session: Session, user, filters: HolderFilters, per_page: int =
     """Holders the user may see (lead agency: all of its operations'; others: those on their
     referrals)."""
     query = _filtered(visible_holders(user), filters)
-    return paginate(session, query, filters.page, per_page, Holder.operation_id, Holder.number)
+    # The page's ids first, then their holders: a deep page sorts the ids of the holders before
+    # it, not those holders whole with the rows joined to them (page 3,600 of 90,000: 0.35 to
+    # 0.5 s that way, under 0.1 s this way, as page 1).
+    page = paginate(session, query.with_only_columns(Holder.id), filters.page, per_page,
+                    Holder.operation_id, Holder.number)
+    shown = {holder.id: holder for holder in session.scalars(select(Holder).where(Holder.id.in_(page.items)))}
+    page.items = [shown[holder_id] for holder_id in page.items]
+    return page
 
 
 def review_list(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
