@@ -29,6 +29,7 @@ from app.services.tips import importer, imports, reader
 from app.web.tips import background
 from tests.conftest import Browser, _empty_all_tables, _make_app, csrf_token_from
 from tests.unit.test_tips_import import account, tip
+from tests.web.statements import statements
 
 LEAD = "liaison.c@example.org"  # Charlie Customs leads LANTERN in the test world
 
@@ -439,6 +440,50 @@ def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world)
     with app.app_context():
         views = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.holder_view")).all()
         assert len(views) == 2
+
+
+def _referral_cells(page: str) -> dict[str, str]:
+    """The holder list's Referral column (its last), by holder label."""
+    cells = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", page, re.S):
+        label = re.search(r">(H-\d{6})</a>", row)
+        if label:
+            cells[label.group(1)] = " ".join(re.findall(r"<td>(.*?)</td>", row, re.S)[-1].split())
+    return cells
+
+
+def test_the_holder_list_names_each_holders_referral_where_the_viewer_may_see_it(app, web_world):
+    """The lead agency sees the referral's reference, linking to it; the bureau that received the
+    case from Bravo sees the holder but not the referral it is on, so only what kind it is; and
+    the references are read for the whole page at once."""
+    lead = _login(app, LEAD)
+    _import(app, lead, web_world.operation.id, tip(*(account(n, email=f"h{n}@example.org") for n in range(1, 5))))
+    with app.app_context():
+        on = dict(db.session.execute(select(Holder.number, Holder.referral_id)).all())
+        package = db.session.get(Referral, on[1])
+        package_id, reference = package.id, package.reference
+        assert set(on.values()) == {package_id} and package.receiver_agency_id == web_world.agencies["b"].id
+    cells = _referral_cells(lead.get("/tips/holders").get_data(as_text=True))
+    assert cells == {f"H-00000{n}": f'<a href="/referrals/{package_id}">{reference}</a> (package)'
+                     for n in range(1, 5)}
+    with app.app_context():
+        sender, bravo = _actor(LEAD), _actor("liaison.b@example.org")
+        referrals.transition(db.session, sender, package_id, "send", None)
+        referrals.transition(db.session, bravo, package_id, "acknowledge", None)
+        referrals.grant_transfer_consent(db.session, sender, package_id, None)
+        referrals.transition(db.session, bravo, package_id, "transfer", None,
+                             transfer_to_agency_id=web_world.agencies["i"].id)
+        db.session.commit()
+    bureau_page = _login(app, "liaison.i@example.org").get("/tips/holders").get_data(as_text=True)
+    assert _referral_cells(bureau_page) == {f"H-00000{n}": "package" for n in range(1, 5)}
+    assert reference not in bureau_page
+    app.config["PAGE_SIZE"] = 1
+    with statements(app) as one_holder:
+        lead.get("/tips/holders")
+    app.config["PAGE_SIZE"] = 25
+    with statements(app) as four_holders:
+        lead.get("/tips/holders")
+    assert len(four_holders) == len(one_holder)
 
 
 def test_an_agency_that_passed_a_holders_referral_on_no_longer_sees_the_holder(app, web_world):

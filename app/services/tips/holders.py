@@ -103,6 +103,17 @@ def list_holders(session: Session, user, filters: HolderFilters, per_page: int =
     return page
 
 
+def list_referral_references(session: Session, user, holders: Iterable[Holder]) -> dict[int, str]:
+    """The references of the referrals these holders are on, by referral id, in one query: only
+    those the user may see (the agency a case was transferred to sees its holders, not the
+    referral they came on)."""
+    referral_ids = {holder.referral_id for holder in holders if holder.referral_id is not None}
+    if not referral_ids:
+        return {}
+    return dict(session.execute(visible_referrals(user).with_only_columns(Referral.id, Referral.reference)
+                                .where(Referral.id.in_(referral_ids))).all())
+
+
 def review_list(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
     """Holders waiting for a person to decide their jurisdiction, for the lead agency: their
     evidence names more than one country (or none), or their referral went wrong

@@ -151,7 +151,8 @@ def holders():
     form.set_choices(db.session.scalars(visible_operations(current_user).order_by(Operation.code)).all())
     page = service.list_holders(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
     return render_template("tips/holders.html", form=form, page=page, args=filter_args(form), title="Account holders",
-                           endpoint="tips.holders")
+                           endpoint="tips.holders",
+                           references=service.list_referral_references(db.session, current_user, page.items))
 
 
 def _led_holder_filters() -> tuple[HolderFilterForm, bool]:
@@ -180,7 +181,8 @@ def unrouted():
     summary, page = service.unrouted(db.session, current_user, _filters(form),
                                      per_page=current_app.config["PAGE_SIZE"])
     return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=filter_args(form),
-                           leads=leads)
+                           leads=leads, references=service.list_referral_references(db.session, current_user,
+                                                                                    page.items))
 
 
 def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, status: int = 200):
