@@ -1,6 +1,7 @@
 """Every paginated list, on both engines: a page number past the last shows the last page, and
-one below the first or not a number the first, never an error page (an offset of a page number
-of nineteen digits is no number SQLite or PostgreSQL takes)."""
+one below the first or not a number the first, never an error page (the offset of a page number
+of nineteen digits is no number SQLite or PostgreSQL takes); and a deep page of holders is
+found without sorting every holder before it whole."""
 
 from __future__ import annotations
 
@@ -25,13 +26,20 @@ BEFORE_THE_FIRST = ("0", "-3", "abc", "1e3", "")
 
 
 @pytest.fixture
-def admin_c(any_app, monkeypatch):
+def world(any_app):
+    with any_app.app_context():
+        world = build_world(db.session, any_app.extensions["handoff_passwords"])
+        db.session.commit()
+    return world
+
+
+@pytest.fixture
+def admin_c(any_app, world, monkeypatch):
     """Charlie's admin, whose agency leads LANTERN, on lists of several pages: referrals, hits
     with Alpha, a tip's holders (some to review, some with no focal point) and the trail."""
     any_app.config["PAGE_SIZE"] = 1
     monkeypatch.setattr("app.web.admin.views.AUDIT_PAGE_SIZE", 1)
     with any_app.app_context():
-        world = build_world(db.session, any_app.extensions["handoff_passwords"])
         for n in range(3):
             own = make_referral(db.session, world, "sent", sender="c", receiver="i")
             subjects.add_subject(db.session, world.actor("c_liaison"), own.id, "Holder", f"shared{n}@example.org")
@@ -67,13 +75,27 @@ def test_a_page_number_out_of_range_shows_the_last_or_the_first_page(admin_c, pa
         assert _shown(admin_c, path, page) == (1, pages), page
 
 
-def test_a_deep_page_of_holders_sorts_the_ids_before_it_not_the_holders_whole(any_app):
+def test_a_subject_page_out_of_range_on_a_referral_shows_the_last_or_the_first(any_app, world, admin_c,
+                                                                                monkeypatch):
+    monkeypatch.setattr("app.services.subjects.SUBJECTS_PER_PAGE", 1)
+    with any_app.app_context():
+        referral = make_referral(db.session, world, "sent", sender="c", receiver="i")
+        for n in range(3):
+            subjects.add_subject(db.session, world.actor("c_liaison"), referral.id, "Subject", f"subject{n}@example.org")
+        db.session.commit()
+        path = f"/referrals/{referral.id}?subjects_page="
+    for page in PAST_THE_LAST:
+        assert "Subjects 3 to 3 of 3" in admin_c.get(path + page).get_data(as_text=True), page
+    for page in BEFORE_THE_FIRST:
+        assert "Subjects 1 to 1 of 3" in admin_c.get(path + page).get_data(as_text=True), page
+
+
+def test_a_deep_page_of_holders_sorts_the_ids_before_it_not_the_holders_whole(any_app, world):
     """Page 3,600 of 90,000 holders took several times page 1: every holder before it was sorted
     with all its columns and the rows joined to it. The offset now runs over holder ids alone,
     and the page shows the same holders in the same order."""
     any_app.config["PAGE_SIZE"] = 2
     with any_app.app_context():
-        world = build_world(db.session, any_app.extensions["handoff_passwords"])
         run_import(db.session, world, tip(*(account(n, email=f"h{n}@example.org") for n in range(1, 8))))
         db.session.commit()
     lead = Browser(any_app.test_client())
