@@ -92,15 +92,18 @@ def _filtered(query, filters: HolderFilters):
 def list_holders(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
     """Holders the user may see (lead agency: all of its operations'; others: those on their
     referrals)."""
-    query = _filtered(visible_holders(user), filters)
-    # The page's ids first, then their holders: a deep page sorts the ids of the holders before
-    # it, not those holders whole with the rows joined to them (page 3,600 of 90,000: 0.35 to
-    # 0.5 s that way, under 0.1 s this way, as page 1).
-    page = paginate(session, query.with_only_columns(Holder.id), filters.page, per_page,
-                    Holder.operation_id, Holder.number)
-    shown = {holder.id: holder for holder in session.scalars(select(Holder).where(Holder.id.in_(page.items)))}
-    page.items = [shown[holder_id] for holder_id in page.items]
-    return page
+    return _holder_page(session, _filtered(visible_holders(user), filters), filters.page, per_page,
+                        Holder.operation_id, Holder.number)
+
+
+def _holder_page(session: Session, query, page: int, per_page: int, *order) -> Page:
+    """One page of a query of holders. The page's ids first, then their holders: a deep page
+    sorts the ids of the holders before it, not those holders whole with the rows joined to
+    them (page 3,600 of 90,000: 0.35 to 0.5 s that way, under 0.1 s this way, as page 1)."""
+    result = paginate(session, query.with_only_columns(Holder.id), page, per_page, *order)
+    shown = {holder.id: holder for holder in session.scalars(select(Holder).where(Holder.id.in_(result.items)))}
+    result.items = [shown[holder_id] for holder_id in result.items]
+    return result
 
 
 def list_referral_references(session: Session, user, holders: Iterable[Holder]) -> dict[int, str]:
@@ -120,7 +123,7 @@ def review_list(session: Session, user, filters: HolderFilters, per_page: int = 
     (`review_reasons`); least certain first."""
     filters.review = True
     query = _filtered(led_holders(user), filters)
-    return paginate(session, query, filters.page, per_page, Holder.confidence, Holder.operation_id, Holder.number)
+    return _holder_page(session, query, filters.page, per_page, Holder.confidence, Holder.operation_id, Holder.number)
 
 
 def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, str]:
@@ -170,7 +173,7 @@ def unrouted(session: Session, user, filters: HolderFilters, per_page: int = 25)
         Agency.id.in_([r[2] for r in rows if r[2]]))).all())
     summary = sorted((UnroutedCountry(country, n, names.get(receiver)) for country, n, receiver in rows),
                      key=lambda u: (-u.holders, u.country or ""))
-    return summary, paginate(session, query, filters.page, per_page, Holder.jurisdiction, Holder.number)
+    return summary, _holder_page(session, query, filters.page, per_page, Holder.jurisdiction, Holder.number)
 
 
 @dataclass
