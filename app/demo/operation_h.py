@@ -104,6 +104,11 @@ def generate(scale: float = 1.0, seed: int = 2019) -> Iterator[dict[str, str]]:
             if hint and rng.random() < 0.2:
                 hint = pycountry.countries.get(alpha_2=hint).name
             ip_country = country if rng.random() < 0.85 else other_country
+            # The lead country's figures are the real operation's (125 accounts, 71 holders), so
+            # its evidence always outweighs a foreign IP: an account seen from abroad keeps its
+            # hint, and still puts the holder on the review list.
+            if country == LEAD_COUNTRY and ip_country != country and not hint:
+                hint = country
             first_seen = active_from + timedelta(days=rng.randrange(200))
             grade_a = rng.choice([0] * 17 + [1, 2, 12])
             yield {

@@ -2374,6 +2374,7 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     assert 800 <= summary.holders <= 1000  # about 90,000 x 0.01
     # The lead country's accounts are its own holders' only (no other holder's IPs place one there).
     assert summary.lead_accounts == round(operation_h.LEAD_ACCOUNTS * 0.01)
+    assert summary.lead_holders == round(operation_h.LEAD_HOLDERS * 0.01)
     assert summary.holder_countries >= 120 and summary.receiving_countries >= 100  # 130 in the tip
     assert summary.investigations == round(836 * 0.01)
     assert summary.children_safeguarded == round(146 * 0.01)
@@ -2431,6 +2432,28 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     operation_h.load_scenario(session, passwords, scale=0.01, seed=11, now=now)
     session.commit()
     assert _scenario_facts(session) == facts
+
+
+def test_operation_h_places_the_real_figures_in_the_lead_country_whatever_the_seed():
+    """At full scale the tip holds the real operation's 125 accounts of 71 holders in New
+    Zealand, and the import places every one of them there, though some were seen from abroad."""
+    from itertools import islice
+
+    from app.demo import operation_h
+    from app.services import countries
+    from app.services.tips import jurisdiction
+
+    for seed in (7, 2019, 0, 1, 2):  # the review's seed, the default, a few more
+        evidence: dict[str, list] = {}  # holder (the prefix of its IPs) -> (hint, IP country) per account
+        # The tip starts with the lead country's holders; one more row begins the next holder.
+        for row in islice(operation_h.generate(1.0, seed), operation_h.LEAD_ACCOUNTS + 1):
+            hint = row["country_hint"] and countries.lookup(row["country_hint"])
+            evidence.setdefault(row["ip_addresses"].split("::")[0], []).append((hint, row["ip_country"]))
+        lead = [jurisdiction.place(accounts) for accounts in list(evidence.values())[:-1]]
+        assert len(lead) == operation_h.LEAD_HOLDERS, seed
+        assert {placement.country for placement in lead} == {operation_h.LEAD_COUNTRY}, seed
+        assert any(placement.needs_review for placement in lead), seed
+        assert jurisdiction.place(list(evidence.values())[-1]).country != operation_h.LEAD_COUNTRY
 
 
 # A small scenario dated just after a new year: the basic demo's referrals start in the old
