@@ -21,6 +21,7 @@ from phonenumbers import PhoneNumberType
 from sqlalchemy import func
 
 from app.demo import phones
+from app.demo.time_zones import time_zone
 from app.services.identifiers import PLATFORMS
 
 ACCOUNTS = 153_000
@@ -292,9 +293,9 @@ def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, n
 
 
 def _directory(session, passwords, rng: random.Random, places: list[str]) -> int:
-    """A focal point for most of the tip's countries (the basic demo's agencies count), an
-    international focal body, a liaison officer at each. Returns how many of the tip's countries
-    are left without a focal point."""
+    """A focal point for most of the tip's countries (the basic demo's agencies count), in its
+    country's time zone, an international focal body, a liaison officer at each. Returns how many
+    of the tip's countries are left without a focal point."""
     from sqlalchemy import select
 
     from app.demo import DEMO_PASSWORD
@@ -316,7 +317,7 @@ def _directory(session, passwords, rng: random.Random, places: list[str]) -> int
         phone = phones.desk(code)  # every place has a mobile numbering plan
         created.append(directory.create_agency(session, SYSTEM, directory.AgencyData(
             name=f"{name} Online Child Protection Desk"[:200], kind=rng.choice(kinds), country_code=code,
-            desk_email=f"focal.{code.lower()}@partners.example.org", desk_phone=phone, timezone="UTC",
+            desk_email=f"focal.{code.lower()}@partners.example.org", desk_phone=phone, timezone=time_zone(code),
             is_focal_point=True)))
     name, email, phone = INTERNATIONAL_BODY
     created.append(directory.create_agency(session, SYSTEM, directory.AgencyData(

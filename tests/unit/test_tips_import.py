@@ -2497,6 +2497,25 @@ def test_operation_h_desk_phones_are_neither_a_suspects_nor_another_desks(any_ap
     assert set(desks) & suspects == set()
 
 
+def test_operation_h_desks_show_times_in_their_countrys_time_zone(any_app, session):
+    from app.demo.time_zones import country_zones
+
+    _small_scenario(any_app, session)
+    desks = session.scalars(select(Agency).where(Agency.country_code.is_not(None))).all()
+    assert len(desks) > 100
+    assert [(a.name, a.timezone) for a in desks if a.timezone not in country_zones()[a.country_code]] == []
+    partners = session.scalars(select(User).where(User.email.like("%@partners.example.org"))).all()
+    assert len(partners) > 100 and [u.email for u in partners if u.display_timezone in ("UTC", None)] == []
+
+
+def test_a_country_with_several_time_zones_gets_its_capitals():
+    from app.demo.time_zones import time_zone
+
+    assert [time_zone(code) for code in ("NZ", "US", "AU", "BR", "CA", "RU", "ES", "ID", "JP", "LI")] == [
+        "Pacific/Auckland", "America/New_York", "Australia/Sydney", "America/Sao_Paulo", "America/Toronto",
+        "Europe/Moscow", "Europe/Madrid", "Asia/Jakarta", "Asia/Tokyo", "Europe/Vaduz"]
+
+
 def test_operation_h_dates_an_outcome_on_the_day_of_the_desk_that_recorded_it(any_app, session, monkeypatch):
     from zoneinfo import ZoneInfo
 
