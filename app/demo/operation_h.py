@@ -9,6 +9,8 @@ grows every count.
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -167,7 +169,9 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 # the operation, imports the tip through the same pipeline as `flask import-tip`, lets the lead
 # agency's investigators flag a few holders (the same triage and routing), has partner desks
 # refer a few of the same holders on their own through the services (deconfliction finds the
-# pairs), then simulates two years of handoffs.
+# pairs), then simulates two years of handoffs: the lead team sends the urgent referrals at once
+# and the rest in waves over the two years, receivers acknowledge, accept, decline or pass cases
+# on over the weeks and months after, and report outcomes.
 #
 # What is bulk-written, and how it matches the services: the simulated lifecycle steps (send,
 # withdraw, acknowledge, accept, decline, consent, transfer, outcome, close) are not driven
@@ -190,6 +194,26 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 
 OPERATION_CODE = "OPERATION-H"
 SIMULATED_DAYS = 730
+# The lead team sends its referrals in waves, as the real operation's packages went out over
+# months: the first three weeks after the import, then one every one to two months, each a
+# little smaller than the one before, each sent over two weeks (the last one still going: what
+# it has not reached yet is a draft). P1 referrals go at once.
+FIRST_WAVE_DAY = 21
+WAVE_GAP_DAYS = (28, 56)
+WAVE_DAYS = 14
+WAVE_DECAY = 0.85
+# How closely a priority follows the decay: P2 referrals go mostly in the early waves, the P3
+# and P4 packages evenly over the two years.
+WAVE_FRONT_LOADING = {"P2": 1.0, "P3": 0.5, "P4": 0.0}
+# The share sent on its own between the waves, any day from the first wave on, as it is ready.
+BETWEEN_WAVES = 0.15
+# Receivers acknowledge most referrals within the clock (24 hours for P1, 72 for the others);
+# a desk short of staff, one time in fifty, takes weeks.
+ACKNOWLEDGE_MEDIAN_HOURS = {"P1": 6, "P2": 30, "P3": 30, "P4": 30}
+SLOW_DESK = 0.02
+# Median days from one step to the next (spread as `_hours` says): acknowledgement to acceptance,
+# decline or onward transfer; acceptance to the first outcome.
+ACCEPT_DAYS, DECLINE_DAYS, TRANSFER_DAYS, OUTCOME_DAYS = 10, 14, 7, 100
 INVESTIGATIONS = 836
 CHILDREN_SAFEGUARDED = 146
 WITHOUT_FOCAL_POINT = 0.12  # share of the tip's countries with no focal point in the directory
@@ -423,6 +447,26 @@ def _partner_leads(session, rng: random.Random, operation, since: datetime) -> i
     return len(chosen)
 
 
+def _waves(rng: random.Random, start: datetime) -> list[datetime]:
+    """When each of the lead team's waves of referrals starts."""
+    waves, day = [], float(FIRST_WAVE_DAY)
+    while day < SIMULATED_DAYS:
+        waves.append(start + timedelta(days=day))
+        day += rng.uniform(*WAVE_GAP_DAYS)
+    return waves
+
+
+def _acknowledgement_hours(rng: random.Random, priority: str) -> float:
+    if rng.random() < SLOW_DESK:
+        return rng.uniform(5 * 24, 45 * 24)
+    return rng.lognormvariate(math.log(ACKNOWLEDGE_MEDIAN_HOURS[priority]), 0.8)
+
+
+def _hours(rng: random.Random, median_days: float) -> float:
+    """A step's delay in hours, lognormal around the median: two in three within half to twice it."""
+    return rng.lognormvariate(math.log(median_days * 24), 0.8)
+
+
 @dataclass
 class _Step:
     action: str
@@ -434,8 +478,6 @@ class _Step:
 def simulate(session, rng: random.Random, operation, lead, now: datetime, *, scale: float = 1.0,
              progress=None) -> None:
     """Two years of handoffs for the operation's draft referrals (see the comment above)."""
-    import math
-
     from sqlalchemy import bindparam, func, insert, select, update
 
     from app.models import Agency, Holder, Outcome, Referral, ReferralEvent, Status
@@ -472,7 +514,11 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         target = focal_of.get(row.jurisdiction) if row.receiver_agency_id == international else international
         return None if target in (row.receiver_agency_id, row.sender_agency_id) else target
 
-    # 1. Send, withdraw, acknowledge: each referral's own clock.
+    # 1. Send, withdraw, acknowledge: each referral's own clock. The lead team sends the urgent
+    # at once and the rest in waves.
+    waves = _waves(rng, now - timedelta(days=SIMULATED_DAYS))
+    wave_weights = {priority: list(itertools.accumulate(WAVE_DECAY ** (k * loading) for k in range(len(waves))))
+                    for priority, loading in WAVE_FRONT_LOADING.items()}
     plans: dict[int, list[_Step]] = {}
     acknowledged: list = []
     for row in drafts:
@@ -480,25 +526,26 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         plans[row.id] = steps
         if rng.random() < 0.02:
             continue  # still a draft: the lead team has not got to it
-        base = row.changed_at
-        # The lead team sends the urgent at once and works through the rest over the two years.
-        delay = {"P1": rng.uniform(1, 12), "P2": rng.uniform(24, 60 * 24), "P3": rng.uniform(7 * 24, 365 * 24),
-                 "P4": rng.uniform(20 * 24, 700 * 24)}[row.priority.value]
-        steps.append(_Step("send", later(base, delay), "sender"))
+        priority = row.priority.value
+        if priority == "P1":
+            sent = later(row.changed_at, rng.uniform(1, 12))
+        elif rng.random() < BETWEEN_WAVES:
+            sent = later(waves[0], rng.uniform(0, (latest - waves[0]) / timedelta(hours=1)))
+        else:
+            wave = rng.choices(waves, cum_weights=wave_weights[priority])[0]
+            sent = later(wave, rng.uniform(0, WAVE_DAYS * 24))
+        steps.append(_Step("send", sent, "sender"))
         if rng.random() < 0.012:
-            steps.append(_Step("withdraw", later(steps[-1].at, rng.uniform(1, 48)), "sender", PLACEHOLDER_NOTE))
+            steps.append(_Step("withdraw", later(sent, rng.uniform(1, 48)), "sender", PLACEHOLDER_NOTE))
             continue
-        if rng.random() < 0.04:
-            continue  # never acknowledged (overdue if its window has passed)
-        median = 8 if row.priority.value == "P1" else 40
-        steps.append(_Step("acknowledge", later(steps[-1].at, rng.lognormvariate(math.log(median), 0.9)), "receiver"))
+        steps.append(_Step("acknowledge", later(sent, _acknowledgement_hours(rng, priority)), "receiver"))
         acknowledged.append(row)
 
     # 2. Which acknowledged referrals become investigations: weighted by priority, exactly the
-    # scenario's share (836 at full scale).
-    # Only referrals acknowledged long enough ago: their acceptance, within 25 days, has happened.
+    # scenario's share (836 at full scale), among those whose acceptance has happened by now.
     weight = {"P1": 6.0, "P2": 2.0, "P3": 1.5, "P4": 1.0}
-    decided = [row for row in acknowledged if plans[row.id][-1].at <= latest - timedelta(days=25)]
+    accepted_at = {row.id: later(plans[row.id][-1].at, _hours(rng, ACCEPT_DAYS)) for row in acknowledged}
+    decided = [row for row in acknowledged if accepted_at[row.id] <= latest]
     wanted = min(len(decided), round(INVESTIGATIONS * scale))
     keyed = sorted(decided, key=lambda r: -(rng.random() ** (1 / weight[r.priority.value])))
     accepted = {row.id for row in keyed[:wanted]}
@@ -508,9 +555,9 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         steps = plans[row.id]
         ack = steps[-1].at
         if row.id in accepted:
-            steps.append(_Step("accept", later(ack, rng.uniform(24, 25 * 24)), "receiver"))
+            steps.append(_Step("accept", accepted_at[row.id], "receiver"))
             if rng.random() < 0.75:
-                at = later(steps[-1].at, rng.uniform(10 * 24, 200 * 24))
+                at = later(steps[-1].at, _hours(rng, OUTCOME_DAYS))
                 arrests = 1 + (rng.random() < 0.3)
                 outcome = {"referral_id": row.id, "at": at, "arrests": arrests,
                            "charges": arrests + rng.randint(0, 3), "children_safeguarded": 0}
@@ -526,11 +573,11 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
                 continue  # the receiver keeps the case and works it
             # The tip's drafts carry H2: the sender consents before the receiver transfers.
             steps.append(_Step("consent", later(ack, rng.uniform(1, 48)), "sender"))
-            at = later(steps[-1].at, rng.uniform(24, 20 * 24))
+            at = later(steps[-1].at, _hours(rng, TRANSFER_DAYS))
             steps.append(_Step("transfer", at, "receiver", PLACEHOLDER_NOTE))
             transfers.append((row, at, target))
         elif draw < 0.25:  # the rest stay acknowledged: worked, not (yet) an investigation
-            steps.append(_Step("decline", later(ack, rng.uniform(2 * 24, 40 * 24)), "receiver", PLACEHOLDER_NOTE))
+            steps.append(_Step("decline", later(ack, _hours(rng, DECLINE_DAYS)), "receiver", PLACEHOLDER_NOTE))
     # Children safeguarded: the scenario's total, spread over the outcome reports made by now.
     reported = [outcome for outcome in outcomes if outcome["at"] <= latest]
     if reported:
@@ -631,8 +678,8 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
                 "reference": new["reference"], "transferred_from": new["source"].reference}, actor))
             # The agency it was transferred to works it as the first receivers work theirs.
             receiver = actors[new["target"]]
-            acknowledged_at = later(at, rng.lognormvariate(math.log(40), 0.9))
-            declined_at = later(acknowledged_at, rng.uniform(2 * 24, 40 * 24)) if rng.random() < 0.2 else None
+            acknowledged_at = later(at, _acknowledgement_hours(rng, source["priority"].value))
+            declined_at = later(acknowledged_at, _hours(rng, DECLINE_DAYS)) if rng.random() < 0.2 else None
             for action, when, target_status in (("acknowledge", acknowledged_at, Status.ACKNOWLEDGED),
                                                 ("decline", declined_at, Status.DECLINED)):
                 if when is None or when > latest:

@@ -2340,13 +2340,15 @@ def test_only_the_lead_agency_and_the_receivers_see_holders_and_tips(session, wo
 def _scenario_facts(session) -> tuple:
     """Everything the scenario's data says, the basic demo under it included: referrals with
     their history and outcomes, holders, subjects and identifiers, hits and notifications
-    (not the records of loading it: the audit trail, accounts and their password salts)."""
+    (not the records of loading it: the audit trail, accounts and their password salts), and the
+    desks' time zones."""
     def rows(*columns, order_by):
         return tuple(tuple(row) for row in session.execute(select(*columns).order_by(*order_by)).all())
 
     return (
         rows(Referral.reference, Referral.status, Referral.priority, Referral.jurisdiction, Referral.created_at,
-             Referral.sent_at, Referral.acknowledged_at, Referral.closed_at, Referral.operation_id,
+             Referral.sent_at, Referral.acknowledged_at, Referral.accepted_at, Referral.declined_at,
+             Referral.transferred_at, Referral.withdrawn_at, Referral.closed_at, Referral.operation_id,
              Referral.updated_at, order_by=[Referral.id]),
         rows(referral_subjects.c.referral_id, referral_subjects.c.subject_id, referral_subjects.c.added_at,
              order_by=[referral_subjects.c.referral_id, referral_subjects.c.subject_id]),
@@ -2359,6 +2361,7 @@ def _scenario_facts(session) -> tuple:
         rows(Hit.referral_low_id, Hit.referral_high_id, Hit.status, Hit.created_at, order_by=[Hit.id]),
         rows(Notification.agency_id, Notification.kind, Notification.message, Notification.created_at,
              order_by=[Notification.id]),
+        rows(Agency.name, Agency.timezone, order_by=[Agency.name]),
     )
 
 
@@ -2495,6 +2498,40 @@ def test_operation_h_desk_phones_are_neither_a_suspects_nor_another_desks(any_ap
     assert len(desks) > 100 and len(suspects) > 500
     assert len(set(desks)) == len(desks)
     assert set(desks) & suspects == set()
+
+
+def test_operation_h_spreads_two_years_of_handoffs(any_app, session):
+    """Referrals go out in waves over the two years and are mostly acknowledged within the clock;
+    decisions and outcomes follow over the months after, and at the end only a few recent
+    referrals wait."""
+    from collections import Counter
+
+    from app.demo import operation_h
+
+    _small_scenario(any_app, session)
+    now = SCENARIO_NOW
+    start = now - timedelta(days=operation_h.SIMULATED_DAYS)
+
+    def quarter(at: datetime) -> int:
+        return int((at - start) / (now - start) * 8)
+
+    operation = session.scalars(select(Operation).where(Operation.code == operation_h.OPERATION_CODE)).one()
+    sent = session.scalars(select(Referral).where(Referral.operation_id == operation.id,
+                                                  Referral.sent_at.is_not(None))).all()
+    assert sorted({quarter(r.sent_at) for r in sent}) == list(range(8))
+    for priority in (Priority.P2, Priority.P3, Priority.P4):  # P1 referrals go at once
+        sends = Counter(quarter(r.sent_at) for r in sent if r.priority is priority)
+        assert len(sends) >= 6 and max(sends.values()) < sum(sends.values()) / 2, (priority, sends)
+    acknowledged = [r for r in sent if r.acknowledged_at]
+    late = [r for r in acknowledged if r.acknowledged_at - r.sent_at > r.priority.acknowledge_within]
+    assert 0 < len(late) < len(acknowledged) / 4
+    waiting = [r for r in sent if r.status is Status.SENT]
+    assert len(waiting) < len(sent) / 20 and all(r.sent_at > now - timedelta(days=60) for r in waiting)
+    decisions = Counter(quarter(at) for r in sent if (at := r.accepted_at or r.declined_at or r.transferred_at))
+    assert len(decisions) >= 6, decisions
+    outcomes = session.execute(select(Outcome.recorded_at, Referral.accepted_at).join(Referral).where(
+        Referral.operation_id == operation.id)).all()
+    assert outcomes and all(accepted < recorded <= now for recorded, accepted in outcomes)
 
 
 def test_operation_h_desks_show_times_in_their_countrys_time_zone(any_app, session):
