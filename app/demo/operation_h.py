@@ -171,7 +171,8 @@ def tip_csv(scale: float = 1.0, seed: int = 2019) -> bytes:
 # refer a few of the same holders on their own through the services (deconfliction finds the
 # pairs), then simulates two years of handoffs: the lead team sends the urgent referrals at once
 # and the rest in waves over the two years, receivers acknowledge, accept, decline or pass cases
-# on over the weeks and months after, and report outcomes.
+# on over the weeks and months after, and report outcomes; the parties of every hit acknowledge
+# it and agree a lead on most, through deconfliction's services (`_work_hits`).
 #
 # What is bulk-written, and how it matches the services: the simulated lifecycle steps (send,
 # withdraw, acknowledge, accept, decline, consent, transfer, outcome, close) are not driven
@@ -222,6 +223,11 @@ PARTNER_LEADS = 0.002  # share of holders a partner desk refers on its own, from
 # In Paris: France's desk numbers 0 and 1 are its focal point's and the basic demo's bureau's.
 INTERNATIONAL_BODY = ("Global Child Online Protection Network", "desk@gcopn.example.org", phones.desk("FR", 2))
 PLACEHOLDER_NOTE = "Synthetic demo note."
+# Deconfliction hits: each party acknowledges a hit within days (some take weeks); of the hits
+# both have acknowledged, the parties agree a lead on this share within weeks.
+HIT_ACKNOWLEDGE_DAYS, HIT_RESOLVE_DAYS = 2, 14
+RESOLVED_HITS = 0.6
+HIT_RESOLUTION_NOTE = "Synthetic demo note: lead agreed between the desks."
 
 
 @dataclass
@@ -239,6 +245,7 @@ class ScenarioSummary:
     flagged: int = 0
     partner_leads: int = 0
     hits: int = 0
+    hit_statuses: dict[str, int] = field(default_factory=dict)
     referrals: dict[str, int] = field(default_factory=dict)
     receiving_countries: int = 0
     investigations: int = 0
@@ -248,6 +255,7 @@ class ScenarioSummary:
 
     def report(self) -> str:
         statuses = ", ".join(f"{status} {n:,}" for status, n in sorted(self.referrals.items()))
+        hit_statuses = ", ".join(f"{status} {n:,}" for status, n in sorted(self.hit_statuses.items()))
         return "\n".join([
             f"Operation H scenario loaded (scale {self.scale}, seed {self.seed}).",
             f"  agencies: {self.agencies:,}; tip countries without a focal point: {self.countries_without_focal_point}",
@@ -255,7 +263,7 @@ class ScenarioSummary:
             f"({self.lead_accounts} accounts, {self.lead_holders} holders in {LEAD_COUNTRY})",
             f"  triage: {self.flagged:,} holders flagged by investigators; {self.drafts_created:,} draft referrals",
             f"  deconfliction: {self.partner_leads:,} holders referred by partner desks on their own; "
-            f"{self.hits:,} hits with the operation's referrals",
+            f"{self.hits:,} hits with the operation's referrals ({hit_statuses})",
             f"  referrals: {statuses}; sent to {self.receiving_countries} countries",
             f"  investigations {self.investigations:,}, arrests {self.arrests:,}, "
             f"children safeguarded {self.children_safeguarded:,}",
@@ -311,6 +319,10 @@ def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, n
     clock = time.perf_counter()
     simulate(session, rng, operation, lead, now, scale=scale, progress=progress)
     summary.seconds["handoffs"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    _work_hits(session, rng, lead, now)
+    summary.seconds["hits"] = time.perf_counter() - clock
     _figures(session, operation, summary)
     summary.agencies = session.scalar(select(func.count()).select_from(Agency)) or 0
     return summary
@@ -742,6 +754,64 @@ def simulate(session, rng: random.Random, operation, lead, now: datetime, *, sca
         progress("simulate", len(drafts), len(drafts))
 
 
+def _work_hits(session, rng: random.Random, lead, now: datetime) -> None:
+    """The parties of every hit acknowledge it, and agree a lead on most of those both have
+    acknowledged, through deconfliction.acknowledge and resolve, in the order the steps happen.
+    Those services stamp the time they run: each step's stamps on the hit, and the notification
+    it sends the other party, are then dated back to the step (as the basic demo dates a draft's
+    creation back)."""
+    from sqlalchemy import bindparam, select, update
+
+    from app.models import Hit, Notification, NotificationKind
+    from app.services import deconfliction
+
+    latest = now - timedelta(minutes=5)
+    actors = {**_desks(session), lead.agency_id: lead}
+    steps = []  # (at, hit, acting agency, the lead it agrees, None for an acknowledgement)
+    resolvable = []
+    for hit in session.scalars(select(Hit).order_by(Hit.id)):
+        parties = sorted({hit.agency_low_id, hit.agency_high_id})
+        acknowledged = [hit.created_at + timedelta(hours=_hours(rng, HIT_ACKNOWLEDGE_DAYS)) for _ in parties]
+        steps += [(at, hit.id, agency, None) for agency, at in zip(parties, acknowledged) if at <= latest]
+        resolved = max(acknowledged) + timedelta(hours=_hours(rng, HIT_RESOLVE_DAYS))
+        if resolved <= latest:
+            resolvable.append((resolved, hit.id, parties))
+    for at, hit_id, parties in rng.sample(resolvable, round(len(resolvable) * RESOLVED_HITS)):
+        steps.append((at, hit_id, rng.choice(parties), rng.choice(parties)))
+
+    stamps: dict[int, dict] = {}
+    acknowledgements, resolutions = [], []
+    for at, hit_id, agency, lead_agency in sorted(steps):
+        stamp = stamps.setdefault(hit_id, {"b_id": hit_id, "b_acknowledged_low_at": None,
+                                           "b_acknowledged_high_at": None, "b_resolved_at": None})
+        if lead_agency is None:
+            hit = deconfliction.acknowledge(session, actors[agency], hit_id, None)
+            for side in hit.sides_of(agency):
+                stamp[f"b_acknowledged_{side.value}_at"] = at
+            acknowledgements.append({"b_hit": hit_id, "b_agency": agency, "b_at": at})
+        else:
+            deconfliction.resolve(session, actors[agency], hit_id, None, lead_agency, HIT_RESOLUTION_NOTE)
+            stamp["b_resolved_at"] = at
+            resolutions.append({"b_hit": hit_id, "b_at": at})
+        stamp["b_updated_at"] = at
+    if not steps:
+        return
+    hits, notifications = Hit.__table__, Notification.__table__
+    columns = ("acknowledged_low_at", "acknowledged_high_at", "resolved_at", "updated_at")
+    connection = session.connection()
+    connection.execute(update(hits).where(hits.c.id == bindparam("b_id")).values(
+        {column: bindparam(f"b_{column}") for column in columns}), list(stamps.values()))
+    # An acknowledgement tells the other party; a resolution too.
+    connection.execute(update(notifications).where(
+        notifications.c.hit_id == bindparam("b_hit"), notifications.c.kind == NotificationKind.HIT_ACKNOWLEDGED,
+        notifications.c.agency_id != bindparam("b_agency")).values(created_at=bindparam("b_at")), acknowledgements)
+    if resolutions:
+        connection.execute(update(notifications).where(
+            notifications.c.hit_id == bindparam("b_hit"), notifications.c.kind == NotificationKind.HIT_RESOLVED,
+        ).values(created_at=bindparam("b_at")), resolutions)
+    session.expire_all()
+
+
 def _event(referral_id, at, action, from_status, to_status, actor, note="") -> dict:
     return {"referral_id": referral_id, "at": at, "action": action,
             "from_status": from_status and from_status.value, "to_status": to_status and to_status.value,
@@ -773,5 +843,7 @@ def _figures(session, operation, summary: ScenarioSummary) -> None:
                                         .join(Referral, Referral.id == Outcome.referral_id).where(in_operation)).one()
     summary.arrests, summary.children_safeguarded = arrests or 0, children or 0
     in_scenario = select(Referral.id).where(in_operation).scalar_subquery()
-    summary.hits = session.scalar(select(func.count()).select_from(Hit).where(
-        or_(Hit.referral_low_id.in_(in_scenario), Hit.referral_high_id.in_(in_scenario)))) or 0
+    summary.hit_statuses = {status.value: n for status, n in session.execute(
+        select(Hit.status, func.count()).where(or_(Hit.referral_low_id.in_(in_scenario),
+                                                   Hit.referral_high_id.in_(in_scenario))).group_by(Hit.status))}
+    summary.hits = sum(summary.hit_statuses.values())

@@ -2358,7 +2358,8 @@ def _scenario_facts(session) -> tuple:
         rows(Holder.number, Holder.jurisdiction, Holder.priority, Holder.routing, order_by=[Holder.number]),
         rows(Subject.id, Subject.label, Subject.created_at, order_by=[Subject.id]),
         rows(Identifier.subject_id, Identifier.value, Identifier.created_at, order_by=[Identifier.id]),
-        rows(Hit.referral_low_id, Hit.referral_high_id, Hit.status, Hit.created_at, order_by=[Hit.id]),
+        rows(Hit.referral_low_id, Hit.referral_high_id, Hit.status, Hit.created_at, Hit.acknowledged_low_at,
+             Hit.acknowledged_high_at, Hit.resolved_at, Hit.lead_agency_id, order_by=[Hit.id]),
         rows(Notification.agency_id, Notification.kind, Notification.message, Notification.created_at,
              order_by=[Notification.id]),
         rows(Agency.name, Agency.timezone, order_by=[Agency.name]),
@@ -2500,13 +2501,14 @@ def test_operation_h_desk_phones_are_neither_a_suspects_nor_another_desks(any_ap
     assert set(desks) & suspects == set()
 
 
-def test_operation_h_spreads_two_years_of_handoffs(any_app, session):
+def test_operation_h_spreads_two_years_of_handoffs_and_works_its_hits(any_app, session):
     """Referrals go out in waves over the two years and are mostly acknowledged within the clock;
     decisions and outcomes follow over the months after, and at the end only a few recent
-    referrals wait."""
+    referrals wait. The parties acknowledge their hits, and agree a lead on some."""
     from collections import Counter
 
     from app.demo import operation_h
+    from app.models import HitStatus
 
     _small_scenario(any_app, session)
     now = SCENARIO_NOW
@@ -2532,6 +2534,18 @@ def test_operation_h_spreads_two_years_of_handoffs(any_app, session):
     outcomes = session.execute(select(Outcome.recorded_at, Referral.accepted_at).join(Referral).where(
         Referral.operation_id == operation.id)).all()
     assert outcomes and all(accepted < recorded <= now for recorded, accepted in outcomes)
+
+    hits = session.scalars(select(Hit)).all()
+    assert sum(hit.status is not HitStatus.NEW for hit in hits) > len(hits) / 2
+    assert any(hit.status is HitStatus.RESOLVED for hit in hits)
+    for hit in hits:
+        assert hit.status is not HitStatus.NEW or hit.created_at > now - timedelta(days=30)
+        stamps = [at for at in (hit.acknowledged_low_at, hit.acknowledged_high_at) if at]
+        assert all(hit.created_at < at <= now for at in stamps)
+        if hit.status is HitStatus.RESOLVED:
+            assert len(stamps) == 2 and max(stamps) < hit.resolved_at == hit.updated_at <= now
+    told = session.execute(select(Notification.created_at, Hit.created_at).join(Hit, Hit.id == Notification.hit_id)).all()
+    assert all(found <= at <= now for at, found in told)
 
 
 def test_operation_h_desks_show_times_in_their_countrys_time_zone(any_app, session):
