@@ -11,6 +11,7 @@ scenario invents take the numbers after them, so no desk shares a number with a 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import phonenumbers
 from phonenumbers import PhoneNumberType, ValidationResult
@@ -34,7 +35,25 @@ def free_range(country: str) -> tuple[int, str, int]:
     # Countries sharing a calling code (+1, +7, +44) share its free ranges: each takes its own,
     # by its place in the code's list of regions.
     regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(example.country_code, (country,))
-    skip = regions.index(country) if country in regions else 0
+    place = regions.index(country) if country in regions else 0
+    scan, found = _scans.setdefault((example.country_code, length), (_free_ranges(example.country_code, length), []))
+    while len(found) <= place:
+        try:
+            found.append(next(scan))
+        except StopIteration:
+            raise LookupError(f"no unassigned range of {length} digits for {country}") from None
+    prefix, free = found[place]
+    return example.country_code, prefix, free
+
+
+# The scan of each calling code and length, and the ranges it found so far: the countries that
+# share a code take the ranges one after another, and a scan checks thousands of numbers.
+_scans: dict[tuple[int, int], tuple[Iterator[tuple[str, int]], list[tuple[str, int]]]] = {}
+
+
+def _free_ranges(country_code: int, length: int) -> Iterator[tuple[str, int]]:
+    """(national prefix, digits after it) of each unassigned range of national numbers of this
+    length, in order."""
     # The largest range first (up to a million numbers; a small plan, as Tokelau's 4 digits,
     # still gets 1,000), then smaller ones behind longer prefixes.
     for free in range(min(6, length - 1), 0, -1):
@@ -44,11 +63,8 @@ def free_range(country: str) -> tuple[int, str, int]:
         # A national number does not start with 0 (a trunk prefix in most plans).
         for lead in range(10 ** (length - free - 1), 10 ** (length - free)):
             prefix = str(lead)
-            if all(_nobodys(example.country_code, f"{prefix}{suffix:0{free}d}") for suffix in suffixes):
-                if not skip:
-                    return example.country_code, prefix, free
-                skip -= 1
-    raise LookupError(f"no unassigned range of {length} digits for {country}")
+            if all(_nobodys(country_code, f"{prefix}{suffix:0{free}d}") for suffix in suffixes):
+                yield prefix, free
 
 
 def _nobodys(country_code: int, national: str) -> bool:
