@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import date
+from functools import cache
 from zoneinfo import available_timezones
 
 import phonenumbers
@@ -62,9 +63,16 @@ def normalise_agency(session: Session, data: AgencyData, agency_id: int | None =
     if not phonenumbers.is_possible_number(number):
         raise DomainError("This phone number has the wrong length.", field="desk_phone")
     data.desk_phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    if data.timezone not in available_timezones():
+    if data.timezone not in time_zones():
         raise DomainError("Unknown time zone; use a name like Pacific/Auckland.", field="timezone")
     return data
+
+
+@cache
+def time_zones() -> frozenset[str]:
+    """The time zone names this machine knows. Read once: zoneinfo scans its files on every
+    call, and the files change only with a package upgrade, which restarts the server."""
+    return frozenset(available_timezones())
 
 
 def create_agency(session: Session, actor: Actor, data: AgencyData) -> Agency:

@@ -1,5 +1,3 @@
-from zoneinfo import available_timezones
-
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField, DateField, EmailField, IntegerField, PasswordField, SelectField, StringField, TextAreaField,
@@ -8,6 +6,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from app.models import AgencyKind, Role
 from app.services import countries
+from app.services.directory import time_zones
 from app.services.users import MIN_PASSWORD_LENGTH
 from app.web import plausible_date
 
@@ -29,7 +28,7 @@ class AgencyForm(FlaskForm):
 
     def set_choices(self) -> None:
         self.country_code.choices = [("", "None (international body)")] + countries.choices()
-        self.timezone.choices = sorted(available_timezones())
+        self.timezone.choices = sorted(time_zones())
 
 
 class UserCreateForm(FlaskForm):
