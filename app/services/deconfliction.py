@@ -874,17 +874,22 @@ class NotificationItem:
 
 def list_notifications(session: Session, user: User, page: int = 1, per_page: int = 50,
                        *, mark_seen: bool = True) -> tuple[list[NotificationItem], int]:
-    """The agency's notifications, newest first; showing the first page marks all read."""
+    """The agency's notifications, newest first by when they happened (an import dates what it
+    writes at its start, so ids alone may misorder them); showing the first page marks all
+    read: unread is by id, the order they arrived in."""
     last_seen = session.scalar(select(NotificationCursor.last_seen_id).where(NotificationCursor.user_id == user.id)) or 0
-    shown = paginate(session, visible_notifications(user), page, per_page, Notification.id.desc())
+    shown = paginate(session, visible_notifications(user), page, per_page, Notification.created_at.desc(),
+                     Notification.id.desc())
     rows = shown.items
     items = [NotificationItem(n.id, n.kind, n.hit_id, n.referral_id, n.message, n.created_at, n.id > last_seen)
              for n in rows]
-    if mark_seen and rows and shown.page == 1 and rows[0].id > last_seen:
+    newest = (session.scalar(visible_notifications(user).with_only_columns(func.max(Notification.id)))
+              if mark_seen and shown.page == 1 else None) or 0
+    if newest > last_seen:
         statement = dialect_insert(session, NotificationCursor.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["user_id"],
             set_={"last_seen_id": statement.excluded.last_seen_id, "updated_at": statement.excluded.updated_at},
         )
-        session.execute(statement, [{"user_id": user.id, "last_seen_id": rows[0].id, "updated_at": utcnow()}])
+        session.execute(statement, [{"user_id": user.id, "last_seen_id": newest, "updated_at": utcnow()}])
     return items, shown.total

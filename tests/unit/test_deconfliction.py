@@ -4,6 +4,7 @@ and their workflow, notifications, common identifiers and the blind check."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import event, func, insert, select
@@ -170,6 +171,20 @@ def test_a_match_within_one_agency_is_a_possible_duplicate(session, world):
     [view] = dc.hits_for_referral(session, world.users["a_liaison"], first.id)
     assert view.is_duplicate and view.other is None
     assert sorted(ref for _, ref in view.own_referrals) == sorted([first.reference, second.reference])
+
+
+def test_notifications_are_listed_newest_first_by_when_they_happened(session, world):
+    """An import dates what it writes at its start, so a notification written after another
+    can be older than it: the list goes by time, and showing its first page marks all read."""
+    agency, user = world.agencies["a"].id, world.users["a_liaison"]
+    start = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+    session.execute(insert(Notification), [
+        {"agency_id": agency, "kind": NotificationKind.HIT_NEW, "message": message, "created_at": at}
+        for message, at in (("later", start + timedelta(minutes=5)), ("earlier", start),
+                            ("latest", start + timedelta(minutes=9)))])
+    items, total = dc.list_notifications(session, user, per_page=2)
+    assert ([item.message for item in items], total) == (["latest", "later"], 3)
+    assert dc.unread_count(session, user) == 0
 
 
 def test_both_agencies_are_notified_when_a_hit_appears_and_changes(session, world, pair):
