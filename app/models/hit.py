@@ -154,7 +154,8 @@ class NotificationCursor(Base):
 
 
 class CommonIdentifier(Base):
-    """An identifier held by more referrals than the threshold (a VPN exit address, say).
+    """An identifier held by more cases than the threshold (a VPN exit address, say): a
+    referral and the referrals its transfers made are one case.
 
     It raises no hits. Marked when deconfliction meets it; listed for admins with its
     canonical value, since a value this widespread identifies no one case.
@@ -166,6 +167,6 @@ class CommonIdentifier(Base):
     kind: Mapped[IdentifierKind] = mapped_column(identifier_kind_column())
     platform: Mapped[str | None] = mapped_column(String(32))
     value: Mapped[str] = mapped_column(String(320))
-    referral_count: Mapped[int]
+    referral_count: Mapped[int]  # the cases holding it when last met
     marked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,7 +8,8 @@ one statement, whatever the batch size; nothing is looked up one identifier at a
 Two referrals match when they hold the same match key through *different* subjects (a
 transfer carries the very same subjects to the new referral, which is no news to anyone). A
 match between the referrals of two agencies is a hit; within one agency it is a possible
-duplicate. A key held by more referrals than the threshold is common and raises no hits.
+duplicate. A key held by more cases than the threshold is common and raises no hits: a case is
+a referral with the referrals its transfers made, which count once.
 
 What a hit or a check reveals of the other side is a contact card: the agency, its country,
 its liaison desk and the other referral's reference (see app/services/access.py). Views get
@@ -206,12 +207,14 @@ class Holder(NamedTuple):
 
 @dataclass
 class BatchMatch:
-    # key -> number of referrals holding it; keys nobody holds are absent, and so are the keys
-    # a single referral holds when the batch was matched with `shared_only`
+    # key -> number of cases holding it (a transfer chain counts once) where more referrals
+    # than the threshold hold it, else of referrals (as many as its cases or more: either way
+    # not common); keys nobody holds are absent, and so are the keys a single referral holds
+    # when the batch was matched with `shared_only`
     counts: dict[str, int] = field(default_factory=dict)
     # key -> holders, for keys held by at most the threshold
     holders: dict[str, list[Holder]] = field(default_factory=dict)
-    # keys held by more referrals than the threshold
+    # keys held by more cases than the threshold
     common: set[str] = field(default_factory=set)
     # (referral, identifier) held but left out of `holders` (see `_carried_over`)
     carried: set[tuple[int, int]] = field(default_factory=set)
@@ -237,10 +240,18 @@ def _bound_keys(dialect_name: str, keys: set[str]) -> str:
 
 
 @functools.cache
-def match_statement(dialect_name: str, shared_only: bool):
+def match_statement(dialect_name: str, shared_only: bool, by_case: bool):
     """One statement: for every key of the batch that anyone holds (with `shared_only`, that
-    two referrals or more hold), the number of referrals holding it and, unless that number
-    is over the threshold, who holds it. Parameters: `match_keys` and `threshold`.
+    two referrals or more hold), the number of referrals holding it (with `by_case`, of
+    cases) and, unless that number is over the threshold, who holds it. Parameters:
+    `match_keys` and `threshold`.
+
+    A case is a referral and the referrals its transfers made, which carry its very subjects:
+    counted by case, a transfer chain counts once, each holder that continues a transfer
+    standing for the referral its case came in on (one recursive walk up the chains of those
+    holders). That costs a look-up for every holder, so :func:`match_batch` counts by case only
+    the keys that more referrals than the threshold hold: for the others, the cases are as few
+    or fewer, and the key is not common either way.
 
     Built once per engine and mode: the statement is the same whatever the keys, and
     building it costs more than running it for a blind check of a few identifiers.
@@ -258,10 +269,27 @@ def match_statement(dialect_name: str, shared_only: bool):
     )
     threshold = bindparam("threshold", type_=Integer)
     referrals = func.count(distinct(held.c.referral_id))
-    counts = select(held.c.match_key, referrals.label("n")).group_by(held.c.match_key)
+    counted = referrals
+    counts = select(held.c.match_key).select_from(held).group_by(held.c.match_key)
+    if by_case:
+        chain = (
+            select(Referral.id.label("holder_id"), Referral.id.label("step_id"), Referral.transferred_from_id)
+            .where(Referral.transferred_from_id.is_not(None), Referral.id.in_(select(held.c.referral_id)))
+            .cte("chain", recursive=True)
+        )
+        chain = chain.union_all(
+            select(chain.c.holder_id, Referral.id, Referral.transferred_from_id)
+            .join(chain, Referral.id == chain.c.transferred_from_id)
+        )
+        came_in_on = (select(chain.c.holder_id, chain.c.step_id.label("case_id"))
+                      .where(chain.c.transferred_from_id.is_(None)).subquery("came_in_on"))
+        counted = func.count(distinct(func.coalesce(came_in_on.c.case_id, held.c.referral_id)))
+        counts = counts.outerjoin(came_in_on, came_in_on.c.holder_id == held.c.referral_id)
+    counts = counts.add_columns(counted.label("n"))
     if shared_only:
         # A key of one referral pairs nothing: it stays only if common (under a threshold of 0).
-        counts = counts.having(or_(referrals >= 2, referrals > threshold))
+        # (One case of two referrals may pair them: the second's sender recorded it too.)
+        counts = counts.having(or_(referrals >= 2, counted > threshold))
     counts = counts.cte("counts")
     counterparts = match_counterparts().subquery("counterparts")
     return (
@@ -275,7 +303,9 @@ def match_statement(dialect_name: str, shared_only: bool):
 
 def match_batch(session: Session, keys: Iterable[str], *, threshold: int | None = None,
                 shared_only: bool = False) -> BatchMatch:
-    """Resolve a batch of match keys in one statement (see :func:`match_statement`).
+    """Resolve a batch of match keys in one statement (see :func:`match_statement`), and a
+    second for the keys it finds held by more referrals than the threshold, counted again by
+    case: a key is common when more cases than the threshold hold it.
 
     `shared_only` leaves out the keys that a single referral holds: they pair no referrals,
     and in a tip import's batch, whose every key is stored already, they are most keys."""
@@ -289,20 +319,30 @@ def match_batch(session: Session, keys: Iterable[str], *, threshold: int | None 
     # loading; at 150,000 keys the Python side costs as much as the query.
     connection = session.connection()
     dialect_name = connection.dialect.name
-    rows = connection.execute(
-        match_statement(dialect_name, shared_only),
-        {"match_keys": _bound_keys(dialect_name, unique_keys), "threshold": threshold},
-    ).all()
-    counts, holders, common = result.counts, result.holders, result.common
+    counts, holders = result.counts, result.holders
     successors = set()
-    for key, n, referral_id, reference, agency_id, subject_id, identifier_id, transferred_from_id in rows:
-        counts[key] = n
-        if n > threshold:
-            common.add(key)
-        elif referral_id is not None:
-            holders.setdefault(key, []).append(Holder(referral_id, reference, agency_id, subject_id, identifier_id))
-            if transferred_from_id is not None:
-                successors.add(referral_id)
+
+    def match(batch_keys: set[str], by_case: bool) -> set[str]:
+        """Counts and holders of these keys; returns the keys over the threshold."""
+        rows = connection.execute(
+            match_statement(dialect_name, shared_only, by_case),
+            {"match_keys": _bound_keys(dialect_name, batch_keys), "threshold": threshold},
+        ).all()
+        over = set()
+        for key, n, referral_id, reference, agency_id, subject_id, identifier_id, transferred_from_id in rows:
+            counts[key] = n
+            if n > threshold:
+                over.add(key)
+            elif referral_id is not None:
+                holders.setdefault(key, []).append(Holder(referral_id, reference, agency_id, subject_id,
+                                                          identifier_id))
+                if transferred_from_id is not None:
+                    successors.add(referral_id)
+        return over
+
+    over = match(unique_keys, by_case=False)
+    # Counted by referral, a key over the threshold may be held by fewer cases.
+    result.common = match(over, by_case=True) if over else over
     result.carried = _carried_over(session, successors) if successors else set()
     if result.carried:
         for key in list(holders):
@@ -326,7 +366,7 @@ class RefreshResult:
 def gained_since(since: datetime | None) -> list:
     """The condition on a join of referral_subjects and identifiers for what a referral gained
     from `since` on (nothing to add without it), and for what it holds of the keys marked
-    common: they raised no hit when they came, and may now (fewer referrals hold them, or the
+    common: they raised no hit when they came, and may now (fewer cases hold them, or the
     threshold was raised)."""
     if since is None:
         return []

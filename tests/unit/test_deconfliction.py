@@ -377,6 +377,41 @@ def test_an_identifier_held_by_more_than_the_threshold_is_common(any_app, sessio
         dc.list_common_identifiers(session, world.actor("a_liaison"))
 
 
+def test_a_transfer_chain_counts_once_towards_common(any_app, session, world):
+    """An address on Alpha's referral, transferred on twice, sits on three referrals of one
+    case: with Charlie's referral holding it too, two cases hold it, not four referrals, and
+    under a threshold of 2 it raises its hit and answers a blind check as a hit. A third case
+    makes it common, counted by case."""
+    any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+    address = "192.0.2.201"
+    chain = [make_referral(session, world, "sent", sender="a", receiver="b", handling_code="H1")]
+    add(session, world, chain[0], "a", address)
+    for receiver, onward in (("b", "i"), ("i", "c")):
+        actor = world.actor(f"{receiver}_liaison")
+        referrals_service.transition(session, actor, chain[-1].id, "acknowledge", None)
+        chain.append(referrals_service.transition(session, actor, chain[-1].id, "transfer", None,
+                                                  transfer_to_agency_id=world.agencies[onward].id))
+    original = chain[0]
+    assert [r.transferred_from_id for r in chain] == [None, chain[0].id, chain[1].id]
+    charlie = make_referral(session, world, "draft", sender="c", receiver="a")
+    add(session, world, charlie, "c", address)
+
+    key = match_key(SECRET, normalise(IdentifierKind.IP, address))
+    batch = dc.match_batch(session, [key], threshold=2)
+    assert batch.counts == {key: 2} and not batch.common
+    assert len(hits_between(session, original, charlie)) == 1 and count(session, CommonIdentifier) == 0
+    [line] = dc.blind_check(session, world.actor("b_liaison"), address).lines
+    assert line.outcome == dc.CheckOutcome.HIT
+    assert sorted(c.reference for c in line.contacts) == sorted([original.reference, charlie.reference])
+
+    bravo = make_referral(session, world, "draft", sender="b", receiver="c")
+    add(session, world, bravo, "b", address)
+    assert hits_between(session, bravo, original) == [] and hits_between(session, bravo, charlie) == []
+    [common] = session.scalars(select(CommonIdentifier)).all()
+    assert common.referral_count == 3  # cases: the chain, Charlie's and Bravo's
+    assert dc.blind_check(session, world.actor("b_liaison"), address).lines[0].outcome == dc.CheckOutcome.COMMON
+
+
 # --- the blind check ------------------------------------------------------------------------
 
 def test_blind_check_outcomes_and_reasons(session, world, pair):

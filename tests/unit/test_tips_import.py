@@ -24,6 +24,7 @@ from app.models import (
     Agency,
     AgencyKind,
     AuditEntry,
+    CommonIdentifier,
     Hit,
     HitSide,
     Holder,
@@ -882,6 +883,29 @@ def test_an_identifier_common_when_it_came_raises_its_hits_when_its_referral_nex
         run_import(session, world, tip(account(2, email="two@example.org")), file_name="b.csv")
         assert holder_of(session, world, "acc2").referral_id == package
         assert sorted({h.referral_low_id for h in session.scalars(select(Hit).where(touching))}) == alphas
+    finally:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = old
+
+
+def test_a_case_transferred_on_counts_once_when_the_import_tells_common_identifiers(session, world):
+    """Alpha's referral holding an address was transferred on twice: three referrals, one case.
+    With the tip's package holding it too, two cases hold it, not four referrals: under a
+    threshold of 2 the import raises the package's hit with the referral the case came in on."""
+    config = session.info["config"]
+    old = config["COMMON_IDENTIFIER_THRESHOLD"]
+    try:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+        case = [make_referral(session, world, "sent", sender="a", receiver="b", handling_code="H1")]
+        subjects.add_subject(session, world.actor("a_liaison"), case[0].id, "Known", "ip: 203.0.113.7")
+        for receiver, onward in (("b", "i"), ("i", "c")):
+            referrals.transition(session, world.actor(f"{receiver}_liaison"), case[-1].id, "acknowledge", None)
+            case.append(referrals.transition(session, world.actor(f"{receiver}_liaison"), case[-1].id, "transfer",
+                                             None, transfer_to_agency_id=world.agencies[onward].id))
+        result = run_import(session, world, tip(account(1, email="one@example.org", ip_addresses="203.0.113.7")))
+        package = holder_of(session, world, "acc1").referral_id
+        [hit] = session.scalars(select(Hit)).all()
+        assert (hit.referral_low_id, hit.referral_high_id) == (case[0].id, package)
+        assert result.hits.created == [hit.id] and count(session, CommonIdentifier) == 0
     finally:
         config["COMMON_IDENTIFIER_THRESHOLD"] = old
 

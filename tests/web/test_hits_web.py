@@ -316,13 +316,13 @@ def test_common_identifiers_are_listed_for_admins(app, browser, web_world):
         assert db.session.scalar(select(func.count()).select_from(Hit)) == 0
     browser.login("admin.a@example.org")
     html = _html(browser.get("/admin/common-identifiers"))
-    assert "192.0.2.250" in html and "more than 1 referrals" in html
+    assert "192.0.2.250" in html and "more than 1 cases" in html
     browser.post("/logout", {})
     browser.login("liaison.a@example.org")
     assert browser.get("/admin/common-identifiers").status_code == 403
     response = browser.post("/check", {"identifiers": "192.0.2.250", "kind": "", "platform": "",
                                        "jurisdiction": ""}, token_from="/check")
-    assert "Held by too many referrals" in _html(response)
+    assert "Held by too many cases" in _html(response)
 
 
 def test_a_transferred_referral_shows_the_same_subjects(app, browser, web_world):
