@@ -157,8 +157,9 @@ class CommonIdentifier(Base):
     """An identifier held by more cases than the threshold (a VPN exit address, say): a
     referral and the referrals its transfers made are one case.
 
-    It raises no hits. Marked when deconfliction meets it; listed for admins with its
-    canonical value, since a value this widespread identifies no one case.
+    It raises no hits. Marked when deconfliction meets it, unmarked when deconfliction meets
+    it no longer common; listed for admins with its canonical value, since a value this
+    widespread identifies no one case.
     """
 
     __tablename__ = "common_identifiers"

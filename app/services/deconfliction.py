@@ -9,7 +9,9 @@ Two referrals match when they hold the same match key through *different* subjec
 transfer carries the very same subjects to the new referral, which is no news to anyone). A
 match between the referrals of two agencies is a hit; within one agency it is a possible
 duplicate. A key held by more cases than the threshold is common and raises no hits: a case is
-a referral with the referrals its transfers made, which count once.
+a referral with the referrals its transfers made, which count once. Common keys are marked
+(CommonIdentifier, the admins' list) when a refresh meets them, and unmarked when a refresh
+meets them no longer common, which then raises their hits between all their holders.
 
 What a hit or a check reveals of the other side is a contact card: the agency, its country,
 its liaison desk and the other referral's reference (see app/services/access.py). Views get
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Integer, String, and_, bindparam, distinct, func, or_, select, update
+from sqlalchemy import Integer, String, and_, bindparam, delete, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import dialect_insert, utcnow
@@ -361,6 +363,9 @@ class RefreshResult:
     created: list[int] = field(default_factory=list)  # hit ids
     updated: list[int] = field(default_factory=list)
     common: list[str] = field(default_factory=list)  # common keys met
+    # keys marked common and met no longer common: unmarked, and matched between every two
+    # referrals holding them, not only these referrals' pairs
+    uncommon: list[str] = field(default_factory=list)
 
 
 def gained_since(since: datetime | None) -> list:
@@ -390,6 +395,11 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     the common keys they hold. What they held before was matched when it came, and a step
     that adds a few holders to a package of thousands matches those few, not the package.
 
+    A key marked common that no longer is (fewer cases hold it, or the threshold was raised)
+    loses its mark, and raises its hits between every two referrals holding it, these or not:
+    the pairs of two others were left without a hit for it as much as these referrals' were,
+    and no step of theirs would match it again, since it is not marked any more.
+
     A bounded number of statements, whatever the number of identifiers: one to read these
     referrals' identifiers, one to match them, and a few batched reads and writes."""
     ids = sorted(set(referral_ids))
@@ -399,8 +409,10 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     session.flush()
     own_rows = session.execute(
         select(referral_subjects.c.referral_id, Identifier.subject_id, Identifier.id, Identifier.match_key,
-               Identifier.kind, Identifier.platform, Identifier.value)
+               Identifier.kind, Identifier.platform, Identifier.value,
+               CommonIdentifier.match_key.is_not(None).label("marked"))
         .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
+        .outerjoin(CommonIdentifier, CommonIdentifier.match_key == Identifier.match_key)
         .where(referral_subjects.c.referral_id.in_(ids), *gained_since(since))
     ).all()
     if not own_rows:
@@ -424,14 +436,19 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
             for key, row in sorted(sample.items())
         ])
         result.common = sorted(batch.common)
+    # Marked keys no longer common: unmarked, and all their holders pair below.
+    uncommon = {row.match_key for row in own_rows if row.marked} - batch.common
+    if uncommon:
+        result.uncommon = sorted(uncommon)
+        session.execute(delete(CommonIdentifier).where(CommonIdentifier.match_key.in_(result.uncommon)))
 
+    kind_of = {row.match_key: row.kind for row in own_rows}
     if batch.carried:
         own_rows = [row for row in own_rows if (row.referral_id, row.id) not in batch.carried]
 
     # Who holds each key, by referral: subjects and identifiers.
     subjects_of: dict[tuple[int, str], set[int]] = defaultdict(set)
     idents_of: dict[tuple[int, str], set[int]] = defaultdict(set)
-    kind_of: dict[str, IdentifierKind] = {}
     agency_of: dict[int, int] = {}
     reference_of: dict[int, str] = {}
     for key, holders in batch.holders.items():
@@ -440,13 +457,14 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
             idents_of[(h.referral_id, key)].add(h.identifier_id)
             agency_of[h.referral_id] = h.agency_id
             reference_of[h.referral_id] = h.reference
-    for row in own_rows:
-        kind_of[row.match_key] = row.kind
 
-    # Pairs of referrals sharing a key through different subjects, and each side's identifiers.
+    # Pairs of referrals sharing a key through different subjects, and each side's identifiers:
+    # a key of these referrals pairs them with its other holders, a key no longer common pairs
+    # all its holders.
     pairs: dict[tuple[int, int], set[tuple[HitSide, int, str]]] = defaultdict(set)
     own_keys = {(row.referral_id, row.match_key) for row in own_rows}
-    for referral_id, key in own_keys:
+    unmarked_keys = {(h.referral_id, key) for key in uncommon for h in batch.holders.get(key, ())}
+    for referral_id, key in own_keys | unmarked_keys:
         holders = batch.holders.get(key)
         if not holders:
             continue  # common
@@ -460,15 +478,12 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
                 for identifier_id in idents_of[(holder_id, key)]:
                     pairs[(low, high)].add((side, identifier_id, key))
     if not pairs:
-        if result.common:
+        if result.common or result.uncommon:
             _audit_refresh(session, actor, ids, result)
         return result
 
-    touches = or_(Hit.referral_low_id.in_(ids), Hit.referral_high_id.in_(ids))
-    existing = {
-        (row.referral_low_id, row.referral_high_id): row.id
-        for row in session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id).where(touches))
-    }
+    paired = sorted(set(ids) | {referral_id for referral_id, _ in unmarked_keys})
+    existing = _hits_of(session, paired)
 
     # New hits. ON CONFLICT DO NOTHING: a pair created meanwhile by a concurrent request is
     # taken as existing instead of failing the request.
@@ -487,10 +502,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
         created = {(row.referral_low_id, row.referral_high_id): row.id for row in rows}
         missed = [pair for pair in new_pairs if pair not in created]
         if missed:
-            existing.update(
-                ((row.referral_low_id, row.referral_high_id), row.id)
-                for row in session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id).where(touches))
-            )
+            existing.update(_hits_of(session, paired))
     hit_id_of = {**existing, **created}
 
     # Matched identifiers, per side; the ones recorded already are left alone.
@@ -525,6 +537,21 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     result.updated = updated_ids
     _audit_refresh(session, actor, ids, result)
     return result
+
+
+def _hits_of(session: Session, referral_ids: list[int]) -> dict[tuple[int, int], int]:
+    """The hits these referrals are on, by pair (low, high): one statement per slice of ids,
+    two IN lists under the engines' limit on parameters."""
+    hits = {}
+    step = IN_LIST_MAX // 2
+    for start in range(0, len(referral_ids), step):
+        part = referral_ids[start:start + step]
+        hits.update(
+            ((row.referral_low_id, row.referral_high_id), row.id)
+            for row in session.execute(select(Hit.id, Hit.referral_low_id, Hit.referral_high_id)
+                                       .where(or_(Hit.referral_low_id.in_(part), Hit.referral_high_id.in_(part))))
+        )
+    return hits
 
 
 def _carried_over(session: Session, successors: set[int]) -> set[tuple[int, int]]:
@@ -569,7 +596,7 @@ def _audit_refresh(session: Session, actor: Actor, ids: list[int], result: Refre
     audit.record(
         session, actor, "deconfliction.match", "referral", ids[0] if len(ids) == 1 else None,
         detail={"referrals": ids, "new_hits": result.created, "updated_hits": result.updated,
-                "common_identifiers": len(result.common)},
+                "common_identifiers": len(result.common), "no_longer_common": len(result.uncommon)},
     )
 
 

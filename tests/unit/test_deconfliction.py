@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, func, insert, select
 
+from app.db import utcnow
 from app.models import (
     AuditEntry,
     CommonIdentifier,
@@ -377,6 +378,55 @@ def test_an_identifier_held_by_more_than_the_threshold_is_common(any_app, sessio
         dc.list_common_identifiers(session, world.actor("a_liaison"))
 
 
+@pytest.mark.parametrize("step", ["full refresh", "refresh since"])
+@pytest.mark.parametrize("cause", ["threshold raised", "holders gone"])
+def test_a_key_no_longer_common_raises_its_hits_between_every_two_holders(any_app, session, world, cause, step):
+    """Under a threshold of 3 an address held by five referrals is common: the fourth and
+    fifth holders got no hit. Once it is no longer common (the threshold raised to 5, or two
+    of the first holders gone), a step that matches one of its holders raises every pair's
+    hit, the pair of two referrals the step did not touch included, and unmarks it."""
+    any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 3
+    address = "192.0.2.200"
+    holders = [make_referral(session, world, "draft", sender=sender, receiver=receiver)
+               for sender, receiver in (("a", "b"), ("c", "i"), ("b", "a"), ("a", "c"), ("c", "a"))]
+    held_by = [add(session, world, referral, sender, address, label=f"Holder {n}")
+               for n, (referral, sender) in enumerate(zip(holders, "acbac"))]
+    first, second, third, fourth, fifth = holders
+    assert {(h.referral_low_id, h.referral_high_id) for h in session.scalars(select(Hit))} == {
+        (first.id, second.id), (first.id, third.id), (second.id, third.id)}
+    assert session.scalar(select(CommonIdentifier.referral_count)) == 5
+    if cause == "threshold raised":
+        any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 5
+    else:  # say, routing moved their holders elsewhere
+        for referral, subject in ((first, held_by[0]), (second, held_by[1])):
+            session.execute(referral_subjects.delete().where(referral_subjects.c.referral_id == referral.id,
+                                                             referral_subjects.c.subject_id == subject.id))
+    before = session.scalar(select(func.max(Notification.id)))
+
+    if step == "full refresh":  # matches every identifier of the third holder
+        subjects.add_identifiers(session, world.actor("b_liaison"), third.id, held_by[2].id, "b-only@example.org")
+    else:  # an import's or a holder decision's: what the third gained (nothing), and its marked keys
+        dc.refresh_hits(session, world.actor("b_liaison"), [third.id], since=utcnow())
+
+    holding = [third, fourth, fifth] if cause == "holders gone" else holders
+    expected = {(low.id, high.id) for n, low in enumerate(holding) for high in holding[n + 1:]}
+    hits = session.scalars(select(Hit)).all()
+    assert expected <= {(h.referral_low_id, h.referral_high_id) for h in hits}
+    untouched = hits_between(session, fourth, fifth)[0]  # Alpha's and Charlie's: neither was matched
+    assert {m.side for m in untouched.matches} == {HitSide.LOW, HitSide.HIGH}
+    assert count(session, CommonIdentifier) == 0
+    notes = session.scalars(select(Notification).where(Notification.hit_id == untouched.id,
+                                                       Notification.id > before)).all()
+    assert sorted((n.agency_id, n.kind) for n in notes) == sorted(
+        [(world.agencies["a"].id, NotificationKind.HIT_NEW), (world.agencies["c"].id, NotificationKind.HIT_NEW)])
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "deconfliction.match")
+                            .order_by(AuditEntry.seq.desc())).first()
+    assert f'"referrals": [{third.id}]' in entry.detail and str(untouched.id) in entry.detail
+    assert '"no_longer_common": 1' in entry.detail
+    if cause == "threshold raised":  # the first and the fourth, both Alpha's, are a possible duplicate
+        assert hits_between(session, first, fourth)[0].is_duplicate
+
+
 def test_a_transfer_chain_counts_once_towards_common(any_app, session, world):
     """An address on Alpha's referral, transferred on twice, sits on three referrals of one
     case: with Charlie's referral holding it too, two cases hold it, not four referrals, and
@@ -553,4 +603,27 @@ def test_blind_check_statements_do_not_grow_with_the_batch(session, world):
         with statements(session) as seen:
             dc.blind_check(session, world.actor("a_liaison"), "\n".join(lines))
         counts.append(len(seen))
+    assert counts[0] == counts[1], counts
+
+
+def test_unmarking_common_keys_issues_a_bounded_number_of_statements(any_app, session, world):
+    """Keys common under a threshold of 2 (four referrals hold each), then freed by a threshold
+    of 4: one refresh of the last holder unmarks them and raises the hits between all four, in
+    as many statements for 30 keys as for one."""
+    counts = []
+    for size in (1, 30):
+        any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+        addresses = [f"shared{size}.{k}@example.org" for k in range(size)]
+        holders = [make_referral(session, world, "draft", sender=sender, receiver=receiver)
+                   for sender, receiver in (("a", "b"), ("c", "i"), ("b", "a"), ("a", "c"))]
+        for referral, sender in zip(holders, "acba"):
+            add(session, world, referral, sender, *addresses)
+        assert count(session, CommonIdentifier) == size
+        any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 4
+        session.flush()
+        with statements(session) as seen:
+            result = dc.refresh_hits(session, world.actor("a_liaison"), [holders[-1].id], since=utcnow())
+        counts.append(len(seen))
+        assert len(result.uncommon) == size and count(session, CommonIdentifier) == 0
+        assert all(hits_between(session, low, high) for n, low in enumerate(holders) for high in holders[n + 1:])
     assert counts[0] == counts[1], counts

@@ -887,6 +887,36 @@ def test_an_identifier_common_when_it_came_raises_its_hits_when_its_referral_nex
         config["COMMON_IDENTIFIER_THRESHOLD"] = old
 
 
+def test_an_identifier_no_longer_common_raises_the_hit_of_two_referrals_the_import_did_not_touch(session, world):
+    """Alpha's and Bravo's referrals and the tip's package held an address, common under a
+    threshold of 1: no hit. With the threshold raised, the next import onto the package raises
+    the package's hits and the one between Alpha's and Bravo's referrals, which it did not
+    touch, and the address is no longer listed common."""
+    config = session.info["config"]
+    old = config["COMMON_IDENTIFIER_THRESHOLD"]
+    try:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 1
+        alpha = known_to_alpha(session, world, "ip: 203.0.113.7")
+        bravo = make_referral(session, world, status="sent", sender="b", receiver="a")
+        subjects.add_subject(session, world.actor("b_liaison"), bravo.id, "Known", "ip: 203.0.113.7")
+        run_import(session, world, tip(account(1, email="one@example.org", ip_addresses="203.0.113.7")))
+        package = holder_of(session, world, "acc1").referral_id
+        assert count(session, Hit) == 0 and count(session, CommonIdentifier) == 1
+        config["COMMON_IDENTIFIER_THRESHOLD"] = 20
+        result = run_import(session, world, tip(account(2, email="two@example.org")), file_name="b.csv")
+        assert holder_of(session, world, "acc2").referral_id == package
+        hits = {(h.referral_low_id, h.referral_high_id): h.id for h in session.scalars(select(Hit))}
+        assert set(hits) == {tuple(sorted(pair)) for pair in ((alpha.id, bravo.id), (alpha.id, package),
+                                                                (bravo.id, package))}
+        assert sorted(result.hits.created) == sorted(hits.values())
+        assert count(session, CommonIdentifier) == 0
+        untouched = hits[tuple(sorted((alpha.id, bravo.id)))]
+        told = session.scalars(select(Notification.agency_id).where(Notification.hit_id == untouched)).all()
+        assert sorted(told) == sorted([world.agencies["a"].id, world.agencies["b"].id])
+    finally:
+        config["COMMON_IDENTIFIER_THRESHOLD"] = old
+
+
 def test_a_case_transferred_on_counts_once_when_the_import_tells_common_identifiers(session, world):
     """Alpha's referral holding an address was transferred on twice: three referrals, one case.
     With the tip's package holding it too, two cases hold it, not four referrals: under a

@@ -688,7 +688,9 @@ class _Writer:
         sits on several referrals (a transfer): at import scale almost every identifier is its
         holder's alone. A referral whose shared keys are all common can only mark them common,
         and one refresh per common key does that (with the referral holding the fewest
-        identifiers)."""
+        identifiers). A key marked common that no longer is (`gained_since` reads the marked
+        keys too) is a shared key like any other: the refresh unmarks it and raises the hits
+        of all its holders, the import's or not (`deconfliction.refresh_hits`)."""
         session = self.session
         shared_keys = (select(Identifier.match_key).group_by(Identifier.match_key)
                        .having(func.count() > 1).scalar_subquery())
@@ -725,6 +727,7 @@ class _Writer:
         created = set(total.created)
         total.updated.extend(h for h in part.updated if h not in created)
         total.common = sorted(set(total.common) | set(part.common))
+        total.uncommon = sorted(set(total.uncommon) | set(part.uncommon))
 
     def _write_identifiers(self, rows: list, created_at, weight: Counter) -> None:
         """Rows (subject id, kind, platform, raw, value, match key), all created at `created_at`
