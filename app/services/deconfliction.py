@@ -11,7 +11,9 @@ match between the referrals of two agencies is a hit; within one agency it is a 
 duplicate. A key held by more cases than the threshold is common and raises no hits: a case is
 a referral with the referrals its transfers made, which count once. Common keys are marked
 (CommonIdentifier, the admins' list) when a refresh meets them, and unmarked when a refresh
-meets them no longer common, which then raises their hits between all their holders.
+meets them no longer common, which then raises their hits between all their holders. The
+threshold is configuration (COMMON_IDENTIFIER_THRESHOLD), read by every step: a changed one
+applies to each key as steps meet it.
 
 What a hit or a check reveals of the other side is a contact card: the agency, its country,
 its liaison desk and the other referral's reference (see app/services/access.py). Views get
