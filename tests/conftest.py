@@ -106,14 +106,19 @@ def world(any_app, session):
     return build_world(session, any_app.extensions["handoff_passwords"])
 
 
-@pytest.fixture
-def web_world(app):
+def committed_world(app):
+    """The test world built and committed, for tests that go through requests."""
     from tests.factories import build_world
 
     with app.app_context():
         world = build_world(app_db.session, app.extensions["handoff_passwords"])
         app_db.session.commit()
     return world
+
+
+@pytest.fixture
+def web_world(app):
+    return committed_world(app)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 
 from app.extensions import db
 from app.services import subjects
-from tests.conftest import Browser
-from tests.factories import build_world, make_referral
+from tests.conftest import Browser, committed_world
+from tests.factories import make_referral
 from tests.unit.test_tips_import import account, run_import, tip
 from tests.web.statements import statements
 
@@ -27,10 +27,7 @@ BEFORE_THE_FIRST = ("0", "-3", "abc", "1e3", "")
 
 @pytest.fixture
 def world(any_app):
-    with any_app.app_context():
-        world = build_world(db.session, any_app.extensions["handoff_passwords"])
-        db.session.commit()
-    return world
+    return committed_world(any_app)
 
 
 @pytest.fixture
