@@ -25,6 +25,7 @@ from app.models.referral import (
     Referral,
     ReferralEvent,
     Status,
+    came_in_on_select,
 )
 from app.models.subject import Identifier, Subject, referral_subjects
 from app.models.tip import (
@@ -42,7 +43,7 @@ from app.models.user import Role, User
 __all__ = [
     "Agency", "AgencyKind", "AuditEntry", "AuditHead", "HandlingCode", "Operation", "Outcome",
     "Priority", "RISK_FLAGS", "ReferenceCounter", "Referral", "ReferralEvent", "Role", "Status",
-    "TLP", "User",
+    "TLP", "User", "came_in_on_select",
     "RecoveryCode", "UserSession",
     "DASHBOARDS", "DataVersion",
     # deconfliction

@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import CheckConstraint, ColumnElement, ForeignKey, Index, Select, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
@@ -152,6 +152,17 @@ class Referral(Base):
 
     def __repr__(self) -> str:
         return f"<Referral {self.reference} {self.status}>"
+
+
+def came_in_on_select(condition: ColumnElement[bool]) -> Select:
+    """(start, came_in_on) for each referral meeting `condition`: the referral its case came in
+    on, the first of the transfers that led to it (itself if none did). One recursive query up
+    the chains, for a statement of its own or inside another."""
+    chain = (select(Referral.id.label("start"), Referral.id, Referral.transferred_from_id)
+             .where(condition).cte("chain", recursive=True))
+    chain = chain.union_all(select(chain.c.start, Referral.id, Referral.transferred_from_id)
+                            .join(chain, Referral.id == chain.c.transferred_from_id))
+    return select(chain.c.start, chain.c.id.label("came_in_on")).where(chain.c.transferred_from_id.is_(None))
 
 
 class ReferralEvent(Base):

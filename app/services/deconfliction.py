@@ -49,6 +49,7 @@ from app.models import (
     Subject,
     User,
     referral_subjects,
+    came_in_on_select,
 )
 from app.services import (
     Conflict,
@@ -276,19 +277,10 @@ def match_statement(dialect_name: str, shared_only: bool, by_case: bool):
     counted = referrals
     counts = select(held.c.match_key).select_from(held).group_by(held.c.match_key)
     if by_case:
-        chain = (
-            select(Referral.id.label("holder_id"), Referral.id.label("step_id"), Referral.transferred_from_id)
-            .where(Referral.transferred_from_id.is_not(None), Referral.id.in_(select(held.c.referral_id)))
-            .cte("chain", recursive=True)
-        )
-        chain = chain.union_all(
-            select(chain.c.holder_id, Referral.id, Referral.transferred_from_id)
-            .join(chain, Referral.id == chain.c.transferred_from_id)
-        )
-        came_in_on = (select(chain.c.holder_id, chain.c.step_id.label("case_id"))
-                      .where(chain.c.transferred_from_id.is_(None)).subquery("came_in_on"))
-        counted = func.count(distinct(func.coalesce(came_in_on.c.case_id, held.c.referral_id)))
-        counts = counts.outerjoin(came_in_on, came_in_on.c.holder_id == held.c.referral_id)
+        came_in_on = came_in_on_select(and_(Referral.transferred_from_id.is_not(None),
+                                            Referral.id.in_(select(held.c.referral_id)))).subquery("came_in_on")
+        counted = func.count(distinct(func.coalesce(came_in_on.c.came_in_on, held.c.referral_id)))
+        counts = counts.outerjoin(came_in_on, came_in_on.c.start == held.c.referral_id)
     counts = counts.add_columns(counted.label("n"))
     if shared_only:
         # A key of one referral pairs nothing: it stays only if common (under a threshold of 0).

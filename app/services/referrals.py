@@ -37,6 +37,7 @@ from app.models import (
     ReferralEvent,
     Status,
     TLP,
+    came_in_on_select,
 )
 from app.services import (
     DomainError,
@@ -474,11 +475,7 @@ def came_in_on(session: Session, referral_ids: Iterable[int]) -> dict[int, int]:
     ids = sorted(set(referral_ids))
     if not ids:
         return {}
-    chain = (select(Referral.id.label("start"), Referral.id, Referral.transferred_from_id)
-             .where(Referral.id.in_(ids)).cte(recursive=True))
-    chain = chain.union_all(select(chain.c.start, Referral.id, Referral.transferred_from_id)
-                            .join(chain, Referral.id == chain.c.transferred_from_id))
-    return dict(session.execute(select(chain.c.start, chain.c.id).where(chain.c.transferred_from_id.is_(None))).all())
+    return dict(session.execute(came_in_on_select(Referral.id.in_(ids))).all())
 
 
 class TransferChains:

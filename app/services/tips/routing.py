@@ -27,7 +27,7 @@ from datetime import datetime
 from functools import lru_cache
 from operator import itemgetter
 
-from sqlalchemy import Integer, bindparam, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import Integer, bindparam, case, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -185,6 +185,9 @@ class Router:
         self.new_drafts: list[_Draft] = []
         self.unlinks: list[tuple[int, int]] = []  # (referral_id, subject_id)
         self.links: list[tuple[_Draft | int, HolderState]] = []
+        # Links to the referral a case came in on, written unless there already
+        # (`_link_to_came_in_on`): by (referral, holder).
+        self._came_in_on_links: dict[tuple[int, int], HolderState] = {}
         self.changed: set[int] = set()
         self._packages: dict[tuple[int, str, Priority], _Draft | int] | None = None
         # The referrals holders are on, with where transfers took them.
@@ -200,6 +203,7 @@ class Router:
         # Holders routed: the agencies that declined their cases or those of their merged parts,
         # each with the referral that case came in on (`_load_declines`).
         self._held_back: dict[int, dict[int, int]] = {}
+        self._first: dict[int, int] = {}  # successor of a transfer -> the referral its case came in on
         # This step's merges: absorbed holder -> survivor, and the absorbed holders' subjects.
         self._merged_now: dict[int, int] = {}
         self._parts_now: dict[int, int] = {}
@@ -244,6 +248,8 @@ class Router:
         joined (the import raises it if the holder is now more urgent) and the part that was on
         it."""
         self._chains.load(state.referral_id for survivor, parts in merges for state in (survivor, *parts))
+        self._load_came_in_on(state.referral_id for survivor, parts in merges for state in (survivor, *parts)
+                              if state.referral_id in self._chains.rows)
         for survivor, parts in merges:
             self._merged_now.update((part.id, survivor.id) for part in parts)
             self._parts_now.update((part.subject_id, survivor.id) for part in parts)
@@ -286,9 +292,17 @@ class Router:
         chain = self._chains.chain(referral_id)
         if not chain or chain[0].transferred_from_id is None:
             return referral_id, chain
-        first = referrals.came_in_on(self.session, [referral_id])[referral_id]
-        self._chains.load([first])
+        self._load_came_in_on([referral_id])
+        first = self._first[referral_id]
         return first, self._chains.chain(first)
+
+    def _load_came_in_on(self, referral_ids) -> None:
+        """Where the cases of these referrals (read already) came in, with those referrals'
+        chains: one query for all of them that continue a transfer."""
+        successors = [r for r in referral_ids if r not in self._first and self._chains.rows[r].transferred_from_id]
+        if successors:
+            self._first.update(referrals.came_in_on(self.session, successors))
+            self._chains.load(self._first[r] for r in successors)
 
     def _load_declines(self, states: list[HolderState]) -> None:
         """Note, for each of these holders, the agencies of every declined case that held it or
@@ -325,6 +339,7 @@ class Router:
             ).all()
         declined.sort()
         self._chains.load(referral_id for referral_id, _subject in declined)
+        self._load_came_in_on(referral_id for referral_id, _subject in declined)
         for referral_id, subject_id in declined:
             holder_id = owner_of[subject_id]
             first, chain = self._whole_chain(referral_id)
@@ -343,6 +358,7 @@ class Router:
         self._chains.load(state.referral_id for state in states)
         self._load_declines([state for state in states if not self.stays(state.referral_id)])
         packages = self._load_packages()
+        waiting = []  # held back onto a declined case just now
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
             if self.stays(state.referral_id):
@@ -352,7 +368,8 @@ class Router:
             came_in_on = self._held_back.get(state.id, {}).get(receiver)
             if came_in_on is not None:
                 state.for_review = True
-                self._wait_on(state, came_in_on, routing)
+                if self._wait_on(state, came_in_on, routing):
+                    waiting.append(state)
                 continue
             if current is not None and current.status is not Status.DRAFT:
                 current = None  # declined or withdrawn: it keeps its history, the holder moves on
@@ -381,27 +398,35 @@ class Router:
                 self.changed.add(draft)
             self.links.append((draft, state))
             self._set(state, routing, receiver, draft if isinstance(draft, int) else None, packaged)
+        if waiting:
+            self._mark_packages(waiting)
 
-    def _wait_on(self, state: HolderState, came_in_on: int, routing: HolderRouting) -> None:
+    def _wait_on(self, state: HolderState, came_in_on: int, routing: HolderRouting) -> bool:
         """A holder held back from an agency waits on the declined case that agency had, unless
         it is on that case already: off its draft, on the referral the case came in on, where
-        it matches, its sender a hit's party."""
+        it matches, its sender a hit's party. Whether it moved there."""
         if state.referral_id in {referral.id for referral in self._chains.chain(came_in_on)}:
-            return
+            return False
         self.detach(state)
         state.referral_id, state.routing = came_in_on, routing
         state.receiver_agency_id = self._chains.rows[came_in_on].receiver_agency_id
-        state.packaged = bool(self.session.scalar(select(exists().where(
-            Holder.referral_id == came_in_on, Holder.packaged.is_(True)))))
         state.changed = True
         self._link_to_came_in_on(came_in_on, state)
+        return True
+
+    def _mark_packages(self, waiting: list[HolderState]) -> None:
+        """Holders that went to wait on a declined case: on a package if others on it are
+        (one query for them all)."""
+        on = sorted({state.referral_id for state in waiting})
+        packages = set(self.session.scalars(select(Holder.referral_id).where(
+            Holder.referral_id.in_(on), Holder.packaged.is_(True)).distinct())) if on else set()
+        for state in waiting:
+            state.packaged = state.referral_id in packages
 
     def _link_to_came_in_on(self, referral_id: int, state: HolderState) -> None:
-        """Link a holder to the sent referral its case came in on (once: it may have waited
-        there before), which then matches anew."""
-        if not self.session.scalar(select(exists().where(
-                referral_subjects.c.referral_id == referral_id, referral_subjects.c.subject_id == state.subject_id))):
-            self.links.append((referral_id, state))
+        """Link a holder to the sent referral its case came in on (`write_links` leaves out a
+        link there already: it may have waited there before), which then matches anew."""
+        self._came_in_on_links[(referral_id, state.id)] = state
         self.came_in_on.add(referral_id)
 
     def detach(self, state: HolderState, *, into: HolderState | None = None) -> None:
@@ -468,6 +493,14 @@ class Router:
         return ids
 
     def write_links(self) -> None:
+        wanted = {(referral_id, state.subject_id): state
+                  for (referral_id, _holder), state in self._came_in_on_links.items()}
+        if wanted:
+            there = set(self.session.execute(select(referral_subjects.c.referral_id, referral_subjects.c.subject_id)
+                                             .where(referral_subjects.c.referral_id.in_({r for r, _ in wanted}),
+                                                    referral_subjects.c.subject_id.in_({s for _, s in wanted}))))
+            self.links += [(referral_id, state) for (referral_id, subject_id), state in sorted(
+                wanted.items(), key=itemgetter(0)) if (referral_id, subject_id) not in there]
         if self.unlinks:
             self.session.execute(
                 delete(referral_subjects).where(
