@@ -190,11 +190,15 @@ def filtered(query, filters: TrailFilters):
     return query.order_by(AuditEntry.seq.desc())
 
 
+def with_names(query):
+    """`filtered` entries as rows of the entry and the names of its user and agency, joined in the
+    same query; a name is None where the entry names nobody, or someone no longer in the
+    directory (the trail outlives its users)."""
+    return (query.add_columns(User.name.label("user_name"), Agency.name.label("agency_name"))
+            .outerjoin(User, User.id == AuditEntry.user_id)
+            .outerjoin(Agency, Agency.id == AuditEntry.agency_id))
+
+
 def trail_page(session: Session, query, page: int, per_page: int) -> Page:
-    """One page of `filtered` entries, newest first, as rows of the entry and the names of its
-    user and agency, joined in the same query; a name is None where the entry names nobody, or
-    someone no longer in the directory (the trail outlives its users)."""
-    named = (query.add_columns(User.name.label("user_name"), Agency.name.label("agency_name"))
-             .outerjoin(User, User.id == AuditEntry.user_id)
-             .outerjoin(Agency, Agency.id == AuditEntry.agency_id))
-    return paginate(session, named, page, per_page)
+    """One page of `filtered` entries, newest first, named as `with_names` names them."""
+    return paginate(session, with_names(query), page, per_page)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from datetime import timedelta
 
@@ -368,6 +370,22 @@ def test_the_trail_names_each_entrys_user_and_agency_without_a_lookup_per_row(ap
     rows = re.findall(r"<tr><td>\d+</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>", page)
     assert len(rows) > 10 and ("admin a", "Alpha Police") in rows and ("-", "-") in rows  # the directory's setup
     assert len(full_page) == len(one_entry)
+
+
+def test_the_export_names_each_entrys_user_and_agency_beside_their_ids(app, web_world):
+    Browser(app.test_client()).login("liaison.b@example.org")
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    user_id = web_world.users["b_liaison"].id
+    with statements(app) as one_entry:
+        text = admin.get(f"/admin/audit.csv?action=auth.login&user_id={user_id}").get_data(as_text=True)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["user_id"], r["user"], r["agency"], r["action"]) for r in rows] == [
+        (str(user_id), "liaison b", "Bravo Police", "auth.login")]
+    with statements(app) as whole_trail:
+        rows = list(csv.DictReader(io.StringIO(admin.get("/admin/audit.csv").get_data(as_text=True))))
+    assert len(rows) > 10 and {(r["user"], r["agency"]) for r in rows} >= {("admin a", "Alpha Police"), ("", "")}
+    assert len(whole_trail) == len(one_entry)
 
 
 def test_an_export_too_large_is_refused_whole_rather_than_cut(app, web_world, monkeypatch):

@@ -209,16 +209,17 @@ AUDIT_EXPORT_MAX = 100_000
 @_manager_or_admin
 def audit_export():
     form, query = _audit_query()
-    rows = db.session.scalars(query.limit(AUDIT_EXPORT_MAX + 1)).all()
+    rows = db.session.execute(audit.with_names(query).limit(AUDIT_EXPORT_MAX + 1)).all()
     if len(rows) > AUDIT_EXPORT_MAX:  # a cut trail would pass for the whole one
         flash(f"More than {AUDIT_EXPORT_MAX:,} entries match these filters. Narrow the dates or the action, "
               "and export each part.", "error")
         return redirect(url_for("admin.audit_trail", **filter_args(form)), 303)
     audit.record(db.session, current_actor(), "audit.export", detail={"rows": len(rows), "filters": request.args.to_dict()})
     body = to_csv(
-        ["seq", "at_utc", "user_id", "agency_id", "address", "action", "object_type", "object_id", "outcome", "detail", "hash"],
-        ([e.seq, e.at.isoformat(), e.user_id, e.agency_id, e.address, e.action, e.object_type, e.object_id,
-          e.outcome, e.detail, e.hash] for e in rows),
+        ["seq", "at_utc", "user_id", "user", "agency_id", "agency", "address", "action", "object_type", "object_id",
+         "outcome", "detail", "hash"],
+        ([e.seq, e.at.isoformat(), e.user_id, user_name, e.agency_id, agency_name, e.address, e.action,
+          e.object_type, e.object_id, e.outcome, e.detail, e.hash] for e, user_name, agency_name in rows),
     )
     return Response(body, mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=handoff-audit.csv"})
