@@ -1,4 +1,4 @@
-"""Flask CLI commands: migrate, demo, users, audit."""
+"""Flask CLI commands: migrate, demo, users, audit, deconfliction, import-tip."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo_command)
     app.cli.add_command(users_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(deconfliction_cli)
     app.cli.add_command(import_tip_command)
 
 
@@ -158,6 +159,21 @@ def audit_verify() -> None:
         click.echo(f"Audit trail BROKEN at entry {result.first_broken_seq}: {result.reason} "
                    f"({result.checked} entries verified before it).", err=True)
         sys.exit(1)
+
+
+deconfliction_cli = AppGroup("deconfliction", help="Matching identifiers across referrals.")
+
+
+@deconfliction_cli.command("recheck-common")
+def deconfliction_recheck_common() -> None:
+    """Bring the common-identifier marks in line with HANDOFF_COMMON_IDENTIFIER_THRESHOLD and
+    with what referrals hold now; keys no longer common raise their hits."""
+    from app.services import deconfliction
+
+    result = deconfliction.recheck_common(db.session, SYSTEM)
+    db.session.commit()
+    click.echo(f"{result.marked} identifiers marked common ({result.newly_marked} newly); "
+               f"{result.unmarked} no longer common, raising {len(result.hits)} new hits.")
 
 
 # --- provider tips ----------------------------------------------------------------------------

@@ -106,6 +106,31 @@ def test_audit_verify_notices_tampering(app, web_world):
     assert broken.exit_code == 1 and f"entry {seq}" in broken.output
 
 
+def test_deconfliction_recheck_common_applies_a_changed_threshold(app, web_world):
+    from app.models import CommonIdentifier
+    from app.services import subjects
+    from tests.factories import make_referral
+
+    app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+    with app.app_context():
+        for sender, receiver in (("a", "b"), ("c", "i"), ("b", "a")):
+            referral = make_referral(db.session, web_world, "draft", sender=sender, receiver=receiver)
+            subjects.add_subject(db.session, web_world.actor(f"{sender}_liaison"), referral.id, "Account holder",
+                                 "192.0.2.220")
+        db.session.commit()
+        assert db.session.scalar(select(func.count()).select_from(Hit)) == 1  # the third came when it was common
+        assert db.session.scalars(select(CommonIdentifier.value)).all() == ["192.0.2.220"]
+    app.config["COMMON_IDENTIFIER_THRESHOLD"] = 3
+    result = app.test_cli_runner().invoke(args=["deconfliction", "recheck-common"])
+    assert result.exit_code == 0, result.output
+    assert "0 identifiers marked common (0 newly); 1 no longer common, raising 2 new hits." in result.output
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Hit)) == 3
+        assert db.session.scalars(select(CommonIdentifier)).all() == []
+        assert db.session.scalar(select(func.count()).select_from(AuditEntry)
+                                 .where(AuditEntry.action == "deconfliction.recheck_common")) == 1
+
+
 # --- import-tip ---------------------------------------------------------------------------------
 
 def import_tip(app, path, *options):

@@ -134,3 +134,23 @@ def test_agencies_copied_on_sqlite_keep_the_rows_that_refer_to_them(empty_databa
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
     engine.dispose()
     assert _diff(empty_database) == []
+
+
+def test_common_identifiers_keep_their_counts_as_case_count(empty_database):
+    """0015 renames common_identifiers.referral_count to case_count; the marks keep their
+    counts, both ways."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0014")
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO common_identifiers (match_key, kind, platform, value, referral_count, "
+                          "marked_at, updated_at) VALUES ('k1', 'ip', NULL, '192.0.2.1', 7, '2026-12-01', "
+                          "'2026-12-01')"))
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT case_count FROM common_identifiers")).scalar_one() == 7
+    engine.dispose()
+    command.downgrade(config, "0014")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT referral_count FROM common_identifiers")).scalar_one() == 7
+    engine.dispose()

@@ -158,8 +158,8 @@ class CommonIdentifier(Base):
     referral and the referrals its transfers made are one case.
 
     It raises no hits. Marked when deconfliction meets it, unmarked when deconfliction meets
-    it no longer common; listed for admins with its canonical value, since a value this
-    widespread identifies no one case.
+    it no longer common (or when an administrator rechecks every mark); listed for admins
+    with its canonical value, since a value this widespread identifies no one case.
     """
 
     __tablename__ = "common_identifiers"
@@ -168,6 +168,6 @@ class CommonIdentifier(Base):
     kind: Mapped[IdentifierKind] = mapped_column(identifier_kind_column())
     platform: Mapped[str | None] = mapped_column(String(32))
     value: Mapped[str] = mapped_column(String(320))
-    referral_count: Mapped[int]  # the cases holding it when last met
+    case_count: Mapped[int]  # the cases holding it when last met
     marked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

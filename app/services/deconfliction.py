@@ -46,6 +46,7 @@ from app.models import (
     NotificationCursor,
     NotificationKind,
     Referral,
+    Role,
     Subject,
     User,
     referral_subjects,
@@ -379,7 +380,7 @@ def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int, 
 
 
 def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
-                 now: datetime | None = None, since: datetime | None = None) -> RefreshResult:
+                 now: datetime | None = None, since: datetime | None = None, keys=None) -> RefreshResult:
     """Match the identifiers of these referrals against every referral's and record what is
     new: hits, matched identifiers of each side, notifications, common identifiers. `now`
     stamps them (the time of the step that matched: an import's, or the demo's replay).
@@ -388,6 +389,7 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     identifiers written since, and every identifier of a subject linked to them since, besides
     the common keys they hold. What they held before was matched when it came, and a step
     that adds a few holders to a package of thousands matches those few, not the package.
+    With `keys` (a select of match keys), only the identifiers of those keys are matched.
 
     A key marked common that no longer is (fewer cases hold it, or the threshold was raised)
     loses its mark, and raises its hits between every two referrals holding it, these or not:
@@ -407,7 +409,8 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
                CommonIdentifier.match_key.is_not(None).label("marked"))
         .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
         .outerjoin(CommonIdentifier, CommonIdentifier.match_key == Identifier.match_key)
-        .where(referral_subjects.c.referral_id.in_(ids), *gained_since(since))
+        .where(referral_subjects.c.referral_id.in_(ids), *gained_since(since),
+               *([] if keys is None else [Identifier.match_key.in_(keys)]))
     ).all()
     if not own_rows:
         return result
@@ -422,11 +425,11 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
         statement = dialect_insert(session, CommonIdentifier.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["match_key"],
-            set_={"referral_count": statement.excluded.referral_count, "updated_at": statement.excluded.updated_at},
+            set_={"case_count": statement.excluded.case_count, "updated_at": statement.excluded.updated_at},
         )
         session.execute(statement, [
             {"match_key": key, "kind": row.kind, "platform": row.platform, "value": row.value,
-             "referral_count": batch.counts[key], "marked_at": now, "updated_at": now}
+             "case_count": batch.counts[key], "marked_at": now, "updated_at": now}
             for key, row in sorted(sample.items())
         ])
         result.common = sorted(batch.common)
@@ -530,6 +533,53 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     result.created = sorted(created_ids)
     result.updated = updated_ids
     _audit_refresh(session, actor, ids, result)
+    return result
+
+
+@dataclass
+class RecheckResult:
+    marked: int = 0  # keys marked common afterwards
+    newly_marked: int = 0
+    unmarked: int = 0  # no longer common, or held by nobody
+    hits: list[int] = field(default_factory=list)  # hits raised by the keys unmarked
+
+
+def recheck_common(session: Session, actor: Actor, *, now: datetime | None = None) -> RecheckResult:
+    """Bring every common mark in line with what referrals hold now and with the threshold now,
+    not only the keys a step meets (`refresh_hits`): a marked key nobody holds any more loses
+    its mark; a marked key no longer common loses it and raises its hits between all its
+    holders; a key over a lowered threshold is marked. For an administrator after changing the
+    threshold (`flask --app wsgi deconfliction recheck-common`).
+
+    One aggregate over the held identifiers finds the keys more referrals than the threshold
+    hold; the referrals holding those or a marked key are then matched on those keys only,
+    in slices of ids."""
+    if actor.user is not None and actor.user.role != Role.ADMIN:
+        raise Forbidden("Only administrators recheck common identifiers.")
+    now = now or utcnow()
+    threshold = settings(session).common_threshold
+    before = set(session.scalars(select(CommonIdentifier.match_key)))
+    held = (select(Identifier.match_key)
+            .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id))
+    session.execute(delete(CommonIdentifier).where(
+        ~held.where(Identifier.match_key == CommonIdentifier.match_key).exists()))
+    over = (held.group_by(Identifier.match_key)
+            .having(func.count(distinct(referral_subjects.c.referral_id)) > threshold))
+    keys = select(CommonIdentifier.match_key).union(over)
+    holding = session.scalars(
+        select(distinct(referral_subjects.c.referral_id))
+        .join(Identifier, Identifier.subject_id == referral_subjects.c.subject_id)
+        .where(Identifier.match_key.in_(keys)).order_by(referral_subjects.c.referral_id)
+    ).all()
+    result = RecheckResult()
+    for start in range(0, len(holding), IN_LIST_MAX):
+        part = refresh_hits(session, actor, holding[start:start + IN_LIST_MAX], now=now, keys=keys)
+        result.hits += part.created
+    after = set(session.scalars(select(CommonIdentifier.match_key)))
+    result.marked, result.newly_marked, result.unmarked = len(after), len(after - before), len(before - after)
+    audit.record(session, actor, "deconfliction.recheck_common", detail={
+        "threshold": threshold, "marked": result.marked, "newly_marked": result.newly_marked,
+        "unmarked": result.unmarked, "new_hits": len(result.hits)})
     return result
 
 
@@ -909,9 +959,9 @@ def blind_check(
 
 def list_common_identifiers(session: Session, actor: Actor, page: int = 1, per_page: int = 50):
     """Common identifiers, for admins."""
-    if actor.user is None or actor.user.role.value != "admin":
+    if actor.user is None or actor.user.role != Role.ADMIN:
         raise Forbidden("Only administrators see common identifiers.")
-    shown = paginate(session, select(CommonIdentifier), page, per_page, CommonIdentifier.referral_count.desc(),
+    shown = paginate(session, select(CommonIdentifier), page, per_page, CommonIdentifier.case_count.desc(),
                      CommonIdentifier.match_key)
     return shown.items, shown.total
 

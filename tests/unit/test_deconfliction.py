@@ -369,7 +369,7 @@ def test_an_identifier_held_by_more_than_the_threshold_is_common(any_app, sessio
     add(session, world, rb, "b", "192.0.2.200", "b-only@example.org")
     assert count(session, Hit) == 1  # no hit for the third holder
     [common] = session.scalars(select(CommonIdentifier)).all()
-    assert (common.kind, common.value, common.referral_count) == (IdentifierKind.IP, "192.0.2.200", 3)
+    assert (common.kind, common.value, common.case_count) == (IdentifierKind.IP, "192.0.2.200", 3)
     result = dc.blind_check(session, world.actor("i_liaison"), "192.0.2.200")
     assert result.lines[0].outcome == dc.CheckOutcome.COMMON and result.lines[0].contacts == []
     items, total = dc.list_common_identifiers(session, world.actor("a_admin"))
@@ -394,7 +394,7 @@ def test_a_key_no_longer_common_raises_its_hits_between_every_two_holders(any_ap
     first, second, third, fourth, fifth = holders
     assert {(h.referral_low_id, h.referral_high_id) for h in session.scalars(select(Hit))} == {
         (first.id, second.id), (first.id, third.id), (second.id, third.id)}
-    assert session.scalar(select(CommonIdentifier.referral_count)) == 5
+    assert session.scalar(select(CommonIdentifier.case_count)) == 5
     if cause == "threshold raised":
         any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 5
     else:  # say, routing moved their holders elsewhere
@@ -425,6 +425,50 @@ def test_a_key_no_longer_common_raises_its_hits_between_every_two_holders(any_ap
     assert '"no_longer_common": 1' in entry.detail
     if cause == "threshold raised":  # the first and the fourth, both Alpha's, are a possible duplicate
         assert hits_between(session, first, fourth)[0].is_duplicate
+
+
+def test_rechecking_common_marks_follows_the_threshold_and_what_is_held(any_app, session, world):
+    """Under a threshold of 3, an address of five referrals and one of four are marked common;
+    an address of three is not. The four let the second address go, and no step meets it again:
+    a recheck clears its mark. Lowered to 2, the three's address is marked though no step met
+    it; raised to 5, the five's address is unmarked and raises every missing pair's hit."""
+    any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 3
+    pairs = (("a", "b"), ("c", "i"), ("b", "a"), ("a", "c"), ("c", "a"))
+    five = [make_referral(session, world, "draft", sender=s, receiver=r) for s, r in pairs]
+    for n, (referral, (sender, _)) in enumerate(zip(five, pairs)):
+        add(session, world, referral, sender, "192.0.2.210", label=f"Five {n}")
+    four = [make_referral(session, world, "draft", sender=s, receiver=r) for s, r in pairs[:4]]
+    left = [add(session, world, referral, sender, "192.0.2.211", label=f"Four {n}")
+            for n, (referral, (sender, _)) in enumerate(zip(four, pairs))]
+    three = [make_referral(session, world, "draft", sender=s, receiver=r) for s, r in pairs[:3]]
+    for n, (referral, (sender, _)) in enumerate(zip(three, pairs)):
+        add(session, world, referral, sender, "192.0.2.212", label=f"Three {n}")
+    marked = lambda: set(session.scalars(select(CommonIdentifier.value)))  # noqa: E731
+    assert marked() == {"192.0.2.210", "192.0.2.211"}
+    session.execute(referral_subjects.delete().where(referral_subjects.c.subject_id.in_([s.id for s in left])))
+
+    with pytest.raises(Forbidden):
+        dc.recheck_common(session, world.actor("a_manager"))
+    result = dc.recheck_common(session, world.actor("a_admin"))
+    assert marked() == {"192.0.2.210"} and (result.marked, result.newly_marked, result.unmarked) == (1, 0, 1)
+    assert result.hits == []
+
+    any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+    hits_before = count(session, Hit)
+    result = dc.recheck_common(session, world.actor("a_admin"))
+    assert marked() == {"192.0.2.210", "192.0.2.212"} and (result.newly_marked, result.unmarked) == (1, 0)
+    assert session.scalar(select(CommonIdentifier.case_count).where(CommonIdentifier.value == "192.0.2.212")) == 3
+    assert count(session, Hit) == hits_before  # a lowered threshold leaves the hits raised before it
+
+    any_app.config["COMMON_IDENTIFIER_THRESHOLD"] = 5
+    result = dc.recheck_common(session, world.actor("a_admin"))
+    assert marked() == set() and (result.marked, result.unmarked) == (0, 2)
+    expected = {(low.id, high.id) for n, low in enumerate(five) for high in five[n + 1:]}
+    assert expected <= {(h.referral_low_id, h.referral_high_id) for h in session.scalars(select(Hit))}
+    assert len(result.hits) == len(expected) - 3  # the first three's hits were raised when they came
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "deconfliction.recheck_common")
+                            .order_by(AuditEntry.seq.desc())).first()
+    assert '"threshold": 5' in entry.detail and '"unmarked": 2' in entry.detail
 
 
 def test_a_transfer_chain_counts_once_towards_common(any_app, session, world):
@@ -458,7 +502,7 @@ def test_a_transfer_chain_counts_once_towards_common(any_app, session, world):
     add(session, world, bravo, "b", address)
     assert hits_between(session, bravo, original) == [] and hits_between(session, bravo, charlie) == []
     [common] = session.scalars(select(CommonIdentifier)).all()
-    assert common.referral_count == 3  # cases: the chain, Charlie's and Bravo's
+    assert common.case_count == 3  # cases: the chain, Charlie's and Bravo's
     assert dc.blind_check(session, world.actor("b_liaison"), address).lines[0].outcome == dc.CheckOutcome.COMMON
 
 

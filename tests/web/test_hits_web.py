@@ -325,6 +325,27 @@ def test_common_identifiers_are_listed_for_admins(app, browser, web_world):
     assert "Held by too many cases" in _html(response)
 
 
+def test_an_admin_rechecks_the_common_identifiers_after_raising_the_threshold(app, browser, web_world):
+    app.config["COMMON_IDENTIFIER_THRESHOLD"] = 1
+    with app.app_context():
+        for sender, receiver in (("a", "b"), ("c", "i")):
+            referral = make_referral(db.session, web_world, "draft", sender=sender, receiver=receiver)
+            subjects.add_subject(db.session, web_world.actor(f"{sender}_liaison"), referral.id, "Holder", "192.0.2.251")
+        db.session.commit()
+    app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
+    browser.login("admin.a@example.org")
+    assert browser.client.post("/admin/common-identifiers/recheck", data={}).status_code == 400  # no CSRF token
+    assert "192.0.2.251" in _html(browser.get("/admin/common-identifiers"))
+    response = browser.post("/admin/common-identifiers/recheck", {}, token_from="/admin/common-identifiers",
+                            follow_redirects=True)
+    html = _html(response)
+    assert "0 identifiers marked common (0 newly); 1 no longer common, raising 1 new hits." in html
+    assert "192.0.2.251" not in html and "None." in html
+    with app.app_context():
+        [hit] = db.session.scalars(select(Hit)).all()
+        assert {hit.agency_low_id, hit.agency_high_id} == {web_world.agencies["a"].id, web_world.agencies["c"].id}
+
+
 def test_a_transferred_referral_shows_the_same_subjects(app, browser, web_world):
     from app.services import referrals as referrals_service
 

@@ -90,6 +90,7 @@ POLICIES = {
     "hits.acknowledge": scoped(WORKERS),
     "hits.resolve": scoped(WORKERS),
     "hits.common_identifiers": roles("admin"),
+    "hits.recheck_common_identifiers": roles("admin"),
     "admin.agencies": roles("admin"),
     "admin.agency_new": roles("admin"),
     "admin.agency_edit": roles("admin"),

@@ -37,6 +37,10 @@ class ResolveForm(FlaskForm):
     note = TextAreaField("How it was agreed", validators=[DataRequired(), Length(max=NOTE_MAX)])
 
 
+class RecheckCommonForm(FlaskForm):
+    """One button: bring every common mark in line with the threshold."""
+
+
 class BlindCheckForm(FlaskForm):
     identifiers = TextAreaField(
         "Identifiers, one per line",

@@ -14,7 +14,7 @@ from app.services.access import get_visible_hit
 from app.services.identifiers import IdentifierKind
 from app.web import current_actor, filter_args, flash_refused, form_refused, form_status, roles_required
 from app.web.hits import bp
-from app.web.hits.forms import AcknowledgeForm, BlindCheckForm, HitFilterForm, ResolveForm
+from app.web.hits.forms import AcknowledgeForm, BlindCheckForm, HitFilterForm, RecheckCommonForm, ResolveForm
 
 
 @bp.route("/hits")
@@ -143,4 +143,16 @@ def common_identifiers():
     items, total = service.list_common_identifiers(db.session, current_actor(), page=page, per_page=LIST_PAGE_SIZE)
     pages = max(1, -(-total // LIST_PAGE_SIZE))
     return render_template("hits/common.html", items=items, total=total, page=min(page, pages), pages=pages,
-                           threshold=current_app.config["COMMON_IDENTIFIER_THRESHOLD"])
+                           threshold=current_app.config["COMMON_IDENTIFIER_THRESHOLD"], recheck=RecheckCommonForm())
+
+
+@bp.route("/admin/common-identifiers/recheck", methods=["POST"])
+@admin_required
+def recheck_common_identifiers():
+    if not RecheckCommonForm().validate_on_submit():
+        flash("The form could not be read; try again.", "error")
+    else:
+        result = service.recheck_common(db.session, current_actor())
+        flash(f"{result.marked} identifiers marked common ({result.newly_marked} newly); {result.unmarked} no longer "
+              f"common, raising {len(result.hits)} new hits.")
+    return redirect(url_for("hits.common_identifiers"), 303)
