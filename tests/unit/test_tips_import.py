@@ -1664,6 +1664,104 @@ def test_new_accounts_of_a_holder_on_a_sent_referral_are_recorded_and_its_receiv
     assert session.get(Referral, sent.id).events[-1].id == event.id
 
 
+def _closed(session, world, referral_id: int) -> Referral:
+    """The lead's referral sent, worked by agency b (acknowledged, accepted, an outcome) and closed."""
+    if session.get(Referral, referral_id).status is Status.DRAFT:
+        referrals.transition(session, world.actor("c_liaison"), referral_id, "send", None)
+    bravo = world.actor("b_liaison")
+    for action in ("acknowledge", "accept"):
+        referrals.transition(session, bravo, referral_id, action, None)
+    referrals.record_outcome(session, bravo, referral_id, referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
+    return referrals.transition(session, bravo, referral_id, "close", None)
+
+
+def test_new_accounts_of_a_holder_on_an_open_referral_reach_its_receiver_not_the_review_list(session, world):
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    run_import(session, world, tip(account(7, email="p@example.org")), file_name="later.csv")
+    session.expire_all()
+    assert (session.get(Holder, holder.id).referral_id, session.get(Holder, holder.id).needs_review) == (sent.id,
+                                                                                                       False)
+    told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert [(n.kind, n.referral_id) for n in told] == [(NotificationKind.REFERRAL_UPDATED, sent.id)]
+
+
+def test_new_accounts_of_a_holder_on_a_closed_referral_wait_on_the_review_list_saying_why(session, world):
+    """The case is closed and stays so: nobody is told through it, and the new accounts do not
+    vanish either. The lead agency's review list holds the holder and says why."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    closed = _closed(session, world, sent.id)
+    events_before = len(closed.events)
+    run_import(session, world, tip(account(7, email="p@example.org")), file_name="later.csv")
+    session.expire_all()
+    waiting = session.get(Holder, holder.id)
+    assert (waiting.referral_id, waiting.needs_review) == (closed.id, True)
+    assert not holder_of(session, world, "acc2").needs_review  # its package fellow gained nothing
+    referral = session.get(Referral, closed.id)
+    assert (referral.status, len(referral.events)) == (Status.CLOSED, events_before)
+    told, _total = deconfliction.list_notifications(session, world.users["b_liaison"], mark_seen=False)
+    assert NotificationKind.REFERRAL_UPDATED not in {n.kind for n in told}
+    lead = world.users["c_liaison"]
+    listed = holder_service.review_list(session, lead, holder_service.HolderFilters()).items
+    assert [h.id for h in listed] == [holder.id]
+    why = f"1 new account after its referral {closed.reference} was closed by {world.agencies['b'].name}"
+    assert holder_service.review_reasons(session, lead, listed) == {holder.id: why}
+    # A later import that brings nothing new about it leaves the reason as it was.
+    run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="q@example.org")))
+    session.expire_all()
+    assert holder_service.review_reasons(session, lead, [session.get(Holder, holder.id)]) == {holder.id: why}
+
+
+def test_a_holder_on_a_closed_referral_a_person_places_goes_on_a_new_draft(session, world):
+    """Routed again from the review list: a new draft to the country's agency, which may be the
+    one that closed the case; the closed referral stays closed and keeps the holder in its
+    history."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    closed = _closed(session, world, sent.id)
+    run_import(session, world, tip(account(7, email="p@example.org")), file_name="later.csv")
+    decision = holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "AU",
+                                               "New accounts after the closed case: refer again.")
+    assert (decision.moved, decision.stays_sent) == (True, None)
+    session.expire_all()
+    routed = session.get(Holder, holder.id)
+    draft = session.get(Referral, routed.referral_id)
+    assert (draft.status, draft.receiver_agency_id, draft.jurisdiction, routed.needs_review) == (
+        Status.DRAFT, world.agencies["b"].id, "AU", False)
+    assert draft.id != closed.id and draft.events[0].action == "create"
+    assert session.get(Referral, closed.id).status is Status.CLOSED
+    on_closed = session.scalars(select(referral_subjects.c.subject_id).where(
+        referral_subjects.c.referral_id == closed.id)).all()
+    assert holder.subject_id in on_closed
+    assert holder_service.review_list(session, world.users["c_liaison"], holder_service.HolderFilters()).total == 0
+
+
+@pytest.mark.parametrize("closed_part", ["older", "younger"])
+def test_a_merge_with_a_holder_on_a_closed_referral_waits_on_the_review_list(session, world, closed_part):
+    """The case of one part was closed; a later account shows both parts are one person. The
+    merged holder waits on the closed case, on the review list, whichever part is older."""
+    run_import(session, world, tip(account(1, email="left@example.org", uploads_a="12"),
+                                   account(2, username="righty", uploads_b="1")))
+    older, younger = holder_of(session, world, "acc1"), holder_of(session, world, "acc2")
+    assert older.referral_id != younger.referral_id  # a draft of its own, and a package
+    closed = _closed(session, world, (older if closed_part == "older" else younger).referral_id)
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.id, merged.referral_id, merged.needs_review) == (older.id, closed.id, True)
+    assert session.get(Referral, closed.id).status is Status.CLOSED
+    lead = world.users["c_liaison"]
+    assert [h.id for h in holder_service.review_list(session, lead, holder_service.HolderFilters()).items] == [
+        merged.id]
+    assert holder_service.review_reasons(session, lead, [merged])[merged.id] == (
+        f"1 new account and a merge with holder {younger.label} after its referral {closed.reference} was closed "
+        f"by {world.agencies['b'].name}")
+    # Placed by a person, it goes on a new draft, as a holder alone would.
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), merged.subject_id, "AU")
+    session.expire_all()
+    draft = session.get(Referral, session.get(Holder, merged.id).referral_id)
+    assert (draft.status, draft.receiver_agency_id) == (Status.DRAFT, world.agencies["b"].id)
+    assert session.get(Referral, closed.id).status is Status.CLOSED
+
+
 def test_an_agency_that_passed_a_case_on_is_no_party_to_it_but_to_what_it_records(session, world):
     """Bravo passed the package on to the Intl Bureau. What the holder holds, then or after a
     later import, meets Alpha's referral through the lead's original, whose sender is the one

@@ -119,8 +119,8 @@ def list_referral_references(session: Session, user, holders: Iterable[Holder]) 
 
 def review_list(session: Session, user, filters: HolderFilters, per_page: int = 25) -> Page:
     """Holders waiting for a person to decide their jurisdiction, for the lead agency: their
-    evidence names more than one country (or none), or their referral went wrong
-    (`review_reasons`); least certain first."""
+    evidence names more than one country (or none), their referral went wrong, or they gained
+    accounts after their case was closed (`review_reasons`); least certain first."""
     filters.review = True
     query = _filtered(led_holders(user), filters)
     return _holder_page(session, query, filters.page, per_page, Holder.confidence, Holder.operation_id, Holder.number)
@@ -128,18 +128,28 @@ def review_list(session: Session, user, filters: HolderFilters, per_page: int = 
 
 def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, str]:
     """Why each of these holders waits for a person: the referral it is on (declined, also
-    after transfers, transferred onward, or sent for another country than its evidence's), as
-    the person deciding sees those referrals, else its evidence."""
+    after transfers, closed before the holder gained accounts or a merge, transferred onward,
+    or sent for another country than its evidence's), as the person deciding sees those
+    referrals, else its evidence."""
     chains = referrals.TransferChains(
         lambda condition: session.scalars(visible_referrals(user).where(condition)).unique())
     chains.load(h.referral_id for h in holders)
+    closed_at = {}
+    for holder in holders:
+        now = chains.where_now(holder.referral_id)
+        if now is not None and now.status is Status.CLOSED:
+            closed_at[holder.id] = now.closed_at
+    gained = _gained_since(session, user, closed_at)
     reasons = {}
     for holder in holders:
         chain = chains.chain(holder.referral_id)
         referral, now = (chain[0], chain[-1]) if chain else (None, None)
+        transfer = f" (transferred from {referral.reference})" if now is not referral else ""
         if now is not None and now.status is Status.DECLINED:
-            transfer = f" (transferred from {referral.reference})" if now is not referral else ""
             reasons[holder.id] = f"{now.reference}{transfer} was declined by {now.receiver.name}"
+        elif holder.id in gained:
+            reasons[holder.id] = (f"{gained[holder.id]} after its referral {now.reference}{transfer} was closed by "
+                                  f"{now.receiver.name}")
         elif referral is not None and referral.status is Status.TRANSFERRED:
             reasons[holder.id] = f"{referral.reference} was transferred onward by {referral.receiver.name}"
         elif (referral is not None and referral.status is not Status.DRAFT
@@ -151,6 +161,42 @@ def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, s
         else:
             reasons[holder.id] = "its accounts name no country"
     return reasons
+
+
+def _gained_since(session: Session, user, since: dict[int, datetime]) -> dict[int, str]:
+    """What each holder gained after its time in `since` (by holder id: when its case was
+    closed), in words: accounts of later imports and holders merged into it, as far as the
+    user's agency leads their operation; holders that gained nothing are left out. Two
+    queries for them all."""
+    if not since:
+        return {}
+    ids = sorted(since)
+    tips = visible_tips(user).with_only_columns(Tip.id, Tip.imported_at).subquery()
+    accounts: Counter = Counter()
+    for holder_id, imported_at, n in session.execute(
+        select(TipAccount.holder_id, tips.c.imported_at, func.count())
+        .join(tips, tips.c.id == TipAccount.tip_id)
+        .where(TipAccount.holder_id.in_(ids)).group_by(TipAccount.holder_id, tips.c.imported_at)
+    ):
+        if imported_at >= since[holder_id]:
+            accounts[holder_id] += n
+    merged: dict[int, list[str]] = {}
+    for into, number, merged_at in session.execute(
+        led_holders(user).with_only_columns(Holder.merged_into_id, Holder.number, Holder.merged_at)
+        .where(Holder.merged_into_id.in_(ids)).order_by(Holder.number)
+    ):
+        if merged_at >= since[into]:
+            merged.setdefault(into, []).append(holder_label(number))
+    gained = {}
+    for holder_id in ids:
+        parts = []
+        if accounts[holder_id]:
+            parts.append(f"{accounts[holder_id]} new account{'s' if accounts[holder_id] != 1 else ''}")
+        if holder_id in merged:
+            parts.append(f"a merge with holder {', '.join(merged[holder_id])}")
+        if parts:
+            gained[holder_id] = " and ".join(parts)
+    return gained
 
 
 @dataclass
@@ -354,16 +400,19 @@ def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetim
     return holder
 
 
-def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, news: str | None = None) -> Decision:
+def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, news: str | None = None,
+             placed: bool = False) -> Decision:
     """Route one holder again after a decision, exactly as an import would (after a decision
-    on its jurisdiction, it may go back to an agency that declined it: the person knew). A
-    holder that stays on a sent referral tells its receiver the `news` of the decision, if
-    any, as an import tells what it added."""
+    on its jurisdiction, it may go back to an agency that declined it: the person knew). One a
+    person `placed` (set its jurisdiction) leaves a closed case for a new draft
+    (`Router.reroute_closed`). A holder that stays on a sent referral tells its receiver the
+    `news` of the decision, if any, as an import tells what it added."""
     session.flush()
     row = session.execute(select(*HOLDER_STATE_COLUMNS).where(Holder.id == holder.id)).one()
     state = state_from_row(row)
     before = state.referral_id
-    router = Router(session, actor, holder.operation, holder.operation.lead_agency_id, now=now)
+    router = Router(session, actor, holder.operation, holder.operation.lead_agency_id, now=now,
+                    reroute_closed=placed)
     router.plan([state])
     router.create_drafts()
     session.execute(update(Holder.__table__).where(Holder.__table__.c.id == holder.id).values(
@@ -409,7 +458,7 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
     news = (f"holder {holder.label}: jurisdiction set to {countries.name(code)} by the lead agency"
             f"{' (it was ' + countries.name(previous) + ')' if previous else ''}."
             if code != previous else None)
-    decision = _reroute(session, actor, holder, now, news=news)
+    decision = _reroute(session, actor, holder, now, news=news, placed=True)
     audit.record(session, actor, "tip.holder_jurisdiction", "holder", holder.id, detail={
         "label": holder.label, "from": previous, "to": code, "note": note,
         "referral": decision.holder.referral_id,

@@ -14,6 +14,8 @@ into one draft per receiving agency, jurisdiction and priority (for a focal poin
 per agency and priority; an international body gets one per country it stands in for).
 Only drafts move: a holder whose referral was sent stays where it went. A holder is not
 routed to an agency that declined its case or a merged part's (`Router._load_declines`).
+A closed case takes nothing more: a holder on one that gains accounts or a merge waits on the
+review list, and a person's decision on its jurisdiction routes it again (`reroute_closed`).
 
 Every draft the pipeline creates, changes or discards gets its history event and audit entry,
 as `referrals.create_draft` would write them, but in bulk.
@@ -116,8 +118,9 @@ class HolderState:
     routing: HolderRouting = HolderRouting.UNPLACED
     receiver_agency_id: int | None = None
     changed: bool = False
-    # Routing wants a person to look: the agency it would go to declined it, or it joined a
-    # sent referral of another jurisdiction than its own (a merge).
+    # Routing wants a person to look: the agency it would go to declined it, it joined a sent
+    # referral of another jurisdiction than its own (a merge), or it gained accounts or a merge
+    # after its case was closed.
     for_review: bool = False
     placed_at: datetime | None = None  # when a person last set its jurisdiction
     new: bool = False  # made by this step: no referral has held it
@@ -172,16 +175,21 @@ class RouteResult:
 class Router:
     """Plan, then write: `plan` decides in memory, `create_drafts` inserts the new referrals
     (before the holders that point at them), `write_links` updates referral_subjects (after
-    the subjects exist), `finish` recomputes the drafts' figures and records their history."""
+    the subjects exist), `finish` recomputes the drafts' figures and records their history.
+
+    With `reroute_closed` (a person set the holder's jurisdiction), a holder whose case was
+    closed is routed again like one on no referral: the closed referral keeps it in its
+    history, and its new material goes out on a new draft."""
 
     def __init__(self, session: Session, actor: Actor, operation: Operation, importer_id: int,
-                 *, now: datetime | None = None, directory: Directory | None = None):
+                 *, now: datetime | None = None, directory: Directory | None = None, reroute_closed: bool = False):
         self.session = session
         self.actor = actor
         self.operation = operation
         self.importer_id = importer_id
         self.now = now or utcnow()
         self.directory = directory or load_directory(session, importer_id)
+        self.reroute_closed = reroute_closed
         self.new_drafts: list[_Draft] = []
         self.unlinks: list[tuple[int, int]] = []  # (referral_id, subject_id)
         self.links: list[tuple[_Draft | int, HolderState]] = []
@@ -234,9 +242,16 @@ class Router:
     def stays(self, referral_id: int | None) -> bool:
         """Whether a holder on this referral stays on it: it was sent, and neither it nor a
         referral it was transferred on to was declined or withdrawn (a holder on one of those is
-        routed again, like a holder on none)."""
+        routed again, like a holder on none), nor closed when routing `reroute_closed`."""
         current = self._chains.where_now(referral_id)
-        return current is not None and current.status not in (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN)
+        routed_again = (Status.DRAFT, Status.DECLINED, Status.WITHDRAWN,
+                        *((Status.CLOSED,) if self.reroute_closed else ()))
+        return current is not None and current.status not in routed_again
+
+    def closed(self, referral_id: int | None) -> bool:
+        """Whether the case of this referral (read already) was closed, where transfers took it."""
+        current = self._chains.where_now(referral_id)
+        return current is not None and current.status is Status.CLOSED
 
     def follow_sent(self, merges: list[tuple[HolderState, list[HolderState]]]) -> dict[int, tuple[Priority, int]]:
         """Each merged holder (survivor, absorbed parts) stays on a sent referral one of its
@@ -354,7 +369,9 @@ class Router:
         """Route these holders. One that would go to an agency that declined its case or a
         merged part's, or passed such a case on to one that declined, is held back: it waits
         on that case, on the review list, unless a person placed it knowing of the decline
-        (`_load_declines`)."""
+        (`_load_declines`). One that stays on a closed case is marked `for_review`: the import
+        routing it brought it accounts or a merge, which a closed case takes no news of, so it
+        waits there, on the review list, for a person to route it again."""
         self._chains.load(state.referral_id for state in states)
         self._load_declines([state for state in states if not self.stays(state.referral_id)])
         packages = self._load_packages()
@@ -362,7 +379,10 @@ class Router:
         for state in states:
             routing, receiver = target(self.directory, state.jurisdiction)
             if self.stays(state.referral_id):
-                continue  # sent already: it stays where it went
+                # Sent already: it stays where it went. A closed case hears no news
+                # (`record_updates`), so a person decides about what it gained.
+                state.for_review = state.for_review or self.closed(state.referral_id)
+                continue
             chain = self._chains.chain(state.referral_id)
             current = chain[-1] if chain else None
             came_in_on = self._held_back.get(state.id, {}).get(receiver)
@@ -699,7 +719,8 @@ class Router:
         """Tell the receivers of these sent referrals (by id: where each case is now) what an
         import added to them (`note`): an `update` step in the history both agencies read, a
         notification and an audit entry, written in bulk as `referrals.escalate_priority`
-        writes its own. Referrals no longer open are left alone."""
+        writes its own. Referrals no longer open are left alone: the holders an import adds to
+        on a closed one wait on the review list instead (`plan`)."""
         events, messages, entries = [], [], []
         ids = sorted(notes)
         for start in range(0, len(ids), 5000):
