@@ -1687,7 +1687,8 @@ def test_new_accounts_of_a_holder_on_an_open_referral_reach_its_receiver_not_the
 
 def test_new_accounts_of_a_holder_on_a_closed_referral_wait_on_the_review_list_saying_why(session, world):
     """The case is closed and stays so: nobody is told through it, and the new accounts do not
-    vanish either. The lead agency's review list holds the holder and says why."""
+    vanish either. The lead agency's review list holds the holder and says why; the holder's
+    page says it too, to the lead agency only."""
     holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
     closed = _closed(session, world, sent.id)
     events_before = len(closed.events)
@@ -1705,6 +1706,8 @@ def test_new_accounts_of_a_holder_on_a_closed_referral_wait_on_the_review_list_s
     assert [h.id for h in listed] == [holder.id]
     why = f"1 new account after its referral {closed.reference} was closed by {world.agencies['b'].name}"
     assert holder_service.review_reasons(session, lead, listed) == {holder.id: why}
+    assert holder_service.view_holder(session, world.actor("c_liaison"), holder.subject_id).review_reason == why
+    assert holder_service.view_holder(session, world.actor("b_liaison"), holder.subject_id).review_reason is None
     # A later import that brings nothing new about it leaves the reason as it was.
     run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="q@example.org")))
     session.expire_all()

@@ -630,6 +630,43 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
     assert bad.status_code == 422
 
 
+def test_the_review_list_says_a_holder_gained_accounts_after_its_referral_was_closed(app, web_world):
+    """Bravo closed the case; a later tip brings the holder another account. The lead's review
+    list and holder page say why it waits, and placing it from the list routes it again into a
+    new draft; Bravo's page of the holder does not give the lead's reason."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
+    subject_id = _holder_subject(app, "acc1")
+    with app.app_context():
+        lead, bravo = _actor(LEAD), _actor("liaison.b@example.org")
+        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
+        referrals.transition(db.session, lead, referral_id, "send", None)
+        for action in ("acknowledge", "accept"):
+            referrals.transition(db.session, bravo, referral_id, action, None)
+        referrals.record_outcome(db.session, bravo, referral_id,
+                                 referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
+        closed = referrals.transition(db.session, bravo, referral_id, "close", None)
+        why = f"1 new account after its referral {closed.reference} was closed by {closed.receiver.name}"
+        db.session.commit()
+    _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
+    page = browser.get("/tips/review").get_data(as_text=True)
+    assert f"/tips/holders/{subject_id}" in page and f"<td>{why}</td>" in page
+    assert f"On the review list</dt><dd>{why}</dd>" in browser.get(f"/tips/holders/{subject_id}").get_data(
+        as_text=True)
+    assert why not in _login(app, "liaison.b@example.org").get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    seen = _seen(browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True))
+    response = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction", data={
+        "csrf_token": csrf_token_from(page), "seen": seen, "country": "AU", "back": "review"})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/tips/review")
+    assert "The holder was routed again." in browser.get("/tips/review").get_data(as_text=True)
+    with app.app_context():
+        holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject_id))
+        draft = db.session.get(Referral, holder.referral_id)
+        assert (draft.status.value, draft.receiver_agency_id, holder.needs_review) == (
+            "draft", web_world.agencies["b"].id, False)
+        assert db.session.get(Referral, referral_id).status.value == "closed"
+
+
 def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1, email="r1@example.org", uploads_a="1"), account(2, email="r2@example.org", uploads_b="1"))

@@ -285,6 +285,7 @@ class HolderView:
     referrals: list[Referral]  # referrals the holder sits on that the user may see
     can_decide: bool
     evidence_countries: list[tuple[str, int]]
+    review_reason: str | None = None  # why it is on the review list, for the lead agency
 
 
 def can_decide(user, holder: Holder) -> bool:
@@ -345,8 +346,11 @@ def view_holder(session: Session, actor: Actor, subject_id: int) -> HolderView:
                                      .order_by(Referral.id)).unique())
     audit.record(session, actor, "tip.holder_view", "holder", holder.id, detail={"label": holder.label})
     evidence = sorted((holder.evidence or {}).items(), key=lambda item: (-item[1], item[0]))
+    # The review list is the lead agency's: so is why a holder is on it.
+    review_reason = (review_reasons(session, user, [holder])[holder.id]
+                     if lead and holder.needs_review and holder.merged_into_id is None else None)
     return HolderView(holder, accounts, shared, common, merged_from, merged_into, referrals,
-                      can_decide(user, holder), evidence)
+                      can_decide(user, holder), evidence, review_reason)
 
 
 # --- decisions by the lead agency ----------------------------------------------------------------
