@@ -264,8 +264,8 @@ def test_import_tip_stopped_with_its_workers_while_it_reads_or_writes(any_app, s
 
 
 def test_import_tip_validation_workers_end_quietly_under_its_sigterm_handling(monkeypatch, capfd):
-    """The pool ends its workers with SIGTERM: the command's handling of one (noting it, to stop
-    the import at its next step) must not reach them, or they would outlive the pool."""
+    """Workers end on SIGTERM: the command's handling of one (noting it, to stop the import at
+    its next step) must not reach them, or they would outlive the pool."""
     monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
     data = ("platform,account_id\n" + "".join(f"instagram,{n}\n" for n in range(3000))).encode()
     with _stopping_at_the_next_step():

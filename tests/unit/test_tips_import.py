@@ -13,6 +13,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -585,6 +587,53 @@ def test_an_image_hidden_by_json_escapes_is_found_in_any_chunk_of_a_large_file(m
     with pytest.raises(reader.MediaInTip) as found:
         validation.validate(("\n".join(lines) + "\n").encode(), "jsonl", b"k", workers=2, chunk_bytes=2000)
     assert found.value.line == 251
+
+
+def _validate_in_thread(*args, **kwargs):
+    """`validation.validate` in a daemon thread: (outcome, finished within a minute), so that a
+    validation waiting for ever fails the test instead of hanging the run."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(validation.validate(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test as it is
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    return (outcome or [None])[0], not thread.is_alive()
+
+
+def test_a_worker_ended_from_outside_breaks_the_validation_instead_of_leaving_it_waiting(monkeypatch):
+    """A worker killed as it reads a chunk (the machine out of memory, a person's kill) ends the
+    import with an error; a multiprocessing pool waited for its answer for ever."""
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    read = reader.read
+
+    def read_and_die(stream, *args, line_offset=0, **kwargs):
+        if line_offset > 1000:  # in a worker: fork copies this patch
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(stream, *args, line_offset=line_offset, **kwargs)
+
+    monkeypatch.setattr(reader, "read", read_and_die)
+    data = ("platform,account_id\n" + "".join(f"instagram,{n}\n" for n in range(3000))).encode()
+    outcome, finished = _validate_in_thread(data, "csv", b"k", workers=2, chunk_bytes=2000)
+    assert finished and isinstance(outcome, BrokenProcessPool)
+
+
+def test_a_bad_chunk_ends_the_validation_every_time(monkeypatch):
+    """An image found in a chunk raises while other chunks are still being read: the workers are
+    let go at once, every time (a terminated multiprocessing pool hung now and then, waiting on
+    its own queue's lock)."""
+    lines = [json.dumps({"platform": "discord", "account_id": f"acc{n}"}) for n in range(300)]
+    lines[150] = r'{"platform": "discord", "account_id": "x", "photo": ["\u0064ata:image/png;base64,iVBO"]}'
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    for _ in range(40):
+        outcome, finished = _validate_in_thread(("\n".join(lines) + "\n").encode(), "jsonl", b"k", workers=2,
+                                                chunk_bytes=1000)
+        assert finished and isinstance(outcome, reader.MediaInTip) and outcome.line == 151
 
 
 def test_backslashes_that_hide_no_image_are_imported(session, world):

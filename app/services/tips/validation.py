@@ -24,6 +24,8 @@ import re
 import signal
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -100,22 +102,34 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
     if parallel:
         _load_phone_metadata()  # once here, not once per worker: forked workers share it
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(min(workers, len(tasks)), initializer=_start_worker) as pool:
-            parts = pool.imap(_read_chunk, tasks)
-            for task in tasks:
-                while True:
-                    try:
-                        part = parts.next(timeout=PROGRESS_EVERY)
-                        break
-                    except multiprocessing.TimeoutError:
-                        # Said again while a chunk is read, so that the caller may stop here (the
-                        # command line, on Ctrl-C): a worker ended from outside never answers.
-                        if progress:
-                            progress("validate", done, total)
-                _merge(result, part, task)
-                done += len(task[2])
+        # An executor, not multiprocessing.Pool: a Pool left early (a bad chunk raised, a stop)
+        # is terminated, and its terminate can wait for ever on a queue lock; a worker ended
+        # from outside leaves a Pool waiting too, where an executor says it broke.
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_start_worker) as pool:
+            futures = [pool.submit(_read_chunk, task) for task in tasks]
+            try:
+                for future, task in zip(futures, tasks):
+                    while True:
+                        try:
+                            part = future.result(timeout=PROGRESS_EVERY)
+                            break
+                        except TimeoutError:
+                            # Said again while a chunk is read, so that the caller may stop here
+                            # (the command line, on Ctrl-C).
+                            if progress:
+                                progress("validate", done, total)
+                    _merge(result, part, task)
+                    done += len(task[2])
+                    if progress:
+                        progress("validate", done, total)
+            except BrokenProcessPool:
+                # The workers were ended from outside: a stop the caller noted says so first.
                 if progress:
                     progress("validate", done, total)
+                raise
+            finally:
+                for future in futures:  # left early: the chunks not started are not read
+                    future.cancel()
     else:
         for task in tasks:
             _merge(result, _read_chunk(task), task)
@@ -133,9 +147,10 @@ def _start_worker() -> None:
     # Workers are short-lived and build millions of small acyclic objects: the cyclic garbage
     # collector only slows them down.
     gc.disable()
-    # The pool ends its workers with SIGTERM: whatever the importing process does on one (the
-    # command line stops the import at its next step), a worker just ends; and Ctrl-C, which
-    # reaches every process of the terminal's group, is the importing process's to act on.
+    # A SIGTERM (a broken pool's end, or a service manager's to the whole process group) ends a
+    # worker, whatever the importing process does on one (the command line stops the import at
+    # its next step); and Ctrl-C, which reaches every process of the terminal's group, is the
+    # importing process's to act on.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
