@@ -1187,6 +1187,7 @@ def test_a_provider_timestamp_shows_its_time_in_the_viewers_zone(app, web_world)
     page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
     # 03:30 UTC on 2 March is 22:30 on 1 March in New York.
     assert "<td>2020-03-01 05:15 EST – 2020-03-01 22:30 EST</td>" in page, re.search(r"<td>[^<]*–[^<]*</td>", page)
+    assert "<th>Seen (a day as the provider gave it; a time in America/New_York)</th>" in page  # not "UTC"
     _import(app, browser, web_world.operation.id, tip(account(2, first_seen="2020-03-01", last_seen="2020-03-02")))
     page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc2')}").get_data(as_text=True)
     assert "<td>2020-03-01 – 2020-03-02</td>" in page  # not the day before, as New York would have it
