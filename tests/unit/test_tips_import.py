@@ -47,12 +47,13 @@ from app.models import (
     User,
     referral_subjects,
 )
-from app.services import Conflict, DomainError, NotFound, audit, deconfliction, directory, referrals, subjects
+from app.services import Conflict, DomainError, Forbidden, NotFound, audit, deconfliction, directory, referrals, subjects
 from app.services.access import get_visible_holder, own_hit_matches, visible_holders, visible_referrals, visible_tips
 from app.services.audit import Actor
 from app.services.identifiers import IdentifierKind
 from app.services.tips import holders as holder_service
 from app.services.tips import files, reader, validation
+from app.services.tips.holders import ReviewReason
 from app.services.tips.importer import PAUSE_ENV, TipRejected, import_tip
 from tests.factories import make_referral
 
@@ -1384,7 +1385,7 @@ def test_a_declined_holder_waits_for_a_person_and_is_not_sent_back_to_the_declin
     assert session.get(Holder, holder.id).needs_review  # on the review list at once
     lead = world.users["c_liaison"]
     listed = holder_service.review_list(session, lead, holder_service.HolderFilters()).items
-    assert holder_service.review_reasons(session, lead, listed)[holder.id] == (
+    assert holder_service.review_reasons(session, lead, listed)[holder.id].text == (
         f"{sent.reference} was declined by {world.agencies['b'].name}")
     drafts_before = count(session, Referral)
     # New accounts of the holder, still pointing to the country that declined it: no new draft.
@@ -1570,7 +1571,7 @@ def test_a_holder_whose_referral_was_transferred_and_then_declined_is_not_strand
     session.expire_all()
     assert session.get(Holder, holder.id).needs_review
     lead = world.users["c_liaison"]
-    assert holder_service.review_reasons(session, lead, [session.get(Holder, holder.id)])[holder.id] == (
+    assert holder_service.review_reasons(session, lead, [session.get(Holder, holder.id)])[holder.id].text == (
         f"{onward.reference} (transferred from {sent.reference}) was declined by {world.agencies['i'].name}")
     # Routing would send it back to the agency that passed it on: it waits for a person instead.
     drafts_before = count(session, Referral)
@@ -1754,13 +1755,14 @@ def test_new_accounts_of_a_holder_on_a_closed_referral_wait_on_the_review_list_s
     listed = holder_service.review_list(session, lead, holder_service.HolderFilters()).items
     assert [h.id for h in listed] == [holder.id]
     why = f"1 new account after its referral {closed.reference} was closed by {world.agencies['b'].name}"
-    assert holder_service.review_reasons(session, lead, listed) == {holder.id: why}
-    assert holder_service.view_holder(session, world.actor("c_liaison"), holder.subject_id).review_reason == why
+    assert holder_service.review_reasons(session, lead, listed) == {holder.id: ReviewReason(why, closed_case=True)}
+    assert holder_service.view_holder(session, world.actor("c_liaison"), holder.subject_id).review_reason.text == why
     assert holder_service.view_holder(session, world.actor("b_liaison"), holder.subject_id).review_reason is None
     # A later import that brings nothing new about it leaves the reason as it was.
     run_import(session, world, tip(account(7, email="p@example.org"), account(8, email="q@example.org")))
     session.expire_all()
-    assert holder_service.review_reasons(session, lead, [session.get(Holder, holder.id)]) == {holder.id: why}
+    assert holder_service.review_reasons(session, lead, [session.get(Holder, holder.id)]) == {
+        holder.id: ReviewReason(why, closed_case=True)}
 
 
 def test_a_holder_on_a_closed_referral_a_person_places_goes_on_a_new_draft(session, world):
@@ -1786,6 +1788,36 @@ def test_a_holder_on_a_closed_referral_a_person_places_goes_on_a_new_draft(sessi
     assert holder_service.review_list(session, world.users["c_liaison"], holder_service.HolderFilters()).total == 0
 
 
+def test_a_holder_left_with_its_closed_case_leaves_the_review_list_until_it_gains_again(session, world):
+    """The lead agency judges the new material no reason to refer again: the holder stays on
+    the closed referral, off the review list, and the decision is on the audit trail. Material
+    a later import brings puts it back. Only a closed case's holder can be left so."""
+    holder, sent = _sent_package(session, world, datetime.now(timezone.utc))
+    closed = _closed(session, world, sent.id)
+    lead = world.actor("c_liaison")
+    with pytest.raises(DomainError, match="set its jurisdiction instead"):  # not on the list yet
+        holder_service.leave_with_closed_case(session, lead, holder.subject_id)
+    run_import(session, world, tip(account(7, email="p@example.org")), file_name="later.csv")
+    with pytest.raises(Forbidden):
+        holder_service.leave_with_closed_case(session, world.actor("b_liaison"), holder.subject_id)
+    with pytest.raises(Conflict):  # decided on a page older than the import
+        holder_service.leave_with_closed_case(session, lead, holder.subject_id, seen_at=holder.created_at)
+    holder_service.leave_with_closed_case(session, lead, holder.subject_id, "Already charged; nothing new.",
+                                          seen_at=session.get(Holder, holder.id).updated_at)
+    session.expire_all()
+    left = session.get(Holder, holder.id)
+    assert (left.referral_id, left.needs_review) == (closed.id, False)
+    assert session.get(Referral, closed.id).status is Status.CLOSED
+    assert holder_service.review_list(session, lead.user, holder_service.HolderFilters()).total == 0
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "tip.holder_left_closed")).one()
+    assert "Already charged; nothing new." in entry.detail and "1 new account" in entry.detail
+    run_import(session, world, tip(account(9, email="p@example.org")), file_name="later still.csv")
+    session.expire_all()
+    assert session.get(Holder, holder.id).needs_review
+    why = holder_service.review_reasons(session, lead.user, [session.get(Holder, holder.id)])[holder.id]
+    assert why.closed_case and why.text.startswith("2 new accounts after its referral")
+
+
 @pytest.mark.parametrize("closed_part", ["older", "younger"])
 def test_a_merge_with_a_holder_on_a_closed_referral_waits_on_the_review_list(session, world, closed_part):
     """The case of one part was closed; a later account shows both parts are one person. The
@@ -1803,7 +1835,7 @@ def test_a_merge_with_a_holder_on_a_closed_referral_waits_on_the_review_list(ses
     lead = world.users["c_liaison"]
     assert [h.id for h in holder_service.review_list(session, lead, holder_service.HolderFilters()).items] == [
         merged.id]
-    assert holder_service.review_reasons(session, lead, [merged])[merged.id] == (
+    assert holder_service.review_reasons(session, lead, [merged])[merged.id].text == (
         f"1 new account and a merge with holder {younger.label} after its referral {closed.reference} was closed "
         f"by {world.agencies['b'].name}")
     # Placed by a person, it goes on a new draft, as a holder alone would.
@@ -1901,7 +1933,7 @@ def test_a_merged_holder_joining_a_referral_of_another_country_goes_to_review(se
     merged = session.get(Holder, left.id)
     assert (merged.referral_id, merged.jurisdiction, merged.needs_review) == (sent.id, "NZ", True)
     lead = world.users["c_liaison"]
-    assert holder_service.review_reasons(session, lead, [merged])[merged.id] == (
+    assert holder_service.review_reasons(session, lead, [merged])[merged.id].text == (
         f"on {sent.reference}, sent for Australia; its accounts point elsewhere")
     assert "it is now placed in New Zealand" in session.get(Referral, sent.id).events[-1].note
 
@@ -1925,7 +1957,7 @@ def test_a_merge_with_a_person_a_receiver_declined_is_held_back_from_it_whicheve
         referral_subjects, referral_subjects.c.referral_id == Referral.id).where(
         referral_subjects.c.subject_id == merged.subject_id, Referral.status == Status.DRAFT)).all()
     assert drafts_with_it == []
-    reason = holder_service.review_reasons(session, world.users["c_liaison"], [merged])[merged.id]
+    reason = holder_service.review_reasons(session, world.users["c_liaison"], [merged])[merged.id].text
     assert reason == f"{declined.reference} was declined by {world.agencies['b'].name}"
 
 
@@ -2006,7 +2038,7 @@ def test_a_merged_holder_stays_held_back_from_a_part_s_decliner_in_later_imports
     merged = session.get(Holder, merged.id)
     assert (merged.jurisdiction, merged.referral_id, merged.needs_review) == ("NZ", by_alpha.id, True)
     assert _drafts_holding(session, merged) == []
-    reason = holder_service.review_reasons(session, world.users["c_liaison"], [merged])[merged.id]
+    reason = holder_service.review_reasons(session, world.users["c_liaison"], [merged])[merged.id].text
     assert reason == f"{by_alpha.reference} was declined by {world.agencies['a'].name}"
 
     run_import(session, world, tip(*(account(n, email="left@example.org") for n in range(7, 12))), file_name="d.csv")
@@ -2527,8 +2559,6 @@ def test_only_the_lead_agency_and_the_receivers_see_holders_and_tips(session, wo
     assert session.scalars(visible_holders(world.users["a_admin"])).all() == []
     assert session.scalars(visible_tips(world.users["b_manager"])).all() == []
     assert len(session.scalars(visible_tips(world.users["c_viewer"])).all()) == 1
-    from app.services import Forbidden
-
     with pytest.raises(Forbidden):  # b sees the holder, but only the lead agency decides
         holder_service.set_jurisdiction(session, world.actor("b_liaison"), holder.subject_id, "NZ")
     with pytest.raises(Forbidden):  # the receiving agency cannot import into another's operation

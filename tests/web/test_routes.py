@@ -125,6 +125,7 @@ POLICIES = {
     "tips.holder": lambda role, scope: "login" if role is None else 404,
     "tips.set_jurisdiction": lambda role, scope: "login" if role is None else 404,
     "tips.set_risk": lambda role, scope: "login" if role is None else 404,
+    "tips.leave_closed": lambda role, scope: "login" if role is None else 404,
 }
 
 

@@ -667,6 +667,46 @@ def test_the_review_list_says_a_holder_gained_accounts_after_its_referral_was_cl
         assert db.session.get(Referral, referral_id).status.value == "closed"
 
 
+def test_a_holder_is_left_with_its_closed_case_from_the_review_list_or_its_page(app, web_world):
+    """The review list offers to leave a closed case's holder where it is (its other rows do
+    not); leaving it takes it off the list and keeps the list's filters. The holder page offers
+    the same with a note."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org"),
+                                                      account(3, ip_country="NZ", email="w3@example.org")))
+    subject_id = _holder_subject(app, "acc1")
+    with app.app_context():
+        lead, bravo = _actor(LEAD), _actor("liaison.b@example.org")
+        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
+        referrals.transition(db.session, lead, referral_id, "send", None)
+        for action in ("acknowledge", "accept"):
+            referrals.transition(db.session, bravo, referral_id, action, None)
+        referrals.record_outcome(db.session, bravo, referral_id,
+                                 referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
+        referrals.transition(db.session, bravo, referral_id, "close", None)
+        db.session.commit()
+    _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
+    filtered = f"operation={web_world.operation.id}"
+    page = browser.get(f"/tips/review?{filtered}").get_data(as_text=True)
+    tie = _holder_subject(app, "acc3")  # on the list for its evidence: nothing to leave
+    assert f'/tips/holders/{tie}"' in page and f"/tips/holders/{tie}/leave-closed" not in page
+    assert f"/tips/holders/{subject_id}/leave-closed" in page
+    holder_page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    assert "Leave with the closed case" in holder_page
+    stale = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
+        "csrf_token": csrf_token_from(page), "seen": "2020-01-01T00:00:00+00:00"}, follow_redirects=True)
+    assert "Someone else changed this account holder meanwhile" in stale.get_data(as_text=True)
+    response = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
+        "csrf_token": csrf_token_from(page), "seen": _seen(holder_page), "back": "review", "back_operation": web_world.operation.id})
+    assert response.status_code == 303 and response.headers["Location"].endswith(f"/tips/review?{filtered}")
+    listed = browser.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Left with its closed case" in listed and f"/tips/holders/{subject_id}\"" not in listed
+    assert "Leave with the closed case" not in browser.get(f"/tips/holders/{tie}").get_data(as_text=True)
+    with app.app_context():
+        holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject_id))
+        assert (holder.referral_id, holder.needs_review) == (referral_id, False)
+
+
 def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1, email="r1@example.org", uploads_a="1"), account(2, email="r2@example.org", uploads_b="1"))

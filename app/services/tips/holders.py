@@ -126,7 +126,18 @@ def review_list(session: Session, user, filters: HolderFilters, per_page: int = 
     return _holder_page(session, query, filters.page, per_page, Holder.confidence, Holder.operation_id, Holder.number)
 
 
-def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, str]:
+@dataclass(frozen=True)
+class ReviewReason:
+    text: str
+    # The holder gained material after its case was closed: a person may route it again, or
+    # leave it with the closed case (`leave_with_closed_case`).
+    closed_case: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, ReviewReason]:
     """Why each of these holders waits for a person: the referral it is on (declined, also
     after transfers, closed before the holder gained accounts or a merge, transferred onward,
     or sent for another country than its evidence's), as the person deciding sees those
@@ -146,20 +157,21 @@ def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, s
         referral, now = (chain[0], chain[-1]) if chain else (None, None)
         transfer = f" (transferred from {referral.reference})" if now is not referral else ""
         if now is not None and now.status is Status.DECLINED:
-            reasons[holder.id] = f"{now.reference}{transfer} was declined by {now.receiver.name}"
+            reason = ReviewReason(f"{now.reference}{transfer} was declined by {now.receiver.name}")
         elif holder.id in gained:
-            reasons[holder.id] = (f"{gained[holder.id]} after its referral {now.reference}{transfer} was closed by "
-                                  f"{now.receiver.name}")
+            reason = ReviewReason(f"{gained[holder.id]} after its referral {now.reference}{transfer} was closed by "
+                                  f"{now.receiver.name}", closed_case=True)
         elif referral is not None and referral.status is Status.TRANSFERRED:
-            reasons[holder.id] = f"{referral.reference} was transferred onward by {referral.receiver.name}"
+            reason = ReviewReason(f"{referral.reference} was transferred onward by {referral.receiver.name}")
         elif (referral is not None and referral.status is not Status.DRAFT
               and referral.jurisdiction != holder.jurisdiction):
-            reasons[holder.id] = (f"on {referral.reference}, sent for {countries.name(referral.jurisdiction)}; "
+            reason = ReviewReason(f"on {referral.reference}, sent for {countries.name(referral.jurisdiction)}; "
                                   "its accounts point elsewhere")
         elif holder.evidence:
-            reasons[holder.id] = "its accounts point to more than one country"
+            reason = ReviewReason("its accounts point to more than one country")
         else:
-            reasons[holder.id] = "its accounts name no country"
+            reason = ReviewReason("its accounts name no country")
+        reasons[holder.id] = reason
     return reasons
 
 
@@ -285,7 +297,7 @@ class HolderView:
     referrals: list[Referral]  # referrals the holder sits on that the user may see
     can_decide: bool
     evidence_countries: list[tuple[str, int]]
-    review_reason: str | None = None  # why it is on the review list, for the lead agency
+    review_reason: ReviewReason | None = None  # why it is on the review list, for the lead agency
 
 
 def can_decide(user, holder: Holder) -> bool:
@@ -468,6 +480,28 @@ def set_jurisdiction(session: Session, actor: Actor, subject_id: int, country: s
         "referral": decision.holder.referral_id,
     })
     return decision
+
+
+def leave_with_closed_case(session: Session, actor: Actor, subject_id: int, note: str = "", *,
+                           now: datetime | None = None, seen_at: datetime | None = None) -> Holder:
+    """Take a holder that gained material after its case was closed off the review list, and
+    leave it on the closed referral: the lead agency judged the new material no reason to
+    refer the case again (the note says why, on the audit trail). Material a later import
+    brings puts it back on the list."""
+    holder = _decidable(session, actor, subject_id, seen_at)
+    note = (note or "").strip()
+    if len(note) > NOTE_MAX:
+        raise DomainError(f"At most {NOTE_MAX} characters.", field="note")
+    reason = review_reasons(session, actor.user, [holder])[holder.id] if holder.needs_review else None
+    if reason is None or not reason.closed_case:
+        raise DomainError("Only a holder on the review list for material gained after its case was closed can be "
+                          "left with that case; set its jurisdiction instead.")
+    now = now or utcnow()
+    holder.needs_review = False
+    holder.updated_at = now
+    audit.record(session, actor, "tip.holder_left_closed", "holder", holder.id, detail={
+        "label": holder.label, "referral": holder.referral_id, "reason": reason.text, "note": note})
+    return holder
 
 
 def set_risk_flags(session: Session, actor: Actor, subject_id: int, flags: dict[str, bool], *,

@@ -74,6 +74,10 @@ class JurisdictionForm(SeenHolder, FlaskForm):
         self.country.choices = [("", "Choose...")] + named + countries.choices()
 
 
+class LeaveClosedForm(SeenHolder, FlaskForm):
+    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX)])
+
+
 class RiskForm(SeenHolder, FlaskForm):
     risk_access_to_children = BooleanField("Access to children")
     risk_position_of_authority = BooleanField("Position of authority")

@@ -20,9 +20,9 @@ from app.services.tips import holders as service
 from app.services.tips import files, imports
 from app.services.tips.reader import RowError
 from app.services.tips.routing import RISK_COLUMNS
-from app.web import current_actor, filter_args, form_refused
+from app.web import current_actor, filter_args, flash_refused, form_refused
 from app.web.tips import background, bp
-from app.web.tips.forms import HolderFilterForm, JurisdictionForm, RiskForm, UploadForm
+from app.web.tips.forms import HolderFilterForm, JurisdictionForm, LeaveClosedForm, RiskForm, UploadForm
 
 # The importer's stages, as the status page names them.
 STAGES = {
@@ -192,8 +192,10 @@ def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, stat
     risk_form = risk_form or RiskForm(formdata=None, obj=view.holder)
     for form in (jurisdiction_form, risk_form):
         form.show(view.holder)  # what the page shows now, also after a refused decision
+    leave_form = LeaveClosedForm(formdata=None)
+    leave_form.show(view.holder)
     return render_template("tips/holder.html", view=view, holder=view.holder, jurisdiction_form=jurisdiction_form,
-                           risk_form=risk_form, risk_flags=RISK_FLAGS), status
+                           risk_form=risk_form, leave_form=leave_form, risk_flags=RISK_FLAGS), status
 
 
 @bp.route("/holders/<int:subject_id>")
@@ -234,6 +236,27 @@ def set_jurisdiction(subject_id: int):
     if not form.errors and not form.form_errors:
         form.form_errors.append("The form could not be read; try again.")
     return _render_holder(subject_id, jurisdiction_form=form, status=422)
+
+
+@bp.route("/holders/<int:subject_id>/leave-closed", methods=["POST"])
+@login_required
+def leave_closed(subject_id: int):
+    get_visible_holder(db.session, current_user, subject_id)  # a foreign id answers 404 first
+    _require_worker()
+    form = LeaveClosedForm()
+    if form.validate_on_submit():
+        try:
+            service.leave_with_closed_case(db.session, current_actor(), subject_id, form.note.data or "",
+                                           seen_at=form.seen_at())
+        except DomainError as exc:
+            flash_refused(exc)
+        else:
+            flash("Left with its closed case, off the review list. New material from a later import puts it back.")
+    else:
+        flash("The form could not be read; try again.", "error")
+    if request.form.get("back") == "review":
+        return redirect(url_for("tips.review", **_review_list_args()), 303)
+    return redirect(url_for("tips.holder", subject_id=subject_id), 303)
 
 
 def _review_list_args() -> dict[str, str]:
