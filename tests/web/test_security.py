@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from datetime import timedelta
 
@@ -403,6 +404,33 @@ def test_an_export_too_large_is_refused_whole_rather_than_cut(app, web_world, mo
     monkeypatch.setattr(views, "AUDIT_EXPORT_MAX", 10_000)
     lines = manager.get("/admin/audit.csv?action=auth.login").get_data(as_text=True).splitlines()
     assert len(lines) == 1 + len(_actions(app, "auth.login"))
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("date_from=bad", "From: Not a valid date value."),
+    ("action=auth&date_to=9999-12-31", "To: Choose a date from 2000-01-01 to 2099-12-31."),
+    ("outcome=maybe", "Outcome: Not a valid choice."),
+    ("user_id=abc", "User id: Not a valid integer value."),
+])
+def test_an_export_under_a_filter_not_understood_is_refused_and_not_audited(app, web_world, query, problem):
+    """The page ignores such a filter and says so; a file cannot say so, and would pass for the
+    filtered trail."""
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    response = admin.get(f"/admin/audit.csv?{query}")
+    assert response.status_code == 400 and response.mimetype == "text/html"
+    text = response.get_data(as_text=True)
+    assert "The export was refused: some filters were not understood." in text and problem in text
+    assert _actions(app, "audit.export") == []
+    assert "not understood" not in admin.get("/admin/audit").get_data(as_text=True)  # nothing left to flash
+
+
+def test_the_export_records_the_filters_it_applied(app, web_world):
+    admin = Browser(app.test_client())
+    admin.login("admin.a@example.org")
+    assert admin.get("/admin/audit.csv?action=auth.login&outcome=&page=2&endpoint=x").status_code == 200
+    [entry] = _actions(app, "audit.export")
+    assert json.loads(entry.detail)["filters"] == {"action": "auth.login", "outcome": ""}
 
 
 @pytest.mark.parametrize("role", ["liaison", "viewer"])

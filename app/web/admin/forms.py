@@ -66,3 +66,8 @@ class AuditFilterForm(FlaskForm):
     date_from = DateField("From", validators=[Optional(), plausible_date])
     date_to = DateField("To", validators=[Optional(), plausible_date])
     page = IntegerField("Page", default=1, validators=[Optional()])
+
+    def filter_problems(self) -> list[str]:
+        """What was not understood, filter by filter, after `validate` (a bad page number is no
+        filter: the page shows the first)."""
+        return [f"{f.label.text}: {error}" for f in self if f is not self.page for error in f.errors]
