@@ -18,7 +18,7 @@ from app.extensions import db
 from app.models import AuditEntry, User, UserSession
 from app.services import DomainError
 from app.services.users import check_password
-from tests.conftest import Browser
+from tests.conftest import Browser, committed_world
 from tests.factories import PASSWORD
 from tests.web.statements import statements
 
@@ -404,6 +404,21 @@ def test_an_export_too_large_is_refused_whole_rather_than_cut(app, web_world, mo
     monkeypatch.setattr(views, "AUDIT_EXPORT_MAX", 10_000)
     lines = manager.get("/admin/audit.csv?action=auth.login").get_data(as_text=True).splitlines()
     assert len(lines) == 1 + len(_actions(app, "auth.login"))
+
+
+@pytest.mark.parametrize("user_id", ["9999999999999999999999999", "-9999999999999999999999999", "2147483648", "0"])
+def test_a_user_id_no_user_can_have_is_a_filter_not_understood(any_app, user_id):
+    """Ids run from 1 to 2**31 - 1, the column's range: a number past it failed in the query."""
+    committed_world(any_app)
+    admin = Browser(any_app.test_client())
+    admin.login("admin.a@example.org")
+    page = admin.get(f"/admin/audit?action=auth.login&user_id={user_id}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "Some filters were not understood" in html and 'id="user_id-error"' in html
+    assert "<td>admin a</td><td>Alpha Police</td>" in html  # the sign-in above: the other filters still apply
+    export = admin.get(f"/admin/audit.csv?user_id={user_id}")
+    assert export.status_code == 400 and "User id: No user has this id." in export.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("query, problem", [

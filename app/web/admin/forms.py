@@ -2,13 +2,17 @@ from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField, DateField, EmailField, IntegerField, PasswordField, SelectField, StringField, TextAreaField,
 )
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from app.models import AgencyKind, Role
 from app.services import countries
 from app.services.directory import time_zones
 from app.services.users import MIN_PASSWORD_LENGTH
 from app.web import plausible_date
+
+
+# The ids an INTEGER column holds (as `<int:...>` in a URL): a number past them fails in the query.
+USER_ID_RANGE = NumberRange(min=1, max=2**31 - 1, message="No user has this id.")
 
 
 def optional_int(value):
@@ -62,7 +66,7 @@ class AuditFilterForm(FlaskForm):
     action = StringField("Action starts with", validators=[Optional(), Length(max=64)])
     outcome = SelectField("Outcome", choices=[("", "Any"), ("success", "success"), ("failure", "failure")],
                           validators=[Optional()])
-    user_id = IntegerField("User id", validators=[Optional()])
+    user_id = IntegerField("User id", validators=[Optional(), USER_ID_RANGE])
     date_from = DateField("From", validators=[Optional(), plausible_date])
     date_to = DateField("To", validators=[Optional(), plausible_date])
     page = IntegerField("Page", default=1, validators=[Optional()])
