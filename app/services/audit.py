@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -171,8 +171,16 @@ class TrailFilters:
     action: str | None = None
     outcome: str | None = None
     user_id: int | None = None
-    date_from: datetime | None = None
-    date_to: datetime | None = None
+    # Days in `zone`, both included: the viewer's zone, where the page shows the times.
+    date_from: date | None = None
+    date_to: date | None = None
+    zone: tzinfo = timezone.utc
+
+
+def _day_starts(day: date, zone: tzinfo) -> datetime:
+    """The instant `day` starts in `zone`, in UTC (where a clock change skips midnight, the
+    first time the clocks show)."""
+    return datetime.combine(day, time.min, tzinfo=zone).astimezone(timezone.utc)
 
 
 def filtered(query, filters: TrailFilters):
@@ -184,9 +192,9 @@ def filtered(query, filters: TrailFilters):
     if filters.user_id:
         query = query.where(AuditEntry.user_id == filters.user_id)
     if filters.date_from:
-        query = query.where(AuditEntry.at >= filters.date_from)
+        query = query.where(AuditEntry.at >= _day_starts(filters.date_from, filters.zone))
     if filters.date_to:
-        query = query.where(AuditEntry.at < filters.date_to)
+        query = query.where(AuditEntry.at < _day_starts(filters.date_to + timedelta(days=1), filters.zone))
     return query.order_by(AuditEntry.seq.desc())
 
 

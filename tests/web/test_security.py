@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pyotp
 import pytest
@@ -16,7 +16,7 @@ from app import create_app
 from app.db import utcnow
 from app.extensions import db
 from app.models import AuditEntry, User, UserSession
-from app.services import DomainError
+from app.services import DomainError, audit
 from app.services.users import check_password
 from tests.conftest import Browser, committed_world
 from tests.factories import PASSWORD
@@ -406,6 +406,32 @@ def test_an_export_too_large_is_refused_whole_rather_than_cut(app, web_world, mo
     assert len(lines) == 1 + len(_actions(app, "auth.login"))
 
 
+def test_the_trail_filters_days_in_the_viewers_time_zone(any_app):
+    """The page shows times in the viewer's zone, so From and To are days there: an entry shown
+    at 17:24 on 1 December in Los Angeles is one of that day's, though UTC's 2 December."""
+    world = committed_world(any_app)
+    with any_app.app_context():
+        for action, at in (("test.before", datetime(2026, 12, 1, 7, 30)), ("test.first", datetime(2026, 12, 1, 8, 0)),
+                           ("test.late", datetime(2026, 12, 2, 1, 24)), ("test.after", datetime(2026, 12, 2, 8, 0))):
+            audit.record(db.session, audit.SYSTEM, action)
+            db.session.execute(update(AuditEntry).where(AuditEntry.action == action)
+                               .values(at=at.replace(tzinfo=timezone.utc)))
+        db.session.execute(update(User).where(User.id == world.users["a_admin"].id)
+                           .values(timezone="America/Los_Angeles"))
+        db.session.commit()
+    admin = Browser(any_app.test_client())
+    admin.login("admin.a@example.org")
+    html = admin.get("/admin/audit?action=test.&date_from=2026-12-01&date_to=2026-12-01").get_data(as_text=True)
+    assert "Times in America/Los_Angeles, and From and To are days there" in html
+    shown = re.findall(r"<td>(2026-[^<]*)</td>", html)
+    assert shown == ["2026-12-01 17:24 PST", "2026-12-01 00:00 PST"]
+    text = admin.get("/admin/audit.csv?action=test.&date_from=2026-12-01&date_to=2026-12-01").get_data(as_text=True)
+    assert [(r["action"], r["at_utc"]) for r in csv.DictReader(io.StringIO(text))] == [
+        ("test.late", "2026-12-02T01:24:00+00:00"), ("test.first", "2026-12-01T08:00:00+00:00")]
+    [export] = _actions(any_app, "audit.export")
+    assert json.loads(export.detail)["timezone"] == "America/Los_Angeles"
+
+
 @pytest.mark.parametrize("user_id", ["9999999999999999999999999", "-9999999999999999999999999", "2147483648", "0"])
 def test_a_user_id_no_user_can_have_is_a_filter_not_understood(any_app, user_id):
     """Ids run from 1 to 2**31 - 1, the column's range: a number past it failed in the query."""
@@ -463,8 +489,6 @@ def test_audit_export_neutralises_formulas(app, web_world):
 
 
 def test_pruning_keeps_the_rest_of_the_chain_verifiable(app, web_world):
-    from app.services import audit
-
     with app.app_context():
         session = db.session
         total = session.query(AuditEntry).count()

@@ -1,5 +1,3 @@
-from datetime import datetime, time, timedelta, timezone
-
 from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
@@ -15,6 +13,7 @@ from app.web.admin import bp
 from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
 from app.web.auth.forms import ConfirmForm
 from app.web.auth.views import recent_auth_required
+from app.web.filters import _viewer_zone
 
 
 admin_required = roles_required(Role.ADMIN)
@@ -183,12 +182,10 @@ def _audit_query():
     form = AuditFilterForm(formdata=request.args)
     form.validate()
     value = lambda f: None if f.errors else f.data  # noqa: E731
-    day = lambda d: datetime.combine(d, time.min, tzinfo=timezone.utc) if d else None  # noqa: E731
-    date_to = value(form.date_to)
     filters = audit.TrailFilters(
         action=(value(form.action) or "").strip() or None, outcome=value(form.outcome) or None,
-        user_id=value(form.user_id), date_from=day(value(form.date_from)),
-        date_to=day(date_to + timedelta(days=1)) if date_to else None,
+        user_id=value(form.user_id), date_from=value(form.date_from), date_to=value(form.date_to),
+        zone=_viewer_zone(),  # where the page shows the times, so the days are there too
     )
     return form, audit.filtered(visible_audit_entries(current_user), filters)
 
@@ -220,7 +217,8 @@ def audit_export():
         flash(f"More than {AUDIT_EXPORT_MAX:,} entries match these filters. Narrow the dates or the action, "
               "and export each part.", "error")
         return redirect(url_for("admin.audit_trail", **filter_args(form)), 303)
-    audit.record(db.session, current_actor(), "audit.export", detail={"rows": len(rows), "filters": filter_args(form)})
+    detail = {"rows": len(rows), "filters": filter_args(form), "timezone": _viewer_zone().key}  # the days' zone
+    audit.record(db.session, current_actor(), "audit.export", detail=detail)
     body = to_csv(
         ["seq", "at_utc", "user_id", "user", "agency_id", "agency", "address", "action", "object_type", "object_id",
          "outcome", "detail", "hash"],
