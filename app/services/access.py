@@ -61,12 +61,27 @@ def get_visible_referral(session: Session, user: User, referral_id: int, *, for_
     return referral
 
 
-def visible_operations(user: User) -> Select[tuple[Operation]]:
-    """Operations the user's agency leads or has a visible referral in (EXISTS: no scan of
+def operation_visibility_clause(agency_id: int):
+    """SQL condition: operations an agency leads or has a visible referral in (EXISTS: no scan of
     every visible referral)."""
-    holds_visible = visible_referrals(user).with_only_columns(Referral.id).where(
-        Referral.operation_id == Operation.id).exists()
-    return select(Operation).where(or_(Operation.lead_agency_id == user.agency_id, holds_visible))
+    holds_visible = select(Referral.id).where(
+        visibility_clause(agency_id), Referral.operation_id == Operation.id).exists()
+    return or_(Operation.lead_agency_id == agency_id, holds_visible)
+
+
+def visible_operations(user: User) -> Select[tuple[Operation]]:
+    return select(Operation).where(operation_visibility_clause(user.agency_id))
+
+
+def listed_operations(user: User) -> Select[tuple[Operation, bool]]:
+    """The operations list, as rows of an operation and whether it is one of `visible_operations`:
+    every operation for an administrator, who opens operations for any agency and manages the
+    directory for everyone; those visible for anyone else. Only the list: what an administrator
+    sees in an operation (its referrals, its funnel, the filters that name it) stays their own
+    agency's."""
+    visible = operation_visibility_clause(user.agency_id)
+    query = select(Operation, visible.label("visible"))
+    return query if user.role is Role.ADMIN else query.where(visible)
 
 
 # --- deconfliction ----------------------------------------------------------------------

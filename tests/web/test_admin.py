@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import Agency, Operation, User
+from tests.conftest import Browser, committed_world
 
 AGENCY = {"name": "Delta Police", "kind": "police", "country_code": "FJ", "desk_email": "desk@delta.example.org",
           "desk_phone": "+679 555 0100", "timezone": "Pacific/Fiji"}
@@ -119,3 +120,27 @@ def test_dates_out_of_range_are_named_on_operation_and_audit_forms(app, browser,
         assert trail.status_code == 200 and "Some filters were not understood" in trail.get_data(as_text=True)
         export = browser.get(f"/admin/audit.csv?{query}")
         assert export.status_code == 400 and "Choose a date from 2000-01-01" in export.get_data(as_text=True)
+
+
+def test_admins_list_every_operation_and_managers_their_own(any_app):
+    """An administrator opens operations for any agency, and the list shows them every one; only
+    those their agency takes part in lead on to its referrals, as for anyone else."""
+    web_world = committed_world(any_app)
+    browser = Browser(any_app.test_client())
+    browser.login("admin.a@example.org")
+    response = browser.post("/admin/operations/new", {
+        "code": "reef", "lead_agency_id": web_world.agencies["b"].id, "opened_on": "2026-03-01"},
+        token_from="/admin/operations/new")
+    assert response.status_code == 303 and response.location.endswith("/admin/operations")
+    assert "<td>REEF</td>" in browser.get(response.location).get_data(as_text=True)
+    assert "REEF" not in browser.get("/referrals").get_data(as_text=True)  # no filter of Alpha's referrals
+    # REEF is led by Bravo, LANTERN by Charlie.
+    for email, linked, unlinked in (("admin.a@example.org", set(), {"REEF", "LANTERN"}),
+                                    ("admin.c@example.org", {"LANTERN"}, {"REEF"}),
+                                    ("manager.a@example.org", set(), set()),
+                                    ("manager.b@example.org", {"REEF"}, set())):
+        reader = Browser(any_app.test_client())
+        reader.login(email)
+        listed = reader.get("/admin/operations").get_data(as_text=True)
+        assert {code for code in ("REEF", "LANTERN") if f">{code}</a></td>" in listed} == linked, email
+        assert {code for code in ("REEF", "LANTERN") if f"<td>{code}</td>" in listed} == unlinked, email

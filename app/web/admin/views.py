@@ -4,10 +4,10 @@ from sqlalchemy import select
 
 from app.db import utcnow
 from app.extensions import db
-from app.models import Agency, AgencyKind, Role, User
+from app.models import Agency, AgencyKind, Operation, Role, User
 from app.services import DomainError, audit, directory, users
 from app.services.exports import to_csv
-from app.services.access import visible_audit_entries, visible_operations
+from app.services.access import listed_operations, visible_audit_entries
 from app.web import current_actor, filter_args, form_refused, form_status, passwords, roles_required
 from app.web.admin import bp
 from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
@@ -141,7 +141,7 @@ def user_reset_mfa(user_id: int):
 @bp.route("/operations")
 @login_required
 def operations():
-    rows = db.session.scalars(visible_operations(current_user).order_by("code")).all()
+    rows = db.session.execute(listed_operations(current_user).order_by(Operation.code)).all()
     can_open = current_user.role in (Role.ADMIN, Role.MANAGER)
     return render_template("admin/operations.html", operations=rows, can_open=can_open)
 
