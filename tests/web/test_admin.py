@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 import pytest
 from sqlalchemy import select
 
@@ -144,3 +147,11 @@ def test_admins_list_every_operation_and_managers_their_own(any_app):
         listed = reader.get("/admin/operations").get_data(as_text=True)
         assert {code for code in ("REEF", "LANTERN") if f">{code}</a></td>" in listed} == linked, email
         assert {code for code in ("REEF", "LANTERN") if f"<td>{code}</td>" in listed} == unlinked, email
+
+
+def test_a_new_operation_is_proposed_as_opened_today_where_the_viewer_is(browser, web_world, monkeypatch):
+    """20:00 UTC on 1 March is 09:00 on 2 March in Wellington, Alpha's time zone."""
+    monkeypatch.setattr("app.web.admin.views.utcnow", lambda: datetime(2026, 3, 1, 20, 0, tzinfo=timezone.utc))
+    browser.login("admin.a@example.org")
+    html = browser.get("/admin/operations/new").get_data(as_text=True)
+    assert re.search(r'name="opened_on"[^>]*value="2026-03-02"', html)

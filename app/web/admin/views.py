@@ -155,7 +155,7 @@ def operation_new():
     agencies = _agencies() if current_user.role is Role.ADMIN else [current_user.agency]
     form.lead_agency_id.choices = [(a.id, a.name) for a in agencies]
     if not form.is_submitted():
-        form.opened_on.data = utcnow().date()
+        form.opened_on.data = utcnow().astimezone(_viewer_zone()).date()  # today where the viewer is
         form.lead_agency_id.data = current_user.agency_id
     if form.validate_on_submit():
         try:
