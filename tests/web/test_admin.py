@@ -155,3 +155,19 @@ def test_a_new_operation_is_proposed_as_opened_today_where_the_viewer_is(browser
     browser.login("admin.a@example.org")
     html = browser.get("/admin/operations/new").get_data(as_text=True)
     assert re.search(r'name="opened_on"[^>]*value="2026-03-02"', html)
+
+
+@pytest.mark.parametrize("opened_on, message", [
+    ("2026-02-30", "Not a valid date value."),
+    ("", "This field is required."),
+])
+def test_an_operations_date_is_refused_saying_what_is_wrong(app, browser, web_world, opened_on, message):
+    browser.login("manager.b@example.org")
+    refused = browser.post("/admin/operations/new", {
+        "code": "leap", "lead_agency_id": web_world.agencies["b"].id, "opened_on": opened_on},
+        token_from="/admin/operations/new")
+    assert refused.status_code == 422
+    errors = re.findall(r'<p class="error" id="opened_on-error">([^<]*)</p>', refused.get_data(as_text=True))
+    assert errors == [message]
+    with app.app_context():
+        assert db.session.scalar(select(Operation).where(Operation.code == "LEAP")) is None

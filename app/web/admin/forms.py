@@ -2,7 +2,7 @@ from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField, DateField, EmailField, IntegerField, PasswordField, SelectField, StringField, TextAreaField,
 )
-from wtforms.validators import DataRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from app.models import AgencyKind, Role
 from app.services import countries
@@ -53,7 +53,8 @@ class UserEditForm(FlaskForm):
 class OperationForm(FlaskForm):
     code = StringField("Code name", validators=[DataRequired(), Length(max=64)])
     lead_agency_id = SelectField("Lead agency", coerce=optional_int, validators=[DataRequired()])
-    opened_on = DateField("Opened", validators=[DataRequired(), plausible_date])
+    # InputRequired: DataRequired would replace DateField's "Not a valid date value" (2026-02-30) with "required".
+    opened_on = DateField("Opened", validators=[InputRequired(), plausible_date])
     description = TextAreaField("Description", validators=[Length(max=1000)])
 
 
