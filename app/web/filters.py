@@ -12,7 +12,7 @@ from app.db import utcnow
 from app.services import countries
 
 
-def _viewer_zone() -> ZoneInfo:
+def viewer_zone() -> ZoneInfo:
     name = current_user.display_timezone if current_user.is_authenticated else "UTC"
     try:
         return ZoneInfo(name)
@@ -23,7 +23,7 @@ def _viewer_zone() -> ZoneInfo:
 def localtime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
     if value is None:
         return "-"
-    return value.astimezone(_viewer_zone()).strftime(fmt)
+    return value.astimezone(viewer_zone()).strftime(fmt)
 
 
 def provider_time(value: datetime | None) -> str:

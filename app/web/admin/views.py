@@ -13,7 +13,7 @@ from app.web.admin import bp
 from app.web.admin.forms import AgencyForm, AuditFilterForm, OperationForm, UserCreateForm, UserEditForm
 from app.web.auth.forms import ConfirmForm
 from app.web.auth.views import recent_auth_required
-from app.web.filters import _viewer_zone
+from app.web.filters import viewer_zone
 
 
 admin_required = roles_required(Role.ADMIN)
@@ -155,7 +155,7 @@ def operation_new():
     agencies = _agencies() if current_user.role is Role.ADMIN else [current_user.agency]
     form.lead_agency_id.choices = [(a.id, a.name) for a in agencies]
     if not form.is_submitted():
-        form.opened_on.data = utcnow().astimezone(_viewer_zone()).date()  # today where the viewer is
+        form.opened_on.data = utcnow().astimezone(viewer_zone()).date()  # today where the viewer is
         form.lead_agency_id.data = current_user.agency_id
     if form.validate_on_submit():
         try:
@@ -185,7 +185,7 @@ def _audit_query():
     filters = audit.TrailFilters(
         action=(value(form.action) or "").strip() or None, outcome=value(form.outcome) or None,
         user_id=value(form.user_id), date_from=value(form.date_from), date_to=value(form.date_to),
-        zone=_viewer_zone(),  # where the page shows the times, so the days are there too
+        zone=viewer_zone(),  # where the page shows the times, so the days are there too
     )
     return form, audit.filtered(visible_audit_entries(current_user), filters)
 
@@ -217,7 +217,7 @@ def audit_export():
         flash(f"More than {AUDIT_EXPORT_MAX:,} entries match these filters. Narrow the dates or the action, "
               "and export each part.", "error")
         return redirect(url_for("admin.audit_trail", **filter_args(form)), 303)
-    detail = {"rows": len(rows), "filters": filter_args(form), "timezone": _viewer_zone().key}  # the days' zone
+    detail = {"rows": len(rows), "filters": filter_args(form), "timezone": viewer_zone().key}  # the days' zone
     audit.record(db.session, current_actor(), "audit.export", detail=detail)
     body = to_csv(
         ["seq", "at_utc", "user_id", "user", "agency_id", "agency", "address", "action", "object_type", "object_id",
