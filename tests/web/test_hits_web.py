@@ -164,6 +164,22 @@ def test_acknowledge_and_resolve_with_the_forms(app, browser, web_world):
     assert response.status_code == 303 and "This hit is resolved already." in _html(browser.get(page))
 
 
+@pytest.mark.parametrize("version", ["abc", "1.5", "-1", "\u0661"])
+def test_a_hit_version_that_is_no_number_is_a_stale_page_not_an_error(app, browser, web_world, version):
+    case = _setup(app, web_world)
+    browser.login("liaison.a@example.org")
+    page = f"/hits/{case.hit_id}"
+    response = browser.post(f"{page}/acknowledge", {"version": version}, token_from=page)
+    assert response.status_code == 303
+    assert "This page was out of date" in _html(browser.get(page))
+    response = browser.post(f"{page}/resolve", {"version": version, "lead_agency_id": str(web_world.agencies["a"].id),
+                                                "note": "Alpha leads."}, token_from=page)
+    assert response.status_code == 422 and "This page was out of date" in _html(response)
+    with app.app_context():
+        hit = db.session.get(Hit, case.hit_id)
+        assert hit.status is HitStatus.NEW and hit.acknowledged_low_at is None and hit.acknowledged_high_at is None
+
+
 def test_a_viewer_sees_hits_but_cannot_act(app, browser, web_world):
     case = _setup(app, web_world)
     browser.login("viewer.a@example.org")

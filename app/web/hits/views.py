@@ -15,6 +15,7 @@ from app.services.identifiers import IdentifierKind
 from app.web import current_actor, filter_args, flash_refused, form_refused, form_status, roles_required
 from app.web.hits import bp
 from app.web.hits.forms import AcknowledgeForm, BlindCheckForm, HitFilterForm, RecheckCommonForm, ResolveForm
+from app.web.referrals.forms import STALE_PAGE
 
 
 @bp.route("/hits")
@@ -61,8 +62,9 @@ def acknowledge(hit_id: int):
         abort(403)
     form = AcknowledgeForm()
     back = url_for("hits.detail", hit_id=hit_id)
-    if not form.validate_on_submit():
-        flash("The form expired or was incomplete; try again.", "error")
+    if not form.validate_on_submit():  # a version that is no number is a stale page (page_version)
+        flash(STALE_PAGE if STALE_PAGE in form.version.errors else "The form expired or was incomplete; try again.",
+              "error")
         return redirect(back, 303)
     try:
         service.acknowledge(db.session, current_actor(), hit_id, int(form.version.data))
