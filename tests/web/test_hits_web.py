@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import AuditEntry, Hit, HitStatus, Identifier, Subject
+from app.models import AuditEntry, Hit, HitStatus, Identifier, Notification, Subject
 from app.services import subjects
 from tests.factories import make_referral
 
@@ -152,6 +152,7 @@ def test_acknowledge_and_resolve_with_the_forms(app, browser, web_world):
     assert response.status_code == 303
     html = _html(browser.get(page))
     assert "resolved" in html and "Agreed by phone." in html
+    assert "Resolved. The other agency has been notified." in html
     with app.app_context():
         hit = db.session.get(Hit, case.hit_id)
         assert hit.status is HitStatus.RESOLVED and hit.lead_agency_id == web_world.agencies["c"].id
@@ -225,6 +226,31 @@ def test_same_agency_match_is_shown_as_a_possible_duplicate(app, browser, web_wo
     html = _html(browser.get("/hits"))
     assert "possible duplicate" in html and all(ref in html for ref in refs)
     assert "Your own agency" in html
+
+
+def test_acting_on_a_possible_duplicate_claims_no_notification(app, browser, web_world):
+    with app.app_context():
+        first = make_referral(db.session, web_world, "draft", sender="a", receiver="b")
+        second = make_referral(db.session, web_world, "draft", sender="a", receiver="c")
+        for referral in (first, second):
+            subjects.add_subject(db.session, web_world.actor("a_liaison"), referral.id, "Holder", "192.0.2.78")
+        hit_id = db.session.scalars(select(Hit.id)).one()
+        db.session.commit()
+    browser.login("liaison.a@example.org")
+    page = f"/hits/{hit_id}"
+    assert browser.post(f"{page}/acknowledge", {"version": "1"}, token_from=page).status_code == 303
+    html = _html(browser.get(page))
+    assert "Acknowledged." in html and "notified" not in html
+    with app.app_context():
+        version = db.session.get(Hit, hit_id).version
+    response = browser.post(f"{page}/resolve", {"version": str(version), "lead_agency_id": str(web_world.agencies["a"].id),
+                                                "note": "Kept the first."}, token_from=page)
+    assert response.status_code == 303
+    html = _html(browser.get(page))
+    assert "Resolved." in html and "notified" not in html
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Notification)
+                                 .where(Notification.hit_id == hit_id)) == 1  # the duplicate's, when it appeared
 
 
 # --- subjects on the referral page ----------------------------------------------------------

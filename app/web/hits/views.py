@@ -54,10 +54,16 @@ def detail(hit_id: int):
     return _render_detail(hit_id)
 
 
+def _notified(hit) -> str:
+    """Who heard of the step: the service tells the other party, and a possible duplicate has
+    none (both referrals are the acting agency's)."""
+    return "" if hit.is_duplicate else " The other agency has been notified."
+
+
 @bp.route("/hits/<int:hit_id>/acknowledge", methods=["POST"])
 @login_required
 def acknowledge(hit_id: int):
-    get_visible_hit(db.session, current_user, hit_id)  # a foreign id answers 404, not a form error
+    hit = get_visible_hit(db.session, current_user, hit_id)  # a foreign id answers 404, not a form error
     if not current_user.can_work_referrals:
         abort(403)
     form = AcknowledgeForm()
@@ -71,7 +77,7 @@ def acknowledge(hit_id: int):
     except DomainError as exc:  # refused or stale: nothing is written
         flash_refused(exc)
         return redirect(back, 303)
-    flash("Acknowledged. The other agency has been notified.")
+    flash("Acknowledged." + _notified(hit))
     return redirect(back, 303)
 
 
@@ -95,7 +101,7 @@ def resolve(hit_id: int):
         except DomainError as exc:
             form_refused(form, exc)
         else:
-            flash("Resolved. Both agencies have been notified.")
+            flash("Resolved." + _notified(hit))
             return redirect(url_for("hits.detail", hit_id=hit_id), 303)
     if not form.errors and not form.form_errors:
         form.form_errors.append("The form could not be read; try again.")
