@@ -66,6 +66,8 @@ from app.services import (
 from app.services.access import (
     agency_contacts,
     get_visible_hit,
+    get_visible_referral,
+    let_go_at,
     match_counterparts,
     own_hit_matches,
     visible_hits,
@@ -652,11 +654,11 @@ def _notify_other_party(session: Session, hit: Hit, actor: Actor, kind: Notifica
         session.add(Notification(agency_id=agency_id, kind=kind, hit_id=hit.id, message=message))
 
 
-def _references(session: Session, hit: Hit) -> dict[int, str]:
-    ids = [hit.referral_low_id, hit.referral_high_id]
+def _references(session: Session, referral_ids: Iterable[int]) -> dict[int, str]:
     counterparts = match_counterparts().subquery()
     return dict(session.execute(
-        select(counterparts.c.referral_id, counterparts.c.reference).where(counterparts.c.referral_id.in_(ids))
+        select(counterparts.c.referral_id, counterparts.c.reference)
+        .where(counterparts.c.referral_id.in_(sorted(set(referral_ids))))
     ).all())
 
 
@@ -678,7 +680,7 @@ def acknowledge(session: Session, actor: Actor, hit_id: int, expected_version: i
         hit.status = HitStatus.ACKNOWLEDGED
     hit.updated_at = now
     flush_or_conflict(session, "hit")
-    refs = _references(session, hit)
+    refs = _references(session, (hit.referral_low_id, hit.referral_high_id))
     _notify_other_party(session, hit, actor, NotificationKind.HIT_ACKNOWLEDGED,
                     f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} acknowledged by "
                     f"{actor.user.agency.name}.")
@@ -715,7 +717,7 @@ def resolve(session: Session, actor: Actor, hit_id: int, expected_version: int |
     hit.updated_at = now
     flush_or_conflict(session, "hit")
     session.refresh(hit, ["lead_agency"])
-    refs = _references(session, hit)
+    refs = _references(session, (hit.referral_low_id, hit.referral_high_id))
     _notify_other_party(session, hit, actor, NotificationKind.HIT_RESOLVED,
                     f"Hit {refs[hit.referral_low_id]} / {refs[hit.referral_high_id]} resolved by "
                     f"{actor.user.agency.name}: {hit.lead_agency.name} leads.")
@@ -779,25 +781,39 @@ class HitView:
         return sorted({m.kind_label for m in self.own_matches})
 
 
-def describe(session: Session, user: User, hits: Sequence[Hit]) -> list[HitView]:
-    """The viewer's view of these hits (which must be visible to them): their own referral
-    and own matched identifiers, and the other side's contact card."""
-    if not hits:
-        return []
-    referral_ids = {r for hit in hits for r in (hit.referral_low_id, hit.referral_high_id)}
-    counterparts = match_counterparts().subquery()
-    references = dict(session.execute(
-        select(counterparts.c.referral_id, counterparts.c.reference).where(counterparts.c.referral_id.in_(referral_ids))
-    ).all())
-    agency_ids = {a for hit in hits for a in (hit.agency_low_id, hit.agency_high_id)}
-    contacts = {row.id: row for row in session.execute(agency_contacts(agency_ids))}
+def _match_views(rows) -> dict[int, list[MatchView]]:
+    """Matched identifiers by hit, from rows of (hit_id, kind, platform, raw, value), each
+    once."""
     matches: dict[int, list[MatchView]] = defaultdict(list)
     seen = set()
-    for row in session.execute(own_hit_matches(user, [hit.id for hit in hits])):
+    for row in rows:
         view = MatchView(row.kind, row.platform, row.raw, row.value)
         if (row.hit_id, view) not in seen:
             seen.add((row.hit_id, view))
             matches[row.hit_id].append(view)
+    return matches
+
+
+def _contact_cards(session: Session, hits: Sequence[Hit]):
+    """The contact card of every party to these hits, by agency id."""
+    agency_ids = {a for hit in hits for a in (hit.agency_low_id, hit.agency_high_id)}
+    return {row.id: row for row in session.execute(agency_contacts(agency_ids))}
+
+
+def _contact(card, reference: str) -> Contact:
+    return Contact(card.id, card.name, card.country_code, card.desk_email, card.desk_phone, reference)
+
+
+def describe(session: Session, user: User, hits: Sequence[Hit]) -> list[HitView]:
+    """The viewer's view of these hits (which must be visible to them), sides by the viewer's
+    agency: their own referral and own matched identifiers, and the other side's contact card.
+    For the hits list and a hit's page, whose viewer is a party; a referral's page shows its
+    hits relative to the referral (:func:`hits_for_referral`)."""
+    if not hits:
+        return []
+    references = _references(session, (r for hit in hits for r in (hit.referral_low_id, hit.referral_high_id)))
+    contacts = _contact_cards(session, hits)
+    matches = _match_views(session.execute(own_hit_matches(user, [hit.id for hit in hits])))
     views = []
     for hit in hits:
         sides = hit.sides_of(user.agency_id)
@@ -807,9 +823,7 @@ def describe(session: Session, user: User, hits: Sequence[Hit]) -> list[HitView]
         other = None
         if others:
             side = others[0]
-            card = contacts[hit.agency_id_of(side)]
-            other = Contact(card.id, card.name, card.country_code, card.desk_email, card.desk_phone,
-                            references[hit.referral_id_of(side)])
+            other = _contact(contacts[hit.agency_id_of(side)], references[hit.referral_id_of(side)])
         us_ack = [hit.acknowledged_at_of(s) for s in sides]
         open_ = hit.status is not HitStatus.RESOLVED
         views.append(HitView(
@@ -835,14 +849,75 @@ def view_hit(session: Session, actor: Actor, hit_id: int) -> HitView:
     return describe(session, actor.user, [hit])[0]
 
 
-def hits_for_referral(session: Session, user: User, referral_id: int) -> list[HitView]:
-    """The hits of one referral that the user's agency is a party to."""
+@dataclass
+class ReferralHitView:
+    """A hit on the page of one of its referrals, relative to that referral whichever side the
+    viewer's agency holds: the other referral of the pair (the counterpart: its agency's contact
+    card and its reference) and the identifiers of this referral that matched."""
+
+    id: int
+    status: HitStatus
+    is_duplicate: bool
+    updated_at: datetime
+    counterpart: Contact
+    own_counterpart_id: int | None  # the counterpart's id when the viewer's agency sent it: its page is theirs
+    matches: list[MatchView]
+
+
+def hits_for_referral(session: Session, user: User, referral_id: int) -> list[ReferralHitView]:
+    """The hits of one referral that the user's agency is a party to, each relative to the
+    referral, not to the viewer's agency: a party may open the other party's referral too (as
+    its receiver, or its operation's lead), whose other side is then the party's own."""
+    referral = get_visible_referral(session, user, referral_id)
     hits = session.scalars(
         visible_hits(user)
-        .where(or_(Hit.referral_low_id == referral_id, Hit.referral_high_id == referral_id))
+        .where(or_(Hit.referral_low_id == referral.id, Hit.referral_high_id == referral.id))
         .order_by(Hit.id.desc())
     ).unique().all()
-    return describe(session, user, hits)
+    if not hits:
+        return []
+    counterpart_side = {hit.id: HitSide.HIGH if hit.referral_low_id == referral.id else HitSide.LOW for hit in hits}
+    references = _references(session, (hit.referral_id_of(counterpart_side[hit.id]) for hit in hits))
+    contacts = _contact_cards(session, hits)
+    matches = _matches_on_referral(session, user, referral, [hit.id for hit in hits])
+    views = []
+    for hit in hits:
+        side = counterpart_side[hit.id]
+        counterpart_id, counterpart_agency_id = hit.referral_id_of(side), hit.agency_id_of(side)
+        views.append(ReferralHitView(
+            id=hit.id, status=hit.status, is_duplicate=hit.is_duplicate, updated_at=hit.updated_at,
+            counterpart=_contact(contacts[counterpart_agency_id], references[counterpart_id]),
+            own_counterpart_id=counterpart_id if counterpart_agency_id == user.agency_id else None,
+            matches=matches.get(hit.id, []),
+        ))
+    return views
+
+
+def _matches_on_referral(session: Session, user: User, referral: Referral,
+                         hit_ids: list[int]) -> dict[int, list[MatchView]]:
+    """The identifiers of this referral that matched, on these hits of the user's agency, as far
+    as the referral's page shows its identifiers to the user: once the agency let the
+    referral's subjects go (`access.let_go_at`), what others linked or added to them since is
+    not its to read (as in `subjects.subjects_of`)."""
+    on_referral = or_(and_(HitMatch.side == HitSide.LOW, Hit.referral_low_id == referral.id),
+                      and_(HitMatch.side == HitSide.HIGH, Hit.referral_high_id == referral.id))
+    query = (
+        visible_hits(user)
+        .with_only_columns(HitMatch.hit_id, Identifier.kind, Identifier.platform, Identifier.raw, Identifier.value)
+        .select_from(Hit)
+        .join(HitMatch, HitMatch.hit_id == Hit.id)
+        .join(Identifier, Identifier.id == HitMatch.identifier_id)
+        .where(Hit.id.in_(hit_ids), on_referral)
+        .order_by(HitMatch.hit_id, Identifier.kind, Identifier.value)
+    )
+    cutoff = let_go_at(referral, user.agency_id)
+    if cutoff is not None:
+        query = (query.join(Subject, Subject.id == Identifier.subject_id)
+                 .join(referral_subjects, and_(referral_subjects.c.subject_id == Subject.id,
+                                               referral_subjects.c.referral_id == referral.id))
+                 .where(or_(Subject.agency_id == user.agency_id,
+                            and_(Identifier.created_at <= cutoff, referral_subjects.c.added_at <= cutoff))))
+    return _match_views(session.execute(query))
 
 
 @dataclass

@@ -170,8 +170,8 @@ def test_a_match_within_one_agency_is_a_possible_duplicate(session, world):
     assert [(n.agency_id, n.kind) for n in notes] == [(world.agencies["a"].id, NotificationKind.HIT_NEW)]
     assert "Possible duplicate" in notes[0].message
     [view] = dc.hits_for_referral(session, world.users["a_liaison"], first.id)
-    assert view.is_duplicate and view.other is None
-    assert sorted(ref for _, ref in view.own_referrals) == sorted([first.reference, second.reference])
+    assert view.is_duplicate and view.counterpart.reference == second.reference
+    assert view.own_counterpart_id == second.id
 
 
 def test_notifications_are_listed_newest_first_by_when_they_happened(session, world):
@@ -265,7 +265,10 @@ def test_hits_are_seen_by_their_two_agencies_only(session, world, pair):
         with pytest.raises(NotFound):
             dc.resolve(session, world.actor(outsider), hit.id, None, world.agencies["a"].id, "x")
         assert dc.list_hits(session, world.users[outsider], dc.HitFilters()).total == 0
-    # Bravo receives Alpha's referral, but is no party to the hit.
+    # Bravo receives Alpha's referral once sent, but is no party to the hit; the draft was not Bravo's to see.
+    with pytest.raises(NotFound):
+        dc.hits_for_referral(session, world.users["b_liaison"], ra.id)
+    referrals_service.transition(session, world.actor("a_liaison"), ra.id, "send", None)
     assert dc.hits_for_referral(session, world.users["b_liaison"], ra.id) == []
     assert dc.list_hits(session, world.users["a_viewer"], dc.HitFilters()).total == 1
 
@@ -286,6 +289,50 @@ def test_a_hit_view_carries_the_contact_card_only(session, world, pair):
     for secret in ("Charlie confidential summary.", "charlie-only", "alpha-only", "Charlie holder",
                    "Alpha holder", "Intl Bureau"):
         assert secret not in text
+
+
+def test_a_referrals_hits_are_shown_relative_to_that_referral(session, world):
+    """Charlie leads the operation of Bravo's referral, so may open it; its hit with Charlie's
+    own referral shows there with Charlie's referral as the other side, and the identifiers of
+    Bravo's referral that matched, whichever agency looks."""
+    rb = make_referral(session, world, "sent", sender="b", receiver="i", operation_id=world.operation.id)
+    rc = make_referral(session, world, "draft", sender="c", receiver="a")
+    add(session, world, rb, "b", "Shared@Example.org", "bravo-only@example.org")
+    add(session, world, rc, "c", "SHARED@example.org", "charlie-only@example.org")
+    bravo, charlie = world.agencies["b"], world.agencies["c"]
+    on_charlies_page_of_bravos = dc.hits_for_referral(session, world.users["c_liaison"], rb.id)
+    on_bravos_page_of_bravos = dc.hits_for_referral(session, world.users["b_liaison"], rb.id)
+    for [view] in (on_charlies_page_of_bravos, on_bravos_page_of_bravos):
+        assert view.counterpart == dc.Contact(charlie.id, charlie.name, charlie.country_code, charlie.desk_email,
+                                              charlie.desk_phone, rc.reference)
+        assert [m.raw for m in view.matches] == ["Shared@Example.org"]
+    assert on_charlies_page_of_bravos[0].own_counterpart_id == rc.id
+    assert on_bravos_page_of_bravos[0].own_counterpart_id is None  # Charlie's referral is not Bravo's to open
+    [view] = dc.hits_for_referral(session, world.users["c_liaison"], rc.id)
+    assert view.counterpart == dc.Contact(bravo.id, bravo.name, bravo.country_code, bravo.desk_email,
+                                          bravo.desk_phone, rb.reference)
+    assert [m.raw for m in view.matches] == ["SHARED@example.org"] and view.own_counterpart_id is None
+
+
+def test_a_referrals_matches_are_what_its_page_shows_of_its_identifiers(session, world):
+    """Charlie declined Bravo's referral: what was added to its subjects afterwards is not
+    Charlie's to read, on the subjects list or among the identifiers that matched."""
+    rb = make_referral(session, world, "sent", sender="b", receiver="c")
+    rc = make_referral(session, world, "draft", sender="c", receiver="a")
+    subject = add(session, world, rb, "b", "Shared@Example.org", "192.0.2.60")
+    add(session, world, rc, "c", "shared@example.org", "192.0.2.60")
+    for step in ("acknowledge", "decline"):
+        referrals_service.transition(session, world.actor("c_liaison"), rb.id, step, None, "Not ours.")
+    later = session.scalars(select(Identifier).where(Identifier.subject_id == subject.id,
+                                                     Identifier.kind == IdentifierKind.IP)).one()
+    later.created_at = rb.declined_at + timedelta(minutes=5)  # as an import would add it, after the decline
+    session.flush()
+    charlie = world.users["c_liaison"]
+    [view] = dc.hits_for_referral(session, charlie, rb.id)
+    [shown] = subjects.subjects_of(session, charlie, rb.id)
+    assert [m.raw for m in view.matches] == ["Shared@Example.org"] == [i.raw for i in shown.identifiers]
+    [view] = dc.hits_for_referral(session, world.users["b_liaison"], rb.id)
+    assert sorted(m.raw for m in view.matches) == ["192.0.2.60", "Shared@Example.org"]
 
 
 def test_list_filters(session, world, pair):

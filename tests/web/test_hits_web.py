@@ -253,6 +253,39 @@ def test_acting_on_a_possible_duplicate_claims_no_notification(app, browser, web
                                  .where(Notification.hit_id == hit_id)) == 1  # the duplicate's, when it appeared
 
 
+def _deconfliction_section(html: str) -> str:
+    return re.search(r'<section class="card" id="hits">.*?</section>', html, re.DOTALL).group(0)
+
+
+def test_a_referrals_page_shows_its_hits_relative_to_it_whoever_looks(app, browser, web_world):
+    """Charlie leads the operation of Bravo's referral and may open it: there, the hit with
+    Charlie's own referral names Charlie's referral as the other side, and Bravo's identifiers
+    as the ones of this referral that matched, not the referral itself and Charlie's."""
+    with app.app_context():
+        rb = make_referral(db.session, web_world, "sent", sender="b", receiver="i",
+                           operation_id=web_world.operation.id)
+        rc = make_referral(db.session, web_world, "draft", sender="c", receiver="a")
+        subjects.add_subject(db.session, web_world.actor("b_liaison"), rb.id, "Bravo Holder", "Shared@Example.org")
+        subjects.add_subject(db.session, web_world.actor("c_liaison"), rc.id, "Charlie Holder", "SHARED@example.org")
+        (rb_id, rb_ref), (rc_id, rc_ref) = (rb.id, rb.reference), (rc.id, rc.reference)
+        db.session.commit()
+    browser.login("liaison.c@example.org")
+    section = _deconfliction_section(_html(browser.get(f"/referrals/{rb_id}")))
+    assert f'href="/referrals/{rc_id}">{rc_ref}</a>' in section and "Your own agency" in section
+    assert "Shared@Example.org" in section
+    for wrong in (rb_ref, "Bravo Police", "SHARED@example.org"):
+        assert wrong not in section, wrong
+    section = _deconfliction_section(_html(browser.get(f"/referrals/{rc_id}")))
+    assert rb_ref in section and "Bravo Police" in section and "SHARED@example.org" in section
+    assert "Shared@Example.org" not in section and f'href="/referrals/{rb_id}"' not in section
+    browser.post("/logout", {})
+    browser.login("liaison.b@example.org")
+    section = _deconfliction_section(_html(browser.get(f"/referrals/{rb_id}")))
+    assert rc_ref in section and "Charlie Customs" in section and "Shared@Example.org" in section
+    for secret in ("SHARED@example.org", "Charlie Holder", f'href="/referrals/{rc_id}"'):
+        assert secret not in section, secret
+
+
 # --- subjects on the referral page ----------------------------------------------------------
 
 def test_add_a_subject_from_the_referral_page(app, browser, web_world):
