@@ -630,13 +630,9 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
     assert bad.status_code == 422
 
 
-def test_the_review_list_says_a_holder_gained_accounts_after_its_referral_was_closed(app, web_world):
-    """Bravo closed the case; a later tip brings the holder another account. The lead's review
-    list and holder page say why it waits, and placing it from the list routes it again into a
-    new draft; Bravo's page of the holder does not give the lead's reason."""
-    browser = _login(app, LEAD)
-    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
-    subject_id = _holder_subject(app, "acc1")
+def _closed_by_bravo(app, subject_id: int) -> tuple[int, str]:
+    """The holder's referral sent by the lead, worked by Bravo (acknowledged, accepted, an
+    outcome) and closed: (its id, its reference)."""
     with app.app_context():
         lead, bravo = _actor(LEAD), _actor("liaison.b@example.org")
         referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
@@ -646,8 +642,19 @@ def test_the_review_list_says_a_holder_gained_accounts_after_its_referral_was_cl
         referrals.record_outcome(db.session, bravo, referral_id,
                                  referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
         closed = referrals.transition(db.session, bravo, referral_id, "close", None)
-        why = f"1 new account after its referral {closed.reference} was closed by {closed.receiver.name}"
         db.session.commit()
+        return referral_id, closed.reference
+
+
+def test_the_review_list_says_a_holder_gained_accounts_after_its_referral_was_closed(app, web_world):
+    """Bravo closed the case; a later tip brings the holder another account. The lead's review
+    list and holder page say why it waits, and placing it from the list routes it again into a
+    new draft; Bravo's page of the holder does not give the lead's reason."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
+    subject_id = _holder_subject(app, "acc1")
+    referral_id, reference = _closed_by_bravo(app, subject_id)
+    why = f"1 new account after its referral {reference} was closed by Bravo Police"
     _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
     page = browser.get("/tips/review").get_data(as_text=True)
     assert f"/tips/holders/{subject_id}" in page and f"<td>{why}</td>" in page
@@ -675,21 +682,13 @@ def test_a_holder_is_left_with_its_closed_case_from_the_review_list_or_its_page(
     _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org"),
                                                       account(3, ip_country="NZ", email="w3@example.org")))
     subject_id = _holder_subject(app, "acc1")
-    with app.app_context():
-        lead, bravo = _actor(LEAD), _actor("liaison.b@example.org")
-        referral_id = db.session.scalar(select(Holder.referral_id).where(Holder.subject_id == subject_id))
-        referrals.transition(db.session, lead, referral_id, "send", None)
-        for action in ("acknowledge", "accept"):
-            referrals.transition(db.session, bravo, referral_id, action, None)
-        referrals.record_outcome(db.session, bravo, referral_id,
-                                 referrals.OutcomeData(occurred_on=utcnow().date(), arrests=1))
-        referrals.transition(db.session, bravo, referral_id, "close", None)
-        db.session.commit()
+    referral_id, _reference = _closed_by_bravo(app, subject_id)
     _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
     filtered = f"operation={web_world.operation.id}"
     page = browser.get(f"/tips/review?{filtered}").get_data(as_text=True)
     tie = _holder_subject(app, "acc3")  # on the list for its evidence: nothing to leave
     assert f'/tips/holders/{tie}"' in page and f"/tips/holders/{tie}/leave-closed" not in page
+    assert f'name="back_operation" value="{web_world.operation.id}"' in page  # the list comes back as it was
     assert f"/tips/holders/{subject_id}/leave-closed" in page
     holder_page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
     assert "Leave with the closed case" in holder_page
