@@ -381,14 +381,19 @@ def test_blind_check_needs_its_csrf_token(app, browser, web_world):
 
 # --- common identifiers ---------------------------------------------------------------------
 
-def test_common_identifiers_are_listed_for_admins(app, browser, web_world):
+def _common_under_a_threshold_of_one(app, web_world, address: str) -> None:
+    """Alpha's and Charlie's referrals hold the address, common under a threshold of 1."""
     app.config["COMMON_IDENTIFIER_THRESHOLD"] = 1
     with app.app_context():
         for sender, receiver in (("a", "b"), ("c", "i")):
             referral = make_referral(db.session, web_world, "draft", sender=sender, receiver=receiver)
-            subjects.add_subject(db.session, web_world.actor(f"{sender}_liaison"), referral.id, "Holder", "192.0.2.250")
+            subjects.add_subject(db.session, web_world.actor(f"{sender}_liaison"), referral.id, "Holder", address)
         db.session.commit()
         assert db.session.scalar(select(func.count()).select_from(Hit)) == 0
+
+
+def test_common_identifiers_are_listed_for_admins(app, browser, web_world):
+    _common_under_a_threshold_of_one(app, web_world, "192.0.2.250")
     browser.login("admin.a@example.org")
     html = _html(browser.get("/admin/common-identifiers"))
     assert "192.0.2.250" in html and "more than 1 cases" in html
@@ -401,12 +406,7 @@ def test_common_identifiers_are_listed_for_admins(app, browser, web_world):
 
 
 def test_an_admin_rechecks_the_common_identifiers_after_raising_the_threshold(app, browser, web_world):
-    app.config["COMMON_IDENTIFIER_THRESHOLD"] = 1
-    with app.app_context():
-        for sender, receiver in (("a", "b"), ("c", "i")):
-            referral = make_referral(db.session, web_world, "draft", sender=sender, receiver=receiver)
-            subjects.add_subject(db.session, web_world.actor(f"{sender}_liaison"), referral.id, "Holder", "192.0.2.251")
-        db.session.commit()
+    _common_under_a_threshold_of_one(app, web_world, "192.0.2.251")
     app.config["COMMON_IDENTIFIER_THRESHOLD"] = 2
     browser.login("admin.a@example.org")
     assert browser.client.post("/admin/common-identifiers/recheck", data={}).status_code == 400  # no CSRF token
