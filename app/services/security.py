@@ -17,7 +17,7 @@ from app.db import utcnow
 from app.models import RecoveryCode, User, UserSession
 from app.services import DomainError, audit
 from app.services.audit import Actor
-from app.services.users import Passwords, check_password, find_by_email
+from app.services.users import Passwords, check_password, find_by_email, normalise_email
 
 RECOVERY_CODE_COUNT = 10
 
@@ -269,15 +269,7 @@ def change_password(session: Session, actor: Actor, passwords: Passwords, user: 
 
 
 def change_email(session: Session, actor: Actor, user: User, new_email: str) -> None:
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        email = validate_email(new_email.strip(), check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
-        raise DomainError(str(exc), field="email") from exc
-    existing = find_by_email(session, email)
-    if existing is not None and existing.id != user.id:
-        raise DomainError("A user with this e-mail exists already.", field="email")
+    email = normalise_email(session, new_email, user.id)
     before, user.email = user.email, email
     audit.record(session, actor, "user.email_change", "user", user.id, detail={"before": before, "after": email})
 

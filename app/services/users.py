@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from zxcvbn import zxcvbn
@@ -65,17 +67,36 @@ def check_password(password: str, *, email: str = "", name: str = "") -> None:
         raise DomainError("This password is too easy to guess; try a longer phrase.", field="password")
 
 
+def _email_key(address: str) -> str:
+    """An account's address as stored and looked up: NFKC (a full-width ｕ is a plain u) and in
+    lower case, so that the same address written another way finds the same account."""
+    return unicodedata.normalize("NFKC", address.strip()).lower()
+
+
 def find_by_email(session: Session, email: str) -> User | None:
-    return session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    return session.scalar(select(User).where(func.lower(User.email) == _email_key(email)))
+
+
+def normalise_email(session: Session, address: str, user_id: int | None = None) -> str:
+    """The address an account (`user_id`, or a new one) may take, as stored: valid by
+    email-validator (no DNS look-ups) and nobody else's, whichever way it is written."""
+    try:
+        # NFKC before the check: it can change an address (a full-width ＠ becomes an @).
+        valid = validate_email(_email_key(address), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise DomainError(str(exc), field="email") from exc
+    email = _email_key(valid)
+    existing = find_by_email(session, email)
+    if existing is not None and existing.id != user_id:
+        raise DomainError("A user with this e-mail exists already.", field="email")
+    return email
 
 
 def create_user(session: Session, actor: Actor, passwords: Passwords, *, email: str, name: str,
                 password: str, role: Role, agency_id: int, timezone: str | None = None) -> User:
     if actor.user is not None and actor.user.role is not Role.ADMIN:
         raise Forbidden("Only administrators create users.")
-    email = email.strip().lower()
-    if find_by_email(session, email) is not None:
-        raise DomainError("A user with this e-mail exists already.", field="email")
+    email = normalise_email(session, email)
     if session.get(Agency, agency_id) is None:
         raise DomainError("Choose an existing agency.", field="agency_id")
     check_password(password, email=email, name=name)

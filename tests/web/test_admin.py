@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Agency, Operation, User
@@ -80,6 +80,23 @@ def test_admin_creates_and_edits_a_user(app, browser, web_world):
     with app.app_context():
         user = db.session.get(User, user.id)
         assert user.role.value == "viewer" and not user.is_active and user.name == "New Name"
+
+
+@pytest.mark.parametrize("email, message", [
+    ("not-an-email", "must have an @-sign"),
+    ("\uff4ciaison.b@example.org", "A user with this e-mail exists already."),  # a full-width l
+    ("LIAISON.B@EXAMPLE.ORG", "A user with this e-mail exists already."),
+])
+def test_a_new_users_address_is_checked_beside_the_field(app, browser, web_world, email, message):
+    browser.login("admin.a@example.org")
+    response = browser.post("/admin/users/new", {
+        "email": email, "name": "New", "role": "liaison", "agency_id": web_world.agencies["b"].id,
+        "password": "a-long-password-1"}, token_from="/admin/users/new")
+    assert response.status_code == 422
+    error = re.search(r'<p class="error" id="email-error">([^<]*)</p>', response.get_data(as_text=True))
+    assert error and message in error.group(1)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(User).where(User.name == "New")) == 0
 
 
 def test_admin_cannot_lock_themselves_out(browser, web_world):

@@ -274,6 +274,45 @@ def test_email_change_needs_recent_auth(app, browser, web_world):
     assert "/reauth" in browser.get("/account/email").headers["Location"]
 
 
+@pytest.mark.parametrize("email, message", [
+    ("not-an-email", "must have an @-sign"),
+    ("\uff4ciaison.b@example.org", "A user with this e-mail exists already."),  # a full-width l
+])
+def test_a_changed_address_is_checked_beside_the_field(app, browser, web_world, email, message):
+    browser.login("liaison.a@example.org")
+    response = browser.post("/account/email", {"email": email}, token_from="/account/email")
+    assert response.status_code == 422
+    error = re.search(r'<p class="error" id="email-error">([^<]*)</p>', response.get_data(as_text=True))
+    assert error and message in error.group(1)
+    assert _user(app, "liaison.a@example.org") is not None
+
+
+def test_every_path_stores_and_finds_an_address_in_one_form(any_app, session, world):
+    """Creation and the change check the address alike, and store it as sign-in looks it up:
+    NFKC (full-width letters are plain ones) in lower case."""
+    from app.models import Role
+    from app.services import security, users
+    from app.services.audit import SYSTEM
+
+    passwords = any_app.extensions["handoff_passwords"]
+    with pytest.raises(DomainError) as refused:
+        users.create_user(session, SYSTEM, passwords, email="not-an-email", name="New", password=PASSWORD,
+                          role=Role.VIEWER, agency_id=world.agencies["a"].id)
+    assert refused.value.field == "email"
+    for look_alike in ("\uff56iewer.a@example.org", "Viewer.A@Example.org"):  # a full-width v; capitals
+        with pytest.raises(DomainError, match="exists already"):
+            users.create_user(session, SYSTEM, passwords, email=look_alike, name="New", password=PASSWORD,
+                              role=Role.VIEWER, agency_id=world.agencies["a"].id)
+        with pytest.raises(DomainError, match="exists already"):
+            security.change_email(session, SYSTEM, world.users["b_viewer"], look_alike)
+    user = users.create_user(session, SYSTEM, passwords, email=" \uff2eew@Example.org ", name="New",
+                             password=PASSWORD, role=Role.VIEWER, agency_id=world.agencies["a"].id)
+    assert user.email == "new@example.org"
+    assert users.find_by_email(session, "\uff2eEW@example.org") is user
+    security.change_email(session, SYSTEM, user, "\uff2eewer@example.org")
+    assert user.email == "newer@example.org"
+
+
 def test_admin_actions_on_users_need_recent_auth(app, browser, web_world):
     browser.login("admin.a@example.org")
     _age_auth(browser)
