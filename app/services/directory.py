@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -11,7 +12,7 @@ from zoneinfo import available_timezones
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,13 +38,23 @@ def require_admin(actor: Actor) -> None:
         raise Forbidden("Only administrators manage agencies and users.")
 
 
+def _name_key(name: str) -> str:
+    """What a picker shows of a name, to tell agencies apart: NFKC (a full-width Ｗ is a W),
+    case folded, runs of spaces as one (as the page shows them). A capital İ folds to an i and
+    a combining dot above, which on an i adds nothing to see."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return " ".join(folded.replace("i\u0307", "i").split())
+
+
 def normalise_agency(session: Session, data: AgencyData, agency_id: int | None = None) -> AgencyData:
-    data.name = data.name.strip()
+    data.name = unicodedata.normalize("NFKC", data.name).strip()
     if not data.name:
         raise DomainError("Give the agency a name.", field="name")
-    # Folded by the database, as its unique index folds names (Python's lower() differs: Ö, İ).
-    clash = session.scalar(select(Agency.id).where(func.lower(Agency.name) == func.lower(data.name)))
-    if clash is not None and clash != agency_id:
+    # Compared here, not by the database: its lower() keeps a full-width letter apart from the
+    # plain one (SQLite's folds ASCII only). The directory is a few hundred names at most.
+    key = _name_key(data.name)
+    if any(other_id != agency_id and _name_key(name) == key
+           for other_id, name in session.execute(select(Agency.id, Agency.name))):
         raise DomainError("Another agency has this name.", field="name")
     code = (data.country_code or "").strip().upper() or None
     if data.kind is AgencyKind.INTERNATIONAL:

@@ -3,6 +3,8 @@ action. Outsiders get NotFound everywhere, never a hint that the referral exists
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from sqlalchemy import select
@@ -148,3 +150,38 @@ def test_an_agency_name_taken_whatever_its_case_is_refused_beside_the_field(sess
         directory.create_agency(session, SYSTEM, data(second))
     assert raced.value.field == "name"
     assert session.scalars(select(Agency.name).where(Agency.country_code == "AT")).all() == [first]
+
+
+@pytest.mark.parametrize("look_alike", ["\uff37ellington Online Safety Unit",  # a full-width W
+                                        "WELL\u0130NGTON ONLINE SAFETY UNIT",  # a dotted capital I
+                                        "Wellington  Online Safety Unit"])
+def test_an_agency_name_that_looks_like_a_taken_one_is_refused_beside_the_field(session, look_alike):
+    """A picker would show both alike; the database's lower() tells them apart, so the service
+    must not."""
+    from app.services import DomainError, directory
+    from app.services.audit import SYSTEM
+
+    def data(name):
+        return directory.AgencyData(name=name, kind=AgencyKind.POLICE, country_code="NZ",
+                                    desk_email="desk@example.org", desk_phone="+64 4 555 0100")
+
+    taken = directory.create_agency(session, SYSTEM, data("Wellington Online Safety Unit"))
+    with pytest.raises(DomainError) as refused:
+        directory.create_agency(session, SYSTEM, data(look_alike))
+    assert (refused.value.field, refused.value.message) == ("name", "Another agency has this name.")
+    other = directory.create_agency(session, SYSTEM, data("Auckland Online Safety Unit"))
+    with pytest.raises(DomainError, match="Another agency has this name"):
+        directory.update_agency(session, SYSTEM, other.id, data(look_alike))
+    directory.update_agency(session, SYSTEM, taken.id, data(look_alike))  # its own name, written otherwise
+    assert session.scalars(select(Agency.name).where(Agency.country_code == "NZ").order_by(Agency.id)).all() == [
+        unicodedata.normalize("NFKC", look_alike), "Auckland Online Safety Unit"]
+
+
+def test_an_agency_name_is_stored_in_its_nfkc_form(session):
+    from app.services import directory
+    from app.services.audit import SYSTEM
+
+    agency = directory.create_agency(session, SYSTEM, directory.AgencyData(
+        name=" \uff24elta \uff30olice ", kind=AgencyKind.POLICE, country_code="FJ",
+        desk_email="desk@example.org", desk_phone="+679 555 0100"))
+    assert agency.name == "Delta Police"

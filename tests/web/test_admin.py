@@ -32,6 +32,8 @@ def test_admin_creates_an_agency(app, browser, web_world):
     ("desk_email", "not-an-address", "e-mail"),
     ("desk_phone", "call me", "phone"),
     ("name", "Alpha Police", "Another agency"),
+    ("name", "\uff21lpha Police", "Another agency"),  # a full-width A
+    ("name", "ALPHA POL\u0130CE", "Another agency"),  # a dotted capital I
 ])
 def test_bad_agency_input_is_shown_beside_the_field(app, browser, web_world, field, value, message):
     browser.login("admin.a@example.org")
