@@ -102,7 +102,8 @@ def _parse(session: Session, referral: Referral, text: str, kind: IdentifierKind
                                        region=referral.jurisdiction)
     bad = [p for p in parsed if not p.ok]
     if bad:
-        shown = "; ".join(f"line {p.line_no}: {p.reason}" for p in bad[:10])
+        # Some reasons are email-validator's sentences, with their own full stop: this one ends them all.
+        shown = "; ".join(f"line {p.line_no}: {p.reason.removesuffix('.')}" for p in bad[:10])
         more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
         raise DomainError(f"Nothing was saved. Correct {'this line' if len(bad) == 1 else 'these lines'}: "
                           f"{shown}{more}.", field="identifiers")

@@ -103,6 +103,18 @@ def test_a_subject_with_a_bad_line_saves_nothing(session, world, pair):
     assert count(session, Subject) == 0 and count(session, Identifier) == 0
 
 
+@pytest.mark.parametrize("lines, ending", [
+    (["email: someone.example.org"], "line 1: not a valid e-mail address: An email address must have an @-sign."),
+    (["email: someone.example.org", "bob"], "line 2: cannot tell what kind of identifier this is: choose a kind, "
+                                            "or write it as 'username/discord: name'."),
+])
+def test_the_reasons_for_bad_lines_end_in_one_full_stop(session, world, pair, lines, ending):
+    ra, _ = pair
+    with pytest.raises(DomainError) as info:
+        add(session, world, ra, "a", *lines)
+    assert info.value.message.endswith(ending) and ".." not in info.value.message
+
+
 def test_given_twice_is_stored_once(session, world, pair):
     ra, _ = pair
     subject = add(session, world, ra, "a", "someone@example.org", "SOMEONE@example.org")
