@@ -345,6 +345,8 @@ def test_outcome_form_records_once_and_refuses_what_cannot_be(app, browser, web_
     assert "from 0 to 1,000" in post(arrests="-2")
     assert "from 0 to 1,000" in post(children_safeguarded="9999999")
     assert "Choose a date from 2000-01-01" in post(occurred_on="0001-01-01")
+    assert "Date: Not a valid date value." in post(occurred_on="2026-02-30")
+    assert "Date: This field is required." in post(occurred_on="")
     assert "before the referral was sent" in post(occurred_on="2001-01-01")
     assert "Outcome recorded." in post(arrests="2", charges="1", children_safeguarded="1")
     assert "Someone else changed this referral" in post(arrests="2", charges="1", children_safeguarded="1")

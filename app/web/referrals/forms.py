@@ -81,7 +81,9 @@ OUTCOME_COUNT = [InputRequired(), NumberRange(min=0, max=OUTCOME_COUNT_MAX,
 
 class OutcomeForm(FlaskForm):
     version = HiddenField(validators=[DataRequired(), page_version])  # a second submission is stale
-    occurred_on = DateField("Date", validators=[DataRequired(), plausible_date])
+    # InputRequired, not DataRequired: that one would replace "Not a valid date value" (30 February)
+    # with "This field is required".
+    occurred_on = DateField("Date", validators=[InputRequired(), plausible_date])
     arrests = IntegerField("Arrests", default=0, validators=OUTCOME_COUNT)
     charges = IntegerField("Charges", default=0, validators=OUTCOME_COUNT)
     children_safeguarded = IntegerField("Children safeguarded", default=0, validators=OUTCOME_COUNT)
