@@ -75,6 +75,18 @@ def test_bad_input_is_shown_beside_the_field_and_nothing_is_written(app, browser
     assert _count(app) == 0
 
 
+@pytest.mark.parametrize("field", ["priority", "tlp", "handling_code"])
+def test_a_choice_left_out_is_refused_beside_the_field_not_defaulted(app, browser, web_world, field):
+    browser.login("liaison.a@example.org")
+    data = _form(web_world)
+    del data[field]
+    response = browser.post("/referrals/new", data, token_from="/referrals/new")
+    assert response.status_code == 422
+    error = re.search(rf'<p class="error" id="{field}-error">([^<]*)</p>', response.get_data(as_text=True))
+    assert error and "This field is required." in error.group(1)
+    assert _count(app) == 0
+
+
 def test_form_without_csrf_token_is_refused(app, browser, web_world):
     browser.login("liaison.a@example.org")
     response = browser.client.post("/referrals/new", data=_form(web_world))

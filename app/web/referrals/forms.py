@@ -34,7 +34,9 @@ class ReferralForm(FlaskForm):
     receiver_agency_id = SelectField("Receiving agency", coerce=optional_int, validators=[DataRequired()])
     jurisdiction = SelectField("Jurisdiction", validators=[DataRequired()])
     operation_id = SelectField("Operation", coerce=optional_int, validators=[Optional()])
-    priority = SelectField("Priority", choices=[(p.value, p.value) for p in Priority], default=Priority.P3.value)
+    # The defaults preselect a choice on the page; a post without one is refused, not defaulted.
+    priority = SelectField("Priority", choices=[(p.value, p.value) for p in Priority], default=Priority.P3.value,
+                           validators=[InputRequired()])
     risk_access_to_children = BooleanField(RISK_FLAGS["risk_access_to_children"])
     risk_position_of_authority = BooleanField(RISK_FLAGS["risk_position_of_authority"])
     risk_previous_convictions = BooleanField(RISK_FLAGS["risk_previous_convictions"])
@@ -44,10 +46,11 @@ class ReferralForm(FlaskForm):
     grade_b = IntegerField("Category B", default=0, validators=COUNT)
     grade_c = IntegerField("Category C", default=0, validators=COUNT)
     material_description = TextAreaField("Material description", validators=[Length(max=MATERIAL_MAX)])
-    tlp = SelectField("TLP", choices=[(t.value, f"TLP:{t.value}") for t in TLP], default=TLP.RED.value)
+    tlp = SelectField("TLP", choices=[(t.value, f"TLP:{t.value}") for t in TLP], default=TLP.RED.value,
+                      validators=[InputRequired()])
     handling_code = SelectField(
         "Handling code", choices=[(h.value, h.label) for h in HandlingCode],
-        default=HandlingCode.CONSENT_REQUIRED.value,
+        default=HandlingCode.CONSENT_REQUIRED.value, validators=[InputRequired()],
     )
     summary = TextAreaField("Summary", validators=[Length(max=SUMMARY_MAX)])
 
