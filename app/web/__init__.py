@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from functools import wraps
 from urllib.parse import urlsplit
@@ -37,6 +38,18 @@ def plausible_date(form, field) -> None:
     value = getattr(field, "parsed", field.data)
     if isinstance(value, date) and not EARLIEST_DATE <= value <= LATEST_DATE:
         raise ValidationError(DATE_RANGE_MESSAGE)
+
+
+# Control characters but tab, line feed and carriage return (C0, DEL and C1): PostgreSQL
+# refuses a NUL in text, and the rest are paste accidents no reader of the page would see.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def plain_text(form, field) -> None:
+    """A WTForms validator for free text: no control characters but tabs and line breaks."""
+    if field.data and _CONTROL_CHARACTERS.search(field.data):
+        raise ValidationError("Remove the control characters (such as NUL) from this text; "
+                              "tabs and line breaks may stay.")
 
 
 def safe_next(target: str | None) -> str | None:

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from app.db import utcnow
 from app.extensions import db
-from app.models import Priority, Referral, Status
-from tests.conftest import Browser, csrf_token_from
+from app.models import Priority, Referral, Status, Subject
+from tests.conftest import Browser, committed_world, csrf_token_from
 from tests.factories import make_referral
 
 
@@ -85,6 +85,51 @@ def test_a_choice_left_out_is_refused_beside_the_field_not_defaulted(app, browse
     error = re.search(rf'<p class="error" id="{field}-error">([^<]*)</p>', response.get_data(as_text=True))
     assert error and "This field is required." in error.group(1)
     assert _count(app) == 0
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x1b", "\x85"])  # NUL, escape, a C1 "next line"
+def test_free_text_with_a_control_character_is_refused_beside_the_field(any_app, character):
+    """PostgreSQL refuses a NUL in text: the form says so before the database would fail."""
+    world = committed_world(any_app)
+    with any_app.app_context():
+        accepted = make_referral(db.session, world, "accepted")
+        draft = make_referral(db.session, world, "draft")
+        accepted_id, accepted_version, draft_id, draft_version = accepted.id, accepted.version, draft.id, draft.version
+        db.session.commit()
+    sender, receiver = Browser(any_app.test_client()), Browser(any_app.test_client())
+    sender.login("liaison.a@example.org")
+    receiver.login("liaison.b@example.org")
+    text = f"Held{character}back."
+
+    for field in ("summary", "material_description"):
+        response = sender.post("/referrals/new", _form(world, **{field: text}), token_from="/referrals/new")
+        assert response.status_code == 422
+        error = re.search(rf'<p class="error" id="{field}-error">([^<]*)</p>', response.get_data(as_text=True))
+        assert error and "control characters" in error.group(1)
+    page = f"/referrals/{draft_id}"
+    response = sender.post(f"{page}/subjects", {"label": text, "identifiers": "someone@example.org", "kind": "",
+                                                "platform": ""}, token_from=page)
+    assert response.status_code == 422 and 'id="label-error"' in response.get_data(as_text=True)
+    sent = sender.post(f"{page}/send", {"version": draft_version, "note": text}, token_from=page)
+    assert "control characters" in sender.get(sent.headers["Location"]).get_data(as_text=True)
+    page = f"/referrals/{accepted_id}"
+    recorded = receiver.post(f"{page}/outcomes", {"version": accepted_version, "occurred_on": utcnow().date().isoformat(),
+                                                  "arrests": "1", "charges": "0", "children_safeguarded": "0",
+                                                  "note": text}, token_from=page)
+    assert "Note: Remove the control characters" in receiver.get(recorded.headers["Location"]).get_data(as_text=True)
+    with any_app.app_context():
+        assert _count(any_app) == 2 and db.session.get(Referral, draft_id).status is Status.DRAFT
+        assert not db.session.get(Referral, accepted_id).outcomes
+        assert db.session.scalar(select(func.count()).select_from(Subject)) == 0
+
+
+def test_free_text_keeps_its_tabs_and_line_breaks(app, browser, web_world):
+    browser.login("liaison.a@example.org")
+    summary = "First line.\r\n\tIndented second line."
+    response = browser.post("/referrals/new", _form(web_world, summary=summary), token_from="/referrals/new")
+    assert response.status_code == 303
+    with app.app_context():
+        assert db.session.scalars(select(Referral.summary)).one() == summary
 
 
 def test_form_without_csrf_token_is_refused(app, browser, web_world):

@@ -8,7 +8,7 @@ from app.services.deconfliction import KIND_LABELS
 from app.services.identifiers import PLATFORMS
 from app.services.referrals import MATERIAL_MAX, NOTE_MAX, OUTCOME_COUNT_MAX, SUMMARY_MAX
 from app.services.subjects import LABEL_MAX
-from app.web import plausible_date
+from app.web import plain_text, plausible_date
 
 
 def optional_int(value):
@@ -45,14 +45,14 @@ class ReferralForm(FlaskForm):
     grade_a = IntegerField("Category A", default=0, validators=COUNT)
     grade_b = IntegerField("Category B", default=0, validators=COUNT)
     grade_c = IntegerField("Category C", default=0, validators=COUNT)
-    material_description = TextAreaField("Material description", validators=[Length(max=MATERIAL_MAX)])
+    material_description = TextAreaField("Material description", validators=[Length(max=MATERIAL_MAX), plain_text])
     tlp = SelectField("TLP", choices=[(t.value, f"TLP:{t.value}") for t in TLP], default=TLP.RED.value,
                       validators=[InputRequired()])
     handling_code = SelectField(
         "Handling code", choices=[(h.value, h.label) for h in HandlingCode],
         default=HandlingCode.CONSENT_REQUIRED.value, validators=[InputRequired()],
     )
-    summary = TextAreaField("Summary", validators=[Length(max=SUMMARY_MAX)])
+    summary = TextAreaField("Summary", validators=[Length(max=SUMMARY_MAX), plain_text])
 
     def set_choices(self, agencies, operations) -> None:
         self.receiver_agency_id.choices = [("", "Choose...")] + [(a.id, _agency_label(a)) for a in agencies]
@@ -68,7 +68,7 @@ class ActionForm(FlaskForm):
     """One lifecycle step; the version guards against acting on a stale page."""
 
     version = HiddenField(validators=[DataRequired(), page_version])
-    note = TextAreaField("Note", validators=[Length(max=NOTE_MAX)])
+    note = TextAreaField("Note", validators=[Length(max=NOTE_MAX), plain_text])
 
 
 class TransferForm(ActionForm):
@@ -90,7 +90,7 @@ class OutcomeForm(FlaskForm):
     arrests = IntegerField("Arrests", default=0, validators=OUTCOME_COUNT)
     charges = IntegerField("Charges", default=0, validators=OUTCOME_COUNT)
     children_safeguarded = IntegerField("Children safeguarded", default=0, validators=OUTCOME_COUNT)
-    note = TextAreaField("Note", validators=[Length(max=NOTE_MAX)])
+    note = TextAreaField("Note", validators=[Length(max=NOTE_MAX), plain_text])
 
 
 class ListFilterForm(FlaskForm):
@@ -128,4 +128,4 @@ class IdentifiersForm(FlaskForm):
 
 
 class SubjectForm(IdentifiersForm):
-    label = StringField("Name or label of the account holder", validators=[Length(max=LABEL_MAX)])
+    label = StringField("Name or label of the account holder", validators=[Length(max=LABEL_MAX), plain_text])
