@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditEntry
+from tests.conftest import Browser, committed_world
 
 
 def test_sign_in_and_out(browser, web_world):
@@ -36,6 +37,14 @@ def test_failed_sign_in_does_not_reveal_whether_the_account_exists(app, browser,
         failures = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "auth.login",
                                                                AuditEntry.outcome == "failure")).all()
     assert len(failures) == 1
+
+
+def test_an_address_with_a_nul_is_refused_before_it_is_looked_up(any_app):
+    """PostgreSQL refuses a NUL in text: the sign-in form says so instead of failing."""
+    committed_world(any_app)
+    response = Browser(any_app.test_client()).login("liaison.a\x00@example.org")
+    assert response.status_code == 422
+    assert 'id="email-error"' in response.get_data(as_text=True)
 
 
 def test_disabled_account_gets_the_same_message(app, browser, web_world):

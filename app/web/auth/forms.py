@@ -2,9 +2,12 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, Optional
 
+from app.web import plain_text
+
 
 class LoginForm(FlaskForm):
-    email = EmailField("E-mail", validators=[DataRequired(), Length(max=254)])
+    # plain_text: the address is looked up before anything checks it, and PostgreSQL refuses a NUL.
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=254), plain_text])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
 
 
