@@ -190,3 +190,28 @@ def test_an_operations_date_is_refused_saying_what_is_wrong(app, browser, web_wo
     assert errors == [message]
     with app.app_context():
         assert db.session.scalar(select(Operation).where(Operation.code == "LEAP")) is None
+
+
+def test_admin_text_with_a_nul_is_refused_beside_the_field_on_either_engine(any_app):
+    """PostgreSQL refuses a NUL in text: the admin forms say so before the database would fail,
+    and an audit filter holding one is a filter not understood."""
+    world = committed_world(any_app)
+    admin = Browser(any_app.test_client())
+    admin.login("admin.a@example.org")
+    response = admin.post("/admin/agencies/new", {**AGENCY, "name": "Delta\x00Police"}, token_from="/admin/agencies/new")
+    assert response.status_code == 422 and 'id="name-error"' in response.get_data(as_text=True)
+    response = admin.post("/admin/users/new", {
+        "email": "nul@example.org", "name": "N\x00", "role": "viewer", "agency_id": world.agencies["a"].id,
+        "password": "a-long-password-1"}, token_from="/admin/users/new")
+    assert response.status_code == 422 and 'id="name-error"' in response.get_data(as_text=True)
+    manager = Browser(any_app.test_client())
+    manager.login("manager.b@example.org")
+    response = manager.post("/admin/operations/new", {
+        "code": "tide", "lead_agency_id": world.agencies["b"].id, "opened_on": "2026-03-01",
+        "description": "Tide\x00"}, token_from="/admin/operations/new")
+    assert response.status_code == 422 and 'id="description-error"' in response.get_data(as_text=True)
+    page = admin.get("/admin/audit?action=auth%00")
+    assert page.status_code == 200 and "Some filters were not understood" in page.get_data(as_text=True)
+    with any_app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Agency).where(Agency.name.like("Delta%"))) == 0
+        assert db.session.scalar(select(func.count()).select_from(Operation).where(Operation.code == "TIDE")) == 0

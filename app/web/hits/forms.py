@@ -6,6 +6,7 @@ from app.models import HitStatus
 from app.services import countries
 from app.services.deconfliction import KIND_LABELS, NOTE_MAX
 from app.services.identifiers import PLATFORMS
+from app.web import plain_text
 from app.web.referrals.forms import optional_int, page_version
 
 KIND_CHOICES = [("", "Detect (e-mail, phone, IP)")] + [(k.value, label) for k, label in KIND_LABELS.items()]
@@ -34,7 +35,7 @@ class AcknowledgeForm(FlaskForm):
 class ResolveForm(FlaskForm):
     version = HiddenField(validators=[DataRequired(), page_version])
     lead_agency_id = SelectField("Agreed lead agency", coerce=optional_int, validators=[DataRequired()])
-    note = TextAreaField("How it was agreed", validators=[DataRequired(), Length(max=NOTE_MAX)])
+    note = TextAreaField("How it was agreed", validators=[DataRequired(), Length(max=NOTE_MAX), plain_text])
 
 
 class RecheckCommonForm(FlaskForm):

@@ -8,6 +8,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from app.models import HolderRouting, Priority
 from app.services import countries
 from app.services.tips.holders import NOTE_MAX
+from app.web import plain_text
 from app.web.referrals.forms import optional_int
 
 class UploadForm(FlaskForm):
@@ -67,7 +68,7 @@ class SeenHolder:
 
 class JurisdictionForm(SeenHolder, FlaskForm):
     country = SelectField("Jurisdiction", validators=[DataRequired(message="Choose a country.")])
-    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX)])
+    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX), plain_text])
 
     def set_choices(self, first: list[tuple[str, int]] | None = None) -> None:
         named = [(code, f"{countries.name(code)} (evidence {weight})") for code, weight in (first or [])]
@@ -75,7 +76,7 @@ class JurisdictionForm(SeenHolder, FlaskForm):
 
 
 class LeaveClosedForm(SeenHolder, FlaskForm):
-    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX)])
+    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX), plain_text])
 
 
 class RiskForm(SeenHolder, FlaskForm):
