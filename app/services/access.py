@@ -210,6 +210,15 @@ def let_go_at(referral: Referral, agency_id: int | None) -> datetime | None:
     return None
 
 
+def read_after_let_go(cutoff: datetime, own_subject) -> tuple:
+    """What an agency that let a referral's subjects go at `cutoff` (`let_go_at`) still reads of
+    them: (a condition on their links to the referral, one on their identifiers), each true for
+    what was there by then, or on a subject of its own (`own_subject`, a condition in the form
+    the caller's query can test it): what it records itself stays its own."""
+    return (or_(referral_subjects.c.added_at <= cutoff, own_subject),
+            or_(Identifier.created_at <= cutoff, own_subject))
+
+
 def holder_visibility_clause(agency_id: int):
     """SQL condition: holders an agency may see: those of the operations it leads, and those on
     a referral it may see and still holds. An agency that transferred a referral on is the

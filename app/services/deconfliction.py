@@ -70,6 +70,7 @@ from app.services.access import (
     let_go_at,
     match_counterparts,
     own_hit_matches,
+    read_after_let_go,
     visible_hits,
     visible_notifications,
 )
@@ -898,7 +899,7 @@ def _matches_on_referral(session: Session, user: User, referral: Referral,
     """The identifiers of this referral that matched, on these hits of the user's agency, as far
     as the referral's page shows its identifiers to the user: once the agency let the
     referral's subjects go (`access.let_go_at`), what others linked or added to them since is
-    not its to read (as in `subjects.subjects_of`)."""
+    not its to read (`access.read_after_let_go`, as on its page of the subjects)."""
     on_referral = or_(and_(HitMatch.side == HitSide.LOW, Hit.referral_low_id == referral.id),
                       and_(HitMatch.side == HitSide.HIGH, Hit.referral_high_id == referral.id))
     query = (
@@ -915,8 +916,7 @@ def _matches_on_referral(session: Session, user: User, referral: Referral,
         query = (query.join(Subject, Subject.id == Identifier.subject_id)
                  .join(referral_subjects, and_(referral_subjects.c.subject_id == Subject.id,
                                                referral_subjects.c.referral_id == referral.id))
-                 .where(or_(Subject.agency_id == user.agency_id,
-                            and_(Identifier.created_at <= cutoff, referral_subjects.c.added_at <= cutoff))))
+                 .where(*read_after_let_go(cutoff, Subject.agency_id == user.agency_id)))
     return _match_views(session.execute(query))
 
 

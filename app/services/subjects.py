@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, literal, or_, select, true
+from sqlalchemy import func, insert, literal, select, true
 from sqlalchemy.orm import Session, selectinload
 
 from app.db import utcnow
 from app.models import Identifier, Referral, Status, Subject, User, referral_subjects
 from app.services import DomainError, Forbidden, NotFound, Page, audit, deconfliction, paginate, require_worker
-from app.services.access import get_visible_referral, let_go_at
+from app.services.access import get_visible_referral, let_go_at, read_after_let_go
 from app.services.audit import Actor
 from app.services.identifiers import PLATFORMS, IdentifierKind
 
@@ -64,14 +64,12 @@ def subjects_page(session: Session, user: User, referral_id: int, page: int) -> 
 def _subjects_query(session: Session, user: User, referral_id: int):
     referral = get_visible_referral(session, user, referral_id)
     cutoff = let_go_at(referral, user.agency_id)
-    # Once it let them go, an agency reads what others add to the subjects no more; what it
-    # records itself stays its own.
+    # Once it let them go, an agency reads what others add to the subjects no more.
     # Grouped by hand: selectinload joins the criteria to its IN clause without parentheses, and
     # the OR would then read every identifier of the agency's own subjects, on any referral.
     identifiers = (selectinload(Subject.identifiers) if cutoff is None else selectinload(Subject.identifiers.and_(
-        or_(Identifier.created_at <= cutoff, Identifier.subject.has(Subject.agency_id == user.agency_id)).self_group())))
-    linked_in_time = (true() if cutoff is None else
-                      or_(referral_subjects.c.added_at <= cutoff, Subject.agency_id == user.agency_id))
+        read_after_let_go(cutoff, Identifier.subject.has(Subject.agency_id == user.agency_id))[1].self_group())))
+    linked_in_time = true() if cutoff is None else read_after_let_go(cutoff, Subject.agency_id == user.agency_id)[0]
     return (select(Subject)
             .join(referral_subjects, referral_subjects.c.subject_id == Subject.id)
             .where(referral_subjects.c.referral_id == referral.id, linked_in_time)
