@@ -154,3 +154,29 @@ def test_common_identifiers_keep_their_counts_as_case_count(empty_database):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT referral_count FROM common_identifiers")).scalar_one() == 7
     engine.dispose()
+
+
+def test_addresses_and_agency_names_are_stored_nfkc_and_clashes_refuse_the_migration(empty_database):
+    """0016 rewrites what was stored as typed in the form the app stores now (a full-width
+    letter as the plain one), and refuses, naming them, rows that would become one."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0015")
+    engine = create_engine(empty_database)
+    agency = ("INSERT INTO agencies (id, name, kind, desk_email, desk_phone, timezone, is_focal_point, created_at) "
+              "VALUES (:id, :name, 'police', 'desk@example.org', '+64 4 555 0100', 'UTC', true, '2026-12-01')")
+    user = ("INSERT INTO users (id, email, name, password_hash, role, agency_id, is_active, timezone, created_at, "
+            "failed_logins, password_changed_at) VALUES (:id, :email, 'U', '-', 'viewer', 7, true, 'UTC', "
+            "'2026-12-01', 0, '2026-12-01')")
+    with engine.begin() as conn:
+        conn.execute(text(agency), {"id": 7, "name": "\uff37ellington Unit"})
+        conn.execute(text(user), {"id": 1, "email": "\uff55ser@Example.org"})
+        conn.execute(text(user), {"id": 2, "email": "user@example.org"})
+    with pytest.raises(RuntimeError, match="would be the same once normalised"):
+        command.upgrade(config, "0016")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM users WHERE id = 2"))
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT email FROM users")).scalar_one() == "user@example.org"
+        assert conn.execute(text("SELECT name FROM agencies")).scalar_one() == "Wellington Unit"
+    engine.dispose()
