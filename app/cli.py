@@ -172,8 +172,7 @@ def deconfliction_recheck_common() -> None:
 
     result = deconfliction.recheck_common(db.session, SYSTEM)
     db.session.commit()
-    click.echo(f"{result.marked} identifiers marked common ({result.newly_marked} newly); "
-               f"{result.unmarked} no longer common, raising {len(result.hits)} new hits.")
+    click.echo(result.summary)
 
 
 # --- provider tips ----------------------------------------------------------------------------

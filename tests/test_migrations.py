@@ -114,6 +114,11 @@ def test_a_missing_expression_index_would_be_noticed(empty_database):
     assert _diff(empty_database) != []
 
 
+# An agency as a migration test writes it, below the models (`id`, `name`).
+AGENCY_ROW = ("INSERT INTO agencies (id, name, kind, desk_email, desk_phone, timezone, is_focal_point, created_at) "
+              "VALUES (:id, :name, 'police', 'desk@example.org', '+64 4 555 0100', 'UTC', true, '2026-12-01')")
+
+
 def test_agencies_copied_on_sqlite_keep_the_rows_that_refer_to_them(empty_database):
     """0014 copies `agencies` on SQLite (its name's constraint cannot be dropped in place): the
     users and operations naming an agency keep it, and its foreign keys hold afterwards."""
@@ -121,9 +126,7 @@ def test_agencies_copied_on_sqlite_keep_the_rows_that_refer_to_them(empty_databa
     command.upgrade(config, "0013")
     engine = create_engine(empty_database)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO agencies (id, name, kind, desk_email, desk_phone, timezone, is_focal_point, "
-                          "created_at) VALUES (7, 'Alpha Police', 'police', 'desk@example.org', '+64 4 555 0100', "
-                          "'UTC', true, '2026-12-01')"))
+        conn.execute(text(AGENCY_ROW), {"id": 7, "name": "Alpha Police"})
         conn.execute(text("INSERT INTO operations (code, lead_agency_id, opened_on, description, created_at) "
                           "VALUES ('OP-1', 7, '2026-12-01', '', '2026-12-01')"))
     command.upgrade(config, "head")
@@ -162,13 +165,11 @@ def test_addresses_and_agency_names_are_stored_nfkc_and_clashes_refuse_the_migra
     config = alembic_config(empty_database)
     command.upgrade(config, "0015")
     engine = create_engine(empty_database)
-    agency = ("INSERT INTO agencies (id, name, kind, desk_email, desk_phone, timezone, is_focal_point, created_at) "
-              "VALUES (:id, :name, 'police', 'desk@example.org', '+64 4 555 0100', 'UTC', true, '2026-12-01')")
     user = ("INSERT INTO users (id, email, name, password_hash, role, agency_id, is_active, timezone, created_at, "
             "failed_logins, password_changed_at) VALUES (:id, :email, 'U', '-', 'viewer', 7, true, 'UTC', "
             "'2026-12-01', 0, '2026-12-01')")
     with engine.begin() as conn:
-        conn.execute(text(agency), {"id": 7, "name": "\uff37ellington Unit"})
+        conn.execute(text(AGENCY_ROW), {"id": 7, "name": "\uff37ellington Unit"})
         conn.execute(text(user), {"id": 1, "email": "\uff55ser@Example.org"})
         conn.execute(text(user), {"id": 2, "email": "user@example.org"})
     with pytest.raises(RuntimeError, match="would be the same once normalised"):

@@ -546,6 +546,11 @@ class RecheckResult:
     unmarked: int = 0  # no longer common, or held by nobody
     hits: list[int] = field(default_factory=list)  # hits raised by the keys unmarked
 
+    @property
+    def summary(self) -> str:
+        return (f"{self.marked} identifiers marked common ({self.newly_marked} newly); {self.unmarked} no longer "
+                f"common, raising {len(self.hits)} new hits.")
+
 
 def recheck_common(session: Session, actor: Actor, *, now: datetime | None = None) -> RecheckResult:
     """Bring every common mark in line with what referrals hold now and with the threshold now,

@@ -214,14 +214,20 @@ def test_filters_of_the_hits_list(app, browser, web_world):
     assert "were not understood" in html and case.rc_ref in html
 
 
-def test_same_agency_match_is_shown_as_a_possible_duplicate(app, browser, web_world):
+def _possible_duplicate(app, web_world, address: str) -> tuple[tuple[str, str], int]:
+    """Two of Alpha's referrals holding the address: (their references, the hit's id)."""
     with app.app_context():
         first = make_referral(db.session, web_world, "draft", sender="a", receiver="b")
         second = make_referral(db.session, web_world, "draft", sender="a", receiver="c")
         for referral in (first, second):
-            subjects.add_subject(db.session, web_world.actor("a_liaison"), referral.id, "Holder", "192.0.2.77")
-        refs = (first.reference, second.reference)
+            subjects.add_subject(db.session, web_world.actor("a_liaison"), referral.id, "Holder", address)
+        found = (first.reference, second.reference), db.session.scalars(select(Hit.id)).one()
         db.session.commit()
+    return found
+
+
+def test_same_agency_match_is_shown_as_a_possible_duplicate(app, browser, web_world):
+    refs, _hit_id = _possible_duplicate(app, web_world, "192.0.2.77")
     browser.login("liaison.a@example.org")
     html = _html(browser.get("/hits"))
     assert "possible duplicate" in html and all(ref in html for ref in refs)
@@ -229,13 +235,7 @@ def test_same_agency_match_is_shown_as_a_possible_duplicate(app, browser, web_wo
 
 
 def test_acting_on_a_possible_duplicate_claims_no_notification(app, browser, web_world):
-    with app.app_context():
-        first = make_referral(db.session, web_world, "draft", sender="a", receiver="b")
-        second = make_referral(db.session, web_world, "draft", sender="a", receiver="c")
-        for referral in (first, second):
-            subjects.add_subject(db.session, web_world.actor("a_liaison"), referral.id, "Holder", "192.0.2.78")
-        hit_id = db.session.scalars(select(Hit.id)).one()
-        db.session.commit()
+    _refs, hit_id = _possible_duplicate(app, web_world, "192.0.2.78")
     browser.login("liaison.a@example.org")
     page = f"/hits/{hit_id}"
     assert browser.post(f"{page}/acknowledge", {"version": "1"}, token_from=page).status_code == 303

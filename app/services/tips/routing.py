@@ -194,7 +194,7 @@ class Router:
         self.unlinks: list[tuple[int, int]] = []  # (referral_id, subject_id)
         self.links: list[tuple[_Draft | int, HolderState]] = []
         # Links to the referral a case came in on, written unless there already
-        # (`_link_to_came_in_on`): by (referral, holder).
+        # (`_link_to_came_in_on`): by (referral, subject).
         self._came_in_on_links: dict[tuple[int, int], HolderState] = {}
         self.changed: set[int] = set()
         self._packages: dict[tuple[int, str, Priority], _Draft | int] | None = None
@@ -446,7 +446,7 @@ class Router:
     def _link_to_came_in_on(self, referral_id: int, state: HolderState) -> None:
         """Link a holder to the sent referral its case came in on (`write_links` leaves out a
         link there already: it may have waited there before), which then matches anew."""
-        self._came_in_on_links[(referral_id, state.id)] = state
+        self._came_in_on_links[(referral_id, state.subject_id)] = state
         self.came_in_on.add(referral_id)
 
     def detach(self, state: HolderState, *, into: HolderState | None = None) -> None:
@@ -513,8 +513,7 @@ class Router:
         return ids
 
     def write_links(self) -> None:
-        wanted = {(referral_id, state.subject_id): state
-                  for (referral_id, _holder), state in self._came_in_on_links.items()}
+        wanted = self._came_in_on_links
         if wanted:
             there = set(self.session.execute(select(referral_subjects.c.referral_id, referral_subjects.c.subject_id)
                                              .where(referral_subjects.c.referral_id.in_({r for r, _ in wanted}),

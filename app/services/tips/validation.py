@@ -128,8 +128,7 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
                     progress("validate", done, total)
                 raise
             finally:
-                for future in futures:  # left early: the chunks not started are not read
-                    future.cancel()
+                pool.shutdown(cancel_futures=True)  # left early: the chunks not started are not read
     else:
         for task in tasks:
             _merge(result, _read_chunk(task), task)

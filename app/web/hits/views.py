@@ -160,7 +160,5 @@ def recheck_common_identifiers():
     if not RecheckCommonForm().validate_on_submit():
         flash("The form could not be read; try again.", "error")
     else:
-        result = service.recheck_common(db.session, current_actor())
-        flash(f"{result.marked} identifiers marked common ({result.newly_marked} newly); {result.unmarked} no longer "
-              f"common, raising {len(result.hits)} new hits.")
+        flash(service.recheck_common(db.session, current_actor()).summary)
     return redirect(url_for("hits.common_identifiers"), 303)

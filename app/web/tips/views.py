@@ -230,9 +230,7 @@ def set_jurisdiction(subject_id: int):
             form_refused(form, exc)
         else:
             _decided(decision, "Jurisdiction set.")
-            if request.form.get("back") == "review":
-                return redirect(url_for("tips.review", **_review_list_args()), 303)
-            return redirect(url_for("tips.holder", subject_id=subject_id), 303)
+            return _back_after_decision(subject_id)
     if not form.errors and not form.form_errors:
         form.form_errors.append("The form could not be read; try again.")
     return _render_holder(subject_id, jurisdiction_form=form, status=422)
@@ -254,16 +252,17 @@ def leave_closed(subject_id: int):
             flash("Left with its closed case, off the review list. New material from a later import puts it back.")
     else:
         flash("The form could not be read; try again.", "error")
+    return _back_after_decision(subject_id)
+
+
+def _back_after_decision(subject_id: int):
+    """Back to where the decision was taken: the review list (its `back_` fields: the person
+    goes on working the list as they had it), else the holder's page."""
     if request.form.get("back") == "review":
-        return redirect(url_for("tips.review", **_review_list_args()), 303)
+        names = HolderFilterForm(formdata=None)._fields
+        return redirect(url_for("tips.review", **{name: request.form[f"back_{name}"] for name in names
+                                                   if request.form.get(f"back_{name}")}), 303)
     return redirect(url_for("tips.holder", subject_id=subject_id), 303)
-
-
-def _review_list_args() -> dict[str, str]:
-    """The filters and page of the review list a decision was taken on (its `back_` fields):
-    the person goes on working the list as they had it."""
-    names = HolderFilterForm(formdata=None)._fields
-    return {name: request.form[f"back_{name}"] for name in names if request.form.get(f"back_{name}")}
 
 
 @bp.route("/holders/<int:subject_id>/risk", methods=["POST"])
