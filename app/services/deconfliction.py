@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Integer, String, and_, bindparam, delete, distinct, func, or_, select, update
+from sqlalchemy import Integer, String, and_, bindparam, delete, distinct, func, or_, select, union, update
 from sqlalchemy.orm import Session
 
 from app.db import dialect_insert, utcnow
@@ -383,7 +383,8 @@ def refresh_hits_for_referral(session: Session, actor: Actor, referral_id: int, 
 
 
 def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
-                 now: datetime | None = None, since: datetime | None = None, keys=None) -> RefreshResult:
+                 now: datetime | None = None, since: datetime | None = None, keys=None,
+                 subjects: Sequence[int] | None = None) -> RefreshResult:
     """Match the identifiers of these referrals against every referral's and record what is
     new: hits, matched identifiers of each side, notifications, common identifiers. `now`
     stamps them (the time of the step that matched: an import's, or the demo's replay).
@@ -393,6 +394,10 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     the common keys they hold. What they held before was matched when it came, and a step
     that adds a few holders to a package of thousands matches those few, not the package.
     With `keys` (a select of match keys), only the identifiers of those keys are matched.
+    With `subjects` beside `since` (at most IN_LIST_MAX), the caller says that only these
+    subjects gained anything: their identifiers are read through them, and the referrals'
+    others only for the keys marked common, instead of every identifier of the referrals
+    read to keep what is new (a follow-up tip adding a holder to a package of thousands).
 
     A key marked common that no longer is (fewer cases hold it, or the threshold was raised)
     loses its mark, and raises its hits between every two referrals holding it, these or not:
@@ -406,15 +411,22 @@ def refresh_hits(session: Session, actor: Actor, referral_ids: Iterable[int], *,
     if not ids:
         return result
     session.flush()
-    own_rows = session.execute(
-        select(referral_subjects.c.referral_id, Identifier.subject_id, Identifier.id, Identifier.match_key,
-               Identifier.kind, Identifier.platform, Identifier.value,
-               CommonIdentifier.match_key.is_not(None).label("marked"))
-        .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
-        .outerjoin(CommonIdentifier, CommonIdentifier.match_key == Identifier.match_key)
-        .where(referral_subjects.c.referral_id.in_(ids), *gained_since(since),
-               *([] if keys is None else [Identifier.match_key.in_(keys)]))
-    ).all()
+    own = (select(referral_subjects.c.referral_id, Identifier.subject_id, Identifier.id, Identifier.match_key,
+                  Identifier.kind, Identifier.platform, Identifier.value,
+                  CommonIdentifier.match_key.is_not(None).label("marked"))
+           .join(referral_subjects, referral_subjects.c.subject_id == Identifier.subject_id)
+           .outerjoin(CommonIdentifier, CommonIdentifier.match_key == Identifier.match_key)
+           .where(referral_subjects.c.referral_id.in_(ids),
+                  *([] if keys is None else [Identifier.match_key.in_(keys)])))
+    if since is not None and subjects is not None:
+        # Two reads, each along an index (subject; match key), where one condition over both
+        # would read every identifier of the referrals.
+        own_rows = session.execute(union(
+            own.where(referral_subjects.c.subject_id.in_(subjects), *gained_since(since)),
+            own.where(Identifier.match_key.in_(select(CommonIdentifier.match_key))),
+        )).all()
+    else:
+        own_rows = session.execute(own.where(*gained_since(since))).all()
     if not own_rows:
         return result
 

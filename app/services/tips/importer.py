@@ -78,6 +78,10 @@ PAUSE_ENV = "HANDOFF_TEST_PAUSE_IMPORT_AFTER_ACCOUNTS"
 # New identifiers per deconfliction refresh (bench/bench_matching.py measures batches this size).
 MATCH_BATCH = 160_000
 IDENTIFIER_SLICE = 100_000
+# Subjects up to which matching reads what a tip's referrals gained through those subjects (an
+# IN list each), past which through the referrals: a follow-up's few holders sit on packages of
+# thousands, and a full tip's gains are most of what its referrals hold.
+GAINS_BY_SUBJECT_MAX = 10_000
 
 Progress = Callable[[str, int, int], None]
 
@@ -567,7 +571,9 @@ class _Writer:
         for state in states.values():
             if state.referral_id:
                 per_referral[state.referral_id] += weight.get(state.subject_id, 0)
-        result.hits = self._match(referral_ids, per_referral)
+        gained = set(weight) | {subject_of[survivor] for survivor, _ in result.merges}
+        gained.update(state.subject_id for _, state in router.links)
+        result.hits = self._match(referral_ids, per_referral, gained)
         self._lap("match")
         self.progress("match", 1, 1)
         # The next import, and the pages, plan their reads with these tables' new sizes. The
@@ -658,14 +664,21 @@ class _Writer:
         router.record_updates({referral_id: f"Tip {tip.file_name} (import {tip.id}): {'; '.join(items)}."
                                for referral_id, items in news.items()})
 
-    def _match(self, referral_ids: list[int], identifiers: Counter) -> deconfliction.RefreshResult | None:
+    def _match(self, referral_ids: list[int], identifiers: Counter,
+               subjects: set[int]) -> deconfliction.RefreshResult | None:
         """`deconfliction.refresh_hits` for the referrals the import created or changed: set-based,
         over batches of referrals holding about MATCH_BATCH new identifiers each (one batch for
         all but the largest tips), so that memory stays bounded. What each referral gained in
-        this import (identifiers written, subjects linked) is matched against every stored
-        identifier, the import's own included, so the hits are the same as one call's; what it
-        held before was matched when it came."""
-        referral_ids = self._needing_refresh(referral_ids, identifiers)
+        this import (identifiers written to `subjects`, subjects linked) is matched against every
+        stored identifier, the import's own included, so the hits are the same as one call's;
+        what it held before was matched when it came.
+
+        A small tip's gains are read through its few subjects; a large one's (past the bound on
+        an IN list) through its referrals, after `_needing_refresh` has set aside those whose
+        refresh could find nothing."""
+        small = len(subjects) <= GAINS_BY_SUBJECT_MAX and len(referral_ids) <= deconfliction.IN_LIST_MAX
+        referral_ids = referral_ids if small else self._needing_refresh(referral_ids, identifiers)
+        subjects_hint = sorted(subjects) if small else None
         if not referral_ids:
             return None
         total = deconfliction.RefreshResult()
@@ -675,10 +688,10 @@ class _Writer:
             batch.append(referral_id)
             size += max(1, identifiers.get(referral_id, 0))
             if size >= MATCH_BATCH:
-                self._refresh(batch, total)
+                self._refresh(batch, total, subjects_hint)
                 batch, size = [], 0
         if batch:
-            self._refresh(batch, total)
+            self._refresh(batch, total, subjects_hint)
         return total
 
     def _needing_refresh(self, referral_ids: list[int], identifiers: Counter) -> list[int]:
@@ -721,8 +734,9 @@ class _Writer:
                     needed.add(min(holding[key], key=lambda r: (identifiers.get(r, 0), r)))
         return [referral_id for referral_id in referral_ids if referral_id in needed]
 
-    def _refresh(self, batch: list[int], total: deconfliction.RefreshResult) -> None:
-        part = deconfliction.refresh_hits(self.session, self.actor, batch, now=self.now, since=self.now)
+    def _refresh(self, batch: list[int], total: deconfliction.RefreshResult, subjects: list[int] | None) -> None:
+        part = deconfliction.refresh_hits(self.session, self.actor, batch, now=self.now, since=self.now,
+                                          subjects=subjects)
         total.created.extend(part.created)
         created = set(total.created)
         total.updated.extend(h for h in part.updated if h not in created)
