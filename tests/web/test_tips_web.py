@@ -1077,6 +1077,20 @@ def test_an_interrupted_import_in_an_operation_no_longer_theirs_does_not_block_t
         assert db.session.get(TipImport, stopped).status is TipImportStatus.FAILED
 
 
+@pytest.mark.parametrize("data, refusal", [(b"", "The file is empty."), (PNG, "PNG image")])
+def test_an_upload_refused_for_its_file_keeps_the_interruption_it_found(app, web_world, data, refusal):
+    """The next upload finds the last import's process stopped and records it: the upload's own
+    refusal (an empty file, an image) does not take the interruption off the audit trail."""
+    stopped = _record_running_import(app, web_world, _ended_process())
+    browser = _login(app, LEAD)
+    assert _upload(browser, web_world.operation.id, data).status_code == 422
+    with app.app_context():
+        assert db.session.get(TipImport, stopped).status is TipImportStatus.FAILED
+    reasons = [json.loads(entry.detail)["reason"] for entry in _audit_entries(app, "tip.import")]
+    assert len(reasons) == 2, reasons
+    assert any("interrupted" in reason for reason in reasons) and any(refusal in reason for reason in reasons)
+
+
 def test_an_import_still_running_elsewhere_is_named_not_linked(app, web_world, monkeypatch):
     """The running import is in an operation the person's agency no longer leads: the next
     upload waits for it, and says so without leading to a page they may not read."""

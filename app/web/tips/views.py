@@ -106,6 +106,9 @@ def _settled(record: TipImport, running_here: bool) -> TipImport:
     if imports.runner_stopped(record, running_here=running_here):
         if background.record_interrupted(current_app._get_current_object(), record.id):
             imports.record_interruption(db.session, current_actor(), record)
+            # The record is marked on a connection of its own, for good: its audit entry stands
+            # with it, whatever this request answers (an upload refused next rolls back).
+            db.commit_request()
         db.session.refresh(record)
     return record
 
