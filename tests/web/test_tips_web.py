@@ -706,6 +706,26 @@ def test_a_holder_is_left_with_its_closed_case_from_the_review_list_or_its_page(
         assert (holder.referral_id, holder.needs_review) == (referral_id, False)
 
 
+def test_each_note_on_the_holder_page_has_its_own_label(app, web_world):
+    """Setting the jurisdiction and leaving the holder with its closed case both ask why: the
+    closed-case form's label leads to its own text box, not to the jurisdiction's."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
+    subject_id = _holder_subject(app, "acc1")
+    _closed_by_bravo(app, subject_id)
+    _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
+    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    forms = dict(re.findall(r'<form method="post" action="/tips/holders/\d+/([a-z-]+)"(.*?)</form>', page, re.S))
+    for action in ("jurisdiction", "leave-closed"):
+        target = re.search(r'<label for="([^"]+)">Why', forms[action]).group(1)
+        assert page.count(f'id="{target}"') == 1 and re.search(rf'<textarea[^>]*id="{target}"', forms[action]), action
+    response = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
+        "csrf_token": csrf_token_from(page), "seen": _seen(page), "note": "Nothing new for the case."})
+    assert response.status_code == 303
+    [left] = _audit_entries(app, "tip.holder_left_closed")
+    assert json.loads(left.detail)["note"] == "Nothing new for the case."
+
+
 def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1, email="r1@example.org", uploads_a="1"), account(2, email="r2@example.org", uploads_b="1"))

@@ -76,7 +76,9 @@ class JurisdictionForm(SeenHolder, FlaskForm):
 
 
 class LeaveClosedForm(SeenHolder, FlaskForm):
-    note = TextAreaField("Why (for the audit trail)", validators=[Optional(), Length(max=NOTE_MAX), plain_text])
+    # Beside the jurisdiction's note on the holder page: an id of its own, for its label.
+    note = TextAreaField("Why (for the audit trail)", id="leave_note",
+                         validators=[Optional(), Length(max=NOTE_MAX), plain_text])
 
 
 class RiskForm(SeenHolder, FlaskForm):
