@@ -726,6 +726,26 @@ def test_each_note_on_the_holder_page_has_its_own_label(app, web_world):
     assert json.loads(left.detail)["note"] == "Nothing new for the case."
 
 
+def test_a_note_the_closed_case_form_refuses_is_named_beside_it_and_kept(app, web_world):
+    """A note that cannot be kept (a control character pasted in) is not "the form could not be
+    read": the page says what is wrong beside the note, with the note as typed."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
+    subject_id = _holder_subject(app, "acc1")
+    _closed_by_bravo(app, subject_id)
+    _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
+    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    refused = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
+        "csrf_token": csrf_token_from(page), "seen": _seen(page), "note": "Nothing new\x0b for the case."})
+    text = refused.get_data(as_text=True)
+    assert refused.status_code == 422
+    assert "could not be read" not in text
+    assert re.search(r'<textarea[^>]*\bid="leave_note"[^>]*>\s*Nothing new\x0b for the case.</textarea>', text), text
+    assert 'id="leave_note-error">Remove the control characters' in text
+    with app.app_context():
+        assert db.session.scalar(select(Holder.needs_review).where(Holder.subject_id == subject_id)) is True
+
+
 def test_risk_flags_make_a_p1_holder_with_its_own_referral(app, web_world):
     browser = _login(app, LEAD)
     data = tip(account(1, email="r1@example.org", uploads_a="1"), account(2, email="r2@example.org", uploads_b="1"))

@@ -188,15 +188,14 @@ def unrouted():
                                                                                     page.items))
 
 
-def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, status: int = 200):
+def _render_holder(subject_id: int, jurisdiction_form=None, risk_form=None, leave_form=None, status: int = 200):
     view = service.view_holder(db.session, current_actor(), subject_id)
     jurisdiction_form = jurisdiction_form or JurisdictionForm(formdata=None)
     jurisdiction_form.set_choices(view.evidence_countries)
     risk_form = risk_form or RiskForm(formdata=None, obj=view.holder)
-    for form in (jurisdiction_form, risk_form):
+    leave_form = leave_form or LeaveClosedForm(formdata=None)
+    for form in (jurisdiction_form, risk_form, leave_form):
         form.show(view.holder)  # what the page shows now, also after a refused decision
-    leave_form = LeaveClosedForm(formdata=None)
-    leave_form.show(view.holder)
     return render_template("tips/holder.html", view=view, holder=view.holder, jurisdiction_form=jurisdiction_form,
                            risk_form=risk_form, leave_form=leave_form, risk_flags=RISK_FLAGS), status
 
@@ -253,9 +252,10 @@ def leave_closed(subject_id: int):
             flash_refused(exc)
         else:
             flash("Left with its closed case, off the review list. New material from a later import puts it back.")
-    else:
-        flash("The form could not be read; try again.", "error")
-    return _back_after_decision(subject_id)
+        return _back_after_decision(subject_id)
+    if not form.errors and not form.form_errors:
+        form.form_errors.append("The form could not be read; try again.")
+    return _render_holder(subject_id, leave_form=form, status=422)
 
 
 def _back_after_decision(subject_id: int):
