@@ -1070,6 +1070,32 @@ def test_one_import_at_a_time_each_a_second_upload_shows_the_running_one(app, we
         assert db.session.get(TipImport, stopped).status is TipImportStatus.FAILED
 
 
+def test_an_import_committed_but_not_yet_started_counts_as_running(app, web_world, monkeypatch):
+    """Between the commit of an upload's record and the start of its thread, a second upload
+    (the other click of a double click) finds the import running, not stopped: taken for
+    stopped, it would be marked interrupted and a second import started beside it."""
+    from sqlalchemy import event
+
+    found_stopped = []
+    start_after_commit = background.start_after_commit
+
+    def watched(session, app_, import_id, *args):
+        def in_between(_session) -> None:  # after the commit, before the import's thread starts
+            with app.app_context():
+                record = db.session.get(TipImport, import_id)
+                found_stopped.append(imports.runner_stopped(
+                    record, running_here=background.running_here(app, import_id)))
+
+        event.listen(session, "after_commit", in_between, once=True)
+        start_after_commit(session, app_, import_id, *args)
+
+    monkeypatch.setattr(background, "start_after_commit", watched)
+    browser = _login(app, LEAD)
+    response = _upload(browser, web_world.operation.id, GOOD)
+    assert found_stopped == [False]
+    assert "Imported into LANTERN" in _finished(app, browser, response).get_data(as_text=True)
+
+
 def test_two_uploads_at_once_start_one_import(app, web_world):
     """Both requests pass the page's check before either commits: the database lets one start."""
     from app.services import Conflict

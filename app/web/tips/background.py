@@ -36,19 +36,28 @@ PROGRESS_WAIT_MS = 200  # SQLite: the longest a progress write waits for the wri
 
 def start_after_commit(session: Session, app: Flask, import_id: int, data: bytes, user_id: int,
                        address: str | None) -> None:
-    """Start the import once `session` commits the record (never, if it rolls back)."""
+    """Start the import once `session` commits the record (never, if it rolls back). Its thread
+    is known here at once, as about to start (`running_here`): from the moment the record is
+    committed, another request (the other click of a double click) must not take the import
+    for one whose process stopped."""
+    thread = threading.Thread(target=_run, args=(app, import_id, data, user_id, address),
+                              name=f"tip-import-{import_id}", daemon=True)
+    with _threads_lock:
+        threads = app.extensions.setdefault("tip_import_threads", {})
+        for ended in [key for key, other in threads.items() if other.ident is not None and not other.is_alive()]:
+            del threads[ended]
+        threads[import_id] = thread
 
     def start(_session: Session) -> None:
-        thread = threading.Thread(target=_run, args=(app, import_id, data, user_id, address),
-                                  name=f"tip-import-{import_id}", daemon=True)
-        with _threads_lock:
-            threads = app.extensions.setdefault("tip_import_threads", {})
-            for ended in [key for key, other in threads.items() if other.ident is not None and not other.is_alive()]:
-                del threads[ended]
-            threads[import_id] = thread
         thread.start()
 
+    def forget(_session: Session) -> None:  # the record was not committed: no import to start
+        with _threads_lock:
+            if thread.ident is None and app.extensions["tip_import_threads"].get(import_id) is thread:
+                del app.extensions["tip_import_threads"][import_id]
+
     event.listen(session, "after_commit", start, once=True)
+    event.listen(session, "after_rollback", forget, once=True)
 
 
 _threads_lock = threading.Lock()
