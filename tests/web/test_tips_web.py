@@ -1096,6 +1096,25 @@ def test_an_import_committed_but_not_yet_started_counts_as_running(app, web_worl
     assert "Imported into LANTERN" in _finished(app, browser, response).get_data(as_text=True)
 
 
+def test_the_second_of_two_uploads_at_once_shows_the_import_the_first_started(app, web_world, monkeypatch):
+    """Both requests of a double click pass the check for a running import before either has
+    committed; the second, refused by the database, shows the import the first started."""
+    running = _record_running_import(app, web_world, "another-server.example|1|4242|boot.1")
+    checks = []
+    own_running_import = imports.own_running_import
+
+    def not_yet_committed_the_first_time(session, user):
+        checks.append(user.id)
+        return None if len(checks) == 1 else own_running_import(session, user)
+
+    monkeypatch.setattr(imports, "own_running_import", not_yet_committed_the_first_time)
+    browser = _login(app, LEAD)
+    response = _upload(browser, web_world.operation.id, tip(account(9)))
+    assert response.status_code == 303 and response.headers["Location"] == f"/tips/imports/{running}"
+    assert "Your last import is still running" in browser.get(response.headers["Location"]).get_data(as_text=True)
+    assert _count(app, TipImport) == 1
+
+
 def test_two_uploads_at_once_start_one_import(app, web_world):
     """Both requests pass the page's check before either commits: the database lets one start."""
     from app.services import Conflict

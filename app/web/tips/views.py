@@ -14,7 +14,7 @@ from flask_login import current_user, login_required
 from app.extensions import db
 from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
 from app.models.tip import TipImport
-from app.services import DomainError, NotFound
+from app.services import Conflict, DomainError, NotFound
 from app.services.access import get_visible_holder, led_operations, visible_operations
 from app.services.tips import holders as service
 from app.services.tips import files, imports
@@ -65,19 +65,18 @@ def upload():
     if form.validate_on_submit():
         running = _still_running()
         if running is not None:
-            # A second click, or a second file: one import at a time each (each holds its file
-            # in memory and keeps a worker process per core busy).
-            flash(imports.STILL_RUNNING, "error")
-            try:
-                imports.get_import(db.session, current_user, running.id)
-            except NotFound:  # in an operation their agency no longer leads
-                return render_template("tips/upload.html", form=form, operations=operations), 409
-            return redirect(url_for("tips.import_status", import_id=running.id), 303)
+            return _show_running(running, form, operations)
         storage = form.file.data
         data = storage.read()
         try:
             record = imports.start(db.session, current_actor(), form.operation.data, storage.filename or "", data,
                                    form.skip_invalid.data)
+        except Conflict as exc:  # the other request of a double click started an import just now
+            db.session.rollback()
+            running = _still_running()
+            if running is not None:
+                return _show_running(running, form, operations)
+            form_refused(form, exc)
         except DomainError as exc:
             form_refused(form, exc)
             if isinstance(exc, imports.FileRefused):  # an image, say: on the trail all the same
@@ -89,6 +88,18 @@ def upload():
             return redirect(url_for("tips.import_status", import_id=record.id), 303)
     status = 422 if (form.errors or form.form_errors) else 200
     return render_template("tips/upload.html", form=form, operations=operations), status
+
+
+def _show_running(running: TipImport, form: UploadForm, operations: list[Operation]):
+    """A second click, or a second file: one import at a time each (each holds its file in
+    memory and keeps a worker process per core busy). The running import's page, if still
+    theirs to read."""
+    flash(imports.STILL_RUNNING, "error")
+    try:
+        imports.get_import(db.session, current_user, running.id)
+    except NotFound:  # in an operation their agency no longer leads
+        return render_template("tips/upload.html", form=form, operations=operations), 409
+    return redirect(url_for("tips.import_status", import_id=running.id), 303)
 
 
 def _still_running() -> TipImport | None:
