@@ -234,6 +234,11 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise click.BadParameter(f"cannot write a file in {folder}.", param_hint="--reject-file")
         if os.path.exists(reject_file):
+            # A device reads as empty (/dev/null) and a pipe waits for a writer: neither is a
+            # file to remove and write again.
+            if not os.path.isfile(reject_file):
+                raise click.BadParameter("is not a regular file (a device or a pipe); name a file, or leave "
+                                         "--reject-file out to write none.", param_hint="--reject-file")
             if os.path.samefile(reject_file, file):
                 raise click.BadParameter("is the tip itself: its bad rows would overwrite it.",
                                          param_hint="--reject-file")

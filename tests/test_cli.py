@@ -278,3 +278,22 @@ def test_import_tip_validation_workers_end_quietly_under_its_sigterm_handling(mo
         result = validation.validate(data, "csv", b"k", workers=2, chunk_bytes=2000)
     assert len(result.accounts) == 3000
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["device", "pipe"])
+def test_import_tip_refuses_a_reject_file_that_is_no_regular_file(app, web_world, tmp_path, kind):
+    """A device reads as empty: taken for an empty file, it was removed (as root, `--reject-file
+    /dev/null` removed /dev/null itself) and a reject file written in its place. A pipe was
+    read for its first line, waiting for ever for a writer."""
+    path = tmp_path / "tip.csv"
+    path.write_text("platform,account_id\ninstagram,1\n")
+    rejects = tmp_path / "rejects.csv"
+    if kind == "device":
+        rejects.symlink_to(os.devnull)
+    else:
+        os.mkfifo(rejects)
+    result = import_tip(app, path, "--reject-file", str(rejects))
+    assert result.exit_code != 0
+    assert "is not a regular file" in result.output and "leave --reject-file out" in result.output
+    assert rejects.is_symlink() if kind == "device" else rejects.is_fifo()
+    assert count(app, TipAccount) == 0
