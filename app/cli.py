@@ -80,8 +80,12 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
     elif scenario == "operation-h":
         from app.demo.operation_h import load_scenario
 
-        summary = load_scenario(session, current_app.extensions["handoff_passwords"], scale=scale, seed=seed,
-                                progress=_stage_printer())
+        progress = _stage_printer()
+        try:
+            summary = load_scenario(session, current_app.extensions["handoff_passwords"], scale=scale, seed=seed,
+                                    progress=progress)
+        finally:
+            progress.finish()
         session.commit()
         click.echo(summary.report())
     else:
@@ -179,7 +183,9 @@ def deconfliction_recheck_common() -> None:
 
 def _stage_printer():
     """A progress callback for the tip pipeline: a bar while rows are validated, then one line
-    per stage with its count."""
+    per stage with its count. Its `finish()` ends a bar still open (the pipeline stopped while
+    it read the rows): on a terminal the bar hides the cursor, and what is printed next would
+    go on the bar's line."""
     state: dict = {}
     labels = {"cluster": "Clustering {total:,} accounts into holders", "route": "Placing, triaging and routing "
               "{total:,} holders", "write": "Writing {total:,} new accounts", "match": "Deconfliction matching",
@@ -203,6 +209,12 @@ def _stage_printer():
             state["stage"] = stage
             click.echo(labels.get(stage, stage).format(total=total) + " ...")
 
+    def finish() -> None:
+        bar = state.pop("bar", None)
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+    progress.finish = finish
     return progress
 
 
@@ -267,10 +279,14 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     click.echo(f"{os.path.basename(file)}: {len(data):,} bytes, operation {operation.code} "
                f"(lead agency {operation.lead_agency.name}).")
     started = time.perf_counter()
+    progress = _stage_printer()
     try:
         with _stopping_at_the_next_step() as stop:
-            result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
-                                         workers=workers, progress=stop.checking(_stage_printer()))
+            try:
+                result = importer.import_tip(session, actor, operation.id, data, file, skip_invalid=skip_invalid,
+                                             workers=workers, progress=stop.checking(progress))
+            finally:
+                progress.finish()
             stop.check()
             stop.committing = True  # the commit runs to its end: a signal now comes too late
             session.commit()

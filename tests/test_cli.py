@@ -297,3 +297,19 @@ def test_import_tip_refuses_a_reject_file_that_is_no_regular_file(app, web_world
     assert "is not a regular file" in result.output and "leave --reject-file out" in result.output
     assert rejects.is_symlink() if kind == "device" else rejects.is_fifo()
     assert count(app, TipAccount) == 0
+
+
+def test_import_tip_refused_while_rows_are_read_ends_the_progress_bar(app, web_world, tmp_path, monkeypatch):
+    """On a terminal: a file refused halfway through reading (an image spelt with escapes, found
+    as its line is read) left the bar open, its refusal written on the bar's line and the
+    terminal's cursor hidden after the command."""
+    import click._termui_impl
+
+    monkeypatch.setattr(click._termui_impl, "isatty", lambda _file: True)
+    path = tmp_path / "tip.jsonl"
+    path.write_text('{"platform": "instagram", "account_id": "1", "username": "\\u0064ata:image/png;base64,AAAA"}\n')
+    result = app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTERN"], color=True)
+    assert result.exit_code != 0
+    assert "\x1b[?25l" in result.output  # the bar was drawn
+    assert "\x1b[?25h" in result.output[result.output.rindex("\x1b[?25l"):]  # the cursor is shown again
+    assert "\nError: The file holds an encoded image" in result.output
