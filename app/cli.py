@@ -298,7 +298,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         _print_row_errors(exc.errors)
         if reject_file and exc.reject_csv:
             _write_reject_file(reject_file, exc.reject_csv)
-        raise click.ClickException(exc.message + ("" if reject_file else " (--reject-file PATH writes the bad rows)"))
+        # (A file refused for its header has no rows to reject, nor to skip.)
+        helps = ([] if skip_invalid or not exc.validation.accounts else ["--skip-invalid imports the good rows"]) + (
+            [] if reject_file or not exc.reject_csv else ["--reject-file PATH writes the bad ones"])
+        raise click.ClickException(exc.message + (f" ({'; '.join(helps)})" if helps else ""))
     except (NotFound, Forbidden, DomainError) as exc:
         _refused(operation, file, actor, exc)
         raise click.ClickException(exc.message) from exc

@@ -313,3 +313,22 @@ def test_import_tip_refused_while_rows_are_read_ends_the_progress_bar(app, web_w
     assert "\x1b[?25l" in result.output  # the bar was drawn
     assert "\x1b[?25h" in result.output[result.output.rindex("\x1b[?25l"):]  # the cursor is shown again
     assert "\nError: The file holds an encoded image" in result.output
+
+
+def test_import_tip_refusals_point_to_the_options_that_help(app, web_world, tmp_path):
+    """A file refused for its header has no rows to reject: the refusal pointed to --reject-file
+    all the same, which then wrote nothing. Bad rows beside good ones point to --skip-invalid,
+    which the command's refusal spoke of only as "import with invalid rows skipped"."""
+    path = tmp_path / "tip.csv"
+    path.write_text("platform;account_id\ninstagram;1\n")
+    result = import_tip(app, path)
+    assert result.exit_code != 0 and "separated by semicolons" in result.output
+    assert "--reject-file" not in result.output and "--skip-invalid" not in result.output
+    path.write_text("platform,account_id\ninstagram,1\ninstagram,\n")
+    result = import_tip(app, path)
+    assert result.exit_code != 0
+    assert "(--skip-invalid imports the good rows; --reject-file PATH writes the bad ones)" in result.output
+    path.write_text("platform,account_id\ninstagram,\n")
+    result = import_tip(app, path, "--skip-invalid")
+    assert result.exit_code != 0 and "all 1 rows are invalid" in result.output
+    assert "(--reject-file PATH writes the bad ones)" in result.output and "--skip-invalid imports" not in result.output
