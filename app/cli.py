@@ -34,6 +34,22 @@ def upgrade_database(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+def _require_latest_schema() -> None:
+    """The demo and an import write to most tables: on a database not brought up to date (a new
+    one, named by HANDOFF_DATABASE_URL, say) they broke off with a traceback."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from migrations.config import alembic_config
+
+    latest = set(ScriptDirectory.from_config(alembic_config(current_app.config["DATABASE_URL"])).get_heads())
+    current = set(MigrationContext.configure(db.session.connection()).get_current_heads())
+    if current != latest:
+        raise click.ClickException(
+            f"The database is not at the latest schema (revision {', '.join(sorted(current)) or 'none'}; this "
+            f"version of Handoff needs {', '.join(sorted(latest))}): run `flask --app wsgi migrate` first.")
+
+
 @click.command("migrate")
 @with_appcontext
 def migrate_command() -> None:
@@ -70,6 +86,7 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
     if scenario == "basic" and given:
         raise click.UsageError(f"{' and '.join(given)} only apply to --scenario operation-h.")
 
+    _require_latest_schema()
     session = db.session
     has_data = session.query(Agency.id).first() is not None
     if has_data and if_empty:
@@ -241,6 +258,7 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     from app.services.audit import Actor
     from app.services.tips import files, importer
 
+    _require_latest_schema()
     if reject_file:
         folder = os.path.dirname(os.path.abspath(reject_file))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):

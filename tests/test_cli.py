@@ -332,3 +332,22 @@ def test_import_tip_refusals_point_to_the_options_that_help(app, web_world, tmp_
     result = import_tip(app, path, "--skip-invalid")
     assert result.exit_code != 0 and "all 1 rows are invalid" in result.output
     assert "(--reject-file PATH writes the bad ones)" in result.output and "--skip-invalid imports" not in result.output
+
+
+def test_demo_and_import_tip_on_a_database_not_migrated_say_to_migrate(tmp_path):
+    """A new database (HANDOFF_DATABASE_URL naming a new file, say) has no tables: the demo and
+    an import failed with a traceback about a missing table."""
+    from app import create_app
+
+    fresh = create_app({"DATABASE_URL": "sqlite:///" + str(tmp_path / "new.db")}, config_name="testing")
+    path = tmp_path / "tip.csv"
+    path.write_text("platform,account_id\ninstagram,1\n")
+    try:
+        for args in (["demo"], ["demo", "--scenario", "operation-h", "--scale", "0.001"],
+                     ["import-tip", str(path), "--operation", "LANTERN"]):
+            result = fresh.test_cli_runner().invoke(args=args)
+            assert result.exit_code != 0
+            assert isinstance(result.exception, SystemExit), result.exception
+            assert "not at the latest schema" in result.output and "flask --app wsgi migrate" in result.output
+    finally:
+        fresh.extensions["handoff_db"]["engine"].dispose()
