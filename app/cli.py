@@ -92,7 +92,9 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
     if has_data and if_empty:
         click.echo("Demo data present already.")
     elif has_data:
-        click.echo("The database is not empty; the demo loads into an empty database only.", err=True)
+        click.echo("The database is not empty; the demo loads into an empty database only: point "
+                   "HANDOFF_DATABASE_URL at a new one (and run `flask --app wsgi migrate`), or give --if-empty "
+                   "to leave this one as it is.", err=True)
         sys.exit(1)
     elif scenario == "operation-h":
         from app.demo.operation_h import load_scenario

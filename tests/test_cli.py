@@ -351,3 +351,12 @@ def test_demo_and_import_tip_on_a_database_not_migrated_say_to_migrate(tmp_path)
             assert "not at the latest schema" in result.output and "flask --app wsgi migrate" in result.output
     finally:
         fresh.extensions["handoff_db"]["engine"].dispose()
+
+
+@pytest.mark.parametrize("scenario", ["basic", "operation-h"])
+def test_demo_on_a_database_with_data_says_what_to_do(app, web_world, scenario):
+    result = app.test_cli_runner().invoke(args=["demo", "--scenario", scenario])
+    assert result.exit_code == 1
+    assert "The database is not empty" in result.output
+    assert "HANDOFF_DATABASE_URL" in result.output and "--if-empty" in result.output
+    assert count(app, Agency) == len(web_world.agencies)
