@@ -282,7 +282,10 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
     session = db.session
     operation = session.scalar(select(Operation).where(Operation.code == operation_code.strip().upper()))
     if operation is None:
-        raise click.ClickException(f"No operation with the code {operation_code!r}.")
+        codes = session.scalars(select(Operation.code).order_by(Operation.code).limit(21)).all()
+        known = (f"the operations are: {', '.join(codes[:20])}{', ...' if len(codes) > 20 else ''}" if codes else
+                 "none is open yet: an administrator or a manager opens one on the Operations page")
+        raise click.ClickException(f"No operation with the code {operation_code!r}; {known}.")
     actor = Actor(None, "cli")
     if as_email:
         user = session.scalar(select(User).where(User.email == as_email.strip().lower()))

@@ -20,6 +20,7 @@ from app.extensions import db
 from app.models import Agency, AgencyKind, AuditEntry, Hit, Outcome, Referral, Status, Tip, TipAccount, User
 from app.services import audit
 from app.services.tips import validation
+from tests.conftest import committed_world
 from tests.unit.test_tips_import import cli_env, import_command, start_paused_import
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,3 +361,16 @@ def test_demo_on_a_database_with_data_says_what_to_do(app, web_world, scenario):
     assert "The database is not empty" in result.output
     assert "HANDOFF_DATABASE_URL" in result.output and "--if-empty" in result.output
     assert count(app, Agency) == len(web_world.agencies)
+
+
+def test_import_tip_into_an_unknown_operation_names_the_operations(app, tmp_path):
+    path = tmp_path / "tip.csv"
+    path.write_text("platform,account_id\ninstagram,1\n")
+    result = app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTRN"])
+    assert result.exit_code != 0
+    assert "No operation with the code 'LANTRN'; none is open yet: an administrator or a manager opens one " \
+           "on the Operations page." in result.output
+    committed_world(app)
+    result = app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTRN"])
+    assert result.exit_code != 0
+    assert "No operation with the code 'LANTRN'; the operations are: LANTERN." in result.output
