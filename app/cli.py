@@ -255,8 +255,8 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
 
     from sqlalchemy import select
 
-    from app.models import Operation, User
-    from app.services import Forbidden, NotFound
+    from app.models import Operation
+    from app.services import Forbidden, NotFound, users
     from app.services.audit import Actor
     from app.services.tips import files, importer
 
@@ -288,7 +288,7 @@ def import_tip_command(file: str, operation_code: str, skip_invalid: bool, rejec
         raise click.ClickException(f"No operation with the code {operation_code!r}; {known}.")
     actor = Actor(None, "cli")
     if as_email:
-        user = session.scalar(select(User).where(User.email == as_email.strip().lower()))
+        user = users.find_by_email(session, as_email)  # as sign-in finds it
         if user is None or not user.is_active:
             raise click.ClickException(f"No active user {as_email!r}.")
         actor = Actor(user, "cli")

@@ -374,3 +374,14 @@ def test_import_tip_into_an_unknown_operation_names_the_operations(app, tmp_path
     result = app.test_cli_runner().invoke(args=["import-tip", str(path), "--operation", "LANTRN"])
     assert result.exit_code != 0
     assert "No operation with the code 'LANTRN'; the operations are: LANTERN." in result.output
+
+
+def test_import_tip_as_finds_the_user_as_sign_in_does(app, web_world, tmp_path):
+    """A full-width letter in the address is the plain one at sign-in (NFKC): --as said there
+    was no such user."""
+    path = tmp_path / "tip.csv"
+    path.write_text("platform,account_id\ninstagram,1\n")
+    result = import_tip(app, path, "--as", " \uff4ciaison.C@example.org ")
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert db.session.scalar(select(Tip.imported_by_id)) == web_world.users["c_liaison"].id
