@@ -84,7 +84,8 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
     given = [f"--{name}" for name in ("scale", "seed")
              if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
     if scenario == "basic" and given:
-        raise click.UsageError(f"{' and '.join(given)} only apply to --scenario operation-h.")
+        raise click.UsageError(f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to "
+                               "--scenario operation-h.")
 
     _require_latest_schema()
     session = db.session

@@ -385,3 +385,12 @@ def test_import_tip_as_finds_the_user_as_sign_in_does(app, web_world, tmp_path):
     assert result.exit_code == 0, result.output
     with app.app_context():
         assert db.session.scalar(select(Tip.imported_by_id)) == web_world.users["c_liaison"].id
+
+
+def test_demo_options_of_the_scenario_alone_are_refused_for_the_basic_demo(app):
+    runner = app.test_cli_runner()
+    one = runner.invoke(args=["demo", "--seed", "3"])
+    assert one.exit_code == 2 and "--seed only applies to --scenario operation-h." in one.output
+    both = runner.invoke(args=["demo", "--scale", "0.5", "--seed", "3"])
+    assert both.exit_code == 2 and "--scale and --seed only apply to --scenario operation-h." in both.output
+    assert count(app, Agency) == 0
