@@ -78,7 +78,7 @@ def _finite(_context, param, value: float) -> float:
 @with_appcontext
 def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, seed: int = 2019) -> None:
     """Load the demo: agencies in several countries, users of every role, about 30 referrals."""
-    from app.demo import DEMO_PASSWORD, load_demo
+    from app.demo import DEMO_PASSWORD, demo_logins, load_demo
 
     context = click.get_current_context()
     given = [f"--{name}" for name in ("scale", "seed")
@@ -91,7 +91,8 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
     session = db.session
     has_data = session.query(Agency.id).first() is not None
     if has_data and if_empty:
-        click.echo("Demo data present already.")
+        click.echo("Demo data present already." if demo_logins(session) else
+                   "The database holds data already, not the demo's: the demo was not loaded.")
     elif has_data:
         click.echo("The database is not empty; the demo loads into an empty database only: point "
                    "HANDOFF_DATABASE_URL at a new one (and run `flask --app wsgi migrate`), or give --if-empty "
@@ -112,10 +113,10 @@ def demo_command(if_empty: bool, scenario: str = "basic", scale: float = 1.0, se
         load_demo(session, current_app.extensions["handoff_passwords"])
         session.commit()
         click.echo("Demo loaded.")
-    from app.demo import demo_logins
-
-    click.echo(f"\nDemo sign-ins (password for all: {DEMO_PASSWORD}):")
-    for email, role, agency in demo_logins(session):
+    logins = demo_logins(session)
+    if logins:
+        click.echo(f"\nDemo sign-ins (password for all: {DEMO_PASSWORD}):")
+    for email, role, agency in logins:
         click.echo(f"  {email:34} {role:8} {agency}")
 
 

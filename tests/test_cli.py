@@ -394,3 +394,12 @@ def test_demo_options_of_the_scenario_alone_are_refused_for_the_basic_demo(app):
     both = runner.invoke(args=["demo", "--scale", "0.5", "--seed", "3"])
     assert both.exit_code == 2 and "--scale and --seed only apply to --scenario operation-h." in both.output
     assert count(app, Agency) == 0
+
+
+def test_demo_if_empty_on_a_database_of_other_data_says_so_and_offers_no_sign_ins(app, web_world):
+    """`make run` loads the demo with --if-empty: on a database of other data it said the demo's
+    data was there, under a header naming the demo password over an empty list."""
+    result = app.test_cli_runner().invoke(args=["demo", "--if-empty"])
+    assert result.exit_code == 0, result.output
+    assert "The database holds data already, not the demo's: the demo was not loaded." in result.output
+    assert "Demo data present already" not in result.output and "Demo sign-ins" not in result.output
