@@ -65,6 +65,14 @@ def test_a_quote_left_open_that_a_stray_one_closes_says_how_many_lines_it_swallo
     assert [a.line for a in single.accounts] == [7, 8]
 
 
+def test_a_quote_closed_on_the_next_line_says_one_line(monkeypatch):
+    lines = [HEADER, 'instagram,UQ0,"multi', 'line",uq0@example.org', *good_rows(1, 2)]
+    single = read_both(("\n".join(lines) + "\n").encode(), 30, monkeypatch)
+    assert [(e.line, e.field, e.reason) for e in single.errors] == [
+        (2, "username", "a quote opened on this line is closed only 1 line later: the lines in between were read "
+                        "as this value")]
+
+
 def test_chunked_validation_agrees_with_one_reader_around_quotes_left_open(monkeypatch):
     """Random files of good rows, quotes opened and never closed, quotes that close them or
     break them off, and line breaks in a column no tip field reads, cut into random chunks."""

@@ -206,6 +206,25 @@ def test_a_header_a_spreadsheet_or_a_misnamed_file_wrote_is_refused_saying_what_
     assert count(session, Tip) == 0
 
 
+@pytest.mark.parametrize("data, line", [(b"platform,account_id,email\ndiscord,acc1,a@example.org\n", 1),
+                                        (b"\n Platform, Account_ID\r\ndiscord,acc1\r\n", 2)])
+def test_a_csv_named_jsonl_is_refused_saying_to_name_it_csv(session, world, data, line):
+    """Not one "not valid JSON" per line: the file is refused for what its first line shows."""
+    with pytest.raises(TipRejected) as refused:
+        run_import(session, world, data, file_name="tip.jsonl")
+    assert [(e.line, e.reason) for e in refused.value.errors] == [
+        (line, "the file looks like CSV, not JSON Lines: name it .csv")]
+    assert "name it .csv" in refused.value.message and count(session, Tip) == 0
+
+
+def test_a_json_line_unread_whole_is_named_in_the_reject_file_without_a_formulas_apostrophe(session, world):
+    data = b'{"platform": "discord", "account_id": "acc1"}\n[1, 2]\n'
+    result = run_import(session, world, data, file_name="tip.jsonl", skip_invalid=True)
+    rows = list(csv.reader(io.StringIO(result.reject_csv)))
+    assert [row[-3:-1] for row in rows[1:]] == [["2", "-"]]
+    assert rows[1][-1] == "each line must be a JSON object"
+
+
 def test_a_quote_written_wrong_is_a_bad_row_not_a_value_read_otherwise(session, world):
     """`"John "Johnny" Smith` would read as `John Johnny" Smith`, a name the provider never sent,
     and match as one: the row is bad, saying how quotes are written, and the next rows are read."""

@@ -219,7 +219,7 @@ def reject_csv(columns: list[str], errors: list[reader.RowError], records: dict[
         # A row whose values do not line up with the columns has them in its reason instead:
         # under the columns they would make a good row of the wrong values.
         record = {} if any(p.field == reader.WHOLE_RECORD for p in problems) else records.get(line, {})
-        writer.writerow(map(neutralise, [record.get(key, "") for _name, key in kept] + [
-            line, " | ".join(p.field for p in problems), " | ".join(p.reason for p in problems),
-        ]))
+        # The field column names fields (or "-", the whole record): ours, no formula to defuse.
+        writer.writerow([*map(neutralise, [record.get(key, "") for _name, key in kept]), line,
+                         " | ".join(p.field for p in problems), neutralise(" | ".join(p.reason for p in problems))])
     return buffer.getvalue()

@@ -242,6 +242,23 @@ def _missing_columns(line: int, header: list[str], missing: list[str]) -> RowErr
     return RowError(line, ",".join(missing), "missing column in the header")
 
 
+def csv_named_jsonl(body: bytes) -> RowError | None:
+    """A JSON Lines file's first line that is a tip CSV's header (a CSV named .jsonl): said as
+    a person can act on it, instead of every line being no JSON."""
+    lines = body[:65_536].splitlines()  # a header is far shorter; the file may be 100 MB
+    number, first = next(((n, line) for n, line in enumerate(lines, start=1) if line.strip()), (1, b""))
+    text = first.decode("utf-8", errors="replace")
+    if text.lstrip().startswith("{"):
+        return None
+    try:
+        names = {column_key(name) for name in next(csv_rows([text]), [])}
+    except csv.Error:
+        return None
+    if {"platform", "account_id"} <= names:
+        return RowError(number, WHOLE_RECORD, "the file looks like CSV, not JSON Lines: name it .csv")
+    return None
+
+
 Records = Iterator[tuple[int, dict[str, str], "list[RowError] | tuple[RowError, ...]"]]
 
 
@@ -317,9 +334,9 @@ def _records(stream: IO[bytes], fmt: str, ignored: dict[str, None] | None = None
             record = dict(zip(keys, row))
             if taken > 1 and not problems:
                 # No tip field holds a line break: a quote left open swallowed the lines after it.
-                problems = [RowError(start, key, f"a quote opened on this line is closed only "
-                                                 f"{taken - 1:,} lines later: the lines in between were "
-                                                 "read as this value")
+                later = "1 line" if taken == 2 else f"{taken - 1:,} lines"
+                problems = [RowError(start, key, f"a quote opened on this line is closed only {later} later: "
+                                                 "the lines in between were read as this value")
                             for key in FIELDS if "\n" in record.get(key, "") or "\r" in record.get(key, "")]
                 problems = problems or _NO_PROBLEMS
             yield start, record, problems

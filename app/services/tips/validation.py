@@ -83,6 +83,12 @@ def validate(data: bytes, fmt: str, secret: bytes, *, workers: int | None = None
             result.errors = check.errors
             result.header_error = True
             return result
+    else:
+        misnamed = reader.csv_named_jsonl(body)
+        if misnamed is not None:
+            result.errors = [misnamed]
+            result.header_error = True
+            return result
     chunks = _chunks(body, fmt, chunk_bytes)
     total = len(body)
     if workers is None:
