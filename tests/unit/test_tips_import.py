@@ -225,6 +225,13 @@ def test_a_json_line_unread_whole_is_named_in_the_reject_file_without_a_formulas
     assert rows[1][-1] == "each line must be a JSON object"
 
 
+def test_a_refusal_names_the_columns_it_would_not_have_read(session, world):
+    data = b"platform,account_id,E-mail\ndiscord,acc1,a@example.org\ndiscord,,b@example.org\n"
+    with pytest.raises(TipRejected) as refused:
+        run_import(session, world, data)
+    assert refused.value.message.endswith("Columns not read, as they are no tip field: E-mail.")
+
+
 def test_a_quote_written_wrong_is_a_bad_row_not_a_value_read_otherwise(session, world):
     """`"John "Johnny" Smith` would read as `John Johnny" Smith`, a name the provider never sent,
     and match as one: the row is bad, saying how quotes are written, and the next rows are read."""

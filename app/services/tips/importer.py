@@ -100,6 +100,10 @@ class TipRejected(DomainError):
         else:
             message = (f"Nothing was imported: {bad:,} of {validation.rows:,} rows are invalid. Correct them, or "
                        "import with invalid rows skipped.")
+        if validation.ignored_columns:
+            # Said now, not only once imported: a known account stays as first imported, so an
+            # "E-mail" column read as nothing would lose its addresses for good.
+            message += f" Columns not read, as they are no tip field: {', '.join(validation.ignored_columns)}."
         super().__init__(message, field="file")
         self.validation = validation
         self.errors = validation.errors
