@@ -52,6 +52,11 @@ def plain_text(form, field) -> None:
                               "tabs and line breaks may stay.")
 
 
+def country_code(value):
+    """A WTForms filter: a country code in a link as typed ("nz") is the listed one ("NZ")."""
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 def safe_next(target: str | None) -> str | None:
     """Only a path on this site: no scheme, no host, no protocol-relative or backslash tricks."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:

@@ -290,6 +290,9 @@ def test_list_marks_overdue_and_filters(app, browser, web_world):
     assert late.reference not in page
     page = browser.get("/referrals?status=nonsense&page=-3").get_data(as_text=True)
     assert "were not understood" in page and late.reference in page
+    elsewhere = _make(app, web_world, "sent", jurisdiction="NZ")
+    page = browser.get("/referrals?jurisdiction=au").get_data(as_text=True)
+    assert "not understood" not in page and late.reference in page and elsewhere.reference not in page
 
 
 def test_list_pages(app, browser, web_world):

@@ -8,7 +8,7 @@ from app.services.deconfliction import KIND_LABELS
 from app.services.identifiers import PLATFORMS
 from app.services.referrals import MATERIAL_MAX, NOTE_MAX, OUTCOME_COUNT_MAX, SUMMARY_MAX
 from app.services.subjects import LABEL_MAX
-from app.web import plain_text, plausible_date
+from app.web import country_code, plain_text, plausible_date
 
 
 def optional_int(value):
@@ -100,7 +100,7 @@ class ListFilterForm(FlaskForm):
         csrf = False
 
     status = SelectField("Status", validators=[Optional()])
-    jurisdiction = SelectField("Jurisdiction", validators=[Optional()])
+    jurisdiction = SelectField("Jurisdiction", validators=[Optional()], filters=[country_code])
     priority = SelectField("Priority", validators=[Optional()])
     operation = SelectField("Operation", coerce=optional_int, validators=[Optional()])
     direction = SelectField("Direction", choices=[("", "All"), ("in", "Received"), ("out", "Sent")],

@@ -8,7 +8,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from app.models import HolderRouting, Priority
 from app.services import countries
 from app.services.tips.holders import NOTE_MAX
-from app.web import plain_text
+from app.web import country_code, plain_text
 from app.web.referrals.forms import optional_int
 
 class UploadForm(FlaskForm):
@@ -29,7 +29,7 @@ class HolderFilterForm(FlaskForm):
         csrf = False
 
     operation = SelectField("Operation", coerce=optional_int, validators=[Optional()])
-    country = SelectField("Jurisdiction", validators=[Optional()])
+    country = SelectField("Jurisdiction", validators=[Optional()], filters=[country_code])
     priority = SelectField("Priority", choices=[("", "Any")] + [(p.value, p.value) for p in Priority],
                            validators=[Optional()])
     routing = SelectField("Routing", choices=[("", "Any")] + [(r.value, r.label) for r in HolderRouting],
