@@ -235,7 +235,8 @@ class ScenarioSummary:
     scale: float
     seed: int
     agencies: int = 0
-    countries_without_focal_point: int = 0
+    unrouted_countries: int = 0
+    unrouted_holders: int = 0
     accounts: int = 0
     holders: int = 0
     holder_countries: int = 0
@@ -258,7 +259,8 @@ class ScenarioSummary:
         hit_statuses = ", ".join(f"{status} {n:,}" for status, n in sorted(self.hit_statuses.items()))
         return "\n".join([
             f"Operation H scenario loaded (scale {self.scale}, seed {self.seed}).",
-            f"  agencies: {self.agencies:,}; tip countries without a focal point: {self.countries_without_focal_point}",
+            f"  agencies: {self.agencies:,}; {self.unrouted_holders:,} holders in {self.unrouted_countries} of the "
+            "tip's countries without a focal point, routed to the international body (the unrouted list)",
             f"  tip: {self.accounts:,} accounts, {self.holders:,} account holders in {self.holder_countries} countries "
             f"({self.lead_accounts} accounts, {self.lead_holders} holders in {LEAD_COUNTRY})",
             f"  triage: {self.flagged:,} holders flagged by investigators; {self.drafts_created:,} draft referrals",
@@ -293,7 +295,7 @@ def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, n
     lead_email = next(email for email, _name, role, index in USERS if role.value == "liaison" and index == 0)
     lead_user = session.scalar(select(User).where(User.email == lead_email))
     places = countries(random.Random(seed))  # the tip's countries, as generate() draws them
-    summary.countries_without_focal_point = _directory(session, passwords, rng, places)
+    _directory(session, passwords, rng, places)
     operation = Operation(code=OPERATION_CODE, lead_agency_id=lead_user.agency_id, opened_on=start.date(),
                           description="Synthetic scenario at the scale of a real operation: one provider's tip, "
                                       "its account holders and two years of handoffs.")
@@ -328,10 +330,9 @@ def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, n
     return summary
 
 
-def _directory(session, passwords, rng: random.Random, places: list[str]) -> int:
+def _directory(session, passwords, rng: random.Random, places: list[str]) -> None:
     """A focal point for most of the tip's countries (the basic demo's agencies count), in its
-    country's time zone, an international focal body, a liaison officer at each. Returns how many
-    of the tip's countries are left without a focal point."""
+    country's time zone, an international focal body, a liaison officer at each."""
     from sqlalchemy import select
 
     from app.demo import DEMO_PASSWORD
@@ -367,7 +368,6 @@ def _directory(session, passwords, rng: random.Random, places: list[str]) -> int
     session.flush()
     bulk.audit_many(session, SYSTEM, [("user.create", "user", u.id, {"email": u.email, "role": "liaison"})
                                       for u in users])
-    return uncovered
 
 
 def _flag_holders(session, actor, operation, rng: random.Random, when: datetime) -> int:
@@ -821,13 +821,16 @@ def _event(referral_id, at, action, from_status, to_status, actor, note="") -> d
 def _figures(session, operation, summary: ScenarioSummary) -> None:
     from sqlalchemy import or_, select
 
-    from app.models import Hit, Holder, Outcome, Referral, Status, TipAccount
+    from app.models import Hit, Holder, HolderRouting, Outcome, Referral, Status, TipAccount
 
     summary.accounts = session.scalar(select(func.count()).select_from(TipAccount).where(
         TipAccount.operation_id == operation.id)) or 0
     live = select(Holder).where(Holder.operation_id == operation.id, Holder.merged_into_id.is_(None)).subquery()
     summary.holders = session.scalar(select(func.count()).select_from(live)) or 0
     summary.holder_countries = session.scalar(select(func.count(func.distinct(live.c.jurisdiction)))) or 0
+    summary.unrouted_holders, summary.unrouted_countries = session.execute(
+        select(func.count(), func.count(func.distinct(live.c.jurisdiction)))
+        .where(live.c.routing == HolderRouting.INTERNATIONAL)).one()
     summary.lead_holders = session.scalar(select(func.count()).select_from(live).where(
         live.c.jurisdiction == LEAD_COUNTRY)) or 0
     summary.lead_accounts = session.scalar(select(func.sum(live.c.accounts)).where(

@@ -40,6 +40,7 @@ from app.models import (
     Priority,
     Referral,
     ReferralEvent,
+    Role,
     Status,
     Subject,
     Tip,
@@ -2654,8 +2655,12 @@ def test_operation_h_at_a_small_scale_is_proportional_and_deterministic(any_app,
     assert summary.children_safeguarded == round(146 * 0.01)
     assert summary.referrals.get("draft", 0) < sum(summary.referrals.values()) / 10
     assert {"sent", "acknowledged", "accepted", "declined"} <= set(summary.referrals)
-    assert summary.countries_without_focal_point > 0
     operation = session.scalars(select(Operation).where(Operation.code == operation_h.OPERATION_CODE)).one()
+    # What the summary says of countries without a focal point is what the lead's unrouted list shows.
+    lead = session.scalar(select(User).where(User.agency_id == operation.lead_agency_id, User.role == Role.LIAISON))
+    listed, _ = holder_service.unrouted(session, lead, holder_service.HolderFilters(operation_id=operation.id))
+    assert summary.unrouted_countries == len(listed) > 0
+    assert summary.unrouted_holders == sum(country.holders for country in listed)
     in_scenario = select(Referral).where(Referral.operation_id == operation.id)
     sent = session.scalars(in_scenario.where(Referral.sent_at.is_not(None))).all()
     assert sent and all(now - timedelta(days=731) <= r.sent_at <= now for r in sent)
