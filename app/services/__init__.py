@@ -29,11 +29,11 @@ class Forbidden(DomainError):
 
 
 class Conflict(DomainError):
-    """Someone else changed the object since it was loaded."""
+    """The object was changed since it was loaded (by someone else, or by a second click)."""
 
 
 def _changed_meanwhile(what: str) -> str:
-    return f"Someone else changed this {what} meanwhile. Reload it and try again."
+    return f"This {what} was changed since you loaded the page. Reload it and try again."
 
 
 def check_version(obj, expected_version: int | None, what: str) -> None:

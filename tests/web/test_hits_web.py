@@ -135,7 +135,7 @@ def test_acknowledge_and_resolve_with_the_forms(app, browser, web_world):
     response = browser.post(f"{page}/resolve", {"version": "1", "lead_agency_id": str(web_world.agencies["c"].id),
                                                  "note": "Agreed by phone."}, token_from=page)
     assert response.status_code == 303
-    assert "Someone else changed this hit" in _html(browser.get(page))
+    assert "This hit was changed" in _html(browser.get(page))
 
     with app.app_context():
         version = db.session.get(Hit, case.hit_id).version

@@ -206,7 +206,7 @@ def test_second_person_on_a_stale_page_sees_a_conflict(app, web_world):
     response = second.post(f"/referrals/{referral.id}/acknowledge", {"version": stale_version})
     assert response.status_code == 303
     page = second.get(f"/referrals/{referral.id}").get_data(as_text=True)
-    assert "Someone else changed this referral meanwhile" in page
+    assert "This referral was changed since you loaded the page" in page
     with app.app_context():
         events = [e.action for e in db.session.get(Referral, referral.id).events]
     assert events.count("acknowledge") == 1
@@ -242,7 +242,7 @@ def test_edit_draft_keeps_a_concurrent_change(app, web_world):
     lost = second.post(f"/referrals/{referral.id}/edit", _form(web_world, version=version, summary="Second change."),
                        token_from="/referrals")
     assert lost.status_code == 303
-    assert "Someone else changed" in second.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "was changed since you loaded the page" in second.get(f"/referrals/{referral.id}").get_data(as_text=True)
     with app.app_context():
         assert db.session.get(Referral, referral.id).summary == "First change."
 
@@ -409,7 +409,7 @@ def test_outcome_form_records_once_and_refuses_what_cannot_be(app, browser, web_
     assert "Date: This field is required." in post(occurred_on="")
     assert "before the referral was sent" in post(occurred_on="2001-01-01")
     assert "Outcome recorded." in post(arrests="2", charges="1", children_safeguarded="1")
-    assert "Someone else changed this referral" in post(arrests="2", charges="1", children_safeguarded="1")
+    assert "This referral was changed" in post(arrests="2", charges="1", children_safeguarded="1")
     with app.app_context():
         assert len(db.session.get(Referral, referral.id).outcomes) == 1  # the second submission was refused
     browser.post("/logout")

@@ -694,7 +694,7 @@ def test_a_holder_is_left_with_its_closed_case_from_the_review_list_or_its_page(
     assert "Leave with the closed case" in holder_page
     stale = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
         "csrf_token": csrf_token_from(page), "seen": "2020-01-01T00:00:00+00:00"}, follow_redirects=True)
-    assert "Someone else changed this account holder meanwhile" in stale.get_data(as_text=True)
+    assert "This account holder was changed since you loaded the page" in stale.get_data(as_text=True)
     response = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
         "csrf_token": csrf_token_from(page), "seen": _seen(holder_page), "back": "review", "back_operation": web_world.operation.id})
     assert response.status_code == 303 and response.headers["Location"].endswith(f"/tips/review?{filtered}")
@@ -980,7 +980,7 @@ def test_a_decision_from_a_page_older_than_the_holder_is_refused_not_overwriting
     assert done.status_code == 303
     refused = liaison.client.post(f"/tips/holders/{subject}/risk", data={
         "csrf_token": csrf_token_from(stale), "seen": seen, "risk_previous_convictions": "y"})
-    assert refused.status_code == 422 and "Someone else changed this account holder" in refused.get_data(as_text=True)
+    assert refused.status_code == 422 and "This account holder was changed" in refused.get_data(as_text=True)
     # The review list's one-click buttons carry the same guard.
     review = liaison.client.post(f"/tips/holders/{subject}/jurisdiction", data={
         "csrf_token": csrf_token_from(stale), "seen": seen, "country": "AU", "back": "review"})
@@ -999,7 +999,7 @@ def test_a_decision_from_a_page_older_than_the_holder_is_refused_not_overwriting
     for path, form in (("risk", {"risk_plans_to_meet": "y"}), ("jurisdiction", {"country": "NZ"})):
         blind = liaison.client.post(f"/tips/holders/{subject}/{path}", data={"csrf_token": csrf_token_from(page),
                                                                               **form})
-        assert blind.status_code == 422 and "Someone else changed this account holder" in blind.get_data(as_text=True)
+        assert blind.status_code == 422 and "This account holder was changed" in blind.get_data(as_text=True)
     with app.app_context():
         holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject))
         assert (holder.risk_plans_to_meet, holder.jurisdiction_source.value) == (False, "evidence")

@@ -411,8 +411,8 @@ def _decidable(session: Session, actor: Actor, subject_id: int, seen_at: datetim
     if holder.merged_into_id is not None:
         raise DomainError("This holder was merged into another; decide on that one.")
     if seen_at is not None and holder.updated_at != seen_at:
-        raise Conflict("Someone else changed this account holder meanwhile (a decision or an import). Look at "
-                       "it again and decide anew.")
+        raise Conflict("This account holder was changed since you loaded the page (a decision or an import). "
+                       "Look at it again and decide anew.")
     return holder
 
 
