@@ -706,15 +706,21 @@ def test_a_holder_is_left_with_its_closed_case_from_the_review_list_or_its_page(
         assert (holder.referral_id, holder.needs_review) == (referral_id, False)
 
 
-def test_each_note_on_the_holder_page_has_its_own_label(app, web_world):
-    """Setting the jurisdiction and leaving the holder with its closed case both ask why: the
-    closed-case form's label leads to its own text box, not to the jurisdiction's."""
+def _holder_grown_after_its_case_closed(app, web_world):
+    """(the lead's browser, the subject, its holder page) of a holder whose case Bravo closed
+    and that then gained an account."""
     browser = _login(app, LEAD)
     _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
     subject_id = _holder_subject(app, "acc1")
     _closed_by_bravo(app, subject_id)
     _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
-    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    return browser, subject_id, browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+
+
+def test_each_note_on_the_holder_page_has_its_own_label(app, web_world):
+    """Setting the jurisdiction and leaving the holder with its closed case both ask why: the
+    closed-case form's label leads to its own text box, not to the jurisdiction's."""
+    browser, subject_id, page = _holder_grown_after_its_case_closed(app, web_world)
     forms = dict(re.findall(r'<form method="post" action="/tips/holders/\d+/([a-z-]+)"(.*?)</form>', page, re.S))
     for action in ("jurisdiction", "leave-closed"):
         target = re.search(r'<label for="([^"]+)">Why', forms[action]).group(1)
@@ -729,12 +735,7 @@ def test_each_note_on_the_holder_page_has_its_own_label(app, web_world):
 def test_a_note_the_closed_case_form_refuses_is_named_beside_it_and_kept(app, web_world):
     """A note that cannot be kept (a control character pasted in) is not "the form could not be
     read": the page says what is wrong beside the note, with the note as typed."""
-    browser = _login(app, LEAD)
-    _import(app, browser, web_world.operation.id, tip(account(1, email="w1@example.org")))
-    subject_id = _holder_subject(app, "acc1")
-    _closed_by_bravo(app, subject_id)
-    _import(app, browser, web_world.operation.id, tip(account(2, email="w1@example.org")))
-    page = browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
+    browser, subject_id, page = _holder_grown_after_its_case_closed(app, web_world)
     refused = browser.client.post(f"/tips/holders/{subject_id}/leave-closed", data={
         "csrf_token": csrf_token_from(page), "seen": _seen(page), "note": "Nothing new\x0b for the case."})
     text = refused.get_data(as_text=True)
