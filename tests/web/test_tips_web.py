@@ -1331,3 +1331,26 @@ def test_a_provider_timestamp_shows_its_time_in_the_viewers_zone(app, web_world)
     _import(app, browser, web_world.operation.id, tip(account(2, first_seen="2020-03-01", last_seen="2020-03-02")))
     page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc2')}").get_data(as_text=True)
     assert "<td>2020-03-01 – 2020-03-02</td>" in page  # not the day before, as New York would have it
+
+
+def test_large_counts_on_the_tip_pages_have_thousands_separators(app, web_world):
+    """At the real operation's scale a list runs to 90,000 holders over 3,600 pages, and a
+    holder's graded material to thousands: every count is written as the tips page writes it."""
+    from types import SimpleNamespace
+
+    with app.test_request_context("/tips/holders"):
+        pager = app.jinja_env.get_template("tips/_macros.html").module.pager
+        text = str(pager(SimpleNamespace(page=2, pages=3600, total=90000), "tips.holders", {}))
+    assert "Page 2 of 3,600 (90,000 holders)" in text
+    browser = _login(app, LEAD)
+    status = _import(app, browser, web_world.operation.id, GOOD).request.path
+    subject = _holder_subject(app, "acc1")
+    with app.app_context():
+        record = db.session.get(TipImport, int(status.rsplit("/", 1)[1]))
+        record.summary = {**record.summary, "merged_holders": 1200, "common_identifiers": 3400, "hits": 5600}
+        db.session.scalar(select(Holder).where(Holder.subject_id == subject)).grade_c = 12345
+        db.session.commit()
+    page = browser.get(status).get_data(as_text=True)
+    for figure in ("<dd>1,200</dd>", "<dd>3,400</dd>", "<dd>5,600 new</dd>"):
+        assert figure in page
+    assert "C 12,345</dd>" in browser.get(f"/tips/holders/{subject}").get_data(as_text=True)
