@@ -359,6 +359,7 @@ def test_columns_that_are_no_tip_field_are_named_after_the_import(app, web_world
     page = _import(app, _login(app, LEAD), web_world.operation.id, data).get_data(as_text=True)
     assert "Imported into LANTERN" in page
     assert "Columns not read, as they are no tip field:\n        E-mail, notes." in page
+    assert "A tip's columns are <code>platform</code>" in page  # what to call them, on the page itself
     with app.app_context():
         assert db.session.scalar(select(TipAccount.email).where(TipAccount.account_key == "1001")) is None
 
@@ -1355,3 +1356,11 @@ def test_large_counts_on_the_tip_pages_have_thousands_separators(app, web_world)
     for figure in ("<dd>1,200</dd>", "<dd>3,400</dd>", "<dd>5,600 new</dd>"):
         assert figure in page
     assert "C 12,345</dd>" in browser.get(f"/tips/holders/{subject}").get_data(as_text=True)
+
+
+def test_the_upload_page_says_what_file_it_takes_and_names_every_column(app, web_world):
+    page = _login(app, LEAD).get("/tips/import").get_data(as_text=True)
+    assert 'aria-describedby="file-hint"' in page and '<p class="hint" id="file-hint">' in page
+    assert "header row" in page and "JSON Lines" in page and "UTF-8" in page
+    hint = page.split('id="file-hint">', 1)[1].split("</p>", 1)[0]
+    assert re.findall(r"<code>(\w+)</code>", hint) == list(reader.FIELDS)
