@@ -915,13 +915,21 @@ def _holder_page(app, browser: Browser, account_key: str):
 def test_an_absorbed_holder_says_where_its_accounts_went_and_why_no_decision_is_taken(app, web_world):
     browser = _login(app, LEAD)
     _import(app, browser, web_world.operation.id, tip(account(1, email="left@example.org")))
-    _import(app, browser, web_world.operation.id, tip(account(2, email="right@example.org")))
+    # Its accounts point to two countries: it was on the review list when it was absorbed.
+    _import(app, browser, web_world.operation.id, tip(account(2, email="right@example.org", country_hint="AU",
+                                                              ip_country="NZ")))
     absorbed_subject = _holder_subject(app, "acc2")
     _import(app, browser, web_world.operation.id, tip(account(3, email="left@example.org", phone="+61 412 000 009"),
                                                       account(4, email="right@example.org", phone="+61 412 000 009")))
     page = browser.get(f"/tips/holders/{absorbed_subject}").get_data(as_text=True)
     assert "Merged into" in page and "none: its 1 went to H-000001" in page
     assert "A single account." not in page and "Receiving agency" not in page
+    # Off every list, and no decision is taken on it: not shown as waiting for review. Its
+    # accounts table says where they went instead of standing empty.
+    with app.app_context():
+        assert db.session.scalar(select(Holder.needs_review).where(Holder.subject_id == absorbed_subject))
+    assert "needs review" not in page
+    assert '<td colspan="10">None: they went to H-000001.</td>' in page
     token = csrf_token_from(page)
     refused = browser.client.post(f"/tips/holders/{absorbed_subject}/risk",
                                   data={"csrf_token": token, "risk_plans_to_meet": "y"})
