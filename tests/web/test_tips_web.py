@@ -971,7 +971,7 @@ def test_the_dates_a_provider_gave_show_as_given_whatever_the_viewers_zone(app, 
         db.session.commit()
     browser = _login(app, LEAD)
     _import(app, browser, web_world.operation.id, tip(account(1, first_seen="2020-01-05", last_seen="2020-03-01")))
-    assert "2020-01-05 – 2020-03-01" in _holder_page(app, browser, "acc1")
+    assert "2020-01-05 – 2020-03-01" in _seen_cells(_holder_page(app, browser, "acc1"))
 
 
 def _seen(page: str) -> str:
@@ -1324,6 +1324,14 @@ def test_a_draft_with_holders_awaiting_review_is_sent_only_knowingly(app, web_wo
         assert db.session.get(Referral, referral_id).status.value == "sent"
 
 
+def _seen_cells(page: str) -> list[str]:
+    """The holder page's 'Seen' cells as read, each word of a date or time in a span that does
+    not break inside it (a date never splits at its hyphens)."""
+    cells = re.findall(r'<td class="seen">(.*?)</td>', page)
+    assert cells and all(re.fullmatch(r'(<span class="nowrap">[^<]+</span>| )+', cell) for cell in cells), cells
+    return [re.sub(r"<[^>]+>", "", cell) for cell in cells]
+
+
 def test_a_provider_timestamp_shows_its_time_in_the_viewers_zone(app, web_world):
     """last_seen given as a date-time (an IP's login time, say) keeps its time on the page, in
     the viewer's zone; a date alone stays the date the provider named."""
@@ -1336,11 +1344,11 @@ def test_a_provider_timestamp_shows_its_time_in_the_viewers_zone(app, web_world)
                         last_seen="2020-03-02T03:30:00Z")))
     page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
     # 03:30 UTC on 2 March is 22:30 on 1 March in New York.
-    assert "<td>2020-03-01 05:15 EST – 2020-03-01 22:30 EST</td>" in page, re.search(r"<td>[^<]*–[^<]*</td>", page)
-    assert "<th>Seen (a day as the provider gave it; a time in America/New_York)</th>" in page  # not "UTC"
+    assert "2020-03-01 05:15 EST – 2020-03-01 22:30 EST" in _seen_cells(page), _seen_cells(page)
+    assert "Seen: a day as the provider gave it; a time in America/New_York." in page  # not "UTC"
     _import(app, browser, web_world.operation.id, tip(account(2, first_seen="2020-03-01", last_seen="2020-03-02")))
     page = browser.get(f"/tips/holders/{_holder_subject(app, 'acc2')}").get_data(as_text=True)
-    assert "<td>2020-03-01 – 2020-03-02</td>" in page  # not the day before, as New York would have it
+    assert "2020-03-01 – 2020-03-02" in _seen_cells(page)  # not the day before, as New York would have it
 
 
 def test_large_counts_on_the_tip_pages_have_thousands_separators(app, web_world):
@@ -1372,3 +1380,20 @@ def test_the_upload_page_says_what_file_it_takes_and_names_every_column(app, web
     assert "header row" in page and "JSON Lines" in page and "UTF-8" in page
     hint = page.split('id="file-hint">', 1)[1].split("</p>", 1)[0]
     assert re.findall(r"<code>(\w+)</code>", hint) == list(reader.FIELDS)
+
+
+def test_the_holder_page_tables_fit_the_page_or_scroll_within_it(app, web_world):
+    """A narrow screen scrolls a wide table, not the whole page; at 1,280 pixels the accounts
+    table fits, an e-mail address wrapping after its '@' (never inside a date)."""
+    lead = _login(app, LEAD)
+    with app.app_context():
+        threshold = db.session.info["config"]["COMMON_IDENTIFIER_THRESHOLD"]
+    shared = "+44 20 7946 0998"
+    _import(app, lead, web_world.operation.id,
+            tip(account(1, phone=shared, email="a.rather.long.name@mail.example.org"),
+                *(account(n, phone=shared) for n in range(2, threshold + 2))))
+    page = lead.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
+    assert "Common identifiers (join nobody)" in page
+    assert page.count("<table") == page.count('<div class="table-wrap">\n<table') == 2
+    assert "<td>a.rather.long.name@<wbr>mail.example.org</td>" in page
+    assert "<th>Seen</th>" in page
