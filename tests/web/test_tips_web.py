@@ -1235,6 +1235,7 @@ def test_the_holder_page_lists_an_identifier_its_accounts_share_though_it_turned
     _import(app, lead, web_world.operation.id, tip(account(threshold + 1, phone=shared)))
     page = lead.get(f"/tips/holders/{_holder_subject(app, 'acc1')}").get_data(as_text=True)
     assert f"common in the operation now ({threshold + 1} accounts): it joins no further account" in page
+    assert "<th>Accounts holding it</th><th>Note</th>" in page  # what its column holds: no date
     assert "Nothing shared within this holder" not in page and "Common identifiers (join nobody)" not in page
 
 
