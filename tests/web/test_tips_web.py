@@ -617,6 +617,9 @@ def test_the_review_list_and_a_decision_from_it(app, web_world):
     page = browser.get("/tips/review").get_data(as_text=True)
     assert f"/tips/holders/{subject_id}" in page and "AU 2, NZ 1" in page  # the weighed evidence
     assert "its accounts point to more than one country" in page
+    # A one-click decision says what it does, and to which holder, beyond its country code.
+    label = re.search(r'H-\d+', page.split(f'href="/tips/holders/{subject_id}">', 1)[1]).group(0)
+    assert f'aria-label="Set the jurisdiction of {label} to Australia">AU</button>' in page
     token = csrf_token_from(page)
     seen = _seen(browser.get(f"/tips/holders/{subject_id}").get_data(as_text=True))
     response = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction",
