@@ -1401,3 +1401,14 @@ def test_the_holder_page_tables_fit_the_page_or_scroll_within_it(app, web_world)
     assert page.count("<table") == page.count('<div class="table-wrap">\n<table') == 2
     assert "<td>a.rather.long.name@<wbr>mail.example.org</td>" in page
     assert "<th>Seen</th>" in page
+
+
+def test_the_tips_page_leads_to_an_operations_draft_referrals(app, web_world):
+    """Each count of the lead's operations opens its list: the drafts too, which wait to be sent."""
+    browser = _login(app, LEAD)
+    _import(app, browser, web_world.operation.id, GOOD)
+    page = browser.get("/tips/").get_data(as_text=True)
+    link = re.search(rf'<a href="(/referrals\?operation={web_world.operation.id}&amp;status=draft)">(\d+)</a>', page)
+    assert link, page
+    drafts = browser.get(link.group(1).replace("&amp;", "&"))
+    assert drafts.status_code == 200 and f"{link.group(2)} referral" in drafts.get_data(as_text=True)
