@@ -1537,6 +1537,19 @@ def test_a_summary_routing_wrote_follows_the_figures_whatever_the_operations_cod
     assert grown.grade_b == 3 and "operation NIGHT OWL: 3 account holders" in grown.summary
 
 
+def test_a_summary_counting_thousands_of_holders_writes_them_with_separators_and_follows_them(session, world):
+    """A package of a thousand holders says "1,000 account holders"; a summary written before
+    without the separator is still known as routing's, and follows the figures."""
+    run_import(session, world, tip(*(account(n, email=f"p{n}@example.org") for n in range(1, 1001))))
+    draft = _draft_of(session, world, "acc1")
+    assert "1,000 account holders" in draft.summary
+    draft.summary = draft.summary.replace("1,000", "1000")
+    session.flush()
+    run_import(session, world, tip(account(1001, email="q@example.org")), file_name="b.csv")
+    session.expire_all()
+    assert "1,001 account holders" in session.get(Referral, draft.id).summary
+
+
 def test_a_decline_puts_the_holders_on_review_whatever_operation_their_referral_names(session, world):
     """The holders say which operation they belong to: a tip referral whose operation was
     cleared by hand (as drafts could be edited before) is declined like any other."""

@@ -388,6 +388,13 @@ def test_detail_view_is_audited(app, browser, web_world):
         assert entry.object_id == str(referral.id) and entry.user_id == web_world.users["b_viewer"].id
 
 
+def test_detail_writes_large_counts_with_thousands_separators(app, browser, web_world):
+    referral = _make(app, web_world, "sent", grade_c=119111)
+    browser.login("viewer.b@example.org")
+    page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert re.search(r"<dt>Category C</dt><dd>119,111</dd>", page)
+
+
 def test_outcome_form_records_once_and_refuses_what_cannot_be(app, browser, web_world):
     referral = _make(app, web_world, "accepted")
     browser.login("liaison.b@example.org")

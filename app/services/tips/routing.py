@@ -788,7 +788,8 @@ _SUMMARIES = {
              "hand remain."),
 }
 # What each placeholder may stand for in a summary routing wrote (the code is the operation's own).
-_WILDCARDS = {"count": r"\d+", "s": "s?", "country": ".+", "priority": "P[1-4]"}
+# (A count with thousands separators, or without, as summaries written before them had it.)
+_WILDCARDS = {"count": r"(?:\d{1,3}(?:,\d{3})+|\d+)", "s": "s?", "country": ".+", "priority": "P[1-4]"}
 
 
 def routing_wrote(summary: str | None, code: str) -> bool:
@@ -809,5 +810,5 @@ def _holders_left(code: str) -> str:
 
 def _summary(code: str, jurisdiction: str, priority: Priority, count: int, packaged: bool) -> str:
     return _SUMMARIES["package" if packaged else "single"].format(
-        code=code, count=count, s="s" if count != 1 else "", country=countries.name(jurisdiction),
+        code=code, count=f"{count:,}", s="s" if count != 1 else "", country=countries.name(jurisdiction),
         priority=priority.value)
