@@ -1,4 +1,5 @@
-"""Jinja helpers: times in the viewer's time zone, country names, durations."""
+"""Jinja helpers: times in the viewer's time zone, country names, identifier kinds and
+platforms as people name them, durations."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from flask_login import current_user
 
 from app.db import utcnow
 from app.services import countries
+from app.services.deconfliction import KIND_LABELS
+from app.services.identifiers import PLATFORMS
 
 
 def viewer_zone() -> ZoneInfo:
@@ -81,10 +84,22 @@ def _notifications_label() -> str:
     return f"Notifications ({unread})" if unread else "Notifications"
 
 
+def identifier_kind(kind) -> str:
+    """"E-mail", "IP address": a kind as the pages name it, not its stored value."""
+    return KIND_LABELS.get(kind, str(kind))
+
+
+def platform_name(platform: str | None) -> str:
+    """"X (Twitter)" for "x"; "-" for none."""
+    return PLATFORMS.get(platform, platform) if platform else "-"
+
+
 def register(app: Flask) -> None:
     app.add_template_filter(localtime)
     app.add_template_filter(provider_time)
     app.add_template_filter(duration)
     app.add_template_filter(countries.name, "country")
+    app.add_template_filter(identifier_kind)
+    app.add_template_filter(platform_name)
     app.add_template_global(utcnow, "utcnow")
     app.add_template_global(nav_links)

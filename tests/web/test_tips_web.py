@@ -417,6 +417,8 @@ def test_holder_pages_are_seen_by_the_lead_and_the_receiver_only(app, web_world)
     lead = _login(app, "viewer.c@example.org")
     page = lead.get(f"/tips/holders/{subject_id}").get_data(as_text=True)
     assert "w1@example.org" in page and "+61412000002" in page and "What joined the accounts" in page
+    # Kinds and platforms as the other pages name them, not as stored.
+    assert "<td>E-mail</td>" in page and "<td>Discord</td>" in page and "<td>email</td>" not in page
     assert "Set the jurisdiction" not in page  # a viewer reads, does not decide
     receiver = _login(app, "manager.b@example.org")
     assert receiver.get(f"/tips/holders/{subject_id}").status_code == 404  # a draft is not Bravo's yet
