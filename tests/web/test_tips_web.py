@@ -672,12 +672,15 @@ def test_the_review_list_says_a_holder_gained_accounts_after_its_referral_was_cl
     response = browser.client.post(f"/tips/holders/{subject_id}/jurisdiction", data={
         "csrf_token": csrf_token_from(page), "seen": seen, "country": "AU", "back": "review"})
     assert response.status_code == 303 and response.headers["Location"].endswith("/tips/review")
-    assert "The holder was routed again." in browser.get("/tips/review").get_data(as_text=True)
+    told = browser.get("/tips/review").get_data(as_text=True)
     with app.app_context():
         holder = db.session.scalar(select(Holder).where(Holder.subject_id == subject_id))
         draft = db.session.get(Referral, holder.referral_id)
         assert (draft.status.value, draft.receiver_agency_id, holder.needs_review) == (
             "draft", web_world.agencies["b"].id, False)
+        # From the list, the row is gone: the message says which holder went where.
+        assert (f"Jurisdiction of {holder.label} set to Australia. The holder was routed again, to Bravo Police, "
+                f"on draft {draft.reference}.") in told
         assert db.session.get(Referral, referral_id).status.value == "closed"
 
 
@@ -1262,7 +1265,7 @@ def test_a_decision_from_the_review_list_returns_to_the_list_as_filtered(app, we
     assert "page=2" in location
     # The decided holder left the list: page 2 is past its end now, and shows the last page.
     after = browser.get(location).get_data(as_text=True)
-    assert "Jurisdiction set." in after and "H-000002" not in after
+    assert "Jurisdiction of H-000002 set to Australia." in after and "H-000002</a>" not in after
 
 
 def test_the_unrouted_summary_keeps_the_operation_filter(app, web_world):

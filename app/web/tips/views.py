@@ -14,7 +14,7 @@ from flask_login import current_user, login_required
 from app.extensions import db
 from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
 from app.models.tip import TipImport
-from app.services import Conflict, DomainError, NotFound
+from app.services import Conflict, DomainError, NotFound, countries
 from app.services.access import get_visible_holder, led_operations, visible_operations
 from app.services.tips import holders as service
 from app.services.tips import files, imports
@@ -218,12 +218,19 @@ def holder(subject_id: int):
 
 
 def _decided(decision: service.Decision, what: str) -> None:
+    """Says what was decided, of which holder, and where it went: from a list, the row is gone."""
+    holder = decision.holder
+    db.session.refresh(holder)  # routing wrote where it went in bulk
     if decision.stays_sent is not None:
         sent = decision.stays_sent  # raised already if the holder became more urgent than it
         flash(f"{what} Its referral {sent.reference} was sent already and stays with {sent.receiver.name}, "
               f"at priority {sent.priority.value}.")
     elif decision.moved:
-        flash(f"{what} The holder was routed again.")
+        if holder.receiver is None:  # worked in house, or waiting for a receiver
+            flash(f"{what} The holder was routed again ({holder.routing.label.lower()}).")
+        else:
+            on = f", on draft {holder.referral.reference}" if holder.referral else ""
+            flash(f"{what} The holder was routed again, to {holder.receiver.name}{on}.")
     else:
         flash(what)
 
@@ -242,7 +249,8 @@ def set_jurisdiction(subject_id: int):
         except DomainError as exc:
             form_refused(form, exc)
         else:
-            _decided(decision, "Jurisdiction set.")
+            _decided(decision, f"Jurisdiction of {decision.holder.label} set to "
+                               f"{countries.name(decision.holder.jurisdiction)}.")
             return _back_after_decision(subject_id)
     if not form.errors and not form.form_errors:
         form.form_errors.append("The form could not be read; try again.")
@@ -293,7 +301,8 @@ def set_risk(subject_id: int):
         except DomainError as exc:
             form_refused(form, exc)
         else:
-            _decided(decision, f"Risk flags recorded; the holder is now {decision.holder.priority.value}.")
+            _decided(decision, f"Risk flags of {decision.holder.label} recorded; it is now "
+                               f"{decision.holder.priority.value}.")
             return redirect(url_for("tips.holder", subject_id=subject_id), 303)
     if not form.errors and not form.form_errors:
         form.form_errors.append("The form could not be read; try again.")
