@@ -402,6 +402,14 @@ def test_a_form_of_too_many_fields_gets_a_413_naming_that_limit(app, web_world):
     assert "a form at most 50 fields" in page and "form field at most" not in page
 
 
+def test_the_lead_agencys_work_lists_are_offered_to_its_people_only(app, web_world):
+    lead = _login(app, LEAD).get("/tips/").get_data(as_text=True)
+    assert all(f'href="/tips/{path}"' in lead for path in ("review", "unrouted", "import"))
+    partner = _login(app, "liaison.a@example.org").get("/tips/").get_data(as_text=True)
+    assert 'href="/tips/holders"' in partner
+    assert not any(f'href="/tips/{path}"' in partner for path in ("review", "unrouted", "import"))
+
+
 def test_viewers_and_other_agencies_cannot_import(app, web_world):
     assert _login(app, "viewer.c@example.org").get("/tips/import").status_code == 403
     other = _login(app, "liaison.a@example.org")

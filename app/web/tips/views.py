@@ -45,6 +45,15 @@ def _require_worker() -> None:
         abort(403)
 
 
+@bp.context_processor
+def _work_lists() -> dict:
+    """Whether the tip pages offer the lead agency's work (review, unrouted, import): to another
+    agency's people they would only say it leads no operation."""
+    def leads_an_operation() -> bool:
+        return db.session.scalar(led_operations(current_user).with_only_columns(Operation.id).limit(1)) is not None
+    return {"leads_an_operation": leads_an_operation}
+
+
 @bp.route("/")
 @login_required
 def index():
