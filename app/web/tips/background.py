@@ -6,7 +6,7 @@ so its own database session, once the request has committed the import's record.
 request, the thread commits once: the import and its record's outcome together. Progress goes
 to the record on a connection of its own, so other requests (any worker) can show it. On
 SQLite only while the rows are checked: the database has one writer, and from then on it is the
-import's transaction. Beside it a heartbeat says every half minute that the import is alive,
+import's transaction; this process keeps the later stages in memory for its own pages. Beside it a heartbeat says every half minute that the import is alive,
 which is all a server that cannot see this process goes by.
 """
 
@@ -16,6 +16,7 @@ import functools
 import logging
 import threading
 import time
+from typing import NamedTuple
 
 from flask import Flask
 from sqlalchemy import event
@@ -70,6 +71,20 @@ def running_here(app: Flask, import_id: int) -> bool:
     return thread is not None and (thread.ident is None or thread.is_alive())
 
 
+class Progress(NamedTuple):
+    stage: str
+    done: int
+    total: int
+
+
+def progress_here(app: Flask, import_id: int) -> Progress | None:
+    """The stage this process's thread for the import last reported. On SQLite the import's
+    transaction holds the only write lock while it writes, so its record keeps the validation's
+    last figure; a page served by this process shows the stages after it from here."""
+    with _threads_lock:
+        return app.extensions.get("tip_import_progress", {}).get(import_id)
+
+
 def record_interrupted(app: Flask, import_id: int) -> bool:
     """Record that an import's process stopped, on a connection of its own; whether this call
     did. While another import holds SQLite's write lock this gives up; a later view of the
@@ -105,10 +120,13 @@ class _Progress:
         self.single_writer = self.engine.dialect.name == "sqlite"
         self.stage = None
         self.written_at = 0.0
+        self.here = app.extensions.setdefault("tip_import_progress", {})
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        with _threads_lock:
+            self.here[self.import_id] = Progress(stage, done, total)
         if self.single_writer and stage != "validate":
-            return  # the import's transaction holds the only write lock
+            return  # the import's transaction holds the only write lock: `progress_here` tells
         now = time.monotonic()
         if stage == self.stage and done < total and now - self.written_at < PROGRESS_EVERY:
             return
@@ -146,6 +164,14 @@ class _Heartbeat:
 
 
 def _run(app: Flask, import_id: int, data: bytes, user_id: int, address: str | None) -> None:
+    try:
+        _import_and_record(app, import_id, data, user_id, address)
+    finally:
+        with _threads_lock:
+            app.extensions.get("tip_import_progress", {}).pop(import_id, None)
+
+
+def _import_and_record(app: Flask, import_id: int, data: bytes, user_id: int, address: str | None) -> None:
     with app.app_context(), _Heartbeat(app, import_id):
         session = db.session
         record = session.get(TipImport, import_id)

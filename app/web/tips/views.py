@@ -139,8 +139,10 @@ def import_status(import_id: int):
     running_here = background.running_here(current_app, import_id)  # asked first: see runner_stopped
     record = _settled(imports.get_import(db.session, current_user, import_id), running_here)
     errors = [RowError(*error) for error in record.errors or []]
-    return render_template("tips/import_status.html", record=record, errors=errors, error_count=record.error_count,
-                           stages=STAGES)
+    progress = ((running_here and background.progress_here(current_app, import_id))
+                or background.Progress(record.stage, record.done, record.total))
+    return render_template("tips/import_status.html", record=record, progress=progress, errors=errors,
+                           error_count=record.error_count, stages=STAGES)
 
 
 @bp.route("/imports/<int:import_id>/rejects.csv")
