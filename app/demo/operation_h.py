@@ -259,18 +259,25 @@ class ScenarioSummary:
         hit_statuses = ", ".join(f"{status} {n:,}" for status, n in sorted(self.hit_statuses.items()))
         return "\n".join([
             f"Operation H scenario loaded (scale {self.scale}, seed {self.seed}).",
-            f"  agencies: {self.agencies:,}; {self.unrouted_holders:,} holders in {self.unrouted_countries} of the "
-            "tip's countries without a focal point, routed to the international body (the unrouted list)",
-            f"  tip: {self.accounts:,} accounts, {self.holders:,} account holders in {self.holder_countries} countries "
-            f"({self.lead_accounts} accounts, {self.lead_holders} holders in {LEAD_COUNTRY})",
-            f"  triage: {self.flagged:,} holders flagged by investigators; {self.drafts_created:,} draft referrals",
-            f"  deconfliction: {self.partner_leads:,} holders referred by partner desks on their own; "
-            f"{self.hits:,} hits with the operation's referrals ({hit_statuses})",
-            f"  referrals: {statuses}; sent to {self.receiving_countries} countries",
+            f"  agencies: {self.agencies:,}; {_count(self.unrouted_holders, 'holder')} in "
+            f"{_count(self.unrouted_countries, 'country', 'countries')} of the tip's without a focal point, routed to the "
+            "international body (the unrouted list)",
+            f"  tip: {_count(self.accounts, 'account')}, {_count(self.holders, 'account holder')} in "
+            f"{_count(self.holder_countries, 'country', 'countries')} ({_count(self.lead_accounts, 'account')}, "
+            f"{_count(self.lead_holders, 'holder')} in {LEAD_COUNTRY})",
+            f"  triage: {_count(self.flagged, 'holder')} flagged by investigators; "
+            f"{_count(self.drafts_created, 'draft referral')}",
+            f"  deconfliction: {_count(self.partner_leads, 'holder')} referred by partner desks on their own; "
+            f"{_count(self.hits, 'hit')} with the operation's referrals ({hit_statuses})",
+            f"  referrals: {statuses}; sent to {_count(self.receiving_countries, 'country', 'countries')}",
             f"  investigations {self.investigations:,}, arrests {self.arrests:,}, "
             f"children safeguarded {self.children_safeguarded:,}",
             "  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
         ])
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def load_scenario(session, passwords, *, scale: float = 1.0, seed: int = 2019, now: datetime | None = None,

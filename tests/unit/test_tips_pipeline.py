@@ -347,3 +347,13 @@ def test_no_evidence_means_no_jurisdiction_and_review():
 ])
 def test_triage_rule(profile, expected):
     assert priority(profile) is expected
+
+
+def test_the_scenarios_summary_counts_in_words_that_agree_with_their_numbers():
+    from app.demo.operation_h import ScenarioSummary
+
+    report = ScenarioSummary(0.0001, 7, accounts=2, holders=1, holder_countries=1, lead_accounts=1, lead_holders=1,
+                             unrouted_holders=0, unrouted_countries=0, hits=1, receiving_countries=12_000).report()
+    assert "tip: 2 accounts, 1 account holder in 1 country (1 account, 1 holder in NZ)" in report
+    assert "0 holders in 0 countries of the tip's without a focal point" in report
+    assert "1 hit with" in report and "sent to 12,000 countries" in report
