@@ -2141,6 +2141,55 @@ def test_a_person_s_decision_after_a_part_s_decline_holds_in_later_imports(sessi
     assert _drafts_holding(session, merged) == []
 
 
+def test_a_holder_a_directory_change_holds_back_from_its_decliner_waits_on_the_review_list(session, world):
+    """Bravo declined the holder; a person placed it in France (the bureau's), and a later
+    merge made it another holder than the one placed. When Bravo becomes France's focal
+    point, the holder is not drafted back to Bravo: it waits on Bravo's declined referral, and
+    on the review list, as an import would leave it, not on no work list at all."""
+    run_import(session, world, tip(account(1, email="left@example.org"),
+                                   account(2, username="righty", country_hint="FR", ip_country="FR")))
+    by_bravo = _declined(session, world, holder_of(session, world, "acc1"), "b")
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder_of(session, world, "acc1").subject_id,
+                                    "FR", "Checked by hand.")
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.routing, merged.needs_review) == (HolderRouting.INTERNATIONAL, False)
+    bravo = world.agencies["b"]
+    directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, country_code="FR"))
+    session.expire_all()
+    merged = session.get(Holder, merged.id)
+    assert (merged.referral_id, merged.needs_review) == (by_bravo.id, True)
+    assert _drafts_holding(session, merged) == []
+    listed = holder_service.review_list(session, world.users["c_liaison"], holder_service.HolderFilters()).items
+    assert holder_service.review_reasons(session, world.users["c_liaison"], listed)[merged.id].text == (
+        f"{by_bravo.reference} was declined by {bravo.name}")
+
+
+def test_a_holder_a_withdrawal_holds_back_from_its_decliner_waits_on_the_review_list(session, world):
+    """The same holder, sent to the bureau before Bravo became France's focal point: when the
+    bureau's referral is withdrawn, the holder is routed again, held back from Bravo, and
+    waits on Bravo's declined referral on the review list."""
+    run_import(session, world, tip(account(1, email="left@example.org"),
+                                   account(2, username="righty", country_hint="FR", ip_country="FR")))
+    by_bravo = _declined(session, world, holder_of(session, world, "acc1"), "b")
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder_of(session, world, "acc1").subject_id,
+                                    "FR", "Checked by hand.")
+    sent = referrals.transition(session, world.actor("c_liaison"), holder_of(session, world, "acc1").referral_id,
+                                "send", None)
+    run_import(session, world, tip(account(3, email="left@example.org", username="righty")), file_name="b.csv")
+    bravo = world.agencies["b"]
+    directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, country_code="FR"))
+    session.expire_all()
+    assert (holder_of(session, world, "acc3").referral_id, holder_of(session, world, "acc3").needs_review) == (
+        sent.id, False)
+    referrals.transition(session, world.actor("c_liaison"), sent.id, "withdraw", None, "Sent too early.")
+    session.expire_all()
+    merged = holder_of(session, world, "acc3")
+    assert (merged.referral_id, merged.needs_review) == (by_bravo.id, True)
+    assert _drafts_holding(session, merged) == []
+
+
 def _joined_after_transfer(session, world) -> tuple[Referral, Referral]:
     """acc1's package sent to Bravo and passed on to the bureau; then acc9 merges acc5's draft
     holder with acc1's, and the merged holder sits on the transfer's successor. (The package,

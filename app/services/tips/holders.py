@@ -434,6 +434,7 @@ def _reroute(session: Session, actor: Actor, holder: Holder, now: datetime, *, n
     session.execute(update(Holder.__table__).where(Holder.__table__.c.id == holder.id).values(
         routing=state.routing, receiver_agency_id=state.receiver_agency_id, referral_id=state.referral_id,
         packaged=state.packaged, updated_at=now))
+    _held_back_to_review(session, router)
     router.write_links()
     if news and state.referral_id == before and router.stays(before):
         router.record_updates({router.current_id(before): news})
@@ -682,7 +683,16 @@ def _route(session: Session, router: Router, states: list[HolderState], now: dat
          "routing": state.routing, "receiver_agency_id": state.receiver_agency_id, "referral_id": state.referral_id,
          "packaged": state.packaged, "updated_at": now}
         for state in states])
+    _held_back_to_review(session, router)
     router.write_links()
+
+
+def _held_back_to_review(session: Session, router: Router) -> None:
+    """The holders routing held back from an agency that declined them wait on the review list
+    for a person, whatever step routed them (an import writes its own)."""
+    if router.held_back_now:
+        session.execute(update(Holder.__table__).where(Holder.__table__.c.id.in_(sorted(router.held_back_now)))
+                        .values(needs_review=True))
 
 
 def escalation_reason(label: str, previous: Priority, level: Priority, cause: str) -> str:

@@ -211,6 +211,8 @@ class Router:
         # Holders routed: the agencies that declined their cases or those of their merged parts,
         # each with the referral that case came in on (`_load_declines`).
         self._held_back: dict[int, dict[int, int]] = {}
+        # Holders `plan` held back from an agency just now: they wait on the review list.
+        self.held_back_now: set[int] = set()
         self._first: dict[int, int] = {}  # successor of a transfer -> the referral its case came in on
         # This step's merges: absorbed holder -> survivor, and the absorbed holders' subjects.
         self._merged_now: dict[int, int] = {}
@@ -388,6 +390,7 @@ class Router:
             came_in_on = self._held_back.get(state.id, {}).get(receiver)
             if came_in_on is not None:
                 state.for_review = True
+                self.held_back_now.add(state.id)
                 if self._wait_on(state, came_in_on, routing):
                     waiting.append(state)
                 continue
