@@ -2190,6 +2190,27 @@ def test_a_holder_a_withdrawal_holds_back_from_its_decliner_waits_on_the_review_
     assert _drafts_holding(session, merged) == []
 
 
+def test_a_declined_holder_a_decision_routes_elsewhere_is_listed_for_its_decline_not_its_evidence(session, world):
+    """Bravo declined the holder, then stopped being Australia's focal point. A decision on
+    its risk flags routes it to the bureau's draft, still on the review list (no person has
+    set its jurisdiction since the decline): the list says why, not that its accounts point to
+    more than one country, which they do not."""
+    run_import(session, world, tip(account(1, email="left@example.org")))
+    by_bravo = _declined(session, world, holder_of(session, world, "acc1"), "b")
+    bravo = world.agencies["b"]
+    directory.update_agency(session, world.actor("a_admin"), bravo.id, _agency_data(bravo, is_focal_point=False))
+    holder_service.set_risk_flags(session, world.actor("c_liaison"), holder_of(session, world, "acc1").subject_id,
+                                  {"risk_previous_convictions": True})
+    session.expire_all()
+    holder = holder_of(session, world, "acc1")
+    assert (holder.evidence, holder.receiver_agency_id, holder.needs_review) == (
+        {"AU": 3}, world.agencies["i"].id, True)
+    lead = world.users["c_liaison"]
+    listed = holder_service.review_list(session, lead, holder_service.HolderFilters()).items
+    assert holder_service.review_reasons(session, lead, listed)[holder.id].text == (
+        f"{by_bravo.reference} was declined by {bravo.name}")
+
+
 def _joined_after_transfer(session, world) -> tuple[Referral, Referral]:
     """acc1's package sent to Bravo and passed on to the bureau; then acc9 merges acc5's draft
     holder with acc1's, and the merged holder sits on the transfer's successor. (The package,

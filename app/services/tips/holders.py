@@ -141,7 +141,7 @@ def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, R
     """Why each of these holders waits for a person: the referral it is on (declined, also
     after transfers, closed before the holder gained accounts or a merge, transferred onward,
     or sent for another country than its evidence's), as the person deciding sees those
-    referrals, else its evidence."""
+    referrals, else the last decline of a referral it was on, else its evidence."""
     chains = referrals.TransferChains(
         lambda condition: session.scalars(visible_referrals(user).where(condition)).unique())
     chains.load(h.referral_id for h in holders)
@@ -151,7 +151,7 @@ def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, R
         if now is not None and now.status is Status.CLOSED:
             closed_at[holder.id] = now.closed_at
     gained = _gained_since(session, user, closed_at)
-    reasons = {}
+    reasons, rest = {}, []
     for holder in holders:
         chain = chains.chain(holder.referral_id)
         referral, now = (chain[0], chain[-1]) if chain else (None, None)
@@ -167,12 +167,40 @@ def review_reasons(session: Session, user, holders: list[Holder]) -> dict[int, R
               and referral.jurisdiction != holder.jurisdiction):
             reason = ReviewReason(f"on {referral.reference}, sent for {countries.name(referral.jurisdiction)}; "
                                   "its accounts point elsewhere")
+        else:
+            rest.append(holder)
+            continue
+        reasons[holder.id] = reason
+    declined = _last_declined(session, user, rest)
+    for holder in rest:
+        if holder.id in declined:
+            # Routed off the referral that was declined (by a decision, say), it stays on the
+            # list until a person sets its jurisdiction: the decline is why.
+            referral = declined[holder.id]
+            reason = ReviewReason(f"{referral.reference} was declined by {referral.receiver.name}")
         elif holder.evidence:
             reason = ReviewReason("its accounts point to more than one country")
         else:
             reason = ReviewReason("its accounts name no country")
         reasons[holder.id] = reason
     return reasons
+
+
+def _last_declined(session: Session, user, holders: list[Holder]) -> dict[int, Referral]:
+    """The last declined referral that held each of these holders' subjects (declined referrals
+    keep their subjects), by holder id, as far as the user may see it: one query for them all."""
+    if not holders:
+        return {}
+    holder_of = {holder.subject_id: holder.id for holder in holders}
+    last = {}
+    for referral, subject_id in session.execute(
+        visible_referrals(user).add_columns(referral_subjects.c.subject_id)
+        .join(referral_subjects, referral_subjects.c.referral_id == Referral.id)
+        .where(referral_subjects.c.subject_id.in_(sorted(holder_of)), Referral.status == Status.DECLINED)
+        .order_by(Referral.declined_at, Referral.id)
+    ).unique():
+        last[holder_of[subject_id]] = referral
+    return last
 
 
 def _gained_since(session: Session, user, since: dict[int, datetime]) -> dict[int, str]:
