@@ -2492,6 +2492,41 @@ def test_a_hit_moving_off_a_discarded_draft_keeps_each_agencys_side(session, wor
                                                                                 (True, HitSide.LOW)]
 
 
+def test_a_hit_matching_one_holder_on_both_its_referrals_moves_with_its_sides_turned(session, world):
+    """A holder on a declined referral (with the part it absorbed) and on the draft a person's
+    decision made: their hit matches its identifiers on both sides. A merge then takes it onto
+    an older sent referral: the hit moves there with the pair's order turned, and the import
+    goes through (turning the sides row by row ran into the twin of each shared match)."""
+    run_import(session, world, tip(account(1, username="righty", country_hint="NZ", ip_country="NZ")))
+    older = referrals.transition(session, world.actor("c_liaison"), holder_of(session, world, "acc1").referral_id,
+                                 "send", None)
+    run_import(session, world, tip(account(2, email="left@example.org"), account(3, username="lefty")),
+               file_name="b.csv")
+    declined = referrals.transition(session, world.actor("c_liaison"), holder_of(session, world, "acc2").referral_id,
+                                    "send", None)
+    run_import(session, world, tip(account(4, email="left@example.org", username="lefty")), file_name="c.csv")
+    referrals.transition(session, world.actor("b_liaison"), declined.id, "acknowledge", None)
+    referrals.transition(session, world.actor("b_liaison"), declined.id, "decline", None, "Not ours.")
+    holder = holder_of(session, world, "acc2")
+    holder_service.set_jurisdiction(session, world.actor("c_liaison"), holder.subject_id, "FR", "Checked by hand.")
+    session.expire_all()
+    draft = holder_of(session, world, "acc2").referral_id
+    hit = session.scalars(select(Hit)).one()
+    assert (hit.referral_low_id, hit.referral_high_id) == (declined.id, draft)
+    shared = {m.identifier_id for m in hit.matches if m.side is HitSide.LOW} & {
+        m.identifier_id for m in hit.matches if m.side is HitSide.HIGH}
+    assert shared  # the holder's own identifiers, on both sides
+    before = sorted((m.identifier_id, m.side.value) for m in hit.matches)
+    run_import(session, world, tip(account(5, email="left@example.org", username="righty")), file_name="d.csv")
+    session.expire_all()
+    assert holder_of(session, world, "acc5").referral_id == older.id and session.get(Referral, draft) is None
+    moved = session.get(Hit, hit.id)
+    assert (moved.referral_low_id, moved.referral_high_id) == (older.id, declined.id)
+    turned = {HitSide.LOW.value: HitSide.HIGH.value, HitSide.HIGH.value: HitSide.LOW.value}
+    assert {(identifier, turned[side]) for identifier, side in before} <= {  # and what the import matched
+        (m.identifier_id, m.side.value) for m in moved.matches}
+
+
 def test_a_hit_on_a_discarded_package_does_not_move_to_a_holder_that_matches_nothing(session, world):
     """Only the first holder of a package shares an identifier with Alpha's referral. It leaves
     for a draft of its own (matched anew there), then the second does: the package's old hit

@@ -687,7 +687,13 @@ class Router:
                 for column in ("agency_{}_id", "acknowledged_{}_at", "acknowledged_{}_by_id"):
                     values[column.format("low")] = hits.c[column.format("high")]
                     values[column.format("high")] = hits.c[column.format("low")]
-                session.execute(update(matches).where(matches.c.hit_id == row.id).values(side=case(
+                # An identifier matched on both sides (a subject both referrals hold) keeps its two
+                # rows: turned, they are the same pair, and turning them one row at a time would
+                # meet the other's unique key.
+                on_both = (select(matches.c.identifier_id).where(matches.c.hit_id == row.id)
+                           .group_by(matches.c.identifier_id).having(func.count() > 1))
+                session.execute(update(matches).where(matches.c.hit_id == row.id,
+                                                      matches.c.identifier_id.not_in(on_both)).values(side=case(
                     (matches.c.side == HitSide.LOW.value, HitSide.HIGH.value), else_=HitSide.LOW.value)))
             session.execute(update(hits).where(hits.c.id == row.id).values(values))
             reason = ("its draft was left with no holder" if gone in discarded
