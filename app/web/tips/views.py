@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from sqlalchemy import select
 
 from app.extensions import db
 from app.models import RISK_FLAGS, HolderRouting, Operation, Priority
@@ -50,7 +51,7 @@ def _work_lists() -> dict:
     """Whether the tip pages offer the lead agency's work (review, unrouted, import): to another
     agency's people they would only say it leads no operation."""
     def leads_an_operation() -> bool:
-        return db.session.scalar(led_operations(current_user).with_only_columns(Operation.id).limit(1)) is not None
+        return bool(db.session.scalar(select(led_operations(current_user).exists())))
     return {"leads_an_operation": leads_an_operation}
 
 
