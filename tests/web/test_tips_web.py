@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from app.db import utcnow
 from app.extensions import db
-from app.models import AuditEntry, Holder, Referral, Tip, TipAccount, User
+from app.models import Agency, AgencyKind, AuditEntry, Holder, Referral, Tip, TipAccount, User
 from app.models.tip import TipImport, TipImportStatus
 from app.services import referrals
 from app.services.audit import Actor
@@ -793,6 +793,20 @@ def test_unrouted_page_lists_countries_without_a_focal_point(app, web_world):
     for code in ("FR", " fr"):  # as a link writes it, or as typed
         filtered = browser.get(f"/tips/unrouted?country={code}").get_data(as_text=True)
         assert "H-000001" in filtered and "H-000002" not in filtered and "not understood" not in filtered
+
+
+def test_the_unrouted_page_says_why_a_country_has_no_receiver(app, web_world):
+    """Routing never sends a holder to the lead agency itself: with no other international
+    body, the page says so, whether or not the lead is one."""
+    with app.app_context():
+        intl = db.session.get(Agency, web_world.agencies["i"].id)
+        intl.kind, intl.country_code = AgencyKind.GOVERNMENT, "US"
+        db.session.commit()
+    browser = _login(app, LEAD)
+    assert _import(app, browser, web_world.operation.id, tip(account(1, country_hint="FR", ip_country="FR"))
+                   ).status_code == 200
+    page = browser.get("/tips/unrouted").get_data(as_text=True)
+    assert "nobody: no international body in the directory besides the lead agency" in page
 
 
 def test_flags_after_sending_escalate_the_referral_both_agencies_see_it(app, web_world):
