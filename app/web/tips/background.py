@@ -6,8 +6,9 @@ so its own database session, once the request has committed the import's record.
 request, the thread commits once: the import and its record's outcome together. Progress goes
 to the record on a connection of its own, so other requests (any worker) can show it. On
 SQLite only while the rows are checked: the database has one writer, and from then on it is the
-import's transaction; this process keeps the later stages in memory for its own pages. Beside it a heartbeat says every half minute that the import is alive,
-which is all a server that cannot see this process goes by.
+import's transaction; this process keeps the later stages in memory for its own pages. Beside
+it a heartbeat says every half minute that the import is alive, which is all a server that
+cannot see this process goes by.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ summary or its problems, with the reject file to download (its own route, audite
 
 from __future__ import annotations
 
-from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Response, abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -49,9 +49,12 @@ def _require_worker() -> None:
 @bp.context_processor
 def _work_lists() -> dict:
     """Whether the tip pages offer the lead agency's work (review, unrouted, import): to another
-    agency's people they would only say it leads no operation."""
+    agency's people they would only say it leads no operation. Asked once a request (a work
+    list that read the led operations already knows)."""
     def leads_an_operation() -> bool:
-        return bool(db.session.scalar(select(led_operations(current_user).exists())))
+        if "leads_an_operation" not in g:
+            g.leads_an_operation = bool(db.session.scalar(select(led_operations(current_user).exists())))
+        return g.leads_an_operation
     return {"leads_an_operation": leads_an_operation}
 
 
@@ -181,33 +184,32 @@ def holders():
                            references=service.list_referral_references(db.session, current_user, page.items))
 
 
-def _led_holder_filters() -> tuple[HolderFilterForm, bool]:
-    """The filters of a work list of the operations the user's agency leads, and whether it
-    leads any."""
+def _led_holder_filters() -> HolderFilterForm:
+    """The filters of a work list of the operations the user's agency leads."""
     form = HolderFilterForm(formdata=request.args)
     led = db.session.scalars(led_operations(current_user).order_by(Operation.code)).all()
     form.set_choices(led)
-    return form, bool(led)
+    g.leads_an_operation = bool(led)  # for the pages (`_work_lists`)
+    return form
 
 
 @bp.route("/review")
 @login_required
 def review():
-    form, leads = _led_holder_filters()
+    form = _led_holder_filters()
     page = service.review_list(db.session, current_user, _filters(form), per_page=current_app.config["PAGE_SIZE"])
     reasons = service.review_reasons(db.session, current_user, page.items)
-    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=filter_args(form),
-                           leads=leads)
+    return render_template("tips/review.html", form=form, page=page, reasons=reasons, args=filter_args(form))
 
 
 @bp.route("/unrouted")
 @login_required
 def unrouted():
-    form, leads = _led_holder_filters()
+    form = _led_holder_filters()
     summary, page = service.unrouted(db.session, current_user, _filters(form),
                                      per_page=current_app.config["PAGE_SIZE"])
     return render_template("tips/unrouted.html", form=form, page=page, summary=summary, args=filter_args(form),
-                           leads=leads, references=service.list_referral_references(db.session, current_user,
+                           references=service.list_referral_references(db.session, current_user,
                                                                                     page.items))
 
 
